@@ -1,0 +1,1 @@
+"""Tests for dicomtwist (run with trial)."""
