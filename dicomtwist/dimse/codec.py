@@ -18,6 +18,7 @@ from dataclasses import MISSING, fields
 from io import BytesIO
 from typing import Any, Callable
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -372,6 +373,26 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     return encoded
 
 
+def _parse_all(ds: Dataset) -> None:
+    """Parse every element of a data set, nested ones too, checking lengths.
+
+    pydicom reads a value cut short by the end of the data as far as it
+    goes; a value shorter than its declared length is a truncated data set.
+
+    :raises DIMSEDecodeError: a value is shorter than its declared length.
+    """
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if (isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF
+                and raw.value is not None and len(raw.value) != raw.length):
+            raise DIMSEDecodeError(
+                f"element {tag} declares {raw.length} bytes but has {len(raw.value)}")
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_all(item)
+
+
 def decode_dataset(data: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
     """Decode a data set received in a transfer syntax (see ``encode_dataset``).
 
@@ -395,7 +416,9 @@ def decode_dataset(data: bytes | memoryview, transfer_syntax_uid: str) -> Datase
         if deflated:
             raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
         ds = read_dataset(BytesIO(raw), implicit, little)
-        ds.walk(lambda _ds, _elem: None)
+        _parse_all(ds)
+    except DIMSEDecodeError:
+        raise
     except Exception as e:
         raise DIMSEDecodeError(f"undecodable data set: {e}") from e
     return ds
