@@ -545,8 +545,14 @@ class PropertyTests(SynchronousTestCase):
         try:
             pdu = decode_pdu(pdu_type, memoryview(data))
         except PDUDecodeError:
-            return
-        self.assertEqual(pdu.PDU_TYPE, pdu_type)
+            pass
+        else:
+            self.assertEqual(pdu.PDU_TYPE, pdu_type)
+        # The class decoder itself, without decode_pdu's safety net.
+        try:
+            PDU_TYPES[pdu_type].decode(data)
+        except PDUDecodeError:
+            pass
 
     @settings(max_examples=300, deadline=None)
     @given(
@@ -559,7 +565,7 @@ class PropertyTests(SynchronousTestCase):
         body = bytearray(fixture[6:])
         body[position % len(body)] = value
         try:
-            decode_pdu(fixture[0], bytes(body))
+            PDU_TYPES[fixture[0]].decode(memoryview(body))
         except PDUDecodeError:
             pass
 

@@ -36,6 +36,8 @@ __all__ = [
     "UnknownSubItem",
     "UserInformationItem",
     "UserInformationSubItem",
+    "ITEM_HEADER",
+    "iter_items",
     "ITEM_TYPES",
     "USER_INFO_SUB_ITEMS",
 ]

@@ -19,7 +19,6 @@ from dicomtwist.ul.items import (
     ApplicationContextItem,
     PresentationContextACItem,
     PresentationContextRQItem,
-    RoleSelectionSubItem,
     UnknownSubItem,
     UserIdentityACSubItem,
     UserIdentityRQSubItem,
