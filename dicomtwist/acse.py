@@ -1,0 +1,261 @@
+"""Association negotiation (PS3.8 Annex D.3.3, PS3.7 Annex D.3.3): pure functions.
+
+Nothing here touches a transport: given what a peer proposed and what we
+support, these functions compute the answer (presentation context results,
+SCP/SCU roles, maximum PDU lengths, A-ASSOCIATE-RJ reasons).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomtwist.ul.items import (
+    ImplementationClassUIDSubItem,
+    ImplementationVersionNameSubItem,
+    MaximumLengthSubItem,
+    PresentationContextACItem,
+    PresentationContextRQItem,
+    RoleSelectionSubItem,
+    SOPClassExtendedNegotiationSubItem,
+    UserInformationItem,
+)
+from dicomtwist.ul.pdu import (
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    ContextResult,
+    RejectReason,
+    RejectResult,
+    RejectSource,
+)
+
+#: The DICOM Application Context Name (PS3.7 A.2.1).
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+#: Our default Maximum Length Received (PS3.8 D.1), as DCMTK and pynetdicom.
+DEFAULT_MAX_PDU = 16382
+
+
+@dataclass(frozen=True)
+class PresentationContext:
+    """An accepted presentation context of an established association.
+
+    ``scu_role``/``scp_role`` are the roles of the *association requestor*
+    for this SOP class after role selection (PS3.7 D.3.3.4); by default the
+    requestor is SCU only.
+    """
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    scu_role: bool = True
+    scp_role: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptorPolicy:
+    """What an acceptor supports and allows.
+
+    :param ae_title: our AE title.
+    :param contexts: abstract syntax -> transfer syntaxes we accept, in our
+        order of preference.
+    :param scu_role_classes: abstract syntaxes for which we agree to act as
+        SCU when the requestor proposes the SCP role (C-GET storage
+        sub-operations).
+    :param require_called_aet: reject a called AE title other than ours.
+    :param allowed_calling_aets: if not None, only these calling AE titles.
+    :param max_pdu: our Maximum Length Received (0 = unlimited).
+    """
+
+    ae_title: str
+    contexts: Mapping[str, Sequence[str]]
+    scu_role_classes: frozenset[str] = frozenset()
+    require_called_aet: bool = False
+    allowed_calling_aets: frozenset[str] | None = None
+    max_pdu: int = DEFAULT_MAX_PDU
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The outcome of a successful negotiation, as either side sees it."""
+
+    contexts: dict[int, PresentationContext]
+    #: The peer's Maximum Length Received: the limit for what we send.
+    peer_max_pdu: int
+    #: Our Maximum Length Received.
+    our_max_pdu: int
+    peer_implementation_class_uid: str | None = None
+    peer_implementation_version_name: str | None = None
+    #: SOP Class Extended Negotiation information, by SOP class UID.
+    extended: dict[str, bytes] = field(default_factory=dict)
+
+
+def user_information(max_pdu: int, roles: Iterable[RoleSelectionSubItem] = (),
+                     extra: Iterable[object] = ()) -> UserInformationItem:
+    """Build our User Information item (PS3.7 D.3.3)."""
+    subs: list[object] = [
+        MaximumLengthSubItem(max_pdu),
+        ImplementationClassUIDSubItem(IMPLEMENTATION_CLASS_UID),
+    ]
+    subs.extend(roles)
+    subs.append(ImplementationVersionNameSubItem(IMPLEMENTATION_VERSION_NAME))
+    subs.extend(extra)
+    return UserInformationItem(tuple(subs))
+
+
+def check_provider(rq: AAssociateRQ) -> AAssociateRJ | None:
+    """The Upper Layer provider's own acceptance test (AE-6).
+
+    Only the protocol version is the provider's business (PS3.8 9.3.2: bit 0
+    set); everything else is decided by the service user.
+    """
+    if not rq.protocol_version & 0x0001:
+        return AAssociateRJ(
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_PROVIDER_ACSE,
+            RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+        )
+    return None
+
+
+def check_acceptable(rq: AAssociateRQ, policy: AcceptorPolicy) -> AAssociateRJ | None:
+    """Apply the service user's rules to an A-ASSOCIATE-RQ (PS3.8 Table 9-21).
+
+    :returns: the A-ASSOCIATE-RJ to send, or None if acceptable.
+    """
+    def reject(reason: int) -> AAssociateRJ:
+        return AAssociateRJ(RejectResult.PERMANENT, RejectSource.SERVICE_USER, reason)
+
+    if rq.application_context != APPLICATION_CONTEXT_NAME:
+        return reject(RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED)
+    if policy.require_called_aet and rq.called_ae_title != policy.ae_title:
+        return reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
+    if (policy.allowed_calling_aets is not None
+            and rq.calling_ae_title not in policy.allowed_calling_aets):
+        return reject(RejectReason.CALLING_AE_NOT_RECOGNIZED)
+    return None
+
+
+def negotiate_acceptor(rq: AAssociateRQ, policy: AcceptorPolicy) -> tuple[AAssociateAC, Negotiated]:
+    """Answer every proposed presentation context and role (PS3.8 9.3.3.2).
+
+    Each context gets one of the results 0-4: acceptance with the first of
+    our preferred transfer syntaxes the peer proposed; 3 when we do not
+    support the abstract syntax; 4 when we support it but none of the
+    proposed transfer syntaxes; 2 (provider rejection) for an invalid
+    (even or duplicate) context ID.
+    """
+    info = rq.user_information
+    proposed_roles = {r.sop_class_uid: r for r in info.role_selections}
+    answers: list[PresentationContextACItem] = []
+    accepted: dict[int, PresentationContext] = {}
+    role_answers: dict[str, RoleSelectionSubItem] = {}
+    seen: set[int] = set()
+    for pc in rq.presentation_contexts:
+        cid = pc.context_id
+        if cid % 2 == 0 or cid in seen:
+            answers.append(PresentationContextACItem(cid, ContextResult.PROVIDER_REJECTION, ""))
+            continue
+        seen.add(cid)
+        ours = policy.contexts.get(pc.abstract_syntax)
+        if ours is None:
+            answers.append(PresentationContextACItem(
+                cid, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
+            continue
+        chosen = next((ts for ts in ours if ts in pc.transfer_syntaxes), None)
+        if chosen is None:
+            answers.append(PresentationContextACItem(
+                cid, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
+            continue
+        scu, scp = True, False
+        proposal = proposed_roles.get(pc.abstract_syntax)
+        if proposal is not None:
+            # PS3.7 D.3.3.4: the acceptor may accept or refuse each proposed
+            # role; we refuse being SCU unless the policy allows it.
+            scu = proposal.scu_role
+            scp = proposal.scp_role and pc.abstract_syntax in policy.scu_role_classes
+            role_answers[pc.abstract_syntax] = RoleSelectionSubItem(pc.abstract_syntax, scu, scp)
+            if not (scu or scp):
+                answers.append(PresentationContextACItem(cid, ContextResult.USER_REJECTION, ""))
+                continue
+        answers.append(PresentationContextACItem(cid, ContextResult.ACCEPTANCE, chosen))
+        accepted[cid] = PresentationContext(cid, pc.abstract_syntax, chosen, scu, scp)
+    ac = AAssociateAC(
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        presentation_contexts=tuple(answers),
+        user_information=user_information(policy.max_pdu, role_answers.values()),
+        application_context=APPLICATION_CONTEXT_NAME,
+    )
+    negotiated = Negotiated(
+        contexts=accepted,
+        peer_max_pdu=info.maximum_length or 0,
+        our_max_pdu=policy.max_pdu,
+        peer_implementation_class_uid=info.implementation_class_uid,
+        peer_implementation_version_name=info.implementation_version_name,
+        extended={e.sop_class_uid: bytes(e.info) for e in info.sop_class_extended},
+    )
+    return ac, negotiated
+
+
+def build_rq(called_ae_title: str, calling_ae_title: str,
+             contexts: Sequence[tuple[str, Sequence[str]]], max_pdu: int = DEFAULT_MAX_PDU,
+             scp_role_classes: Iterable[str] = (),
+             extended: Mapping[str, bytes] | None = None) -> AAssociateRQ:
+    """Build an A-ASSOCIATE-RQ proposing ``contexts`` (abstract, transfer syntaxes).
+
+    Context IDs are 1, 3, 5, ... in order; at most 128 contexts fit.
+    :param scp_role_classes: SOP classes for which we propose to be SCP as
+        well as SCU (role selection, for C-GET storage sub-operations).
+    :raises ValueError: with more than 128 contexts.
+    """
+    if len(contexts) > 128:
+        raise ValueError("at most 128 presentation contexts can be proposed")
+    items = tuple(
+        PresentationContextRQItem(2 * i + 1, abstract, tuple(syntaxes))
+        for i, (abstract, syntaxes) in enumerate(contexts)
+    )
+    roles = [RoleSelectionSubItem(uid, True, True) for uid in dict.fromkeys(scp_role_classes)]
+    extra = [SOPClassExtendedNegotiationSubItem(uid, info)
+             for uid, info in (extended or {}).items()]
+    return AAssociateRQ(
+        called_ae_title=called_ae_title,
+        calling_ae_title=calling_ae_title,
+        presentation_contexts=items,
+        user_information=user_information(max_pdu, roles, extra),
+        application_context=APPLICATION_CONTEXT_NAME,
+    )
+
+
+def interpret_ac(rq: AAssociateRQ, ac: AAssociateAC) -> Negotiated:
+    """The requestor's view of an A-ASSOCIATE-AC: the accepted contexts.
+
+    A context accepted with a transfer syntax we did not propose, or with an
+    ID we did not propose, is ignored (treated as rejected).
+    """
+    proposed = {pc.context_id: pc for pc in rq.presentation_contexts}
+    info = ac.user_information
+    roles = {r.sop_class_uid: r for r in info.role_selections}
+    ours = {r.sop_class_uid for r in rq.user_information.role_selections}
+    accepted: dict[int, PresentationContext] = {}
+    for item in ac.presentation_contexts:
+        pc = proposed.get(item.context_id)
+        if (pc is None or item.result != ContextResult.ACCEPTANCE
+                or item.transfer_syntax not in pc.transfer_syntaxes):
+            continue
+        scu, scp = True, False
+        if pc.abstract_syntax in ours:
+            # PS3.7 D.3.3.4: no answer to a proposed role means the default.
+            role = roles.get(pc.abstract_syntax)
+            if role is not None:
+                scu, scp = role.scu_role, role.scp_role
+        accepted[item.context_id] = PresentationContext(
+            item.context_id, pc.abstract_syntax, item.transfer_syntax, scu, scp)
+    return Negotiated(
+        contexts=accepted,
+        peer_max_pdu=info.maximum_length or 0,
+        our_max_pdu=rq.user_information.maximum_length or 0,
+        peer_implementation_class_uid=info.implementation_class_uid,
+        peer_implementation_version_name=info.implementation_version_name,
+    )

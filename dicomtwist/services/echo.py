@@ -1,0 +1,13 @@
+"""The Verification service (PS3.4 Annex A): C-ECHO SCP."""
+
+from __future__ import annotations
+
+from dicomtwist.association import ServiceRequest
+from dicomtwist.status import Status
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+def handle_echo(request: ServiceRequest) -> int:
+    """Answer every C-ECHO-RQ with Success (PS3.4 A.4)."""
+    return Status.SUCCESS

@@ -1,0 +1,338 @@
+"""The Twisted side of the Upper Layer: transport and clock <-> state machine.
+
+``DicomProtocol`` frames bytes into PDUs, decodes them, feeds the pure
+machine of :mod:`dicomtwist.ul.fsm` and carries out the machine's effects
+(send a PDU, start/stop ARTIM, close the transport).  It knows nothing of
+DIMSE: indications are delivered to ``on_*`` hooks, which the association
+layer overrides.  Nothing escapes ``dataReceived``: undecodable input is
+Evt19 (A-ABORT with the right reason), and an exception in a hook is logged
+and aborts the association.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dicomtwist.errors import InvalidEventError, PDUDecodeError
+from dicomtwist.ul.framing import PDUFramer
+from dicomtwist.ul.fsm import Event, Indication, Machine
+from dicomtwist.ul.pdu import (
+    AAbort,
+    AAssociateRJ,
+    AAssociateRQ,
+    AbortReason,
+    AbortSource,
+    AReleaseRP,
+    AReleaseRQ,
+    decode_pdu,
+)
+
+#: Which event a received PDU is (PS3.8 Table 9-10 rows).
+RECEIVED_EVENTS = {
+    0x01: Event.EVT6,
+    0x02: Event.EVT3,
+    0x03: Event.EVT4,
+    0x04: Event.EVT10,
+    0x05: Event.EVT12,
+    0x06: Event.EVT13,
+    0x07: Event.EVT16,
+}
+
+#: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
+DEFAULT_ARTIM_TIMEOUT = 30.0
+
+
+class DicomProtocol(Protocol):
+    """An Upper Layer connection, requestor or acceptor.
+
+    :param clock: the clock for ARTIM and other timers.
+    :param max_pdu: our Maximum Length Received for P-DATA-TF (0 = none).
+    :param artim_timeout: seconds for the ARTIM timer.
+    :param network_timeout: seconds of silence from the peer after which an
+        established association is aborted (None = never).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
+                 artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+                 network_timeout: float | None = None) -> None:
+        self.clock = clock
+        self.machine = Machine(self)
+        self.framer = PDUFramer(max_pdu)
+        self.artim_timeout = artim_timeout
+        self.network_timeout = network_timeout
+        self._artim: IDelayedCall | None = None
+        # Events raised while the machine runs an action (a hook answering
+        # an indication at once) wait until the transition is complete.
+        self._feeding = False
+        self._queued: list[tuple[Event, Any]] = []
+        self._idle: IDelayedCall | None = None
+        self.peer_description = "?"
+        #: The A-ASSOCIATE-RQ we send as requestor (set before connecting).
+        self.associate_rq: AAssociateRQ | None = None
+
+    # -- Twisted Protocol -------------------------------------------------
+    def connectionMade(self) -> None:
+        """Set TCP_NODELAY and start the requestor's or acceptor's flow."""
+        _set_nodelay(self.transport)
+        peer = self.transport.getPeer()
+        self.peer_description = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        if self.associate_rq is not None:
+            # AE-1 (transport connect) has been done by the endpoint already:
+            # Evt1 then Evt2 send the A-ASSOCIATE-RQ.
+            self._event(Event.EVT1, self.associate_rq)
+            self._event(Event.EVT2, self.associate_rq)
+        else:
+            self._event(Event.EVT5)
+        self._touch()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frame, decode and feed each PDU to the machine; never raise."""
+        self._touch()
+        try:
+            for pdu_type, body in self.framer.feed(data):
+                try:
+                    pdu = decode_pdu(pdu_type, body)
+                except PDUDecodeError as error:
+                    self._decode_failed(error)
+                    return
+                if self.log_pdus:
+                    self.log.debug("Received {summary}", summary=pdu.summary())
+                self._event(RECEIVED_EVENTS[pdu_type], pdu)
+                if self.machine.is_closed:
+                    return
+        except PDUDecodeError as error:
+            self._decode_failed(error)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Evt17 unless we closed the connection ourselves; then clean up."""
+        self._cancel_idle()
+        if not self.machine.is_closed:
+            self._event(Event.EVT17, reason)
+        self.stop_artim()
+        self.on_connection_lost(reason)
+
+    # -- effects called by the machine ------------------------------------
+    #: Log a summary of every PDU at debug level.
+    log_pdus = True
+
+    def connect_transport(self) -> None:
+        """AE-1: the endpoint has connected before we exist; nothing to do."""
+
+    def send_pdu(self, pdu: Any) -> None:
+        """Write a PDU object, or pre-encoded bytes, to the transport."""
+        if isinstance(pdu, (bytes, bytearray, memoryview)):
+            self.transport.write(pdu)
+            return
+        if isinstance(pdu, (list, tuple)):
+            self.transport.writeSequence(pdu)
+            return
+        if self.log_pdus:
+            self.log.debug("Sending {summary}", summary=pdu.summary())
+        self.transport.write(pdu.encode())
+
+    def start_artim(self) -> None:
+        """Start, or restart, the ARTIM timer."""
+        self.stop_artim()
+        self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+
+    def stop_artim(self) -> None:
+        """Stop the ARTIM timer if it runs."""
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    def close_transport(self) -> None:
+        """Close the connection once pending writes are flushed."""
+        self._cancel_idle()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def check_associate_rq(self, rq: AAssociateRQ) -> AAssociateRJ | None:
+        """The provider's acceptance test in AE-6 (protocol version)."""
+        from dicomtwist.acse import check_provider
+        return check_provider(rq)
+
+    def indicate(self, indication: Indication, payload: Any) -> None:
+        """Deliver an indication or confirmation to the ``on_*`` hook."""
+        getattr(self, _HOOKS[indication])(payload)
+
+    # -- primitives for the service user ----------------------------------
+    def associate_response(self, pdu: Any) -> None:
+        """Answer an A-ASSOCIATE indication with an AC (Evt7) or RJ (Evt8)."""
+        event = Event.EVT8 if isinstance(pdu, AAssociateRJ) else Event.EVT7
+        self._primitive(event, pdu)
+
+    def send_pdata(self, pdu: Any) -> None:
+        """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes."""
+        self._primitive(Event.EVT9, pdu)
+
+    def release_request(self) -> None:
+        """A-RELEASE request (Evt11)."""
+        self._primitive(Event.EVT11, AReleaseRQ())
+
+    def release_response(self) -> None:
+        """A-RELEASE response (Evt14)."""
+        self._primitive(Event.EVT14, AReleaseRP())
+
+    def abort_request(self, source: int = AbortSource.SERVICE_USER,
+                      reason: int = AbortReason.NOT_SPECIFIED) -> None:
+        """A-ABORT request (Evt15); a no-op if the connection is gone."""
+        if self.machine.is_closed:
+            return
+        self._event(Event.EVT15, AAbort(source, reason))
+
+    # -- hooks for the service user (overridden) ---------------------------
+    def on_associate_rq(self, rq: AAssociateRQ) -> None:
+        """A-ASSOCIATE indication: answer with :meth:`associate_response`."""
+        self.abort_request()
+
+    def on_associate_ac(self, ac: Any) -> None:
+        """A-ASSOCIATE confirmation (accept)."""
+
+    def on_associate_rj(self, rj: AAssociateRJ) -> None:
+        """A-ASSOCIATE confirmation (reject)."""
+
+    def on_pdata(self, pdata: Any) -> None:
+        """P-DATA indication."""
+
+    def on_release_rq(self, payload: Any) -> None:
+        """A-RELEASE indication: the default answers at once."""
+        self.release_response()
+
+    def on_release_collision(self, payload: Any) -> None:
+        """A-RELEASE indication during a release collision (PS3.8 9.2.4)."""
+        if not self.machine.is_requestor:
+            # The acceptor answers first in a collision (AR-8 -> Sta10; the
+            # requestor answers once it has the RP, Sta11 -> AR-9).
+            pass
+        self.release_response()
+
+    def on_release_rp(self, payload: Any) -> None:
+        """A-RELEASE confirmation."""
+
+    def on_abort(self, abort: AAbort) -> None:
+        """A-ABORT indication (the peer aborted)."""
+
+    def on_p_abort(self, payload: Any) -> None:
+        """A-P-ABORT indication (the provider aborted)."""
+
+    def on_transport_connected(self, payload: Any) -> None:
+        """Transport connected (requestor)."""
+
+    def on_connection_lost(self, reason: Failure | None) -> None:
+        """The TCP connection is gone; release every resource."""
+
+    # -- internals ----------------------------------------------------------
+    def _feed(self, event: Event, payload: Any) -> None:
+        """Run one event, then any raised by the hooks during its action."""
+        if self._feeding:
+            self._queued.append((event, payload))
+            return
+        self._feeding = True
+        try:
+            self.machine.handle(event, payload)
+            while self._queued:
+                queued_event, queued_payload = self._queued.pop(0)
+                self.machine.handle(queued_event, queued_payload)
+        finally:
+            self._feeding = False
+            self._queued.clear()
+
+    def _primitive(self, event: Event, payload: Any) -> None:
+        """Feed a local primitive; InvalidEventError reaches the caller
+        (unless raised from a hook, when the running event handles it)."""
+        self._feed(event, payload)
+
+    def _event(self, event: Event, payload: Any = None) -> None:
+        """Feed a network or timer event; log and abort on a hook's failure."""
+        try:
+            self._feed(event, payload)
+        except InvalidEventError:
+            self.log.failure("Upper Layer event {event} in the wrong state", event=event)
+            self._hard_close()
+        except Exception:
+            self.log.failure("Error handling {event}", event=event)
+            self._hard_close()
+
+    def _hard_close(self) -> None:
+        """Last resort after our own bug: abort and drop the connection."""
+        if not self.machine.is_closed:
+            try:
+                self._feed(Event.EVT15, AAbort(AbortSource.SERVICE_PROVIDER,
+                                               AbortReason.NOT_SPECIFIED))
+            except Exception:
+                pass
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _decode_failed(self, error: PDUDecodeError) -> None:
+        self.log.warn("Invalid PDU from {peer}: {reason}", peer=self.peer_description,
+                      reason=str(error))
+        self._event(Event.EVT19, error)
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        if not self.machine.is_closed:
+            self.log.info("ARTIM timer expired ({peer})", peer=self.peer_description)
+            self._event(Event.EVT18)
+
+    def _touch(self) -> None:
+        """Restart the network (idle) timeout."""
+        if self.network_timeout is None or self.machine.is_closed:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.network_timeout)
+        else:
+            self._idle = self.clock.callLater(self.network_timeout, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        self.log.warn("Network timeout: nothing from {peer} for {seconds} s, aborting",
+                      peer=self.peer_description, seconds=self.network_timeout)
+        self.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+_HOOKS = {
+    Indication.ASSOCIATE_RQ: "on_associate_rq",
+    Indication.ASSOCIATE_AC: "on_associate_ac",
+    Indication.ASSOCIATE_RJ: "on_associate_rj",
+    Indication.P_DATA: "on_pdata",
+    Indication.RELEASE_RQ: "on_release_rq",
+    Indication.RELEASE_COLLISION: "on_release_collision",
+    Indication.RELEASE_RP: "on_release_rp",
+    Indication.ABORT: "on_abort",
+    Indication.P_ABORT: "on_p_abort",
+    Indication.TRANSPORT_CONNECTED: "on_transport_connected",
+}
+
+
+def _set_nodelay(transport: Any) -> None:
+    """Disable Nagle: each DIMSE turn would otherwise wait on delayed ACKs."""
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:
+            set_nodelay(True)
+            return
+        except (OSError, AttributeError):
+            pass
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is not None:
+        try:
+            get_handle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
