@@ -1,0 +1,99 @@
+"""Instance files: safe names, Part 10 headers, atomic and durable writes.
+
+A file path is never built from peer-supplied text without validation:
+only a syntactically valid UID (PS3.5 9.1: digits and dots, at most 64
+characters, no empty or zero-led components) becomes a file name, and the
+resulting path is checked to lie inside the instance directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from io import BytesIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+
+from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+#: Prefix of temporary files inside the instance directory.
+TEMP_PREFIX = ".incoming-"
+TEMP_SUFFIX = ".part"
+
+
+def is_valid_uid(value: object) -> bool:
+    """True if ``value`` is a UID per PS3.5 9.1 (and so a safe file name)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def instance_path(directory: str, sop_instance_uid: str) -> str:
+    """The file for an instance: ``<directory>/<SOP Instance UID>.dcm``.
+
+    :raises ValueError: the UID is not valid, or the path would not lie
+        directly inside ``directory``.
+    """
+    if not is_valid_uid(sop_instance_uid):
+        raise ValueError(f"invalid SOP Instance UID {sop_instance_uid!r}")
+    root = os.path.realpath(directory)
+    path = os.path.join(root, sop_instance_uid + ".dcm")
+    if os.path.dirname(path) != root:
+        raise ValueError(f"SOP Instance UID {sop_instance_uid!r} leaves the instance directory")
+    return path
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                  source_ae_title: str | None = None) -> bytes:
+    """The 128-byte preamble, ``DICM`` and the File Meta Information group.
+
+    Followed by the data set exactly as received, this is a Part 10 file
+    (PS3.10 7.1) in the transfer syntax it arrived in.
+    """
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae_title:
+        meta.SourceApplicationEntityTitle = source_ae_title
+    fp = BytesIO()
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    return fp.getvalue()
+
+
+def fsync_file(path: str) -> None:
+    """Flush a closed file's data to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(directory: str) -> int:
+    """Free space available to us in ``directory``'s file system."""
+    return shutil.disk_usage(directory).free
+
+
+def temporary_files(directory: str) -> list[str]:
+    """Leftover temporary files (from a crash) in ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [os.path.join(directory, n) for n in names
+            if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)]
