@@ -1,0 +1,280 @@
+"""``twistd dicomqr``: the Query/Retrieve archive as a twistd plugin.
+
+``Options`` takes every option of qrscp.rst (the single-dash long forms
+such as ``-aet`` and ``-ll`` are accepted as the spec writes them);
+``makeService`` builds the archive: an index, an instance directory, a
+thread pool and a listening :class:`~dicomtwist.association.AcceptorFactory`.
+``run`` is the ``dicomqr`` console script: the same service, in the
+foreground.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.logger import LogLevel
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+import dicomtwist
+from dicomtwist import config as configuration
+from dicomtwist import log as dlog
+from dicomtwist.acse import AcceptorPolicy
+from dicomtwist.association import AcceptorFactory
+from dicomtwist.errors import DicomError
+
+#: Single-dash long options of the spec, and what they mean.
+SHORT_FORMS = {
+    "-aet": "--ae-title",
+    "-ba": "--bind-address",
+    "-ta": "--acse-timeout",
+    "-td": "--dimse-timeout",
+    "-tn": "--network-timeout",
+    "-pdu": "--max-pdu",
+    "-ll": "--log-level",
+}
+
+
+def expand_short_forms(argv: list[str]) -> list[str]:
+    """Rewrite ``-aet X`` as ``--ae-title X`` (getopt knows no such options)."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in SHORT_FORMS:
+            out.append(SHORT_FORMS[name] + (sep + value if sep else ""))
+        else:
+            out.append(arg)
+    return out
+
+
+class Options(usage.Options):
+    """Options of ``twistd dicomqr`` (and ``dicomqr``), as qrscp.rst lists them."""
+
+    synopsis = "[options]"
+    longdesc = ("A DICOM Verification, Storage and Query/Retrieve SCP on an sqlite index. "
+                "Command-line values override the configuration file.")
+
+    optFlags = [
+        ["quiet", "q", "quiet mode, prints no warnings or errors"],
+        ["verbose", "v", "verbose mode, prints processing details"],
+        ["debug", "d", "debug mode, prints debugging information"],
+        ["clean", None, "remove all entries from the database and delete the"
+                        " corresponding stored instances, then exit"],
+        ["yes", None, "with --clean: do not ask for confirmation"],
+    ]
+    optParameters = [
+        ["config", "c", None, "use configuration file f"],
+        ["log-level", None, None, "one of critical, error, warning, info, debug (-ll)"],
+        ["ae-title", None, None, "override the configured local AE title (-aet)"],
+        ["port", None, None, "override the configured listen port"],
+        ["bind-address", None, None, "override the configured bind address (-ba)"],
+        ["acse-timeout", None, None, "override the ACSE timeout in seconds (-ta)"],
+        ["dimse-timeout", None, None, "override the DIMSE timeout in seconds (-td)"],
+        ["network-timeout", None, None, "override the network timeout in seconds (-tn)"],
+        ["max-pdu", None, None, "override the maximum receive PDU bytes (-pdu)"],
+        ["database-location", None, None, "override the location of the database"],
+        ["instance-location", None, None, "override the instance storage directory"],
+    ]
+
+    #: Option name -> Config attribute.
+    OVERRIDES = {
+        "ae-title": "ae_title",
+        "port": "port",
+        "bind-address": "bind_address",
+        "acse-timeout": "acse_timeout",
+        "dimse-timeout": "dimse_timeout",
+        "network-timeout": "network_timeout",
+        "max-pdu": "max_pdu",
+        "database-location": "database_location",
+        "instance-location": "instance_location",
+    }
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Accept the spec's single-dash long options too."""
+        if options is None:
+            options = sys.argv[1:]
+        super().parseOptions(expand_short_forms(list(options)))
+
+    def opt_version(self) -> None:
+        """print version information and exit"""
+        print(f"dicomtwist dicomqr {dicomtwist.__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        """Load the config file, apply overrides, check every value.
+
+        :raises usage.UsageError: naming the bad option or config value.
+        """
+        try:
+            cfg = (configuration.load(self["config"]) if self["config"]
+                   else configuration.Config())
+            for option, key in self.OVERRIDES.items():
+                if self[option] is not None:
+                    cfg.set(key, self[option], f"--{option}")
+            level = dlog.level_from_options(self["quiet"], self["verbose"], self["debug"],
+                                            self["log-level"])
+        except (DicomError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+        cfg.instance_location = os.path.abspath(cfg.instance_location)
+        cfg.database_location = os.path.abspath(cfg.database_location)
+        self["settings"] = cfg
+        self["level"] = level
+
+
+def supported_contexts() -> dict[str, list[str]]:
+    """Every abstract syntax we accept and its transfer syntaxes."""
+    from dicomtwist import sopclasses
+
+    contexts: dict[str, list[str]] = {}
+    for uid in sopclasses.STORAGE_SOP_CLASSES:
+        contexts[uid] = list(sopclasses.TRANSFER_SYNTAXES)
+    contexts[sopclasses.VERIFICATION] = list(sopclasses.TRANSFER_SYNTAXES)
+    for uid in sopclasses.QUERY_RETRIEVE_SOP_CLASSES:
+        contexts[uid] = list(sopclasses.UNCOMPRESSED_TRANSFER_SYNTAXES)
+    return contexts
+
+
+class ArchiveService(service.Service):
+    """Opens the index and the thread pool; closes them at stop."""
+
+    log = dlog.logger()
+
+    def __init__(self, settings: configuration.Config, reactor: Any) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dicomtwist")
+        os.makedirs(settings.instance_location, exist_ok=True)
+        from dicomtwist.storage.index import Index
+        self.index = Index(settings.database_location)
+        self.factory = build_factory(settings, reactor, self.pool, self.index)
+
+    def startService(self) -> None:
+        """Start the worker threads."""
+        super().startService()
+        self.pool.start()
+        self.log.info("Archive {aet}: instances in {dir}, index {db}",
+                      aet=self.settings.ae_title, dir=self.settings.instance_location,
+                      db=self.settings.database_location)
+
+    def stopService(self) -> None:
+        """Stop the worker threads (running work finishes first)."""
+        super().stopService()
+        self.pool.stop()
+
+
+def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool,
+                  index: Any) -> AcceptorFactory:
+    """The acceptor factory with every service of the archive."""
+    from dicomtwist import sopclasses
+    from dicomtwist.services.echo import handle_echo
+    from dicomtwist.services.store import ArchiveStore
+
+    store = ArchiveStore(reactor, pool, settings.instance_location, index)
+    handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    try:
+        from dicomtwist.services.qr import QueryRetrieve
+    except ImportError:
+        pass
+    else:
+        qr = QueryRetrieve(reactor, pool, index, settings)
+        handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    policy = AcceptorPolicy(
+        ae_title=settings.ae_title,
+        contexts=supported_contexts(),
+        scu_role_classes=frozenset(sopclasses.STORAGE_SOP_CLASSES),
+        max_pdu=settings.max_pdu,
+    )
+    return AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
+                           acse_timeout=settings.acse_timeout or 30.0,
+                           dimse_timeout=settings.dimse_timeout,
+                           network_timeout=settings.network_timeout)
+
+
+def listen_description(settings: configuration.Config) -> str:
+    """The endpoint description for the configured port and bind address."""
+    description = f"tcp:{settings.port}"
+    if settings.bind_address:
+        address = settings.bind_address.replace(":", "\\:")
+        description += f":interface={address}"
+    return description
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """Build the archive service for twistd (or :func:`run`)."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        reactor = global_reactor
+    settings = options["settings"]
+    dlog.set_level(options["level"])
+    if options["clean"]:
+        sys.exit(clean(settings, options["yes"]))
+    top = service.MultiService()
+    archive = ArchiveService(settings, reactor)
+    archive.setServiceParent(top)
+    endpoint = endpoints.serverFromString(reactor, listen_description(settings))
+    listener = StreamServerEndpointService(endpoint, archive.factory)
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    return top
+
+
+def clean(settings: configuration.Config, assume_yes: bool = False,
+          ask: Any = input) -> int:
+    """``--clean``: delete every indexed instance file and empty the index.
+
+    Asks ``[yes/no]`` as the reference does; only ``yes`` proceeds.  Also
+    removes leftover temporary files in the instance directory, and never
+    anything outside it.
+
+    :returns: the exit status.
+    """
+    if not assume_yes:
+        answer = ask("This will delete all instances and the database, continue? [yes/no]: ")
+        if answer.strip().lower() != "yes":
+            print("Cleaning aborted")
+            return 1
+    from dicomtwist.storage.files import temporary_files
+    from dicomtwist.storage.index import Index
+
+    root = os.path.realpath(settings.instance_location)
+    index = Index(settings.database_location)
+    removed = 0
+    for relative in index.paths():
+        path = os.path.realpath(os.path.join(root, relative))
+        if os.path.dirname(path) != root:
+            continue
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    for path in temporary_files(root):
+        os.unlink(path)
+    index.clear()
+    print(f"Removed {removed} instance(s) and emptied the database")
+    return 0
+
+
+def run() -> None:
+    """The ``dicomqr`` console script: the archive in the foreground."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:])
+    except usage.UsageError as e:
+        print(f"dicomqr: error: {e}", file=sys.stderr)
+        print(f"Try 'dicomqr --help' for usage.", file=sys.stderr)
+        sys.exit(2)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
+                                     redirectStandardIO=False)
+    top = makeService(options, reactor)
+    top.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()

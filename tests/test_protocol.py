@@ -1,0 +1,382 @@
+"""Bytes in, bytes out: an acceptor Association over a StringTransport (PS3.8 9)."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomtwist.acse import build_rq
+from dicomtwist.association import AcceptorFactory, Association
+from dicomtwist.dimse import messages as m
+from dicomtwist.dimse.codec import decode_command, encode_command, fragment
+from dicomtwist.services.echo import handle_echo
+from dicomtwist.ul.framing import PDUFramer
+from dicomtwist.ul.fsm import State
+from dicomtwist.ul.items import (
+    ImplementationClassUIDSubItem,
+    ImplementationVersionNameSubItem,
+    MaximumLengthSubItem,
+    PresentationContextACItem,
+    UserInformationItem,
+)
+from dicomtwist.ul.pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AReleaseRP,
+    AReleaseRQ,
+    PDataTF,
+    PresentationDataValue,
+    decode_pdu,
+)
+from dicomtwist.status import Status
+from tests.fixtures.pdus import ECHOSCU_RQ
+from tests.helpers import UNCOMPRESSED, VERIFICATION, policy
+
+IMPLICIT = UNCOMPRESSED[0]
+HEADER = struct.Struct(">BxL")
+ARTIM = 30.0
+
+# The A-ASSOCIATE-AC our default test policy answers to DCMTK's ECHOSCU_RQ:
+# both AE titles echoed, context 1 accepted with Implicit VR Little Endian,
+# our Maximum Length Received (16382), implementation class UID and version.
+EXPECTED_AC = AAssociateAC(
+    called_ae_title="ANY-SCP",
+    calling_ae_title="ECHOSCU",
+    presentation_contexts=(PresentationContextACItem(1, 0, IMPLICIT),),
+    user_information=UserInformationItem((
+        MaximumLengthSubItem(16382),
+        ImplementationClassUIDSubItem(IMPLEMENTATION_CLASS_UID),
+        ImplementationVersionNameSubItem(IMPLEMENTATION_VERSION_NAME),
+    )),
+)
+
+# A C-ECHO-RQ (message ID 7) in one P-DATA-TF on context 1.
+ECHO_RQ = b"".join(fragment(1, encode_command(m.CEchoRQ(7, VERIFICATION), False), True, 0))
+RELEASE_RQ = AReleaseRQ().encode()
+
+
+def decode_written(data: bytes) -> list:
+    """Split and decode every PDU in ``data``.
+
+    :param data: bytes written to a transport.
+    :returns: the decoded PDUs in order.
+    """
+    return [decode_pdu(pdu_type, bytes(body)) for pdu_type, body in PDUFramer(0).feed(data)]
+
+
+def pdata_messages(pdus: list) -> list[m.Message]:
+    """The DIMSE messages carried (one command PDV each) by P-DATA-TF PDUs."""
+    return [decode_command(bytes(pdv.data))[0]
+            for pdu in pdus if isinstance(pdu, PDataTF) for pdv in pdu.pdvs]
+
+
+class AcceptorProtocolTests(SynchronousTestCase):
+    """An acceptor Association fed raw bytes, its output checked byte for byte."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+
+    def connect(self, **factory_kwargs) -> Association:
+        """Build an acceptor from a factory and connect it to ``self.transport``.
+
+        :param factory_kwargs: extra AcceptorFactory arguments (``policy`` too).
+        :returns: the connected association.
+        """
+        ours = factory_kwargs.pop("policy", None) or policy()
+        factory = AcceptorFactory(self.clock, ours, {"echo": handle_echo}, **factory_kwargs)
+        proto = factory.buildProtocol(self.transport.getPeer())
+        proto.makeConnection(self.transport)
+        return proto
+
+    def take(self) -> bytes:
+        """Return and clear what was written so far."""
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def associated(self, **factory_kwargs) -> Association:
+        """A connected acceptor that has accepted ECHOSCU_RQ, output cleared."""
+        proto = self.connect(**factory_kwargs)
+        proto.dataReceived(ECHOSCU_RQ)
+        self.assertEqual(self.take(), EXPECTED_AC.encode())
+        return proto
+
+    def assertAbortedWith(self, proto: Association, source: int, reason: int) -> None:
+        """Assert exactly one A-ABORT with ``source`` and ``reason`` went out, and
+        the connection closes when ARTIM expires."""
+        self.assertEqual(self.take(), AAbort(source, reason).encode())
+        self.assertEqual(proto.machine.state, State.STA13)
+        self.clock.advance(ARTIM)
+        self.assertTrue(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.machine.state, State.STA1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    # -- establishment ---------------------------------------------------------
+    def test_associate_rq_answered_with_ac(self) -> None:
+        """DCMTK's A-ASSOCIATE-RQ is answered with exactly the expected A-ASSOCIATE-AC bytes."""
+        proto = self.connect()
+        self.assertEqual(self.transport.value(), b"")
+        proto.dataReceived(ECHOSCU_RQ)
+        written = self.transport.value()
+        self.assertEqual(written, EXPECTED_AC.encode())
+        [ac] = decode_written(written)
+        self.assertIsInstance(ac, AAssociateAC)
+        self.assertEqual((ac.called_ae_title, ac.calling_ae_title), ("ANY-SCP", "ECHOSCU"))
+        self.assertEqual([(pc.context_id, pc.result, pc.transfer_syntax)
+                          for pc in ac.presentation_contexts], [(1, 0, IMPLICIT)])
+        self.assertEqual(ac.user_information.maximum_length, 16382)
+        self.assertEqual(proto.machine.state, State.STA6)
+        self.assertIs(self.successResultOf(proto.established), proto)
+        self.assertEqual(proto.negotiated.peer_max_pdu, 16384)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_ac_header_bytes(self) -> None:
+        """The AC starts with type 02H, a reserved byte, the right length and protocol version 1."""
+        self.connect().dataReceived(ECHOSCU_RQ)
+        written = self.transport.value()
+        self.assertEqual(written[:6], HEADER.pack(0x02, len(written) - 6))
+        self.assertEqual(written[6:10], b"\x00\x01\x00\x00")
+        self.assertEqual(written[10:26], b"ANY-SCP" + b" " * 9)
+        self.assertEqual(written[26:42], b"ECHOSCU" + b" " * 9)
+
+    def test_rq_one_byte_at_a_time(self) -> None:
+        """An A-ASSOCIATE-RQ fed one byte at a time is answered once, after its last byte."""
+        proto = self.connect()
+        for index in range(len(ECHOSCU_RQ) - 1):
+            proto.dataReceived(ECHOSCU_RQ[index:index + 1])
+            self.assertEqual(self.transport.value(), b"")
+        proto.dataReceived(ECHOSCU_RQ[-1:])
+        self.assertEqual(self.transport.value(), EXPECTED_AC.encode())
+
+    def test_rq_and_echo_in_one_chunk(self) -> None:
+        """An RQ and a C-ECHO-RQ in one chunk produce the AC and then a Success C-ECHO-RSP."""
+        self.connect().dataReceived(ECHOSCU_RQ + ECHO_RQ)
+        pdus = decode_written(self.transport.value())
+        self.assertEqual(pdus[0], EXPECTED_AC)
+        [rsp] = pdata_messages(pdus[1:])
+        self.assertIsInstance(rsp, m.CEchoRSP)
+        self.assertEqual((rsp.message_id_being_responded_to, rsp.status), (7, Status.SUCCESS))
+        self.assertEqual(pdus[1].pdvs[0].context_id, 1)
+        self.assertEqual(pdus[1].pdvs[0].control, 0x03)
+
+    def test_rq_from_build_rq(self) -> None:
+        """Our own requestor's RQ is accepted with the same answer shape."""
+        rq = build_rq("TESTSCP", "CALLER", [(VERIFICATION, UNCOMPRESSED)])
+        self.connect().dataReceived(rq.encode())
+        [ac] = decode_written(self.transport.value())
+        self.assertEqual((ac.called_ae_title, ac.calling_ae_title), ("TESTSCP", "CALLER"))
+        self.assertEqual(ac.presentation_contexts, (PresentationContextACItem(1, 0, IMPLICIT),))
+
+    # -- release -----------------------------------------------------------------
+    def test_release(self) -> None:
+        """An A-RELEASE-RQ is answered with A-RELEASE-RP; the peer then closes."""
+        proto = self.associated()
+        proto.dataReceived(RELEASE_RQ)
+        self.assertEqual(self.take(), AReleaseRP().encode())
+        self.assertEqual(proto.machine.state, State.STA13)
+        self.assertFalse(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.machine.state, State.STA1)
+        self.assertIsNone(self.successResultOf(proto.closed))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_release_then_artim(self) -> None:
+        """After A-RELEASE-RP, a peer that never closes is dropped when ARTIM expires."""
+        proto = self.associated()
+        proto.dataReceived(RELEASE_RQ)
+        self.clock.advance(ARTIM - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.take(), AReleaseRP().encode())
+
+    # -- ARTIM -------------------------------------------------------------------
+    def test_artim_after_connect(self) -> None:
+        """A peer that sends nothing after connecting is dropped when ARTIM expires, silently."""
+        proto = self.connect()
+        self.clock.advance(ARTIM - 0.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), b"")
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.machine.state, State.STA1)
+        self.failureResultOf(proto.established)
+
+    def test_artim_stopped_by_rq(self) -> None:
+        """ARTIM stops when the A-ASSOCIATE-RQ arrives."""
+        proto = self.associated()
+        self.clock.advance(ARTIM * 10)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(proto.machine.state, State.STA6)
+
+    def test_peer_abort(self) -> None:
+        """An A-ABORT from the peer closes the connection at once and sends nothing."""
+        proto = self.associated()
+        proto.dataReceived(AAbort(0, 0).encode())
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(proto.machine.is_closed)
+
+    def test_artim_after_our_abort(self) -> None:
+        """After we abort, ARTIM closes the connection if the peer does not."""
+        proto = self.associated()
+        proto.abort()
+        self.assertAbortedWith(proto, 0, 0)
+
+    # -- malformed input -----------------------------------------------------------
+    def test_unknown_pdu_type_before_association(self) -> None:
+        """An unknown PDU type instead of an RQ gets A-ABORT(provider, unrecognized PDU)."""
+        proto = self.connect()
+        proto.dataReceived(HEADER.pack(0x0A, 4) + b"\x00" * 4)
+        self.assertAbortedWith(proto, 2, 1)
+        self.failureResultOf(proto.established)
+
+    def test_unknown_pdu_type_when_associated(self) -> None:
+        """An unknown PDU type on an association gets A-ABORT(provider, unrecognized PDU)."""
+        proto = self.associated()
+        proto.dataReceived(HEADER.pack(0x11, 0))
+        self.assertAbortedWith(proto, 2, 1)
+
+    def test_oversized_pdata(self) -> None:
+        """A P-DATA-TF header declaring more than our maximum gets A-ABORT(provider, 6) at once."""
+        proto = self.associated()
+        proto.dataReceived(HEADER.pack(0x04, 16383))
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_oversized_rq(self) -> None:
+        """An A-ASSOCIATE-RQ declaring an absurd length gets A-ABORT(provider, 6)."""
+        proto = self.connect()
+        proto.dataReceived(HEADER.pack(0x01, 0x7FFFFFFF))
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_truncated_item_in_rq(self) -> None:
+        """An RQ whose user information item overruns the PDU gets A-ABORT(provider, 6)."""
+        # Offset of the user information item: 6 + 68 + 25 + 50 = 149; raise
+        # its length (bytes 151-152) from 58 to 59, past the end of the PDU.
+        rq = bytearray(ECHOSCU_RQ)
+        self.assertEqual(rq[149], 0x50)
+        rq[151:153] = struct.pack(">H", 59)
+        proto = self.connect()
+        proto.dataReceived(bytes(rq))
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_cut_short_rq_fixed_fields(self) -> None:
+        """An RQ too short for its fixed fields gets A-ABORT(provider, 6)."""
+        proto = self.connect()
+        proto.dataReceived(HEADER.pack(0x01, 10) + ECHOSCU_RQ[6:16])
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_pdata_on_unaccepted_context(self) -> None:
+        """A PDV on a context that was not accepted gets A-ABORT(provider, 6)."""
+        proto = self.associated()
+        proto.dataReceived(b"".join(fragment(
+            3, encode_command(m.CEchoRQ(1, VERIFICATION), False), True, 0)))
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_data_before_command(self) -> None:
+        """A data set PDV before any command gets A-ABORT(provider, 6)."""
+        proto = self.associated()
+        proto.dataReceived(PDataTF((PresentationDataValue(1, 0x02, b"\x08\x00"),)).encode())
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_garbage_command(self) -> None:
+        """An undecodable command set gets A-ABORT(provider, 6)."""
+        proto = self.associated()
+        proto.dataReceived(PDataTF((PresentationDataValue(1, 0x03, b"\xff" * 40),)).encode())
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_undecodable_pdata(self) -> None:
+        """A P-DATA-TF whose PDV length overruns the PDU gets A-ABORT(provider, 6)."""
+        proto = self.associated()
+        proto.dataReceived(HEADER.pack(0x04, 6) + struct.pack(">LBB", 50, 1, 3))
+        self.assertAbortedWith(proto, 2, 6)
+
+    def test_second_rq_when_associated(self) -> None:
+        """An A-ASSOCIATE-RQ on an established association gets A-ABORT(provider, unexpected PDU)."""
+        proto = self.associated()
+        proto.dataReceived(ECHOSCU_RQ)
+        self.assertAbortedWith(proto, 2, 2)
+
+    def test_release_rp_unexpected(self) -> None:
+        """An A-RELEASE-RP nobody asked for gets A-ABORT(provider, unexpected PDU)."""
+        proto = self.associated()
+        proto.dataReceived(AReleaseRP().encode())
+        self.assertAbortedWith(proto, 2, 2)
+
+    def test_input_after_abort_ignored(self) -> None:
+        """Bytes after an invalid PDU are ignored: one A-ABORT only, no exception."""
+        proto = self.associated()
+        proto.dataReceived(HEADER.pack(0x11, 0) + ECHO_RQ)
+        proto.dataReceived(ECHO_RQ + RELEASE_RQ)
+        self.assertAbortedWith(proto, 2, 1)
+
+    def test_malformed_logs_no_failures(self) -> None:
+        """Peer misbehaviour is logged as a warning, never as a failure of ours."""
+        for data in (HEADER.pack(0x0A, 0), HEADER.pack(0x04, 1 << 30),
+                     PDataTF((PresentationDataValue(1, 0x03, b"junk"),)).encode()):
+            self.transport = StringTransport()
+            proto = self.associated()
+            proto.dataReceived(data)
+            self.assertEqual(self.flushLoggedErrors(), [])
+            self.assertEqual(decode_written(self.take())[0].source, 2)
+
+    # -- rejection -------------------------------------------------------------------
+    def test_reject_application_context(self) -> None:
+        """A wrong application context is answered with A-ASSOCIATE-RJ(1, 1, 2); ARTIM then closes."""
+        rq = build_rq("TESTSCP", "CALLER", [(VERIFICATION, [IMPLICIT])])
+        from dataclasses import replace
+        proto = self.connect()
+        proto.dataReceived(replace(rq, application_context="1.2.3.4.5").encode())
+        self.assertEqual(self.take(), AAssociateRJ(1, 1, 2).encode())
+        self.assertEqual(proto.machine.state, State.STA13)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(ARTIM)
+        self.assertTrue(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(proto.established)
+
+    def test_reject_called_aet(self) -> None:
+        """With require_called_aet, a wrong called AE title gets RJ(1, 1, 7); the peer's close ends it."""
+        proto = self.connect(policy=policy(require_called_aet=True))
+        proto.dataReceived(ECHOSCU_RQ)
+        self.assertEqual(self.take(), AAssociateRJ(1, 1, 7).encode())
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.machine.state, State.STA1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_reject_protocol_version(self) -> None:
+        """A protocol version without bit 0 gets RJ from the ACSE provider (1, 2, 2)."""
+        rq = bytearray(ECHOSCU_RQ)
+        rq[6:8] = b"\x00\x02"
+        proto = self.connect()
+        proto.dataReceived(bytes(rq))
+        self.assertEqual(self.take(), AAssociateRJ(1, 2, 2).encode())
+
+    # -- timeouts ------------------------------------------------------------------
+    def test_network_timeout(self) -> None:
+        """An association idle for network_timeout seconds is aborted and closed."""
+        proto = self.associated(network_timeout=10)
+        self.clock.advance(9)
+        proto.dataReceived(ECHO_RQ)
+        self.take()
+        self.clock.advance(9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(self.take(), AAbort(2, 0).encode())
+        self.assertTrue(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.machine.state, State.STA1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
