@@ -448,6 +448,13 @@ class Association(DicomProtocol):
         cause = self._abort_cause or ("released" if self._released else "connection closed")
         if not self.established.called:
             self.established.errback(AssociationAborted(f"association not established: {cause}"))
+            if self.associate_rq is None:
+                # An acceptor's ``established`` usually has no listener; a
+                # connection that never associated (rejected, bad RQ, ARTIM,
+                # port scan) must not log "Unhandled error in Deferred" when
+                # the Deferred is garbage collected.  Listeners added before
+                # this point still see the failure.
+                self.established.addErrback(lambda _: None)
         outstanding, self._outstanding = self._outstanding, {}
         for pending in outstanding.values():
             if pending.timer is not None and pending.timer.active():
