@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import struct
 
 from twisted.internet.address import IPv4Address
@@ -15,6 +16,7 @@ from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomtwist.acse import build_rq
 from dicomtwist.association import AcceptorFactory, Association
 from dicomtwist.dimse import messages as m
+from dicomtwist.errors import AssociationAborted
 from dicomtwist.dimse.codec import decode_command, encode_command, fragment
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.ul.framing import PDUFramer
@@ -95,8 +97,18 @@ class AcceptorProtocolTests(SynchronousTestCase):
         ours = factory_kwargs.pop("policy", None) or policy()
         factory = AcceptorFactory(self.clock, ours, {"echo": handle_echo}, **factory_kwargs)
         proto = factory.buildProtocol(self.transport.getPeer())
+        # What ``established`` fires with, seen by a listener that was there
+        # from the start (the acceptor swallows an unobserved failure later).
+        self.outcome: list = []
+        proto.established.addBoth(lambda result: self.outcome.append(result) or result)
         proto.makeConnection(self.transport)
         return proto
+
+    def assertNotEstablished(self) -> None:
+        """Assert ``established`` failed with AssociationAborted."""
+        [failure] = self.outcome
+        self.assertIsInstance(failure, Failure)
+        failure.trap(AssociationAborted)
 
     def take(self) -> bytes:
         """Return and clear what was written so far."""
@@ -213,7 +225,18 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(proto.machine.state, State.STA1)
-        self.failureResultOf(proto.established)
+        self.assertNotEstablished()
+
+    def test_unassociated_close_logs_nothing(self) -> None:
+        """A connection closed before any RQ leaves no unhandled failure to log at garbage collection."""
+        factory = AcceptorFactory(self.clock, policy(), {})
+        proto = factory.buildProtocol(self.transport.getPeer())
+        proto.makeConnection(self.transport)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(factory.associations, set())
+        del proto
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(AssociationAborted), [])
 
     def test_artim_stopped_by_rq(self) -> None:
         """ARTIM stops when the A-ASSOCIATE-RQ arrives."""
@@ -242,7 +265,7 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto = self.connect()
         proto.dataReceived(HEADER.pack(0x0A, 4) + b"\x00" * 4)
         self.assertAbortedWith(proto, 2, 1)
-        self.failureResultOf(proto.established)
+        self.assertNotEstablished()
 
     def test_unknown_pdu_type_when_associated(self) -> None:
         """An unknown PDU type on an association gets A-ABORT(provider, unrecognized PDU)."""
@@ -272,6 +295,7 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto = self.connect()
         proto.dataReceived(bytes(rq))
         self.assertAbortedWith(proto, 2, 6)
+        self.assertNotEstablished()
 
     def test_cut_short_rq_fixed_fields(self) -> None:
         """An RQ too short for its fixed fields gets A-ABORT(provider, 6)."""
@@ -346,7 +370,7 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.clock.advance(ARTIM)
         self.assertTrue(self.transport.disconnecting)
         proto.connectionLost(Failure(ConnectionDone()))
-        self.failureResultOf(proto.established)
+        self.assertNotEstablished()
 
     def test_reject_called_aet(self) -> None:
         """With require_called_aet, a wrong called AE title gets RJ(1, 1, 7); the peer's close ends it."""
@@ -356,6 +380,7 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(proto.machine.state, State.STA1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNotEstablished()
 
     def test_reject_protocol_version(self) -> None:
         """A protocol version without bit 0 gets RJ from the ACSE provider (1, 2, 2)."""
