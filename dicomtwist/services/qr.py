@@ -1,0 +1,298 @@
+"""Query/Retrieve (PS3.4 Annex C), Basic Worklist (Annex K) and UPS Pull
+C-FIND (Annex CC) services of the archive.
+
+C-FIND answers one response per matching entity at the query level,
+fetched from the index in bounded batches in the thread pool so a large
+result set never stalls the reactor.  C-MOVE opens associations to the
+configured destination and C-GET uses the requestor's own association;
+both send stored files as they are (no decoding) whenever the peer accepted
+the stored transfer syntax, report pending counts after each
+sub-operation, and honour C-CANCEL between sub-operations.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any, AsyncIterator, Iterable, Iterator
+
+from pydicom.dataset import Dataset
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from dicomtwist import log as dlog
+from dicomtwist.association import Association, Response, ServiceRequest, associate, file_dataset
+from dicomtwist.errors import DIMSEServiceError
+from dicomtwist.status import Category, Status, category
+
+#: SOP class -> information model name used by the index.
+FIND_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.1": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.3.1": "PATIENT_STUDY_ONLY",
+}
+MOVE_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.2": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.2": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.3.2": "PATIENT_STUDY_ONLY",
+}
+GET_MODELS = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "PATIENT",
+    "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
+    "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
+}
+#: Worklist and UPS Pull: negotiated and answered, with no records (as the
+#: reference does): the archive holds no scheduled work.
+EMPTY_FIND = frozenset({"1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.34.6.3"})
+
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+#: Rows fetched from the index per trip to the thread pool.
+BATCH = 64
+#: At most this many presentation contexts per sub-operation association.
+MAX_CONTEXTS = 128
+
+
+def _take(iterator: Iterator[Dataset], count: int) -> list[Dataset]:
+    return list(islice(iterator, count))
+
+
+def _service_error(error: Exception) -> DIMSEServiceError:
+    """Turn the index's QueryError (status, comment) into a DIMSE status."""
+    status = getattr(error, "status", None)
+    if status is None:
+        return DIMSEServiceError(Status.UNABLE_TO_PROCESS, str(error)[:64])
+    return DIMSEServiceError(status, (getattr(error, "comment", None) or str(error))[:64])
+
+
+class QueryRetrieve:
+    """C-FIND, C-MOVE and C-GET handlers over an :class:`Index`.
+
+    :param settings: the archive configuration (AE title, destinations,
+        timeouts, max PDU).
+    """
+
+    log = dlog.logger()
+
+    def __init__(self, reactor: Any, pool: ThreadPool, index: Any, settings: Any) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.index = index
+        self.settings = settings
+
+    def _thread(self, f: Any, *args: Any) -> Any:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    # -- C-FIND --------------------------------------------------------------
+    def handle_find(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        """C-FIND handler: an async iterator of pending matches."""
+        return self._find(request)
+
+    async def _find(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        sop_class = request.message.affected_sop_class_uid
+        identifier = request.dataset()
+        if sop_class in EMPTY_FIND:
+            return
+        model = FIND_MODELS[sop_class]
+        try:
+            matches = await self._thread(self.index.find, identifier, model)
+            while True:
+                batch = await self._thread(_take, iter(matches), BATCH)
+                for match in batch:
+                    if request.cancelled:
+                        return
+                    yield Response(Status.PENDING, match)
+                if len(batch) < BATCH:
+                    return
+        except DIMSEServiceError:
+            raise
+        except Exception as e:
+            if getattr(e, "status", None) is None:
+                self.log.failure("C-FIND failed")
+            raise _service_error(e) from e
+
+    # -- C-MOVE and C-GET -----------------------------------------------------
+    def handle_move(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        """C-MOVE handler: sub-operations to the named destination."""
+        return self._retrieve(request, MOVE_MODELS[request.message.affected_sop_class_uid],
+                              move=True)
+
+    def handle_get(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        """C-GET handler: sub-operations on the requestor's association."""
+        return self._retrieve(request, GET_MODELS[request.message.affected_sop_class_uid],
+                              move=False)
+
+    async def _records(self, request: ServiceRequest, model: str) -> list[Any]:
+        identifier = request.dataset()
+        try:
+            return await self._thread(self.index.retrieve, identifier, model)
+        except Exception as e:
+            if getattr(e, "status", None) is None:
+                self.log.failure("Retrieve query failed")
+            raise _service_error(e) from e
+
+    async def _retrieve(self, request: ServiceRequest, model: str,
+                        move: bool) -> AsyncIterator[Any]:
+        message = request.message
+        destination = None
+        if move:
+            destination = self.settings.destinations.get(message.move_destination)
+            if destination is None:
+                self.log.warn("C-MOVE to unknown destination {aet}", aet=message.move_destination)
+                raise DIMSEServiceError(Status.MOVE_DESTINATION_UNKNOWN,
+                                        f"unknown destination {message.move_destination}"[:64])
+        records = await self._records(request, model)
+        progress = _Progress(len(records))
+        if move:
+            runs = self._move_runs(request, destination, records, progress)
+        else:
+            runs = self._get_run(request, records, progress)
+        async for pending in runs:
+            yield pending
+            if request.cancelled:
+                break
+        yield progress.final(request.cancelled)
+
+    async def _move_runs(self, request: ServiceRequest, destination: Any, records: list[Any],
+                         progress: "_Progress") -> AsyncIterator[Response]:
+        originator = (request.association.peer_ae_title, request.message.message_id)
+        for batch in _batches(records):
+            if request.cancelled:
+                return
+            try:
+                assoc = await associate(
+                    self.reactor, destination.address, destination.port,
+                    contexts=_contexts(batch), called_ae_title=destination.ae_title,
+                    calling_ae_title=self.settings.ae_title, max_pdu=self.settings.max_pdu,
+                    acse_timeout=self.settings.acse_timeout or 30.0,
+                    dimse_timeout=self.settings.dimse_timeout,
+                    network_timeout=self.settings.network_timeout)
+            except Exception as e:
+                self.log.warn("C-MOVE: cannot associate with {aet} at {host}:{port}: {error}",
+                              aet=destination.ae_title, host=destination.address,
+                              port=destination.port, error=str(e))
+                for record in batch:
+                    progress.done(record, Status.UNABLE_TO_PROCESS)
+                yield progress.pending()
+                continue
+            try:
+                for record in batch:
+                    if request.cancelled:
+                        return
+                    status = await self._store(assoc, record, originator)
+                    progress.done(record, status)
+                    yield progress.pending()
+            finally:
+                if not assoc.machine.is_closed:
+                    try:
+                        await assoc.release()
+                    except Exception:
+                        pass
+
+    async def _get_run(self, request: ServiceRequest, records: list[Any],
+                       progress: "_Progress") -> AsyncIterator[Response]:
+        assoc = request.association
+        for record in records:
+            if request.cancelled or assoc.machine.is_closed:
+                return
+            status = await self._store(assoc, record, None, get=True)
+            progress.done(record, status)
+            yield progress.pending()
+
+    async def _store(self, assoc: Association, record: Any,
+                     originator: tuple[str, int] | None, get: bool = False) -> int:
+        """One C-STORE sub-operation; returns its status (failure on error)."""
+        try:
+            source = file_dataset(self._path(record))
+            if get:
+                context = assoc.context_for(record.sop_class_uid, source.transfer_syntax)
+                if not context.scp_role:
+                    raise ValueError("the C-GET SCU did not take the SCP role for"
+                                     f" {record.sop_class_uid}")
+            rsp = await assoc.store(source, move_originator=originator)
+            return rsp.status
+        except Exception as e:
+            self.log.warn("Sub-operation for {uid} failed: {error}",
+                          uid=record.sop_instance_uid, error=str(e))
+            return Status.UNABLE_TO_PROCESS
+
+    def _path(self, record: Any) -> str:
+        import os
+        root = os.path.realpath(self.settings.instance_location)
+        path = os.path.realpath(os.path.join(root, record.path))
+        if os.path.dirname(path) != root:
+            raise ValueError(f"indexed path {record.path!r} is outside the instance directory")
+        return path
+
+
+class _Progress:
+    """Sub-operation counts of one C-MOVE/C-GET (PS3.4 C.4.2.1.6)."""
+
+    def __init__(self, total: int) -> None:
+        self.remaining = total
+        self.completed = 0
+        self.failed = 0
+        self.warning = 0
+        self.failed_uids: list[str] = []
+
+    def done(self, record: Any, status: int) -> None:
+        self.remaining -= 1
+        kind = category(status)
+        if kind is Category.SUCCESS:
+            self.completed += 1
+        elif kind is Category.WARNING:
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(record.sop_instance_uid)
+
+    def _counts(self, remaining: bool) -> dict[str, int]:
+        counts = {
+            "number_of_completed_sub_operations": self.completed,
+            "number_of_failed_sub_operations": self.failed,
+            "number_of_warning_sub_operations": self.warning,
+        }
+        if remaining:
+            counts["number_of_remaining_sub_operations"] = self.remaining
+        return counts
+
+    def pending(self) -> Response:
+        return Response(Status.PENDING, None, self._counts(True))
+
+    def final(self, cancelled: bool) -> Response:
+        identifier = None
+        if self.failed_uids:
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = self.failed_uids
+        if cancelled:
+            return Response(Status.CANCEL, identifier, self._counts(True))
+        if self.failed or self.warning:
+            return Response(Status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES, identifier,
+                            self._counts(False))
+        return Response(Status.SUCCESS, None, self._counts(False))
+
+
+def _contexts(records: Iterable[Any]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for sending ``records`` as they are stored."""
+    contexts: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        key = (record.sop_class_uid, record.transfer_syntax_uid)
+        if key not in contexts:
+            syntaxes = [record.transfer_syntax_uid]
+            if record.transfer_syntax_uid in UNCOMPRESSED:
+                syntaxes = list(dict.fromkeys([record.transfer_syntax_uid, *UNCOMPRESSED]))
+            contexts[key] = syntaxes
+    return [(sop_class, syntaxes) for (sop_class, _), syntaxes in contexts.items()]
+
+
+def _batches(records: list[Any]) -> Iterator[list[Any]]:
+    """Split records so that each batch needs at most MAX_CONTEXTS contexts."""
+    batch: list[Any] = []
+    keys: set[tuple[str, str]] = set()
+    for record in records:
+        key = (record.sop_class_uid, record.transfer_syntax_uid)
+        if key not in keys and len(keys) == MAX_CONTEXTS:
+            yield batch
+            batch, keys = [], set()
+        keys.add(key)
+        batch.append(record)
+    if batch:
+        yield batch
