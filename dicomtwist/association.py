@@ -602,9 +602,12 @@ class Association(DicomProtocol):
             count = 0
             async for item in _aiter(results):
                 response = _as_response(item)
-                if request.cancelled:
-                    await self._respond(request, Response(Status.CANCEL))
-                    return
+                if request.cancelled and category(response.status) is Category.PENDING:
+                    if hasattr(results, "__aiter__"):
+                        # An async handler sees ``cancelled`` itself and may
+                        # end with its own Cancel response (with counts).
+                        continue
+                    break
                 if self.machine.is_closed:
                     return
                 await self._respond(request, response)
