@@ -1,0 +1,787 @@
+"""The archive index: patients, studies, series and instances in sqlite.
+
+``Index`` is plain synchronous Python, safe to share between the threads of
+a pool: the service layer calls it through ``deferToThreadPool`` and never
+on the reactor thread. One sqlite connection (WAL, ``synchronous=NORMAL``)
+is guarded by a lock; queries take the lock for one batch of rows at a time,
+never across a ``yield``.
+
+Layout, one table per Query/Retrieve level (PS3.4 C.6):
+
+- ``patient``: identified by Patient ID and Issuer of Patient ID (PS3.4
+  C.6.1.1.2: Patient ID is the Patient level unique key; an empty issuer
+  is stored as ``""``). Instances with the same Patient ID (and issuer)
+  share one row.
+- ``study``, ``series``, ``instance``: keyed by their UIDs, each holding the
+  integer key of its parent.
+
+Values are stored decoded to ``str`` as pydicom gives them after applying
+the data set's Specific Character Set (PS3.5 6.1, PS3.3 C.12.1.1.2); PN
+values keep all component groups (``Yamada^Tarou=山田^太郎=やまだ^たろう``),
+multi-valued values are joined with ``\\``, IS and US are integers. PN, TM
+and DT values also keep a ``<column>_key`` with the normalised form that
+``matching`` compares. Parent rows take the non-empty values of the latest
+instance added.
+
+Derived attributes (Number of Patient/Study/Series Related ..., Modalities
+in Study, SOP Classes in Study) are columns recomputed for the rows an
+``add`` or ``remove`` touches, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import sqlite_utils
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag, Tag
+
+from dicomtwist.storage import matching
+from dicomtwist.storage.matching import Condition, QueryError
+
+__all__ = [
+    "ATTRIBUTES",
+    "Attribute",
+    "BATCH_SIZE",
+    "Index",
+    "InstanceRecord",
+    "LEVELS",
+    "MODELS",
+    "QueryError",
+    "UNIQUE_KEYS",
+    "unsupported_keys",
+]
+
+BATCH_SIZE = 500
+"""Rows fetched per lock acquisition while streaming query results."""
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+"""Query/Retrieve levels, top to bottom (PS3.4 C.3)."""
+
+TABLES = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+_ALIASES = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
+_DEPTH = {"patient": 0, "study": 1, "series": 2, "instance": 3}
+
+MODELS = {
+    "PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    "STUDY": ("STUDY", "SERIES", "IMAGE"),
+    "PATIENT_STUDY_ONLY": ("PATIENT", "STUDY"),
+}
+"""The levels of each information model (PS3.4 C.6.1, C.6.2, C.6.3)."""
+
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+"""The unique key of each level (PS3.4 C.6.1.1, C.6.2.1)."""
+
+_QUERY_RETRIEVE_LEVEL = Tag("QueryRetrieveLevel")
+_SPECIFIC_CHARACTER_SET = Tag("SpecificCharacterSet")
+_INSTANCE_AVAILABILITY = Tag("InstanceAvailability")
+_UTF8 = "ISO_IR 192"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """An attribute the index stores and matches.
+
+    :param keyword: the DICOM keyword.
+    :param table: ``patient``, ``study``, ``series`` or ``instance``.
+    :param column: the SQL column.
+    :param vr: the VR.
+    :param derived: computed by the index, not read from the data set.
+    """
+
+    keyword: str
+    table: str
+    column: str
+    vr: str
+    derived: bool = False
+
+    @property
+    def tag(self) -> BaseTag:
+        """The attribute's tag."""
+        return Tag(self.keyword)
+
+    @property
+    def key_column(self) -> str | None:
+        """The column holding ``matching.match_key`` of the value, if any."""
+        return f"{self.column}_key" if self.vr in matching.KEYED_VRS else None
+
+    @property
+    def sql_type(self) -> type:
+        """The Python type sqlite-utils maps to the column's SQL type."""
+        return int if self.vr in matching.NUMERIC_VRS else str
+
+
+def _a(keyword: str, table: str, column: str, derived: bool = False) -> Attribute:
+    return Attribute(keyword, table, column, dictionary_VR(keyword), derived)
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    # Patient level (PS3.4 C.6.1.1.2)
+    _a("PatientID", "patient", "patient_id"),
+    _a("IssuerOfPatientID", "patient", "issuer_of_patient_id"),
+    _a("PatientName", "patient", "patient_name"),
+    _a("PatientBirthDate", "patient", "patient_birth_date"),
+    _a("PatientBirthTime", "patient", "patient_birth_time"),
+    _a("PatientSex", "patient", "patient_sex"),
+    _a("OtherPatientIDs", "patient", "other_patient_ids"),
+    _a("OtherPatientNames", "patient", "other_patient_names"),
+    _a("EthnicGroup", "patient", "ethnic_group"),
+    _a("PatientComments", "patient", "patient_comments"),
+    _a("NumberOfPatientRelatedStudies", "patient", "number_of_patient_related_studies", True),
+    _a("NumberOfPatientRelatedSeries", "patient", "number_of_patient_related_series", True),
+    _a("NumberOfPatientRelatedInstances", "patient", "number_of_patient_related_instances", True),
+    # Study level (PS3.4 C.6.1.1.3, C.6.2.1.2)
+    _a("StudyInstanceUID", "study", "study_instance_uid"),
+    _a("StudyDate", "study", "study_date"),
+    _a("StudyTime", "study", "study_time"),
+    _a("AccessionNumber", "study", "accession_number"),
+    _a("StudyID", "study", "study_id"),
+    _a("StudyDescription", "study", "study_description"),
+    _a("ReferringPhysicianName", "study", "referring_physician_name"),
+    _a("NameOfPhysiciansReadingStudy", "study", "name_of_physicians_reading_study"),
+    _a("AdmittingDiagnosesDescription", "study", "admitting_diagnoses_description"),
+    _a("PatientAge", "study", "patient_age"),
+    _a("PatientSize", "study", "patient_size"),
+    _a("PatientWeight", "study", "patient_weight"),
+    _a("Occupation", "study", "occupation"),
+    _a("AdditionalPatientHistory", "study", "additional_patient_history"),
+    _a("ModalitiesInStudy", "study", "modalities_in_study", True),
+    _a("SOPClassesInStudy", "study", "sop_classes_in_study", True),
+    _a("NumberOfStudyRelatedSeries", "study", "number_of_study_related_series", True),
+    _a("NumberOfStudyRelatedInstances", "study", "number_of_study_related_instances", True),
+    # Series level (PS3.4 C.6.1.1.4)
+    _a("SeriesInstanceUID", "series", "series_instance_uid"),
+    _a("Modality", "series", "modality"),
+    _a("SeriesNumber", "series", "series_number"),
+    _a("SeriesDescription", "series", "series_description"),
+    _a("SeriesDate", "series", "series_date"),
+    _a("SeriesTime", "series", "series_time"),
+    _a("BodyPartExamined", "series", "body_part_examined"),
+    _a("Laterality", "series", "laterality"),
+    _a("ProtocolName", "series", "protocol_name"),
+    _a("PerformingPhysicianName", "series", "performing_physician_name"),
+    _a("NumberOfSeriesRelatedInstances", "series", "number_of_series_related_instances", True),
+    # Composite object instance level (PS3.4 C.6.1.1.5)
+    _a("SOPInstanceUID", "instance", "sop_instance_uid"),
+    _a("SOPClassUID", "instance", "sop_class_uid"),
+    _a("InstanceNumber", "instance", "instance_number"),
+    _a("ContentDate", "instance", "content_date"),
+    _a("ContentTime", "instance", "content_time"),
+    _a("AcquisitionNumber", "instance", "acquisition_number"),
+    _a("NumberOfFrames", "instance", "number_of_frames"),
+    _a("Rows", "instance", "rows"),
+    _a("Columns", "instance", "columns"),
+    _a("AvailableTransferSyntaxUID", "instance", "transfer_syntax_uid", True),
+)
+"""Every attribute the index stores, by level."""
+
+_BY_TAG = {a.tag: a for a in ATTRIBUTES}
+_BY_KEYWORD = {a.keyword: a for a in ATTRIBUTES}
+
+# Multi-valued derived attributes are matched against the rows they are
+# derived from, so that "CT\MR" matches a study having any of them
+# (PS3.4 C.6.1.1.3.1 for Modalities in Study).
+_DERIVED_MATCH = {
+    "ModalitiesInStudy": (
+        "EXISTS (SELECT 1 FROM series ms WHERE ms.study_pk = st.pk AND {cond})",
+        "ms.modality", "CS"),
+    "SOPClassesInStudy": (
+        "EXISTS (SELECT 1 FROM instance mi JOIN series ms ON ms.pk = mi.series_pk "
+        "WHERE ms.study_pk = st.pk AND {cond})",
+        "mi.sop_class_uid", "UI"),
+}
+
+_FROM = {
+    "patient": "patient p",
+    "study": "study st JOIN patient p ON p.pk = st.patient_pk",
+    "series": ("series se JOIN study st ON st.pk = se.study_pk "
+               "JOIN patient p ON p.pk = st.patient_pk"),
+    "instance": ("instance i JOIN series se ON se.pk = i.series_pk "
+                 "JOIN study st ON st.pk = se.study_pk "
+                 "JOIN patient p ON p.pk = st.patient_pk"),
+}
+
+
+class InstanceRecord(NamedTuple):
+    """One stored instance to send for a C-MOVE or C-GET.
+
+    ``path`` is relative to the instance directory.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class _ReturnKey:
+    tag: BaseTag
+    vr: str
+    expression: str | None  # SQL expression, or None for "always empty"
+    constant: object = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    level: str
+    table: str
+    keys: tuple[_ReturnKey, ...]
+    sql: str
+    params: tuple
+    character_set: object
+
+
+def _stored_value(ds: Dataset, attribute: Attribute) -> object:
+    """The value of ``attribute`` in ``ds`` as the index stores it."""
+    tag = attribute.tag
+    if tag not in ds:
+        return None
+    value = ds[tag].value
+    values = matching.split_values(value)
+    values = [v for v in values]
+    if not any(values):
+        return None
+    if attribute.sql_type is int:
+        try:
+            return int(values[0])
+        except ValueError:
+            return None
+    if attribute.vr == "DA":
+        values = [v.replace(".", "") for v in values]
+    return "\\".join(values)
+
+
+def _is_single_value(value: object, vr: str) -> bool:
+    values = matching.split_values(value)
+    if len(values) != 1 or not values[0] or values[0] == matching.EMPTY_VALUE:
+        return False
+    return not matching.has_wildcard(values[0], vr) and "*" not in values[0]
+
+
+def _check_model(model: str) -> tuple[str, ...]:
+    try:
+        return MODELS[model]
+    except KeyError:
+        raise ValueError(f"unknown information model {model!r}") from None
+
+
+def _query_level(identifier: Dataset, model: str) -> str:
+    """The Query/Retrieve Level of an identifier, checked against the model.
+
+    :raises QueryError: 0xA900 if it is missing or not a level of the model.
+    """
+    levels = _check_model(model)
+    level = identifier.get("QueryRetrieveLevel")
+    if not level or not isinstance(level, str):
+        raise QueryError(comment="Missing or invalid Query/Retrieve Level")
+    level = level.strip()
+    if level not in levels:
+        raise QueryError(comment=f"Query/Retrieve Level {level} invalid for model")
+    return level
+
+
+def _check_higher_unique_keys(identifier: Dataset, model: str, level: str) -> None:
+    # PS3.4 C.4.1.2.1 (C-FIND), C.4.2.2.1 (C-MOVE), C.4.3.2.1 (C-GET):
+    # with the hierarchical method, the unique key of each level above the
+    # query level shall be given, with single value matching.
+    levels = MODELS[model]
+    for higher in levels[:levels.index(level)]:
+        keyword = UNIQUE_KEYS[higher]
+        attribute = _BY_KEYWORD[keyword]
+        if keyword not in identifier or not _is_single_value(
+                identifier[keyword].value, attribute.vr):
+            raise QueryError(comment=f"{keyword} needs a single value at {level} level")
+
+
+def unsupported_keys(identifier: Dataset) -> list[str]:
+    """Keys with a matching value that the index cannot match on.
+
+    They are treated as universal matching (PS3.4 C.2.2.2.3); the service
+    may answer Pending with status 0xFF01 (PS3.4 C.4.1.1.4) when this is not
+    empty.
+
+    :returns: the keywords (or tags) of those keys.
+    """
+    found = []
+    for element in identifier:
+        tag = element.tag
+        if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET) or tag.element == 0:
+            continue
+        if tag in _BY_TAG:
+            continue
+        if element.VR == "SQ":
+            if any(len(item) for item in element.value or ()):
+                found.append(element.keyword or str(tag))
+            continue
+        if not matching.is_universal(element.value):
+            found.append(element.keyword or str(tag))
+    return found
+
+
+class Index:
+    """The sqlite index of an archive, shared between threads.
+
+    :param path: the database file; created with its schema if needed.
+    :param batch_size: rows fetched per lock acquisition by ``find``.
+    """
+
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE) -> None:
+        # isolation_level=None: transactions are our SAVEPOINTs, not the
+        # sqlite3 module's implicit BEGINs.
+        self._conn = sqlite3.connect(path, check_same_thread=False,
+                                     isolation_level=None, timeout=30)
+        self._db = sqlite_utils.Database(self._conn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.batch_size = batch_size
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._create_schema()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    # Schema
+
+    def _columns(self, table: str) -> dict[str, type]:
+        columns: dict[str, type] = {"pk": int}
+        parent = {"study": "patient_pk", "series": "study_pk", "instance": "series_pk"}
+        if table in parent:
+            columns[parent[table]] = int
+        for attribute in ATTRIBUTES:
+            if attribute.table == table:
+                columns[attribute.column] = attribute.sql_type
+                if attribute.key_column:
+                    columns[attribute.key_column] = str
+        if table == "instance":
+            columns.update(path=str, size=int, specific_character_set=str)
+        return columns
+
+    def _create_schema(self) -> None:
+        db = self._db
+        parents = {"study": ("patient_pk", "patient"), "series": ("study_pk", "study"),
+                   "instance": ("series_pk", "series")}
+        for table in ("patient", "study", "series", "instance"):
+            foreign_keys = []
+            if table in parents:
+                column, other = parents[table]
+                foreign_keys = [(column, other, "pk")]
+            not_null = {"patient_id", "issuer_of_patient_id"} if table == "patient" else set()
+            db[table].create(self._columns(table), pk="pk", foreign_keys=foreign_keys,
+                             not_null=not_null, if_not_exists=True)
+        indexes = [
+            ("patient", ["patient_id", "issuer_of_patient_id"], True),
+            ("patient", ["patient_name_key"], False),
+            ("patient", ["patient_birth_date"], False),
+            ("study", ["study_instance_uid"], True),
+            ("study", ["patient_pk"], False),
+            ("study", ["study_date"], False),
+            ("study", ["accession_number"], False),
+            ("study", ["study_id"], False),
+            ("series", ["series_instance_uid"], True),
+            ("series", ["study_pk"], False),
+            ("series", ["modality"], False),
+            ("instance", ["sop_instance_uid"], True),
+            ("instance", ["series_pk"], False),
+            ("instance", ["sop_class_uid"], False),
+        ]
+        for table, columns, unique in indexes:
+            db[table].create_index(columns, unique=unique, if_not_exists=True)
+
+    # Transactions
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes in one transaction (group commit for the store pipeline).
+
+        ``add`` and ``remove`` inside the block are each a savepoint: one that
+        fails rolls back alone and raises, the others stay. Everything is
+        durable when the block exits; answer a store only after that. Blocks
+        nest. The lock is held for the whole block, so queries see committed
+        data only.
+        """
+        with self._lock:
+            self._depth += 1
+            name = f"sp{self._depth}"
+            try:
+                self._conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield
+                except BaseException:
+                    self._conn.execute(f"ROLLBACK TO {name}")
+                    self._conn.execute(f"RELEASE {name}")
+                    raise
+                try:
+                    self._conn.execute(f"RELEASE {name}")
+                except BaseException:
+                    if self._depth == 1 and self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._depth -= 1
+
+    # Writing
+
+    def add(self, ds: Dataset, path: str, transfer_syntax: str, size: int) -> None:
+        """Index one stored instance, in one transaction (savepoint).
+
+        A second ``add`` of the same SOP Instance UID replaces its row, even
+        if the instance moved to another series, study or patient; the
+        derived counts of old and new parents are recomputed.
+
+        :param ds: the data set (its header is enough); values are decoded
+            with its Specific Character Set.
+        :param path: the file, relative to the instance directory.
+        :param transfer_syntax: the Transfer Syntax UID of the file.
+        :param size: the file size in bytes.
+        :raises ValueError: if a UID the index needs is missing.
+        :raises sqlite3.Error: if the database write fails; nothing of this
+            instance is kept, so the caller can delete the file.
+        """
+        row = {a.keyword: _stored_value(ds, a) for a in ATTRIBUTES if not a.derived}
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if not row[keyword]:
+                raise ValueError(f"data set has no {keyword}")
+        row["PatientID"] = row["PatientID"] or ""
+        row["IssuerOfPatientID"] = row["IssuerOfPatientID"] or ""
+        character_set = ds.get("SpecificCharacterSet")
+        extra = {
+            "transfer_syntax_uid": transfer_syntax,
+            "path": path,
+            "size": size,
+            "specific_character_set": "\\".join(matching.split_values(character_set)) or None,
+        }
+        with self.transaction():
+            self._add(row, extra)
+
+    def _table_values(self, table: str, row: dict) -> dict[str, object]:
+        values: dict[str, object] = {}
+        for attribute in ATTRIBUTES:
+            if attribute.table != table or attribute.derived:
+                continue
+            value = row[attribute.keyword]
+            values[attribute.column] = value
+            if attribute.key_column:
+                values[attribute.key_column] = matching.match_key(value, attribute.vr)
+        return values
+
+    def _upsert(self, table: str, values: dict[str, object], conflict: Iterable[str],
+                keep: Iterable[str] = ()) -> int:
+        # Parents keep their known values when a new instance lacks them;
+        # the instance row is replaced outright.
+        columns = list(values)
+        conflict = list(conflict)
+        keep = set(keep)
+        updates = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, {c})" if c in keep else f"{c} = excluded.{c}"
+            for c in columns if c not in conflict)
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)}) "
+               f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates} RETURNING pk")
+        return self._conn.execute(sql, [values[c] for c in columns]).fetchone()[0]
+
+    def _add(self, row: dict, extra: dict[str, object]) -> None:
+        execute = self._conn.execute
+        old = execute(
+            "SELECT i.series_pk, se.study_pk, st.patient_pk FROM instance i "
+            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
+            "WHERE i.sop_instance_uid = ?", (row["SOPInstanceUID"],)).fetchone()
+        old_series = execute("SELECT study_pk FROM series WHERE series_instance_uid = ?",
+                             (row["SeriesInstanceUID"],)).fetchone()
+        old_study = execute("SELECT patient_pk FROM study WHERE study_instance_uid = ?",
+                            (row["StudyInstanceUID"],)).fetchone()
+
+        values = self._table_values("patient", row)
+        patient_pk = self._upsert("patient", values, ["patient_id", "issuer_of_patient_id"],
+                                  keep=values)
+        values = self._table_values("study", row)
+        values["patient_pk"] = patient_pk
+        study_pk = self._upsert("study", values, ["study_instance_uid"], keep=values)
+        values = self._table_values("series", row)
+        values["study_pk"] = study_pk
+        series_pk = self._upsert("series", values, ["series_instance_uid"], keep=values)
+        values = self._table_values("instance", row)
+        values["series_pk"] = series_pk
+        values.update(extra)
+        self._upsert("instance", values, ["sop_instance_uid"])
+
+        series = {series_pk}
+        studies = {study_pk}
+        patients = {patient_pk}
+        if old is not None:
+            series.add(old[0])
+            studies.add(old[1])
+            patients.add(old[2])
+        if old_series is not None:
+            studies.add(old_series[0])
+        if old_study is not None:
+            patients.add(old_study[0])
+        self._tidy(series, studies, patients)
+
+    def _tidy(self, series: set[int], studies: set[int], patients: set[int]) -> None:
+        """Delete emptied parents and recompute the derived attributes."""
+        execute = self._conn.execute
+        for pk in series:
+            if execute("SELECT 1 FROM instance WHERE series_pk = ? LIMIT 1", (pk,)).fetchone():
+                count = execute("SELECT COUNT(*) FROM instance WHERE series_pk = ?",
+                                (pk,)).fetchone()[0]
+                execute("UPDATE series SET number_of_series_related_instances = ? "
+                        "WHERE pk = ?", (count, pk))
+            else:
+                execute("DELETE FROM series WHERE pk = ?", (pk,))
+        for pk in studies:
+            n_series = execute("SELECT COUNT(*) FROM series WHERE study_pk = ?",
+                               (pk,)).fetchone()[0]
+            if not n_series:
+                execute("DELETE FROM study WHERE pk = ?", (pk,))
+                continue
+            n_instances = execute(
+                "SELECT COUNT(*) FROM instance i JOIN series se ON se.pk = i.series_pk "
+                "WHERE se.study_pk = ?", (pk,)).fetchone()[0]
+            modalities = [r[0] for r in execute(
+                "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
+                "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (pk,))]
+            classes = [r[0] for r in execute(
+                "SELECT DISTINCT i.sop_class_uid FROM instance i "
+                "JOIN series se ON se.pk = i.series_pk WHERE se.study_pk = ? "
+                "AND i.sop_class_uid IS NOT NULL ORDER BY i.sop_class_uid", (pk,))]
+            execute("UPDATE study SET number_of_study_related_series = ?, "
+                    "number_of_study_related_instances = ?, modalities_in_study = ?, "
+                    "sop_classes_in_study = ? WHERE pk = ?",
+                    (n_series, n_instances, "\\".join(modalities) or None,
+                     "\\".join(classes) or None, pk))
+        for pk in patients:
+            n_studies = execute("SELECT COUNT(*) FROM study WHERE patient_pk = ?",
+                                (pk,)).fetchone()[0]
+            if not n_studies:
+                execute("DELETE FROM patient WHERE pk = ?", (pk,))
+                continue
+            n_series, n_instances = execute(
+                "SELECT COUNT(DISTINCT se.pk), COUNT(i.pk) FROM study st "
+                "JOIN series se ON se.study_pk = st.pk "
+                "JOIN instance i ON i.series_pk = se.pk WHERE st.patient_pk = ?",
+                (pk,)).fetchone()
+            execute("UPDATE patient SET number_of_patient_related_studies = ?, "
+                    "number_of_patient_related_series = ?, "
+                    "number_of_patient_related_instances = ? WHERE pk = ?",
+                    (n_studies, n_series, n_instances, pk))
+
+    def remove(self, sop_instance_uid: str) -> str | None:
+        """Remove one instance, and the series, study and patient it empties.
+
+        :returns: the instance's path, or ``None`` if it was not indexed.
+        """
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT i.pk, i.path, i.series_pk, se.study_pk, st.patient_pk "
+                "FROM instance i JOIN series se ON se.pk = i.series_pk "
+                "JOIN study st ON st.pk = se.study_pk WHERE i.sop_instance_uid = ?",
+                (sop_instance_uid,)).fetchone()
+            if row is None:
+                return None
+            pk, path, series_pk, study_pk, patient_pk = row
+            self._conn.execute("DELETE FROM instance WHERE pk = ?", (pk,))
+            self._tidy({series_pk}, {study_pk}, {patient_pk})
+            return path
+
+    def clear(self) -> None:
+        """Remove every row."""
+        with self.transaction():
+            for table in ("instance", "series", "study", "patient"):
+                self._conn.execute(f"DELETE FROM {table}")
+
+    # Reading
+
+    def get_path(self, sop_instance_uid: str) -> str | None:
+        """The path of an instance, or ``None`` if it is not indexed."""
+        with self._lock:
+            row = self._conn.execute("SELECT path FROM instance WHERE sop_instance_uid = ?",
+                                     (sop_instance_uid,)).fetchone()
+        return None if row is None else row[0]
+
+    def paths(self) -> list[str]:
+        """The paths of all indexed instances."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT path FROM instance ORDER BY pk")]
+
+    def count(self, level: str) -> int:
+        """The number of patients, studies, series or instances.
+
+        :param level: a Query/Retrieve level (``"IMAGE"`` for instances) or a
+            table name.
+        """
+        table = TABLES.get(level, level)
+        if table not in _DEPTH:
+            raise ValueError(f"unknown level {level!r}")
+        with self._lock:
+            return self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    # C-FIND
+
+    def find(self, identifier: Dataset, model: str) -> Iterator[Dataset]:
+        """Match an identifier; one response per matching entity at its level.
+
+        The identifier is checked before this returns; the rows are then
+        read lazily, ``batch_size`` at a time, so a caller can stream them
+        and stop early.
+
+        :param identifier: the C-FIND request identifier.
+        :param model: ``"PATIENT"`` (Patient Root), ``"STUDY"`` (Study Root)
+            or ``"PATIENT_STUDY_ONLY"``.
+        :returns: response identifiers holding the requested keys, the
+            unique keys of the query level and above, Query/Retrieve Level,
+            and Specific Character Set when needed.
+        :raises QueryError: 0xA900 for an identifier the model does not allow.
+        """
+        plan = self._plan(identifier, model)
+        return self._run(plan)
+
+    def _plan(self, identifier: Dataset, model: str) -> _Plan:
+        level = _query_level(identifier, model)
+        _check_higher_unique_keys(identifier, model, level)
+        table = TABLES[level]
+        depth = _DEPTH[table]
+        keys: list[_ReturnKey] = []
+        conditions: list[Condition] = []
+        seen = set()
+        for element in identifier:
+            tag = element.tag
+            if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET) or tag.element == 0:
+                continue
+            seen.add(tag)
+            attribute = _BY_TAG.get(tag)
+            if attribute is None:
+                constant = "ONLINE" if tag == _INSTANCE_AVAILABILITY else None
+                keys.append(_ReturnKey(tag, element.VR, None, constant))
+                continue
+            if _DEPTH[attribute.table] > depth:
+                # PS3.4 C.4.1.2.1: a key below the query level can't be matched.
+                if not matching.is_universal(element.value):
+                    raise QueryError(
+                        comment=f"{attribute.keyword} is below the {level} level")
+                keys.append(_ReturnKey(tag, attribute.vr, None))
+                continue
+            alias = _ALIASES[attribute.table]
+            keys.append(_ReturnKey(tag, attribute.vr, f"{alias}.{attribute.column}"))
+            found = self._condition(attribute, element.value)
+            if found is not None:
+                conditions.append(found)
+        # The unique keys of the query level and the levels above are always
+        # returned (PS3.4 C.4.1.2.2, hierarchical search).
+        levels = MODELS[model]
+        for higher in levels[:levels.index(level) + 1]:
+            attribute = _BY_KEYWORD[UNIQUE_KEYS[higher]]
+            if attribute.tag not in seen:
+                alias = _ALIASES[attribute.table]
+                keys.append(_ReturnKey(attribute.tag, attribute.vr,
+                                       f"{alias}.{attribute.column}"))
+        alias = _ALIASES[table]
+        expressions = [f"{alias}.pk"] + [k.expression for k in keys if k.expression]
+        where = " AND ".join(f"({c.sql})" for c in conditions) or "1"
+        sql = (f"SELECT {', '.join(expressions)} FROM {_FROM[table]} "
+               f"WHERE {where} AND {alias}.pk > ? ORDER BY {alias}.pk LIMIT ?")
+        params = tuple(p for c in conditions for p in c.params)
+        return _Plan(level, table, tuple(keys), sql, params,
+                     identifier.get("SpecificCharacterSet"))
+
+    @staticmethod
+    def _condition(attribute: Attribute, value: object) -> Condition | None:
+        if attribute.keyword in _DERIVED_MATCH:
+            template, column, vr = _DERIVED_MATCH[attribute.keyword]
+            found = matching.condition(column, value, vr)
+            if found is None:
+                return None
+            return Condition(template.format(cond=found.sql), found.params)
+        alias = _ALIASES[attribute.table]
+        key_column = f"{alias}.{attribute.key_column}" if attribute.key_column else None
+        return matching.condition(f"{alias}.{attribute.column}", value, attribute.vr,
+                                  key_column)
+
+    def _run(self, plan: _Plan) -> Iterator[Dataset]:
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    plan.sql, plan.params + (last, self.batch_size)).fetchall()
+            for row in rows:
+                yield self._response(plan, row)
+            if len(rows) < self.batch_size:
+                return
+            last = rows[-1][0]
+
+    @staticmethod
+    def _response(plan: _Plan, row: tuple) -> Dataset:
+        response = Dataset()
+        values = iter(row[1:])
+        non_ascii = False
+        for key in plan.keys:
+            if key.vr == "SQ":
+                response.add(DataElement(key.tag, "SQ", DicomSequence()))
+                continue
+            value = next(values) if key.expression else key.constant
+            if value is None:
+                value = ""
+            elif isinstance(value, str) and not value.isascii():
+                non_ascii = True
+            response.add(DataElement(key.tag, key.vr, value))
+        response.QueryRetrieveLevel = plan.level
+        if non_ascii:
+            response.SpecificCharacterSet = _UTF8
+        elif plan.character_set is not None:
+            response.SpecificCharacterSet = plan.character_set
+        return response
+
+    # C-MOVE and C-GET
+
+    def retrieve(self, identifier: Dataset, model: str) -> list[InstanceRecord]:
+        """The instances under the entities a C-MOVE or C-GET identifier names.
+
+        The identifier needs the unique key of its level (a list of UIDs is
+        allowed there; PS3.4 C.4.2.2.1, C.4.3.2.1) and a single value for the
+        unique key of each level above. Other keys are ignored.
+
+        :raises QueryError: 0xA900 if the identifier is not valid for the model.
+        """
+        level = _query_level(identifier, model)
+        _check_higher_unique_keys(identifier, model, level)
+        attribute = _BY_KEYWORD[UNIQUE_KEYS[level]]
+        values = matching.split_values(identifier.get(attribute.keyword))
+        if not values or any(not v or "*" in v or "?" in v for v in values):
+            raise QueryError(comment=f"{attribute.keyword} is needed at {level} level")
+        if attribute.vr != "UI" and len(values) != 1:
+            raise QueryError(comment=f"{attribute.keyword} needs a single value")
+        conditions = []
+        levels = MODELS[model]
+        for name in levels[:levels.index(level) + 1]:
+            attribute = _BY_KEYWORD[UNIQUE_KEYS[name]]
+            column = f"{_ALIASES[attribute.table]}.{attribute.column}"
+            conditions.append(matching.condition(column, identifier[attribute.tag].value,
+                                                 attribute.vr))
+        issuer = identifier.get("IssuerOfPatientID")
+        if "PATIENT" in levels[:levels.index(level) + 1] and issuer:
+            conditions.append(Condition("p.issuer_of_patient_id = ?", (str(issuer),)))
+        where = " AND ".join(f"({c.sql})" for c in conditions)
+        sql = ("SELECT i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.path "
+               f"FROM {_FROM['instance']} WHERE {where} "
+               "ORDER BY st.pk, se.pk, i.instance_number, i.pk")
+        with self._lock:
+            rows = self._conn.execute(sql, tuple(p for c in conditions for p in c.params))
+            return [InstanceRecord(*r) for r in rows]
+
