@@ -75,6 +75,8 @@ class DicomProtocol(Protocol):
         self._queued: list[tuple[Event, Any]] = []
         self._idle: IDelayedCall | None = None
         self.peer_description = "?"
+        # Set in a release collision on the acceptor side (PS3.8 9.2.4).
+        self._answer_release_after_rp = False
         #: The A-ASSOCIATE-RQ we send as requestor (set before connecting).
         self.associate_rq: AAssociateRQ | None = None
 
@@ -163,6 +165,11 @@ class DicomProtocol(Protocol):
     def indicate(self, indication: Indication, payload: Any) -> None:
         """Deliver an indication or confirmation to the ``on_*`` hook."""
         getattr(self, _HOOKS[indication])(payload)
+        if indication is Indication.RELEASE_RP and self._answer_release_after_rp:
+            # Release collision, acceptor side: the RP has arrived (AR-10),
+            # now answer the peer's A-RELEASE-RQ (PS3.8 9.2.4).
+            self._answer_release_after_rp = False
+            self.release_response()
 
     # -- primitives for the service user ----------------------------------
     def associate_response(self, pdu: Any) -> None:
@@ -208,12 +215,17 @@ class DicomProtocol(Protocol):
         self.release_response()
 
     def on_release_collision(self, payload: Any) -> None:
-        """A-RELEASE indication during a release collision (PS3.8 9.2.4)."""
-        if not self.machine.is_requestor:
-            # The acceptor answers first in a collision (AR-8 -> Sta10; the
-            # requestor answers once it has the RP, Sta11 -> AR-9).
-            pass
-        self.release_response()
+        """A-RELEASE indication during a release collision (PS3.8 9.2.4).
+
+        The requestor answers at once (Sta9, AR-9).  The acceptor must not:
+        in Sta10 it first awaits the requestor's A-RELEASE-RP (AR-10 ->
+        Sta12) and only then answers (Evt14, AR-4); answering here raised
+        InvalidEventError in Sta10 and aborted the association.
+        """
+        if self.machine.is_requestor:
+            self.release_response()
+        else:
+            self._answer_release_after_rp = True
 
     def on_release_rp(self, payload: Any) -> None:
         """A-RELEASE confirmation."""
