@@ -204,6 +204,22 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(proto.closed))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_release_collision_acceptor(self) -> None:
+        """In a release collision the acceptor answers the peer's RQ only after the peer's RP (PS3.8 9.2.4)."""
+        proto = self.associated()
+        done = proto.release()
+        self.assertEqual(self.take(), RELEASE_RQ)
+        proto.dataReceived(RELEASE_RQ)
+        self.assertEqual(self.take(), b"")
+        self.assertEqual(proto.machine.state, State.STA10)
+        proto.dataReceived(AReleaseRP().encode())
+        self.assertEqual(self.take(), AReleaseRP().encode())
+        self.assertEqual(proto.machine.state, State.STA13)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(done)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_release_then_artim(self) -> None:
         """After A-RELEASE-RP, a peer that never closes is dropped when ARTIM expires."""
         proto = self.associated()
