@@ -185,7 +185,15 @@ def start_script_peer(testcase, reactor, name: str, args: Sequence[str]) -> Peer
 
 
 class _Probe(protocol.Protocol):
+    """Connect, note whether it was a TCP self-connect, hang up."""
+
+    self_connected = False
+
     def connectionMade(self) -> None:
+        # Connecting to a free ephemeral-range port on loopback can pick that
+        # same port as the local one and "succeed" with nobody listening.
+        host, peer = self.transport.getHost(), self.transport.getPeer()
+        self.self_connected = (host.host, host.port) == (peer.host, peer.port)
         self.transport.loseConnection()
 
 
@@ -196,11 +204,13 @@ async def _wait_for_port(reactor, port: int, peer: PeerProcess | None,
         if peer is not None and peer.exited.called:
             raise RuntimeError(f"{peer.description} exited before listening:\n{peer.output()}")
         try:
-            await creator.connectTCP(LOCALHOST, port, timeout=2)
+            probe = await creator.connectTCP(LOCALHOST, port, timeout=2)
         except error.ConnectError:
-            await deferLater(reactor, interval, lambda: None)
+            pass
         else:
-            return
+            if not probe.self_connected:
+                return
+        await deferLater(reactor, interval, lambda: None)
     raise RuntimeError(f"nothing listening on {LOCALHOST}:{port}"
                        f" after {attempts} attempts"
                        + (f":\n{peer.output()}" if peer is not None else ""))

@@ -30,7 +30,13 @@ from twisted.trial.unittest import TestCase
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID
 from dicomtwist.acse import PresentationContext
-from dicomtwist.association import AcceptorFactory, ServiceRequest, associate, file_dataset
+from dicomtwist.association import (
+    AcceptorFactory,
+    Association,
+    ServiceRequest,
+    associate,
+    file_dataset,
+)
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.assembly import TempFileSink
 from dicomtwist.services.echo import handle_echo
@@ -120,15 +126,22 @@ def read_by_uid(paths) -> dict[str, Dataset]:
 class InteropCase(TestCase):
     """Shared fixtures: our acceptor on a loopback port, data set comparison."""
 
-    def serve(self, **policy_args) -> tuple[int, StoreRecorder, list[ServiceRequest]]:
+    def serve(self, directory: str | None = None,
+              **policy_args) -> tuple[int, StoreRecorder, list[ServiceRequest]]:
         """Listen with our acceptor (echo + streaming store) on 127.0.0.1.
 
+        ``self.accepted`` then lists the associations it accepts.
+
+        :param directory: where received instances go (default: a new one).
         :returns: ``(port, store recorder, echo requests)``.
         """
-        directory = self.mktemp()
-        os.makedirs(directory)
+        if directory is None:
+            directory = self.mktemp()
+            os.makedirs(directory)
         recorder = StoreRecorder(directory)
         echoes: list[ServiceRequest] = []
+        accepted: list[Association] = []
+        closed: list[Deferred[None]] = []
 
         def echo(request: ServiceRequest):
             echoes.append(request)
@@ -139,23 +152,23 @@ class InteropCase(TestCase):
         factory = AcceptorFactory(reactor, policy(**args),
                                   {"echo": echo, "store": recorder.store},
                                   sink_for=recorder.sink_for)
-        self.factory = factory
-        self.accepted = []
         build = factory.buildProtocol
 
         def build_and_track(addr):
             assoc = build(addr)
-            closed: Deferred[None] = Deferred()
-            assoc.closed.addBoth(lambda r: (closed.callback(None), r)[1])
-            self.accepted.append((assoc, closed))
+            done: Deferred[None] = Deferred()
+            assoc.closed.addBoth(lambda r: (done.callback(None), r)[1])
+            accepted.append(assoc)
+            closed.append(done)
             return assoc
 
         factory.buildProtocol = build_and_track
+        self.accepted = accepted
         port = reactor.listenTCP(0, factory, interface=peers.LOCALHOST)
         # Cleanups run last-added first: wait for our connections to close
         # (peers release them), then stop listening.
         self.addCleanup(port.stopListening)
-        self.addCleanup(lambda: defer.gatherResults([c for _, c in self.accepted]))
+        self.addCleanup(lambda: defer.gatherResults(list(closed)))
         return port.getHost().port, recorder, echoes
 
     def assertSameDataset(self, received: Dataset, original: Dataset) -> None:
@@ -260,7 +273,7 @@ class StoreSCUTests(InteropCase):
         files = sample_files(self.mktemp_dir())
         recorder = await self._store(files, ["--max-pdu", "4096"], max_pdu=4096)
         self.assertEqual(len(self.accepted), 1)
-        negotiated = self.accepted[0][0].negotiated
+        negotiated = self.accepted[0].negotiated
         self.assertEqual((negotiated.peer_max_pdu, negotiated.our_max_pdu), (4096, 4096))
         self.assertSameInstances(recorder.received(), files)
 
@@ -288,7 +301,7 @@ class PynetdicomRequestorTests(InteropCase):
         self.assertEqual(result["echo"], Status.SUCCESS)
         self.assertEqual(result["store"], [Status.SUCCESS] * len(files))
         self.assertEqual(len(echoes), 1)
-        self.assertEqual(self.accepted[0][0].negotiated.peer_max_pdu, 8192)
+        self.assertEqual(self.accepted[0].negotiated.peer_max_pdu, 8192)
         self.assertSameInstances(recorder.received(), files)
 
     def test_echo_and_store(self):
@@ -416,7 +429,8 @@ class LargeStoreTests(InteropCase):
         source = os.path.join(directory, "large.dcm")
         original, digest = write_large_instance(source)
         sent = file_dataset(source)
-        port, recorder, _ = self.serve()
+        # The received copy goes in the same directory, removed with it.
+        port, recorder, _ = self.serve(directory)
         assoc = await associate(reactor, peers.LOCALHOST, port, contexts=PROPOSED,
                                 called_ae_title="TESTSCP")
         try:
