@@ -54,6 +54,13 @@ PREFIXES: dict[LogLevel, str] = {
 #: Namespaces whose debug and info events are shown only at debug level.
 QUIET_NAMESPACES: tuple[str, ...] = ("twisted.", "log_legacy")
 
+#: Twisted's own messages (by format) shown only at debug level: a factory
+#: that is not marked ``noisy = False`` announces every start and stop.
+QUIET_FORMATS: frozenset[str] = frozenset({
+    "Starting factory {factory!r}",
+    "Stopping factory {factory!r}",
+})
+
 #: Erase the current terminal line (carriage return, erase to end of line).
 _ERASE_LINE = "\r\x1b[K"
 
@@ -121,7 +128,8 @@ class LineObserver:
         level = event.get("log_level", LogLevel.info)
         if level < LogLevel.warn:
             namespace = event.get("log_namespace") or ""
-            if namespace.startswith(self.quiet_namespaces):
+            if (namespace.startswith(self.quiet_namespaces)
+                    or event.get("log_format") in QUIET_FORMATS):
                 return LogLevel.debug
         return level
 
@@ -134,7 +142,7 @@ class LineObserver:
                 f"{failure.type.__name__}: {failure.getErrorMessage()}")
             text = f"{text}\n{detail}" if text else detail
         prefix = PREFIXES.get(level, "I")
-        lines = text.splitlines() or [""]
+        lines = text.replace("\r\n", "\n").split("\n")
         return "".join(f"{prefix}: {line}\n" if line else f"{prefix}:\n" for line in lines)
 
     def __call__(self, event: dict[str, Any]) -> None:
