@@ -34,7 +34,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import sqlite_utils
@@ -107,11 +107,10 @@ class Attribute:
     column: str
     vr: str
     derived: bool = False
+    tag: BaseTag = field(init=False, compare=False)
 
-    @property
-    def tag(self) -> BaseTag:
-        """The attribute's tag."""
-        return Tag(self.keyword)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", Tag(self.keyword))
 
     @property
     def key_column(self) -> str | None:
@@ -351,7 +350,9 @@ class Index:
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._create_schema()
+            # One transaction for all the DDL: one commit, not one per statement.
+            with self.transaction():
+                self._create_schema()
 
     def close(self) -> None:
         """Close the database connection."""
@@ -669,7 +670,9 @@ class Index:
             attribute = _BY_TAG.get(tag)
             if attribute is None:
                 constant = "ONLINE" if tag == _INSTANCE_AVAILABILITY else None
-                keys.append(_ReturnKey(tag, element.VR, None, constant))
+                # An ambiguous VR ("US or SS") takes its first choice.
+                vr = str(element.VR).split(" or ")[0]
+                keys.append(_ReturnKey(tag, vr, None, constant))
                 continue
             if _DEPTH[attribute.table] > depth:
                 # PS3.4 C.4.1.2.1: a key below the query level can't be matched.
