@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist.status import Status
@@ -248,3 +250,25 @@ class MatchKeyTests(SynchronousTestCase):
                          ("100000.000000", "103099.999999"))
         self.assertEqual(matching.range_bounds("-20201231", "DA"), (None, "20201231"))
         self.assertEqual(matching.range_bounds("20200101-", "DA"), ("20200101", None))
+
+
+_PATTERN = st.text(alphabet="aAb%_[]*?^=ü", max_size=8)
+_STORED = st.text(alphabet="aAb%_[]^=ü", max_size=8)
+
+
+class AgreementTests(SynchronousTestCase):
+    """The SQL conditions and the Python predicates agree on any value."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(query=_PATTERN, stored=_STORED, vr=st.sampled_from(["LO", "CS", "UI"]))
+    def test_case_sensitive(self, query, stored, vr):
+        """For case-sensitive VRs, GLOB with '[' escaped matches like a regex."""
+        self.assertEqual(_sql_matches(vr, query, stored or None),
+                         _predicate_matches(vr, query, stored or None))
+
+    @settings(max_examples=300, deadline=None)
+    @given(query=_PATTERN, stored=_STORED)
+    def test_person_name(self, query, stored):
+        """For PN, the match key column and the predicate agree."""
+        self.assertEqual(_sql_matches("PN", query, stored or None),
+                         _predicate_matches("PN", query, stored or None))

@@ -23,6 +23,11 @@ and DT values also keep a ``<column>_key`` with the normalised form that
 ``matching`` compares. Parent rows take the non-empty values of the latest
 instance added.
 
+Modalities in Study and SOP Classes in Study are matched against the series
+and instance rows they come from, so any one value matches; other stored
+multi-valued attributes (Other Patient IDs, Name of Physicians Reading
+Study) are matched against their whole stored value.
+
 Derived attributes (Number of Patient/Study/Series Related ..., Modalities
 in Study, SOP Classes in Study) are columns recomputed for the rows an
 ``add`` or ``remove`` touches, in the same transaction.
