@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from collections.abc import Sequence as AbcSequence
 from dataclasses import dataclass
 
 from dicomtwist.errors import DIMSEServiceError
@@ -124,7 +123,7 @@ def split_values(value: object) -> list[str]:
     """
     if value is None:
         return []
-    if isinstance(value, AbcSequence) and not isinstance(value, (str, bytes)):
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [("" if v is None else str(v)) for v in value]
     text = str(value)
     return text.split("\\") if text else []
