@@ -995,7 +995,7 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
     finally:
         try:
             reactor.removeSystemEventTrigger(trigger)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, NotImplementedError):
             pass
 
 
