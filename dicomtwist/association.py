@@ -35,11 +35,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from dicomtwist import log as dlog
 from dicomtwist import acse
 from dicomtwist.acse import AcceptorPolicy, Negotiated, PresentationContext
 from dicomtwist.dimse import messages as m
@@ -298,7 +298,7 @@ class Association(DicomProtocol):
     :param network_timeout: seconds of silence before aborting.
     """
 
-    log = Logger()
+    log = dlog.logger()
 
     def __init__(self, clock: IReactorTime, *, handlers: Mapping[str, Handler] | None = None,
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
@@ -906,7 +906,8 @@ class AcceptorFactory(Factory):
     :param sink_for: where incoming data sets go (C-STORE to disk).
     """
 
-    log = Logger()
+    log = dlog.logger()
+    noisy = False
 
     def __init__(self, reactor: IReactorTime, policy: AcceptorPolicy,
                  handlers: Mapping[str, Handler], *, sink_for: SinkFactory = memory_sink,
@@ -935,6 +936,8 @@ class AcceptorFactory(Factory):
 
 class RequestorFactory(ClientFactory):
     """Connects one requestor :class:`Association` (used by :func:`associate`)."""
+
+    noisy = False
 
     def __init__(self, association: Association) -> None:
         self.association = association

@@ -127,14 +127,20 @@ class Options(usage.Options):
 
 
 def supported_contexts() -> dict[str, list[str]]:
-    """Every abstract syntax we accept and its transfer syntaxes."""
+    """Every abstract syntax we accept and its transfer syntaxes.
+
+    Storage and Verification take all sixteen transfer syntaxes of the
+    spec (data sets are stored as received); the query/retrieve, worklist
+    and UPS classes take the uncompressed ones.
+    """
     from dicomtwist import sopclasses
+    from dicomtwist.services import qr
 
     contexts: dict[str, list[str]] = {}
     for uid in sopclasses.STORAGE_SOP_CLASSES:
-        contexts[uid] = list(sopclasses.TRANSFER_SYNTAXES)
-    contexts[sopclasses.VERIFICATION] = list(sopclasses.TRANSFER_SYNTAXES)
-    for uid in sopclasses.QUERY_RETRIEVE_SOP_CLASSES:
+        contexts[uid] = list(sopclasses.STORAGE_TRANSFER_SYNTAXES)
+    contexts[sopclasses.VERIFICATION] = list(sopclasses.STORAGE_TRANSFER_SYNTAXES)
+    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND):
         contexts[uid] = list(sopclasses.UNCOMPRESSED_TRANSFER_SYNTAXES)
     return contexts
 
@@ -176,13 +182,10 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
 
     store = ArchiveStore(reactor, pool, settings.instance_location, index)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
-    try:
-        from dicomtwist.services.qr import QueryRetrieve
-    except ImportError:
-        pass
-    else:
-        qr = QueryRetrieve(reactor, pool, index, settings)
-        handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    from dicomtwist.services.qr import QueryRetrieve
+
+    qr = QueryRetrieve(reactor, pool, index, settings)
+    handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),

@@ -18,9 +18,9 @@ from typing import Any
 from pydicom import dcmread
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from dicomtwist import log as dlog
 from dicomtwist.acse import PresentationContext
 from dicomtwist.association import Response, ServiceRequest
 from dicomtwist.dimse.assembly import DataSink, TempFileSink, memory_sink
@@ -116,7 +116,7 @@ class ArchiveStore:
     :param min_free_bytes: refuse stores (out of resources) below this.
     """
 
-    log = Logger()
+    log = dlog.logger()
 
     def __init__(self, reactor: IReactorThreads, pool: ThreadPool, directory: str,
                  index: Any, min_free_bytes: int = 0) -> None:

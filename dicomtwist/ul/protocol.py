@@ -16,9 +16,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dicomtwist import log as dlog
 from dicomtwist.errors import InvalidEventError, PDUDecodeError
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import Event, Indication, Machine
@@ -58,7 +58,7 @@ class DicomProtocol(Protocol):
         established association is aborted (None = never).
     """
 
-    log = Logger()
+    log = dlog.logger()
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
