@@ -35,6 +35,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from dicomtwist import log as stack_log
 from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association import AcceptorFactory, Association, ServiceRequest, associate
 from dicomtwist.dimse import messages as m
@@ -970,7 +971,10 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         _log.error("movescu: {error}", error=str(e))
         _log.error("Try 'movescu --help' for the options.")
         return EXIT_USAGE
-    observer = start_logging(options.level())
+    level = options.level()
+    # The network stack's loggers pass their own level filter first.
+    stack_log.set_level(level)
+    observer = start_logging(level)
     base = None
     if options["file"] is not None:
         try:

@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist import log as stack_log
 from dicomtwist import movescu
 from dicomtwist.acse import AcceptorPolicy, PresentationContext
 from dicomtwist.association import AcceptorFactory, Response, ServiceRequest, associate
@@ -208,6 +209,7 @@ class MainTestCase(SynchronousTestCase):
             return self.observer
 
         self.patch(movescu, "start_logging", fake_start_logging)
+        self.addCleanup(stack_log.set_level, LogLevel.info)
         self.directory = tempfile.mkdtemp()
         self.addCleanup(_rmtree, self.directory)
 
@@ -509,6 +511,12 @@ class MainTests(MainTestCase):
         self.assertEqual(self.exit_code(d), 0)
         self.assertEqual(self.levels, [LogLevel.critical])
         self.assertEqual(self.lines(), [])
+
+    def test_debug(self) -> None:
+        """-d shows the network stack's debug events (PDU summaries) too."""
+        d, *_ = self.run_move(lambda request: [], "-k", "PatientID=1", "-d")
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertTrue(any(line.startswith("D: ") for line in self.lines()))
 
 
 class StoreTestCase(SynchronousTestCase):
