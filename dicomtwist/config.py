@@ -69,6 +69,15 @@ def _address(value: str) -> str:
     return value
 
 
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "yes", "true", "on"):
+        return True
+    if word in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("one of true/false, yes/no, on/off, 1/0")
+
+
 def _text(value: str) -> str:
     value = value.strip()
     if not value:
@@ -87,6 +96,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "bind_address": (_address, ""),
     "instance_location": (_text, "instances"),
     "database_location": (_text, "instances.sqlite"),
+    # pynetdicom's default.ini has it: log C-FIND/C-GET/C-MOVE identifiers.
+    "log_identifier": (_boolean, True),
 }
 
 
@@ -103,6 +114,7 @@ class Config:
     bind_address: str = ""
     instance_location: str = "instances"
     database_location: str = "instances.sqlite"
+    log_identifier: bool = True
     destinations: dict[str, Destination] = field(default_factory=dict)
 
     def set(self, key: str, raw: str, where: str) -> None:
