@@ -142,7 +142,9 @@ def load(path: str) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} does not exist") from None
     except (OSError, UnicodeDecodeError, configparser.Error) as e:
-        raise ConfigError(f"config file {path!r} cannot be read: {e}") from None
+        # configparser's messages span lines; the error is one line.
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ConfigError(f"config file {path!r} cannot be read: {reason}") from None
     config = Config()
     for section in parser.sections():
         values = parser[section]
