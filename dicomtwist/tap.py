@@ -241,7 +241,7 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
         if answer.strip().lower() != "yes":
             print("Cleaning aborted")
             return 1
-    from dicomtwist.storage.files import temporary_files
+    from dicomtwist.storage.files import is_valid_uid, temporary_files
     from dicomtwist.storage.index import Index
 
     root = os.path.realpath(settings.instance_location)
@@ -258,6 +258,18 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
             pass
     for path in temporary_files(root):
         os.unlink(path)
+    # Orphans: instance files whose row never made it (a crash between the
+    # rename and the index); named as the archive names files, so ours.
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        path = os.path.join(root, name)
+        if (name.endswith(".dcm") and is_valid_uid(name[:-len(".dcm")])
+                and os.path.isfile(path) and not os.path.islink(path)):
+            os.unlink(path)
+            removed += 1
     index.clear()
     print(f"Removed {removed} instance(s) and emptied the database")
     return 0
