@@ -60,6 +60,9 @@ from dicomtwist.ul.pdu import (
     AAssociateRQ,
     AbortReason,
     AbortSource,
+    RejectReason,
+    RejectResult,
+    RejectSource,
     pdata_header,
 )
 from dicomtwist.ul.protocol import DicomProtocol
@@ -346,7 +349,10 @@ class Association(DicomProtocol):
         for line in rq.describe():
             self.log.debug("{line}", line=line)
         assert self.policy is not None
-        rj = acse.check_acceptable(rq, self.policy)
+        admit = getattr(getattr(self, "factory", None), "admit", None)
+        rj = admit(self) if admit is not None else None
+        if rj is None:
+            rj = acse.check_acceptable(rq, self.policy)
         if rj is not None:
             self.log.info("Association Rejected: calling {calling} from {peer}, reason {reason}",
                           calling=rq.calling_ae_title, peer=self.peer_description,
@@ -912,8 +918,14 @@ class AcceptorFactory(Factory):
     def __init__(self, reactor: IReactorTime, policy: AcceptorPolicy,
                  handlers: Mapping[str, Handler], *, sink_for: SinkFactory = memory_sink,
                  acse_timeout: float = 30.0, dimse_timeout: float | None = 30.0,
-                 network_timeout: float | None = None) -> None:
+                 network_timeout: float | None = None,
+                 max_associations: int | None = None) -> None:
         self.reactor = reactor
+        self.max_associations = max_associations
+        #: Associations past negotiation (they count against the limit;
+        #: connections still awaiting their A-ASSOCIATE-RQ do not, and are
+        #: dropped by ARTIM).
+        self.active: set[Association] = set()
         self.policy = policy
         self.handlers = dict(handlers)
         self.sink_for = sink_for
@@ -930,8 +942,26 @@ class AcceptorFactory(Factory):
                             network_timeout=self.network_timeout)
         assoc.factory = self
         self.associations.add(assoc)
-        assoc.closed.addBoth(lambda _: self.associations.discard(assoc))
+
+        def forget(_: Any) -> None:
+            self.associations.discard(assoc)
+            self.active.discard(assoc)
+
+        assoc.closed.addBoth(forget)
         return assoc
+
+    def admit(self, assoc: Association) -> AAssociateRJ | None:
+        """Count an association that sent its A-ASSOCIATE-RQ; refuse it at
+        once, transiently, past ``max_associations`` (PS3.8 Table 9-21:
+        presentation provider, local limit exceeded)."""
+        if self.max_associations is not None and len(self.active) >= self.max_associations:
+            self.log.warn("Refusing association from {peer}: {count} associations already"
+                          " (max_associations)", peer=assoc.peer_description,
+                          count=len(self.active))
+            return AAssociateRJ(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                                RejectReason.LOCAL_LIMIT_EXCEEDED)
+        self.active.add(assoc)
+        return None
 
 
 class RequestorFactory(ClientFactory):

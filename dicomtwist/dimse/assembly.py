@@ -15,13 +15,17 @@ from typing import Callable, Mapping, Protocol
 
 from dicomtwist.acse import PresentationContext
 from dicomtwist.dimse.codec import COMMAND, LAST_FRAGMENT, decode_command
-from dicomtwist.dimse.messages import Message
+from dicomtwist.dimse.messages import CStoreRQ, Message
 from dicomtwist.errors import DIMSEDecodeError
 
 #: The largest command set we accept: real ones are a few hundred bytes.
 MAX_COMMAND_LENGTH = 64 * 1024
-#: The largest data set held in memory (C-FIND identifiers and the like).
-MAX_MEMORY_DATA_SET = 64 * 1024 * 1024
+#: The largest identifier (C-FIND/C-MOVE/C-GET, N-service data sets) we
+#: accept: real ones are a few kilobytes.
+MAX_IDENTIFIER_LENGTH = 1024 * 1024
+#: The largest C-STORE data set held in memory by the default sink (a
+#: requestor's C-GET without a file sink); archives stream to files instead.
+MAX_MEMORY_DATA_SET = 1024 * 1024 * 1024
 
 
 class DataSink(Protocol):
@@ -106,8 +110,11 @@ SinkFactory = Callable[[Message, PresentationContext], DataSink]
 
 
 def memory_sink(message: Message, context: PresentationContext) -> DataSink:
-    """The default sink factory: a bounded in-memory buffer."""
-    return MemorySink()
+    """The default sink factory: a bounded in-memory buffer (small for
+    identifiers, large for C-STORE data sets)."""
+    if isinstance(message, CStoreRQ):
+        return MemorySink(MAX_MEMORY_DATA_SET)
+    return MemorySink(MAX_IDENTIFIER_LENGTH)
 
 
 class MessageAssembler:
