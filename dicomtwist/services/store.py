@@ -185,18 +185,19 @@ class ArchiveStore:
             final = instance_path(self.directory, uid)
             size = os.path.getsize(temp)
             fsync_file(temp)
-            os.replace(temp, final)
-            temp = ""
-            fsync_directory(self.directory)
+            # Index first, rename inside the same transaction: if either
+            # fails, the transaction rolls back and a previously stored
+            # instance of this UID keeps both its file and its row.
             try:
-                self.index.add(ds, os.path.basename(final), transfer_syntax, size)
+                with self.index.transaction():
+                    self.index.add(ds, os.path.basename(final), transfer_syntax, size)
+                    os.replace(temp, final)
+                    temp = ""
+                    fsync_directory(self.directory)
+            except OSError:
+                raise
             except Exception as e:
                 self.log.failure("Indexing {uid} failed", uid=uid)
-                _unlink(final)
-                try:
-                    self.index.remove(uid)
-                except Exception:
-                    pass
                 return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
             return Status.SUCCESS, ""
         except OSError as e:
