@@ -136,12 +136,17 @@ def supported_contexts() -> dict[str, list[str]]:
     from dicomtwist import sopclasses
     from dicomtwist.services import qr
 
+    # Explicit VR Little Endian first: it keeps the VRs of private elements.
+    explicit = "1.2.840.10008.1.2.1"
+    storage = [explicit, *(ts for ts in sopclasses.STORAGE_TRANSFER_SYNTAXES if ts != explicit)]
+    uncompressed = [explicit, *(ts for ts in sopclasses.UNCOMPRESSED_TRANSFER_SYNTAXES
+                                if ts != explicit)]
     contexts: dict[str, list[str]] = {}
     for uid in sopclasses.STORAGE_SOP_CLASSES:
-        contexts[uid] = list(sopclasses.STORAGE_TRANSFER_SYNTAXES)
-    contexts[sopclasses.VERIFICATION] = list(sopclasses.STORAGE_TRANSFER_SYNTAXES)
+        contexts[uid] = storage
+    contexts[sopclasses.VERIFICATION] = storage
     for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND):
-        contexts[uid] = list(sopclasses.UNCOMPRESSED_TRANSFER_SYNTAXES)
+        contexts[uid] = uncompressed
     return contexts
 
 
