@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from dicomtwist.movescu import (
     EXIT_ASSOCIATION,
+    EXIT_CANCEL,
     EXIT_CONNECTION,
     EXIT_FAILURE,
     EXIT_LOCAL,
@@ -413,6 +415,88 @@ class PynetdicomQRSCPTests(MoveTestCase):
         self.assert_code(result, EXIT_FAILURE)
         self.assert_lines(result, "I: Move SCP Result: 0xA801 (Move Destination Unknown)",
                           "I: Releasing Association")
+
+
+#: A pynetdicom Move SCP that sends an instance every 0.2 s until cancelled.
+SLOW_MOVE_SCP = """\
+import sys, time
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (CTImageStorage,
+                                  PatientRootQueryRetrieveInformationModelMove)
+
+port, destination = int(sys.argv[1]), int(sys.argv[2])
+
+def handle_move(event):
+    yield ("127.0.0.1", destination)
+    yield 1000
+    for i in range(1000):
+        if event.is_cancelled:
+            print("CANCELLED", flush=True)
+            yield (0xFE00, None)
+            return
+        ds = Dataset()
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.PatientID = "PID1"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        yield (0xFF00, ds)
+        time.sleep(0.2)
+
+ae = AE("SLOWSCP")
+ae.add_supported_context(PatientRootQueryRetrieveInformationModelMove)
+ae.add_requested_context(CTImageStorage)
+ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_MOVE, handle_move)])
+"""
+
+
+class InterruptTests(MoveTestCase):
+    """Ctrl-C (SIGINT) in the middle of a long move."""
+
+    def setUp(self) -> None:
+        try:
+            import pynetdicom  # noqa: F401
+        except ImportError:
+            raise SkipTest("pynetdicom (the slow Move SCP) is not installed")
+        super().setUp()
+        self.port = free_port()
+        self.store_port = free_port()
+        script = os.path.join(self.tmp, "slow_move_scp.py")
+        with open(script, "w") as f:
+            f.write(SLOW_MOVE_SCP)
+        self.scp = Peer(self, [sys.executable, script, str(self.port), str(self.store_port)],
+                        self.tmp, self.port, "slow-move-scp")
+
+    def test_sigint_cancels(self) -> None:
+        """SIGINT sends C-CANCEL, waits for the final 0xFE00, releases and exits 6."""
+        args = [sys.executable, "-m", "dicomtwist", "movescu", LOCALHOST, str(self.port),
+                "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID1", "--store",
+                "--ignore", "--store-port", str(self.store_port)]
+        process = subprocess.Popen(args, cwd=self.tmp, env=environment(),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        before = []
+        # Wait for the move to be under way (a pending response), not for time.
+        for line in process.stderr:
+            before.append(line.rstrip("\n"))
+            if line.startswith("I: Move SCP Response: 2 - 0xFF00 (Pending)"):
+                break
+        else:
+            self.fail("movescu ended before the move was under way:\n" + "\n".join(before))
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        code = process.wait(timeout=TIMEOUT)
+        process.stderr.close()
+        lines = before + rest.splitlines()
+        result = Result(args, subprocess.CompletedProcess(args, code, "", "\n".join(lines)))
+        self.assert_code(result, EXIT_CANCEL)
+        self.assert_lines(result, "W: Interrupted: sending C-CANCEL and waiting for the"
+                          " final response", "I: Move SCP Result: 0xFE00 (Cancel)",
+                          "I: Releasing Association", "I: Association Released")
+        self.assertIn("CANCELLED", self.scp.output())
 
 
 class LocalErrorTests(MoveTestCase):
