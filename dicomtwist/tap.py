@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 import dicomtwist
 from dicomtwist import config as configuration
 from dicomtwist import log as dlog
+from dicomtwist import logs
 from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association import AcceptorFactory
 from dicomtwist.errors import DicomError
@@ -116,8 +117,8 @@ class Options(usage.Options):
             for option, key in self.OVERRIDES.items():
                 if self[option] is not None:
                     cfg.set(key, self[option], f"--{option}")
-            level = dlog.level_from_options(self["quiet"], self["verbose"], self["debug"],
-                                            self["log-level"])
+            level = logs.level_from_options(self["quiet"], self["verbose"], self["debug"],
+                                            self["log-level"], default=LogLevel.warn)
         except (DicomError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         cfg.instance_location = os.path.abspath(cfg.instance_location)
@@ -283,7 +284,6 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
 def run() -> None:
     """The ``dicomqr`` console script: the archive in the foreground."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
 
     options = Options()
     try:
@@ -292,8 +292,7 @@ def run() -> None:
         print(f"dicomqr: error: {e}", file=sys.stderr)
         print(f"Try 'dicomqr --help' for usage.", file=sys.stderr)
         sys.exit(2)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
-                                     redirectStandardIO=False)
+    logs.start_logging(options["level"], sys.stderr)
     top = makeService(options, reactor)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
