@@ -417,6 +417,80 @@ class PynetdicomQRSCPTests(MoveTestCase):
                           "I: Releasing Association")
 
 
+class DicomQRTests(MoveTestCase):
+    """Against our own archive (``python -m dicomtwist qrscp``, the dicomqr daemon)."""
+
+    def setUp(self) -> None:
+        require_dcmtk()
+        try:
+            from dicomtwist import tap  # noqa: F401
+        except ImportError as e:
+            raise SkipTest(f"the archive (dicomtwist.tap) cannot be imported: {e}")
+        super().setUp()
+        self.port = free_port()
+        self.store_port = free_port()
+        workdir = os.path.join(self.tmp, "dicomqr")
+        os.mkdir(workdir)
+        config = os.path.join(workdir, "dicomqr.ini")
+        with open(config, "w") as f:
+            f.write(f"""\
+[DEFAULT]
+    ae_title: QRSCP
+    port: {self.port}
+    bind_address: {LOCALHOST}
+    instance_location: {os.path.join(workdir, "instances")}
+    database_location: {os.path.join(workdir, "instances.sqlite")}
+
+[STORESCP]
+    address: {LOCALHOST}
+    port: {self.store_port}
+""")
+        self.scp = Peer(self, [sys.executable, "-m", "dicomtwist", "qrscp", "-c", config],
+                        workdir, self.port, "dicomqr")
+        load = subprocess.run(
+            [STORESCU, "-aet", "LOADER", "-aec", "QRSCP", LOCALHOST, str(self.port),
+             *sorted(glob.glob(os.path.join(self.source, "*.dcm")))],
+            env=environment(), capture_output=True, timeout=TIMEOUT)
+        self.assertEqual(load.returncode, 0, load.stderr.decode("utf-8", "replace"))
+
+    def test_patient_level_store(self) -> None:
+        """-P at PATIENT level with --store receives the patient's instances."""
+        out = os.path.join(self.tmp, "patient")
+        result = self.movescu(LOCALHOST, str(self.port), "-aec", "QRSCP", "-P",
+                              "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID1",
+                              "--store", "--store-port", str(self.store_port), "-od", out)
+        self.successful_move(result)
+        self.assert_received(out, patient="PID1")
+
+    def test_study_level_store(self) -> None:
+        """-S at STUDY level with --store receives the study's instances."""
+        out = os.path.join(self.tmp, "study")
+        result = self.movescu(LOCALHOST, str(self.port), "-aec", "QRSCP", "-S",
+                              "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={self.study}",
+                              "--store", "--store-port", str(self.store_port), "-od", out)
+        self.successful_move(result)
+        self.assert_received(out, study=self.study)
+
+    def test_ignore(self) -> None:
+        """--ignore: Success, nothing written."""
+        out = os.path.join(self.tmp, "ignored")
+        result = self.movescu(LOCALHOST, str(self.port), "-aec", "QRSCP",
+                              "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID1",
+                              "--store", "--ignore", "--store-port", str(self.store_port),
+                              "-od", out)
+        self.successful_move(result)
+        self.assertFalse(os.path.exists(out))
+
+    def test_unknown_destination(self) -> None:
+        """A destination the archive does not know ends with 0xA801 and the failure status."""
+        result = self.movescu(LOCALHOST, str(self.port), "-aec", "QRSCP", "-aem", "NOWHERE",
+                              "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID1")
+        self.assert_code(result, EXIT_FAILURE)
+        self.assert_lines(result, "I: Move SCP Result: 0xA801 (Move Destination Unknown)",
+                          "I: Releasing Association")
+
+
 #: A pynetdicom Move SCP that sends an instance every 0.2 s until cancelled.
 SLOW_MOVE_SCP = """\
 import sys, time
