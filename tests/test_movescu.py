@@ -736,3 +736,88 @@ class SOPClassTests(SynchronousTestCase):
         self.assertEqual(len(STORAGE_SOP_CLASSES), 157)
         self.assertEqual(len(set(STORAGE_TRANSFER_SYNTAXES)), 15)
         self.assertEqual(STORAGE_TRANSFER_SYNTAXES[:3], UNCOMPRESSED_TRANSFER_SYNTAXES)
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class LogsTests(SynchronousTestCase):
+    """dicomtwist.logs: the console observer movescu (and the daemon) use."""
+
+    def event(self, text: str, level: LogLevel = LogLevel.info,
+              namespace: str = "dicomtwist.movescu") -> dict:
+        """A log event with a literal message."""
+        return {"log_format": "{text}", "text": text, "log_level": level,
+                "log_namespace": namespace}
+
+    def test_prefixes_and_filter(self) -> None:
+        """Lines carry the level's letter; events below the level are dropped."""
+        stream = io.StringIO()
+        observer = LineObserver(stream, LogLevel.info)
+        observer(self.event("hello"))
+        observer(self.event("careful", LogLevel.warn))
+        observer(self.event("bad", LogLevel.error))
+        observer(self.event("detail", LogLevel.debug))
+        self.assertEqual(stream.getvalue(), "I: hello\nW: careful\nE: bad\n")
+
+    def test_multiline(self) -> None:
+        """Each line of a message gets the prefix; empty lines are a bare prefix."""
+        stream = io.StringIO()
+        LineObserver(stream)(self.event("\n# Request Identifier\nline\n"))
+        self.assertEqual(stream.getvalue(), "I:\nI: # Request Identifier\nI: line\nI:\n")
+
+    def test_twisted_chatter_is_debug(self) -> None:
+        """Twisted's own info events show only at debug level."""
+        stream = io.StringIO()
+        observer = LineObserver(stream, LogLevel.info)
+        observer(self.event("Starting factory", namespace="twisted.internet.protocol"))
+        observer({"log_format": "Starting factory {factory!r}", "factory": 1,
+                  "log_level": LogLevel.info, "log_namespace": "x.Factory"})
+        observer(self.event("port closed", namespace="log_legacy"))
+        self.assertEqual(stream.getvalue(), "")
+        observer.level = LogLevel.debug
+        observer(self.event("Starting factory", namespace="twisted.internet.protocol"))
+        self.assertEqual(stream.getvalue(), "D: Starting factory\n")
+
+    def test_status_line_on_terminal(self) -> None:
+        """On a terminal the status line is drawn, and log lines go above it."""
+        stream = _Terminal()
+        observer = LineObserver(stream)
+        observer.set_status("3 done")
+        observer(self.event("hello"))
+        observer.set_status(None)
+        self.assertEqual(stream.getvalue(),
+                         "\r\x1b[K3 done" "\r\x1b[KI: hello\n3 done" "\r\x1b[K")
+
+    def test_no_status_line_in_logs(self) -> None:
+        """A stream that is not a terminal never gets the status line."""
+        stream = io.StringIO()
+        observer = LineObserver(stream)
+        observer.set_status("3 done")
+        observer(self.event("hello"))
+        self.assertEqual(stream.getvalue(), "I: hello\n")
+
+    def test_progress_text(self) -> None:
+        """The progress line counts sub-operations and received instances."""
+        progress = movescu.Progress(None, store=True)
+        progress.update(m.CMoveRSP(1, Status.PENDING, number_of_remaining_sub_operations=3,
+                                   number_of_completed_sub_operations=2,
+                                   number_of_failed_sub_operations=1,
+                                   number_of_warning_sub_operations=0))
+        progress.instance_received()
+        self.assertEqual(progress.text(), "Move: completed 2, failed 1, warning 0,"
+                                          " remaining 3; received 1")
+
+    def test_level_names(self) -> None:
+        """-ll names, with warn as an alias of warning; unknown names fail."""
+        from dicomtwist.logs import level_from_options, parse_level
+        self.assertEqual(parse_level("WARNING"), LogLevel.warn)
+        self.assertEqual(parse_level("warn"), LogLevel.warn)
+        self.assertEqual(parse_level("critical"), LogLevel.critical)
+        self.assertRaises(ValueError, parse_level, "loud")
+        self.assertEqual(level_from_options(), LogLevel.info)
+        self.assertEqual(level_from_options(quiet=True, verbose=True), LogLevel.info)
