@@ -258,4 +258,5 @@ def interpret_ac(rq: AAssociateRQ, ac: AAssociateAC) -> Negotiated:
         our_max_pdu=rq.user_information.maximum_length or 0,
         peer_implementation_class_uid=info.implementation_class_uid,
         peer_implementation_version_name=info.implementation_version_name,
+        extended={e.sop_class_uid: bytes(e.info) for e in info.sop_class_extended},
     )

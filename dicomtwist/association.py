@@ -754,7 +754,10 @@ class Association(DicomProtocol):
                 self.log.warn("Undecodable data set in {summary}: {error}",
                               summary=message.summary(), error=str(e))
         status = message.status
-        self.log.info("Received {name} Response (Status: 0x{status:04X} {status_name})",
+        # Multi-response services (FIND/MOVE/GET) are reported by their
+        # callers (movescu prints each one); echo and store are ours to log.
+        emit = self.log.debug if pending.service in MULTI_RESPONSE else self.log.info
+        emit("Received {name} Response (Status: 0x{status:04X} {status_name})",
                       name=_LOG_NAMES.get(pending.service, pending.service), status=status,
                       status_name=status_name(status))
         if category(status) is Category.PENDING:
