@@ -21,6 +21,7 @@ from dicomtwist.ul.items import (
     SOPClassExtendedNegotiationSubItem,
     UserInformationItem,
 )
+from dicomtwist.ul.protocol import check_protocol_version
 from dicomtwist.ul.pdu import (
     AAssociateAC,
     AAssociateRJ,
@@ -105,18 +106,8 @@ def user_information(max_pdu: int, roles: Iterable[RoleSelectionSubItem] = (),
 
 
 def check_provider(rq: AAssociateRQ) -> AAssociateRJ | None:
-    """The Upper Layer provider's own acceptance test (AE-6).
-
-    Only the protocol version is the provider's business (PS3.8 9.3.2: bit 0
-    set); everything else is decided by the service user.
-    """
-    if not rq.protocol_version & 0x0001:
-        return AAssociateRJ(
-            RejectResult.PERMANENT,
-            RejectSource.SERVICE_PROVIDER_ACSE,
-            RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
-        )
-    return None
+    """The Upper Layer provider's acceptance test (protocol version, AE-6)."""
+    return check_protocol_version(rq)
 
 
 def check_acceptable(rq: AAssociateRQ, policy: AcceptorPolicy) -> AAssociateRJ | None:

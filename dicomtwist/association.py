@@ -68,6 +68,10 @@ from dicomtwist.ul.pdu import (
 from dicomtwist.ul.protocol import DicomProtocol
 
 VERIFICATION = "1.2.840.10008.1.1"
+#: Transfer syntaxes a data set can be re-encoded between with pydicom alone.
+NATIVE_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+})
 
 #: The response class of each request class.
 RESPONSE_FOR: dict[type, type] = {
@@ -330,6 +334,7 @@ class Association(DicomProtocol):
         self._acse_timer: Any = None
         self._abort_cause: str | None = None
         self._released = False
+        self._busy = 0
 
     # -- association establishment -----------------------------------------
     def connectionMade(self) -> None:
@@ -569,7 +574,18 @@ class Association(DicomProtocol):
             d.addErrback(self._serve_failed, request)
 
     # -- serving requests ----------------------------------------------------
+    def is_busy(self) -> bool:
+        """An operation is running in either direction."""
+        return bool(self._busy or self._outstanding or self._sending)
+
     async def _serve(self, request: ServiceRequest) -> None:
+        self._busy += 1
+        try:
+            await self._serve_one(request)
+        finally:
+            self._busy -= 1
+
+    async def _serve_one(self, request: ServiceRequest) -> None:
         message = request.message
         service = SERVICE_FOR.get(type(message))
         handler = self.handlers.get(service) if service else None
@@ -804,13 +820,22 @@ class Association(DicomProtocol):
                 context = self.context_for(sop_class, dataset.transfer_syntax)
                 if context.transfer_syntax == dataset.transfer_syntax:
                     data: Any = dataset
-                else:
+                elif (dataset.transfer_syntax in NATIVE_SYNTAXES
+                      and context.transfer_syntax in NATIVE_SYNTAXES):
                     full = dcmread(dataset.path, force=True)
                     data = encode_dataset(full, context.transfer_syntax)
+                else:
+                    # Changing an encapsulated (compressed) syntax needs a
+                    # codec: refuse rather than send broken pixel data.
+                    raise ValueError(f"peer did not accept {dataset.transfer_syntax}"
+                                     f" for {sop_class}")
             else:
                 sop_class, sop_instance = str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)
                 tsyntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
                 context = self.context_for(sop_class, tsyntax)
+                if (tsyntax is not None and tsyntax not in NATIVE_SYNTAXES
+                        and context.transfer_syntax != tsyntax):
+                    raise ValueError(f"peer did not accept {tsyntax} for {sop_class}")
                 data = encode_dataset(dataset, context.transfer_syntax)
         except (ValueError, AttributeError, OSError) as e:
             return defer.fail(e)

@@ -30,6 +30,9 @@ from dicomtwist.ul.pdu import (
     AbortSource,
     AReleaseRP,
     AReleaseRQ,
+    RejectReason,
+    RejectResult,
+    RejectSource,
     decode_pdu,
 )
 
@@ -159,8 +162,12 @@ class DicomProtocol(Protocol):
 
     def check_associate_rq(self, rq: AAssociateRQ) -> AAssociateRJ | None:
         """The provider's acceptance test in AE-6 (protocol version)."""
-        from dicomtwist.acse import check_provider
-        return check_provider(rq)
+        return check_protocol_version(rq)
+
+    def is_busy(self) -> bool:
+        """True while an operation is in progress (the service user says);
+        the network timeout then waits instead of aborting."""
+        return False
 
     def indicate(self, indication: Indication, payload: Any) -> None:
         """Deliver an indication or confirmation to the ``on_*`` hook."""
@@ -312,11 +319,28 @@ class DicomProtocol(Protocol):
 
     def _idle_expired(self) -> None:
         self._idle = None
+        if self.is_busy():
+            # A long operation (a C-MOVE sub-operation, a big query) keeps a
+            # quiet peer waiting legitimately: look again later.
+            self._touch()
+            return
         self.log.warn("Network timeout: nothing from {peer} for {seconds} s, aborting",
                       peer=self.peer_description, seconds=self.network_timeout)
         self.abort_request(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
         if self.transport is not None:
             self.transport.loseConnection()
+
+
+def check_protocol_version(rq: AAssociateRQ) -> AAssociateRJ | None:
+    """The Upper Layer provider's own acceptance test (AE-6).
+
+    Only the protocol version is the provider's business (PS3.8 9.3.2: bit 0
+    set); everything else is decided by the service user.
+    """
+    if not rq.protocol_version & 0x0001:
+        return AAssociateRJ(RejectResult.PERMANENT, RejectSource.SERVICE_PROVIDER_ACSE,
+                            RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED)
+    return None
 
 
 _HOOKS = {
