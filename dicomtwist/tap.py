@@ -243,7 +243,12 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
     :returns: the exit status.
     """
     if not assume_yes:
-        answer = ask("This will delete all instances and the database, continue? [yes/no]: ")
+        try:
+            answer = ask("This will delete all instances and the database, continue? [yes/no]: ")
+        except EOFError:
+            # No terminal, or stdin closed: that is not a "yes".
+            print()
+            answer = ""
         if answer.strip().lower() != "yes":
             print("Cleaning aborted")
             return 1
