@@ -356,6 +356,16 @@ class CleanTests(SynchronousTestCase):
             self.assertTrue(os.path.exists(path), path)
         self.assertEqual(self.counts()["IMAGE"], 4)
 
+    def test_end_of_input(self) -> None:
+        """End of input at the prompt (stdin closed) means no, without a traceback."""
+        def eof(question):
+            raise EOFError()
+
+        self.assertNotEqual(tap.clean(self.settings, ask=eof), 0)
+        for path in (*self.stored, self.temp, self.outside):
+            self.assertTrue(os.path.exists(path), path)
+        self.assertEqual(self.counts()["IMAGE"], 4)
+
     def test_answer_yes(self) -> None:
         """Yes removes indexed and temporary files and empties the index, nothing outside."""
         status = tap.clean(self.settings, ask=lambda q: " YES\n")
