@@ -78,6 +78,27 @@ def _boolean(value: str) -> bool:
     raise ValueError("one of true/false, yes/no, on/off, 1/0")
 
 
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError("must be at least 1")
+    return count
+
+
+def _megabytes(value: str) -> int:
+    size = int(value)
+    if size < 0:
+        raise ValueError("a size in megabytes, 0 or more")
+    return size
+
+
+def _grace(value: str) -> float:
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError("a number of seconds, 0 or more")
+    return seconds
+
+
 def _text(value: str) -> str:
     value = value.strip()
     if not value:
@@ -98,6 +119,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "database_location": (_text, "instances.sqlite"),
     # pynetdicom's default.ini has it: log C-FIND/C-GET/C-MOVE identifiers.
     "log_identifier": (_boolean, True),
+    # Our additions (see docs/user-guide.md).
+    "max_associations": (_count, 64),
+    "min_free_space": (_megabytes, 0),
+    "shutdown_grace": (_grace, 10.0),
 }
 
 
@@ -115,6 +140,12 @@ class Config:
     instance_location: str = "instances"
     database_location: str = "instances.sqlite"
     log_identifier: bool = True
+    #: Associations served at once; more get an immediate transient reject.
+    max_associations: int = 64
+    #: Megabytes of free disk space below which stores are refused.
+    min_free_space: int = 0
+    #: Seconds running associations get to finish at shutdown.
+    shutdown_grace: float = 10.0
     destinations: dict[str, Destination] = field(default_factory=dict)
 
     def set(self, key: str, raw: str, where: str) -> None:

@@ -67,6 +67,7 @@ class Options(usage.Options):
         ["clean", None, "remove all entries from the database and delete the"
                         " corresponding stored instances, then exit"],
         ["yes", None, "with --clean: do not ask for confirmation"],
+        ["reindex", None, "rebuild the whole index from the stored files, then exit"],
     ]
     optParameters = [
         ["config", "c", None, "use configuration file f"],
@@ -80,6 +81,10 @@ class Options(usage.Options):
         ["max-pdu", None, None, "override the maximum receive PDU bytes (-pdu)"],
         ["database-location", None, None, "override the location of the database"],
         ["instance-location", None, None, "override the instance storage directory"],
+        ["max-associations", None, None, "associations served at once (default 64)"],
+        ["min-free-space", None, None, "refuse stores below this many MB free (default 0)"],
+        ["shutdown-grace", None, None, "seconds running associations get at shutdown"
+                                       " (default 10)"],
     ]
 
     #: Option name -> Config attribute.
@@ -93,6 +98,9 @@ class Options(usage.Options):
         "max-pdu": "max_pdu",
         "database-location": "database_location",
         "instance-location": "instance_location",
+        "max-associations": "max_associations",
+        "min-free-space": "min_free_space",
+        "shutdown-grace": "shutdown_grace",
     }
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -141,7 +149,7 @@ def supported_contexts() -> dict[str, list[str]]:
     explicit = "1.2.840.10008.1.2.1"
     storage = [explicit, *(ts for ts in sopclasses.STORAGE_TRANSFER_SYNTAXES if ts != explicit)]
     uncompressed = [explicit, *(ts for ts in sopclasses.UNCOMPRESSED_TRANSFER_SYNTAXES
-                                if ts != explicit)]
+                                if ts != explicit), "1.2.840.10008.1.2.1.99"]
     contexts: dict[str, list[str]] = {}
     for uid in sopclasses.STORAGE_SOP_CLASSES:
         contexts[uid] = storage
@@ -152,7 +160,16 @@ def supported_contexts() -> dict[str, list[str]]:
 
 
 class ArchiveService(service.Service):
-    """Opens the index and the thread pool; closes them at stop."""
+    """Opens the index and the thread pool, recovers after a crash, and
+    shuts down gracefully.
+
+    At start, leftover temporary files are removed and the files and the
+    index reconciled (:func:`dicomtwist.storage.recovery.recover`).  At stop
+    (SIGTERM), once the listener has closed, running associations get
+    ``shutdown_grace`` seconds to finish; the rest are aborted, then the
+    thread pool finishes the commits it is running, so nothing is left
+    half-written.
+    """
 
     log = dlog.logger()
 
@@ -166,17 +183,51 @@ class ArchiveService(service.Service):
         self.factory = build_factory(settings, reactor, self.pool, self.index)
 
     def startService(self) -> None:
-        """Start the worker threads."""
+        """Recover, then start the worker threads."""
+        from dicomtwist.storage.recovery import recover
+
+        report = recover(self.settings.instance_location, self.index)
+        if report.temporary_removed or report.rows_dropped or report.files_indexed:
+            self.log.warn("Recovery: removed {temp} temporary file(s), dropped {rows} row(s)"
+                          " without a file, indexed {files} file(s) without a row",
+                          temp=report.temporary_removed, rows=report.rows_dropped,
+                          files=report.files_indexed)
         super().startService()
         self.pool.start()
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.settings.database_location)
 
-    def stopService(self) -> None:
-        """Stop the worker threads (running work finishes first)."""
+    def stopService(self) -> Any:
+        """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
-        self.pool.stop()
+        from twisted.internet import defer, task
+
+        associations = list(self.factory.associations)
+        if associations:
+            self.log.info("Shutting down: waiting up to {grace} s for {count}"
+                          " association(s)", grace=self.settings.shutdown_grace,
+                          count=len(associations))
+        waiting = defer.DeferredList([a.closed for a in associations], consumeErrors=True)
+
+        def abort_rest() -> None:
+            for assoc in list(self.factory.associations):
+                self.log.warn("Aborting association with {peer} at shutdown",
+                              peer=assoc.peer_description)
+                assoc.abort_request()
+                if assoc.transport is not None:
+                    assoc.transport.abortConnection()
+
+        timer = self.reactor.callLater(self.settings.shutdown_grace, abort_rest)
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            self.pool.stop()
+            self.index.close()
+
+        waiting.addBoth(done)
+        return waiting
 
 
 def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool,
@@ -186,7 +237,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
-    store = ArchiveStore(reactor, pool, settings.instance_location, index)
+    store = ArchiveStore(reactor, pool, settings.instance_location, index,
+                         min_free_bytes=settings.min_free_space * 1024 * 1024)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
     from dicomtwist.services.qr import QueryRetrieve
 
@@ -201,7 +253,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     return AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
                            acse_timeout=settings.acse_timeout or 30.0,
                            dimse_timeout=settings.dimse_timeout,
-                           network_timeout=settings.network_timeout)
+                           network_timeout=settings.network_timeout,
+                           max_associations=settings.max_associations)
 
 
 def listen_description(settings: configuration.Config) -> str:
@@ -222,6 +275,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     dlog.set_level(options["level"])
     if options["clean"]:
         sys.exit(clean(settings, options["yes"]))
+    if options["reindex"]:
+        sys.exit(reindex(settings))
     top = service.MultiService()
     archive = ArchiveService(settings, reactor)
     archive.setServiceParent(top)
@@ -284,6 +339,25 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
     index.clear()
     print(f"Removed {removed} instance(s) and emptied the database")
     return 0
+
+
+def reindex(settings: configuration.Config) -> int:
+    """``--reindex``: rebuild the index from the files, then exit.
+
+    :returns: the exit status (1 if some files could not be read).
+    """
+    from dicomtwist.storage import recovery
+    from dicomtwist.storage.index import Index
+
+    os.makedirs(settings.instance_location, exist_ok=True)
+    index = Index(settings.database_location)
+    report = recovery.reindex(settings.instance_location, index)
+    index.close()
+    print(f"Indexed {report.files_indexed} instance(s);"
+          f" {len(report.unreadable)} file(s) could not be read")
+    for name in report.unreadable:
+        print(f"  unreadable: {name}")
+    return 1 if report.unreadable else 0
 
 
 def run() -> None:

@@ -1,0 +1,74 @@
+"""Tests for start-up recovery and --reindex."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from dicomtwist.storage.files import instance_path
+from dicomtwist.storage.index import Index
+from dicomtwist.storage.recovery import recover, reindex
+from tests.helpers import ct_dataset
+
+
+class RecoveryTests(SynchronousTestCase):
+    """Recovery makes the files and the index agree."""
+
+    def setUp(self):
+        self.root = self.mktemp()
+        os.makedirs(self.root)
+        self.index = Index(os.path.join(self.root, "..", "index.sqlite"))
+
+    def store(self, index: bool = True, **values):
+        ds = ct_dataset(**values)
+        path = instance_path(self.root, ds.SOPInstanceUID)
+        ds.save_as(path, enforce_file_format=True)
+        if index:
+            self.index.add(ds, os.path.basename(path), str(ds.file_meta.TransferSyntaxUID),
+                           os.path.getsize(path))
+        return ds, path
+
+    def test_leftover_temporary_files_removed(self):
+        """Temporary files of unanswered stores are deleted."""
+        leftover = os.path.join(self.root, ".incoming-abc.part")
+        open(leftover, "wb").write(b"partial")
+        report = recover(self.root, self.index)
+        self.assertFalse(os.path.exists(leftover))
+        self.assertEqual(report.temporary_removed, 1)
+
+    def test_unindexed_file_indexed(self):
+        """A stored file with no row (crash before commit) is indexed."""
+        kept, _ = self.store()
+        orphan, _ = self.store(index=False, PatientID="ORPHAN")
+        report = recover(self.root, self.index)
+        self.assertEqual(report.files_indexed, 1)
+        self.assertEqual(self.index.count("IMAGE"), 2)
+        self.assertIsNotNone(self.index.get_path(orphan.SOPInstanceUID))
+
+    def test_row_without_file_dropped(self):
+        """A row whose file has gone is removed, with its emptied parents."""
+        gone, path = self.store()
+        os.unlink(path)
+        report = recover(self.root, self.index)
+        self.assertEqual(report.rows_dropped, 1)
+        self.assertEqual(self.index.count("IMAGE"), 0)
+        self.assertEqual(self.index.count("STUDY"), 0)
+
+    def test_damaged_file_reported_not_fatal(self):
+        """An unreadable .dcm file is reported and left alone."""
+        bad = os.path.join(self.root, "1.2.3.dcm")
+        open(bad, "wb").write(b"not dicom")
+        report = recover(self.root, self.index)
+        self.assertEqual(report.unreadable, ["1.2.3.dcm"])
+        self.assertTrue(os.path.exists(bad))
+        self.flushLoggedErrors()
+
+    def test_reindex_rebuilds_everything(self):
+        """--reindex empties the index and indexes every stored file."""
+        for i in range(3):
+            self.store(index=(i == 0), PatientID=f"P{i}")
+        report = reindex(self.root, self.index)
+        self.assertEqual(report.files_indexed, 3)
+        self.assertEqual(self.index.count("IMAGE"), 3)
+        self.assertEqual(self.index.count("PATIENT"), 3)
