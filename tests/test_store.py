@@ -361,11 +361,6 @@ class IndexFailureTests(StoreTestCase):
         self.assertEqual(dcmread(os.path.join(self.directory, first.SOPInstanceUID + ".dcm")),
                          first)
 
-    test_index_add_raises_keeps_previous_instance.todo = (  # type: ignore[attr-defined]
-        "store.py bug: ArchiveStore.commit renames the new file over the old one before"
-        " indexing, then on an index failure unlinks it and removes the row, so the"
-        " previously stored instance is lost")
-
 
 class OutOfSpaceTests(StoreTestCase):
     """Out of disk space gets 0xA700 and leaves nothing behind."""
