@@ -11,7 +11,6 @@ import io
 import os
 import sys
 
-from pydicom.dataset import Dataset
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
