@@ -224,3 +224,28 @@ def wait_for_port(reactor, port: int, peer: PeerProcess | None = None,
         connections, or when ``peer`` exits first.
     """
     return Deferred.fromCoroutine(_wait_for_port(reactor, port, peer, attempts, interval))
+
+
+#: Run twistd with this interpreter (the plugin is found through PYTHONPATH).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+#: The source tree, put first on the daemon's PYTHONPATH.
+SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def daemon_env() -> dict[str, str]:
+    """The daemon's environment: the peers', with the source tree importable."""
+    env = peer_env()
+    env["PYTHONPATH"] = os.pathsep.join([SOURCE_TREE, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+async def start_dicomqr(testcase, reactor, cwd: str, config: str, port: int,
+                        *args: str) -> PeerProcess:
+    """Start ``twistd -n dicomqr -c config`` in ``cwd``; fire once it listens
+    on ``127.0.0.1:port``.  It is stopped (SIGTERM) in the test's cleanup."""
+    process = PeerProcess(reactor, "twistd dicomqr")
+    argv = [*TWISTD, "-n", "--pidfile=", "dicomqr", "-c", config, *args]
+    reactor.spawnProcess(process, TWISTD[0], argv, env=daemon_env(), path=cwd)
+    testcase.addCleanup(process.stop)
+    await wait_for_port(reactor, port, process, attempts=400)
+    return process
