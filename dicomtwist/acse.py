@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomtwist.access import AccessRules, PeerRule, Refusal, check_association
 from dicomtwist.ul.items import (
     ImplementationClassUIDSubItem,
     ImplementationVersionNameSubItem,
@@ -28,8 +29,6 @@ from dicomtwist.ul.pdu import (
     AAssociateRQ,
     ContextResult,
     RejectReason,
-    RejectResult,
-    RejectSource,
 )
 
 #: The DICOM Application Context Name (PS3.7 A.2.1).
@@ -67,6 +66,8 @@ class AcceptorPolicy:
     :param require_called_aet: reject a called AE title other than ours.
     :param allowed_calling_aets: if not None, only these calling AE titles.
     :param max_pdu: our Maximum Length Received (0 = unlimited).
+    :param peers: per-peer rules (host check, permissions) by calling AE
+        title; see :mod:`dicomtwist.access`.
     """
 
     ae_title: str
@@ -75,6 +76,12 @@ class AcceptorPolicy:
     require_called_aet: bool = False
     allowed_calling_aets: frozenset[str] | None = None
     max_pdu: int = DEFAULT_MAX_PDU
+    peers: Mapping[str, PeerRule] = field(default_factory=dict)
+
+    @property
+    def access(self) -> AccessRules:
+        """The access rules of this policy."""
+        return AccessRules(self.require_called_aet, self.allowed_calling_aets, self.peers)
 
 
 @dataclass(frozen=True)
@@ -110,22 +117,30 @@ def check_provider(rq: AAssociateRQ) -> AAssociateRJ | None:
     return check_protocol_version(rq)
 
 
-def check_acceptable(rq: AAssociateRQ, policy: AcceptorPolicy) -> AAssociateRJ | None:
+def explain_unacceptable(rq: AAssociateRQ, policy: AcceptorPolicy,
+                         peer_host: str | None = None) -> Refusal | None:
+    """Apply the service user's rules to an A-ASSOCIATE-RQ (PS3.8 Table 9-21):
+    the application context, then the access rules.
+
+    :param peer_host: the address the connection comes from (for host checks).
+    :returns: why it is refused, or None if acceptable.
+    """
+    if rq.application_context != APPLICATION_CONTEXT_NAME:
+        return Refusal(RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
+                       f"application context {rq.application_context!r} not supported")
+    return check_association(policy.access, policy.ae_title, rq.called_ae_title,
+                             rq.calling_ae_title, peer_host)
+
+
+def check_acceptable(rq: AAssociateRQ, policy: AcceptorPolicy,
+                     peer_host: str | None = None) -> AAssociateRJ | None:
     """Apply the service user's rules to an A-ASSOCIATE-RQ (PS3.8 Table 9-21).
 
-    :returns: the A-ASSOCIATE-RJ to send, or None if acceptable.
+    :returns: the A-ASSOCIATE-RJ to send (rejected-permanent, service-user),
+        or None if acceptable.
     """
-    def reject(reason: int) -> AAssociateRJ:
-        return AAssociateRJ(RejectResult.PERMANENT, RejectSource.SERVICE_USER, reason)
-
-    if rq.application_context != APPLICATION_CONTEXT_NAME:
-        return reject(RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED)
-    if policy.require_called_aet and rq.called_ae_title != policy.ae_title:
-        return reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
-    if (policy.allowed_calling_aets is not None
-            and rq.calling_ae_title not in policy.allowed_calling_aets):
-        return reject(RejectReason.CALLING_AE_NOT_RECOGNIZED)
-    return None
+    refusal = explain_unacceptable(rq, policy, peer_host)
+    return None if refusal is None else refusal.reject()
 
 
 def negotiate_acceptor(rq: AAssociateRQ, policy: AcceptorPolicy) -> tuple[AAssociateAC, Negotiated]:

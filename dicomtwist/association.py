@@ -51,6 +51,7 @@ from dicomtwist.errors import (
     DIMSEDecodeError,
     DIMSEServiceError,
     InvalidEventError,
+    TLSError,
 )
 from dicomtwist.status import Category, Status, category, status_name
 from dicomtwist.ul.pdu import (
@@ -232,10 +233,12 @@ class _FileProducer:
         self._done = done
         self._paused = False
         self._finished = False
+        self._registered = False
 
     def start(self) -> None:
         transport = self._association.transport
         transport.registerProducer(self, True)
+        self._registered = True
         self.resumeProducing()
 
     def resumeProducing(self) -> None:
@@ -268,7 +271,10 @@ class _FileProducer:
         self._finished = True
         self._file.close()
         transport = self._association.transport
-        if transport is not None and getattr(transport, "producer", None) is self:
+        if transport is not None and self._registered:
+            # Not ``transport.producer is self``: a TLS transport wraps the
+            # producer it is given, so ask for our own registration.
+            self._registered = False
             transport.unregisterProducer()
         if error is None:
             self._done.callback(None)
@@ -354,10 +360,19 @@ class Association(DicomProtocol):
         for line in rq.describe():
             self.log.debug("{line}", line=line)
         assert self.policy is not None
-        admit = getattr(getattr(self, "factory", None), "admit", None)
-        rj = admit(self) if admit is not None else None
-        if rj is None:
-            rj = acse.check_acceptable(rq, self.policy)
+        rj = None
+        refusal = acse.explain_unacceptable(rq, self.policy, self.peer_host())
+        if refusal is not None:
+            # Access control and application context: one line naming the
+            # peer, at warning level, so an operator sees who was refused.
+            self.log.warn("Refusing association from {calling} at {peer} (called {called}):"
+                          " {why}", calling=rq.calling_ae_title, peer=self.peer_description,
+                          called=rq.called_ae_title, why=refusal.explanation)
+            rj = refusal.reject()
+        else:
+            # Only acceptable associations count against max_associations.
+            admit = getattr(getattr(self, "factory", None), "admit", None)
+            rj = admit(self) if admit is not None else None
         if rj is not None:
             self.log.info("Association Rejected: calling {calling} from {peer}, reason {reason}",
                           calling=rq.calling_ae_title, peer=self.peer_description,
@@ -372,6 +387,12 @@ class Association(DicomProtocol):
                       calling=rq.calling_ae_title, peer=self.peer_description,
                       count=len(negotiated.contexts))
         self.established.callback(self)
+
+    def peer_host(self) -> str | None:
+        """The address the connection comes from, if known."""
+        if self.transport is None:
+            return None
+        return getattr(self.transport.getPeer(), "host", None)
 
     def on_associate_ac(self, ac: AAssociateAC) -> None:
         """Requestor: the peer accepted."""
@@ -457,8 +478,15 @@ class Association(DicomProtocol):
         if self._assembler is not None:
             self._assembler.discard()
         cause = self._abort_cause or ("released" if self._released else "connection closed")
+        tls_error = _tls_error(reason)
+        if tls_error is not None:
+            cause = f"TLS error: {tls_error}"
+            if not self.established.called:
+                self.log.warn("TLS handshake with {peer} failed: {error}",
+                              peer=self.peer_description, error=tls_error)
         if not self.established.called:
-            self.established.errback(AssociationAborted(f"association not established: {cause}"))
+            error_class = TLSError if tls_error is not None else AssociationAborted
+            self.established.errback(error_class(f"association not established: {cause}"))
             if self.associate_rq is None:
                 # An acceptor's ``established`` usually has no listener; a
                 # connection that never associated (rejected, bad RQ, ARTIM,
@@ -919,6 +947,21 @@ def _as_response(result: Any) -> Response:
     raise TypeError(f"a handler returned {result!r}, not a status or Response")
 
 
+def _tls_error(reason: Any) -> str | None:
+    """The TLS error a connection was lost with, in words; None if another
+    cause (pyOpenSSL's ``SSL.Error``, without importing the optional
+    pyOpenSSL here)."""
+    if not isinstance(reason, Failure):
+        return None
+    error = reason.value
+    if not type(error).__module__.startswith("OpenSSL"):
+        return None
+    # SSL.Error carries [(library, function, reason), ...].
+    details = [entry[-1] for entry in (error.args[0] if error.args and isinstance(
+        error.args[0], list) else []) if isinstance(entry, tuple) and entry]
+    return "; ".join(str(d) for d in details if d) or str(error) or type(error).__name__
+
+
 async def _aiter(results: Any):
     """Iterate a sync or async iterable (None = nothing)."""
     if results is None:
@@ -1018,10 +1061,14 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
               handlers: Mapping[str, Handler] | None = None,
               sink_for: SinkFactory = memory_sink, acse_timeout: float = 30.0,
               dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
-              connect_timeout: float = 30.0) -> Deferred[Association]:
+              connect_timeout: float = 30.0, tls: Any = None) -> Deferred[Association]:
     """Connect to ``host:port`` and negotiate an association.
 
     :param contexts: ``(abstract syntax, [transfer syntaxes])`` to propose.
+    :param tls: connect over TLS with this client connection creator
+        (``IOpenSSLClientConnectionCreator``, see
+        :func:`dicomtwist.tls.client_options`) through ``connectSSL``;
+        a failed handshake fails the Deferred with ``TLSError``.
     :returns: a Deferred firing with the established :class:`Association`,
         or failing with ``AssociationRejected``, ``AssociationAborted`` or
         the connection error.
@@ -1032,5 +1079,8 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
                         acse_timeout=acse_timeout, dimse_timeout=dimse_timeout,
                         network_timeout=network_timeout)
     assoc.associate_rq = rq
-    reactor.connectTCP(host, port, RequestorFactory(assoc), timeout=connect_timeout)
+    if tls is None:
+        reactor.connectTCP(host, port, RequestorFactory(assoc), timeout=connect_timeout)
+    else:
+        reactor.connectSSL(host, port, RequestorFactory(assoc), tls, timeout=connect_timeout)
     return assoc.established

@@ -6,15 +6,24 @@ Destinations (``address`` and ``port``).  A file written for pynetdicom's
 qrscp works unchanged.  Unlike configparser's usual behaviour, destination
 sections do **not** inherit ``[DEFAULT]`` keys: a destination without a
 ``port`` is an error, not a silent copy of our own listen port.
+
+Our additions (docs/security.md): access control (``require_called_aet``,
+``allowed_calling_aets``; a peer section's ``permissions`` and
+``host_check``, where a section that carries either of them may omit
+``port`` when the peer is no move destination) and TLS (``listen``,
+``tls_ca``, ``tls_cert``, ``tls_key``; a destination's ``tls`` and its own
+``tls_ca``/``tls_cert``/``tls_key``).
 """
 
 from __future__ import annotations
 
 import configparser
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from dicomtwist import access
 from dicomtwist.errors import DicomError
 
 
@@ -30,6 +39,11 @@ class Destination:
     address: str
     port: int
     tls: bool = False
+    #: With ``tls``: CA certificates the destination's certificate must
+    #: chain to, and our client certificate and key (None: [DEFAULT]'s).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def _ae_title(value: str) -> str:
@@ -106,6 +120,15 @@ def _text(value: str) -> str:
     return value
 
 
+def _optional_text(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _descriptions(value: str) -> tuple[str, ...]:
+    """Endpoint descriptions separated by white space or new lines."""
+    return tuple(value.split())
+
+
 #: The [DEFAULT] keys, their parsers and defaults.
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ae_title": (_ae_title, "QRSCP"),
@@ -123,7 +146,19 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_associations": (_count, 64),
     "min_free_space": (_megabytes, 0),
     "shutdown_grace": (_grace, 10.0),
+    # Access control (docs/security.md).
+    "require_called_aet": (_boolean, False),
+    "allowed_calling_aets": (access.parse_ae_titles, None),
+    # Listeners and TLS (docs/security.md).
+    "listen": (_descriptions, ()),
+    "tls_ca": (_optional_text, None),
+    "tls_cert": (_optional_text, None),
+    "tls_key": (_optional_text, None),
 }
+
+#: Keys of a peer (move destination) section.
+PEER_KEYS = frozenset({"address", "port", "tls", "tls_ca", "tls_cert", "tls_key",
+                       "permissions", "host_check"})
 
 
 @dataclass
@@ -146,7 +181,28 @@ class Config:
     min_free_space: int = 0
     #: Seconds running associations get to finish at shutdown.
     shutdown_grace: float = 10.0
+    #: Refuse a called AE title other than ``ae_title`` (reason 7).
+    require_called_aet: bool = False
+    #: Only these calling AE titles may associate (None: anyone; reason 3).
+    allowed_calling_aets: frozenset[str] | None = None
+    #: Endpoint descriptions to listen on (empty: ``port``/``bind_address``).
+    listen: tuple[str, ...] = ()
+    #: CA certificates (file or directory): client certificates on ``ssl:``
+    #: listeners must chain to them; TLS destinations' too.
+    tls_ca: str | None = None
+    #: Our certificate and key: for ``ssl:`` listeners without their own,
+    #: and presented to TLS move destinations.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     destinations: dict[str, Destination] = field(default_factory=dict)
+    #: Access rules of the peers that have a ``permissions`` or
+    #: ``host_check`` key, by AE title.
+    peers: dict[str, access.PeerRule] = field(default_factory=dict)
+
+    def access_rules(self) -> access.AccessRules:
+        """The access rules these settings describe."""
+        return access.AccessRules(self.require_called_aet, self.allowed_calling_aets,
+                                  dict(self.peers))
 
     def set(self, key: str, raw: str, where: str) -> None:
         """Parse and set one setting.
@@ -190,17 +246,59 @@ def load(path: str) -> Config:
             title = _ae_title(section)
         except ValueError as e:
             raise ConfigError(f"{where}: invalid AE title: {e}") from None
-        unknown = set(values) - {"address", "port", "tls"}
+        unknown = set(values) - PEER_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        if not values.get("address", "").strip():
+        # A section with access rules may describe a peer that is no move
+        # destination: then it needs no port (nor, without host_check, an
+        # address).
+        rules_only = ("permissions" in values or "host_check" in values) \
+            and not values.get("port", "").strip()
+        address = values.get("address", "").strip()
+        host_check = _section_boolean(values, "host_check", where)
+        if not address and (host_check or not rules_only):
             raise ConfigError(f"{where} has no address")
-        if not values.get("port", "").strip():
-            raise ConfigError(f"{where} has no port")
-        try:
-            port = _port(values["port"])
-        except ValueError:
-            raise ConfigError(f"{where}: invalid port {values['port']!r}") from None
-        tls = values.get("tls", "no").strip().lower() in ("1", "yes", "true", "on")
-        config.destinations[title] = Destination(title, values["address"].strip(), port, tls)
+        if not rules_only:
+            if not values.get("port", "").strip():
+                raise ConfigError(f"{where} has no port")
+            try:
+                port = _port(values["port"])
+            except ValueError:
+                raise ConfigError(f"{where}: invalid port {values['port']!r}") from None
+            tls = _section_boolean(values, "tls", where)
+            config.destinations[title] = Destination(
+                title, address, port, tls, *(_optional_text(values.get(key, ""))
+                                            for key in ("tls_ca", "tls_cert", "tls_key")))
+        if "permissions" in values or "host_check" in values:
+            try:
+                permissions = access.parse_permissions(values.get("permissions", "all"))
+            except ValueError as e:
+                raise ConfigError(f"{where}: invalid permissions"
+                                  f" {values['permissions']!r}: {e}") from None
+            addresses = _resolve(address, where) if host_check else None
+            config.peers[title] = access.PeerRule(title, permissions, addresses)
     return config
+
+
+def _section_boolean(values: Any, key: str, where: str) -> bool:
+    raw = values.get(key, "no")
+    try:
+        return _boolean(raw)
+    except ValueError as e:
+        raise ConfigError(f"{where}: invalid {key} {raw!r}: {e}") from None
+
+
+def _resolve(address: str, where: str) -> frozenset[str]:
+    """The addresses a host check accepts: the address itself, or every
+    address its host name resolves to (once, at start-up)."""
+    try:
+        ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        pass
+    else:
+        return access.host_addresses([address])
+    try:
+        infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+    except OSError as e:
+        raise ConfigError(f"{where}: host_check: cannot resolve {address!r}: {e}") from None
+    return access.host_addresses(info[4][0] for info in infos)

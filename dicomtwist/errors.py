@@ -63,6 +63,12 @@ class AssociationAborted(DicomError):
         self.reason = reason
 
 
+class TLSError(AssociationAborted):
+    """The TLS handshake failed (or TLS broke) before the association was
+    established: a certificate not trusted or not presented, no common
+    protocol version or cipher suite (PS3.15 Annex B)."""
+
+
 class DIMSEServiceError(DicomError):
     """A service handler refuses a request with a DIMSE status (PS3.7 Annex C).
 

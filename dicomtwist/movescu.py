@@ -40,7 +40,7 @@ from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association import AcceptorFactory, Association, ServiceRequest, associate
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.assembly import TempFileSink, memory_sink
-from dicomtwist.errors import AssociationAborted, AssociationRejected, DIMSEServiceError
+from dicomtwist.errors import AssociationAborted, AssociationRejected, DIMSEServiceError, TLSError
 from dicomtwist.keywords import KeywordError, build_identifier, read_query_file
 from dicomtwist.logs import LineObserver, level_from_options, parse_level, start_logging
 from dicomtwist.services.echo import handle_echo
@@ -81,7 +81,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_SUCCESS: "the move succeeded (final status 0x0000 Success)",
     EXIT_INTERNAL: "unexpected internal error",
     EXIT_USAGE: "bad arguments: an unknown or invalid option, a bad -k, an unreadable -f",
-    EXIT_CONNECTION: "could not connect to the peer (refused, timed out, unreachable)",
+    EXIT_CONNECTION: "could not connect to the peer (refused, timed out, unreachable,"
+                     " TLS handshake failed)",
     EXIT_ASSOCIATION: "association rejected or aborted, no accepted presentation"
                       " context, or a timeout that aborted it",
     EXIT_FAILURE: "the move's final status is a failure (e.g. 0xA801 Move Destination"
@@ -118,7 +119,8 @@ SINGLE_DASH_ALIASES: dict[str, str] = {
 #: Options that take a value (so the token after them is never translated).
 _VALUE_OPTIONS = frozenset(SINGLE_DASH_ALIASES.values()) | frozenset({
     "-k", "--keyword", "-f", "--file", "--store-port", "--store-aet",
-    "--store-bind-address",
+    "--store-bind-address", "--tls-ca", "--tls-cert", "--tls-key", "--store-tls-cert",
+    "--store-tls-key",
 })
 
 _EPILOG = "Exit status:\n" + "\n".join(
@@ -209,6 +211,8 @@ class Options(usage.Options):
         ["enhanced-conversion", None,
          "request the use of enhanced multi-frame image conversion"],
         ["ignore", None, "receive data but don't store it (with --store)"],
+        ["tls", None, "associate over TLS (TLS 1.2 or later); implied by --tls-ca,"
+                      " --tls-cert"],
     ]
 
     optParameters = [
@@ -233,6 +237,16 @@ class Options(usage.Options):
         ["file", "f", None, "use a DICOM file as the query dataset"],
         ["output-directory", None, ".",
          "-od: write received objects to this directory (with --store)"],
+        ["tls-ca", None, None, "with --tls: CA certificates (PEM file or directory) the"
+                               " peer's certificate must chain to (default: the system's)"],
+        ["tls-cert", None, None, "with --tls: our certificate (PEM), for peers that ask"
+                                 " for one"],
+        ["tls-key", None, None, "the private key (PEM) of --tls-cert (default: in the"
+                                " --tls-cert file)"],
+        ["store-tls-cert", None, None, "the Storage SCP accepts TLS only, with this"
+                                       " certificate (PEM)"],
+        ["store-tls-key", None, None, "the private key (PEM) of --store-tls-cert"
+                                      " (default: in the --store-tls-cert file)"],
     ]
 
     def __init__(self) -> None:
@@ -281,6 +295,34 @@ class Options(usage.Options):
             self["move-aet"] = self["store-aet"] if self["store"] else "STORESCP"
         if not self["keywords"] and self["file"] is None:
             raise usage.UsageError("give the query: -k keyword=value and/or -f file")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """Build the TLS contexts now, so a bad file is a usage error."""
+        from dicomtwist import tls
+
+        if self["tls-key"] is not None and self["tls-cert"] is None:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-ca"] is not None or self["tls-cert"] is not None:
+            self["tls"] = 1
+        self["tls-options"] = None
+        if self["tls"]:
+            try:
+                self["tls-options"] = tls.client_options(
+                    self["addr"], self["tls-ca"], self["tls-cert"], self["tls-key"])
+            except ValueError as e:
+                raise usage.UsageError(f"--tls: {e}") from None
+        if self["store-tls-key"] is not None and self["store-tls-cert"] is None:
+            raise usage.UsageError("--store-tls-key needs --store-tls-cert")
+        self["store-tls-options"] = None
+        if self["store-tls-cert"] is not None:
+            if not self["store"]:
+                raise usage.UsageError("--store-tls-cert needs --store")
+            try:
+                self["store-tls-options"] = tls.server_options(
+                    self["store-tls-cert"], self["store-tls-key"] or self["store-tls-cert"])
+            except ValueError as e:
+                raise usage.UsageError(f"--store-tls-cert: {e}") from None
 
     def level(self) -> LogLevel:
         """The log level -q/-v/-d/-ll select."""
@@ -717,16 +759,22 @@ class MoveSession:
             self.reactor, self.store_handler, options["store-aet"], options["max-pdu"],
             options["acse-timeout"], options["dimse-timeout"], options["network-timeout"])
         try:
-            self.store_port = self.reactor.listenTCP(
-                options["store-port"], self.store_factory,
-                interface=options["store-bind-address"] or "")
+            if options["store-tls-options"] is not None:
+                self.store_port = self.reactor.listenSSL(
+                    options["store-port"], self.store_factory, options["store-tls-options"],
+                    interface=options["store-bind-address"] or "")
+            else:
+                self.store_port = self.reactor.listenTCP(
+                    options["store-port"], self.store_factory,
+                    interface=options["store-bind-address"] or "")
         except net_error.CannotListenError as e:
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
             self.log.error("Cannot start the Storage SCP on port {port} (--store-port):"
                            " {reason}", port=options["store-port"], reason=reason)
             return EXIT_LOCAL
-        self.log.info("Storage SCP {aet} listening on port {port}",
-                      aet=options["store-aet"], port=options["store-port"])
+        self.log.info("Storage SCP {aet} listening on port {port}{tls}",
+                      aet=options["store-aet"], port=options["store-port"],
+                      tls=" (TLS)" if options["store-tls-options"] is not None else "")
         return None
 
     async def stop_store(self) -> None:
@@ -780,7 +828,7 @@ class MoveSession:
                 max_pdu=options["max-pdu"], extended=extended,
                 acse_timeout=options["acse-timeout"], dimse_timeout=options["dimse-timeout"],
                 network_timeout=options["network-timeout"],
-                connect_timeout=options["network-timeout"]))
+                connect_timeout=options["network-timeout"], tls=options["tls-options"]))
         except _Interrupted:
             self.log.error("Interrupted before the association was established")
             return EXIT_CANCEL
@@ -792,6 +840,11 @@ class MoveSession:
             self.log.error("Reason: {reason}",
                            reason=_REJECT_REASONS.get((e.source, e.reason), f"{e.reason}"))
             return EXIT_ASSOCIATION
+        except TLSError as e:
+            self.log.error("Association request failed: TLS handshake with {addr}:{port}"
+                           " failed ({error})", addr=options["addr"], port=options["port"],
+                           error=str(e))
+            return EXIT_CONNECTION
         except AssociationAborted as e:
             self.log.error("Association Aborted: {error}", error=str(e))
             return EXIT_ASSOCIATION

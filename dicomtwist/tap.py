@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
 from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -25,9 +24,12 @@ import dicomtwist
 from dicomtwist import config as configuration
 from dicomtwist import log as dlog
 from dicomtwist import logs
+from dicomtwist import tls
+from dicomtwist.access import AccessRules, is_permitted
 from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association import AcceptorFactory
-from dicomtwist.errors import DicomError
+from dicomtwist.errors import DicomError, DIMSEServiceError
+from dicomtwist.status import Status
 
 #: Single-dash long options of the spec, and what they mean.
 SHORT_FORMS = {
@@ -85,6 +87,11 @@ class Options(usage.Options):
         ["min-free-space", None, None, "refuse stores below this many MB free (default 0)"],
         ["shutdown-grace", None, None, "seconds running associations get at shutdown"
                                        " (default 10)"],
+        ["tls-ca", None, None, "CA certificates (PEM file or directory): ssl: listeners"
+                               " require client certificates that chain to them"],
+        ["tls-cert", None, None, "our certificate (PEM) for ssl: listeners without"
+                                 " certKey=, and for TLS move destinations"],
+        ["tls-key", None, None, "the private key (PEM) of --tls-cert"],
     ]
 
     #: Option name -> Config attribute.
@@ -101,7 +108,20 @@ class Options(usage.Options):
         "max-associations": "max_associations",
         "min-free-space": "min_free_space",
         "shutdown-grace": "shutdown_grace",
+        "tls-ca": "tls_ca",
+        "tls-cert": "tls_cert",
+        "tls-key": "tls_key",
     }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """listen on this endpoint description (repeatable), e.g. tcp:11112 or
+        ssl:2762:privateKey=key.pem:certKey=cert.pem[:caCerts=ca.pem];
+        default tcp:<port> from --port and --bind-address"""
+        self["listen"].append(description)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Accept the spec's single-dash long options too."""
@@ -125,12 +145,25 @@ class Options(usage.Options):
             for option, key in self.OVERRIDES.items():
                 if self[option] is not None:
                     cfg.set(key, self[option], f"--{option}")
+            if self["listen"]:
+                cfg.listen = tuple(self["listen"])
             level = logs.level_from_options(self["quiet"], self["verbose"], self["debug"],
                                             self["log-level"], default=LogLevel.warn)
         except (DicomError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         cfg.instance_location = os.path.abspath(cfg.instance_location)
         cfg.database_location = os.path.abspath(cfg.database_location)
+        # twistd may chdir when daemonizing: certificate paths are absolute.
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            if getattr(cfg, key) is not None:
+                setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        for description in listen_descriptions(cfg):
+            try:
+                # Builds the TLS contexts too: a missing or bad file is
+                # reported now, naming the description.
+                tls.listen_endpoint(None, description, listen_defaults(cfg))
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
 
@@ -249,12 +282,55 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         contexts=supported_contexts(),
         scu_role_classes=frozenset(sopclasses.STORAGE_SOP_CLASSES),
         max_pdu=settings.max_pdu,
+        require_called_aet=settings.require_called_aet,
+        allowed_calling_aets=settings.allowed_calling_aets,
+        peers=dict(settings.peers),
     )
+    if settings.peers:
+        handlers = {service: authorized(policy.access, service, handler)
+                    for service, handler in handlers.items()}
     return AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
                            acse_timeout=settings.acse_timeout or 30.0,
                            dimse_timeout=settings.dimse_timeout,
                            network_timeout=settings.network_timeout,
                            max_associations=settings.max_associations)
+
+
+_access_log = dlog.logger()
+
+
+def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
+    """Wrap a service handler so that a peer whose section does not permit
+    ``service`` gets 0x0124 "Refused: Not Authorized" (PS3.7 C.5.19), with
+    one warning naming the peer, instead of the service."""
+    def guarded(request: Any) -> Any:
+        assoc = request.association
+        if is_permitted(rules, assoc.peer_ae_title, service):
+            return handler(request)
+        _access_log.warn("Refusing {service} from {calling} at {peer}: not in its"
+                         " permissions", service=service, calling=assoc.peer_ae_title,
+                         peer=assoc.peer_description)
+        if isinstance(request.data, str):
+            # A C-STORE data set already streamed into a temporary file.
+            try:
+                os.unlink(request.data)
+            except OSError:
+                pass
+        raise DIMSEServiceError(Status.NOT_AUTHORIZED,
+                                f"{service} not permitted for {assoc.peer_ae_title}"[:64])
+
+    return guarded
+
+
+def listen_defaults(settings: configuration.Config) -> tls.ListenDefaults:
+    """What ``ssl:`` descriptions leave out: ``tls_cert``, ``tls_key``, ``tls_ca``."""
+    return tls.ListenDefaults(settings.tls_cert, settings.tls_key, settings.tls_ca)
+
+
+def listen_descriptions(settings: configuration.Config) -> list[str]:
+    """Every endpoint the archive listens on: ``listen``, or else the one
+    :func:`listen_description` gives."""
+    return list(settings.listen) or [listen_description(settings)]
 
 
 def listen_description(settings: configuration.Config) -> str:
@@ -280,10 +356,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     archive = ArchiveService(settings, reactor)
     archive.setServiceParent(top)
-    endpoint = endpoints.serverFromString(reactor, listen_description(settings))
-    listener = StreamServerEndpointService(endpoint, archive.factory)
-    listener._raiseSynchronously = True
-    listener.setServiceParent(top)
+    for description in listen_descriptions(settings):
+        endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
+        listener = StreamServerEndpointService(endpoint, archive.factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
     return top
 
 

@@ -164,7 +164,8 @@ class QueryRetrieve:
                     calling_ae_title=self.settings.ae_title, max_pdu=self.settings.max_pdu,
                     acse_timeout=self.settings.acse_timeout or 30.0,
                     dimse_timeout=self.settings.dimse_timeout,
-                    network_timeout=self.settings.network_timeout)
+                    network_timeout=self.settings.network_timeout,
+                    tls=self._tls_for(destination))
             except Exception as e:
                 self.log.warn("C-MOVE: cannot associate with {aet} at {host}:{port}: {error}",
                               aet=destination.ae_title, host=destination.address,
@@ -186,6 +187,26 @@ class QueryRetrieve:
                         await assoc.release()
                     except Exception:
                         pass
+
+    def _tls_for(self, destination: Any) -> Any:
+        """The TLS client options for a destination marked ``tls``, else None.
+
+        Its own ``tls_ca``/``tls_cert``/``tls_key``, or the archive's; the
+        destination's certificate must name its address.
+
+        :raises ValueError: a certificate or key file cannot be used.
+        """
+        if not getattr(destination, "tls", False):
+            return None
+        from dicomtwist import tls
+
+        settings = self.settings
+        certificate = destination.tls_cert or getattr(settings, "tls_cert", None)
+        key = destination.tls_key or (getattr(settings, "tls_key", None)
+                                      if not destination.tls_cert else None)
+        return tls.client_options(destination.address,
+                                  ca=destination.tls_ca or getattr(settings, "tls_ca", None),
+                                  certificate=certificate, private_key=key)
 
     async def _get_run(self, request: ServiceRequest, records: list[Any],
                        progress: "_Progress") -> AsyncIterator[Response]:
