@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist.status import Status
-from dicomtwist.storage.index import Index, InstanceRecord, unsupported_keys
+from dicomtwist.storage.index import UNIQUE_KEYS, Index, InstanceRecord, unsupported_keys
 from dicomtwist.storage.matching import QueryError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -51,7 +51,18 @@ def round_trip(ds: Dataset) -> Dataset:
 
 
 def query(level: str, **keys) -> Dataset:
-    """A C-FIND identifier at ``level`` with the given keys."""
+    """A C-FIND identifier at ``level`` with the given keys, and the level's
+    unique key as a return key when not given (responses hold only what
+    was asked for, and the tests identify matches by it)."""
+    ds = bare_query(level, **keys)
+    unique = UNIQUE_KEYS.get(level)
+    if unique is not None and unique not in ds:
+        setattr(ds, unique, "")
+    return ds
+
+
+def bare_query(level: str, **keys) -> Dataset:
+    """A C-FIND identifier at ``level`` with exactly the given keys."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
     for keyword, value in keys.items():
@@ -538,15 +549,16 @@ class FindTests(IndexTestCase):
                           response.Modality),
                          ("20200115", "ACC%1", "Doe^John", ["CT", "MR"], ""))
 
-    def test_unique_keys_added(self):
-        """An image-level Patient Root response carries every unique key above it."""
-        identifier = query("IMAGE", PatientID="P1", StudyInstanceUID="1.1",
-                           SeriesInstanceUID="1.1.2", InstanceNumber="1")
+    def test_unrequested_unique_key_not_added(self):
+        """A response never carries a key that was not asked for, not even the
+        query level's unique key (PS3.4 C.4.1.1.3.2)."""
+        identifier = bare_query("IMAGE", PatientID="P1", StudyInstanceUID="1.1",
+                                SeriesInstanceUID="1.1.2", InstanceNumber="1")
         [response] = self.index.find(identifier, "PATIENT")
         self.assertEqual({e.keyword for e in response},
                          {"QueryRetrieveLevel", "PatientID", "StudyInstanceUID",
-                          "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber"})
-        self.assertEqual(response.SOPInstanceUID, "1.1.2.1")
+                          "SeriesInstanceUID", "InstanceNumber"})
+        self.assertEqual(response.InstanceNumber, 1)
 
     def test_study_root_has_no_patient_key(self):
         """A Study Root study-level response does not add Patient ID unasked."""

@@ -651,9 +651,8 @@ class Index:
         :param identifier: the C-FIND request identifier.
         :param model: ``"PATIENT"`` (Patient Root), ``"STUDY"`` (Study Root)
             or ``"PATIENT_STUDY_ONLY"``.
-        :returns: response identifiers holding the requested keys, the
-            unique keys of the query level and above, Query/Retrieve Level,
-            and Specific Character Set when needed.
+        :returns: response identifiers holding exactly the requested keys,
+            Query/Retrieve Level, and Specific Character Set when needed.
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
         plan = self._plan(identifier, model)
@@ -691,15 +690,10 @@ class Index:
             found = self._condition(attribute, element.value)
             if found is not None:
                 conditions.append(found)
-        # The unique keys of the query level and the levels above are always
-        # returned (PS3.4 C.4.1.2.2, hierarchical search).
-        levels = MODELS[model]
-        for higher in levels[:levels.index(level) + 1]:
-            attribute = _BY_KEYWORD[UNIQUE_KEYS[higher]]
-            if attribute.tag not in seen:
-                alias = _ALIASES[attribute.table]
-                keys.append(_ReturnKey(attribute.tag, attribute.vr,
-                                       f"{alias}.{attribute.column}"))
+        # PS3.4 C.4.1.1.3.2: a response holds the requested keys, the
+        # Query/Retrieve Level and (when needed) Specific Character Set --
+        # nothing else.  Unique keys of higher levels are in the request
+        # already (hierarchical search requires them).
         alias = _ALIASES[table]
         expressions = [f"{alias}.pk"] + [k.expression for k in keys if k.expression]
         where = " AND ".join(f"({c.sql})" for c in conditions) or "1"
