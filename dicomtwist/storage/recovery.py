@@ -57,17 +57,21 @@ def _index_file(index: Any, root: str, name: str, report: Report) -> None:
         report.files_indexed += 1
 
 
-def recover(directory: str, index: Any) -> Report:
-    """Remove leftover temporary files; index stored files the index lacks;
-    drop rows whose file is missing."""
-    root = os.path.realpath(directory)
-    report = Report()
+def _remove_temporary(root: str, report: Report) -> None:
     for path in temporary_files(root):
         try:
             os.unlink(path)
             report.temporary_removed += 1
         except OSError:
             pass
+
+
+def recover(directory: str, index: Any) -> Report:
+    """Remove leftover temporary files; index stored files the index lacks;
+    drop rows whose file is missing."""
+    root = os.path.realpath(directory)
+    report = Report()
+    _remove_temporary(root, report)
     files = _stored_files(root)
     indexed = {}
     for relative in index.paths():
@@ -85,12 +89,7 @@ def reindex(directory: str, index: Any) -> Report:
     """Rebuild the whole index from the stored files."""
     root = os.path.realpath(directory)
     report = Report()
-    for path in temporary_files(root):
-        try:
-            os.unlink(path)
-            report.temporary_removed += 1
-        except OSError:
-            pass
+    _remove_temporary(root, report)
     index.clear()
     with index.transaction():
         for uid, name in sorted(_stored_files(root).items()):
