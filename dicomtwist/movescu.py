@@ -80,7 +80,8 @@ EXIT_LOCAL = 8
 EXIT_CODES: dict[int, str] = {
     EXIT_SUCCESS: "the move succeeded (final status 0x0000 Success)",
     EXIT_INTERNAL: "unexpected internal error",
-    EXIT_USAGE: "bad arguments: an unknown or invalid option, a bad -k, an unreadable -f",
+    EXIT_USAGE: "bad arguments: an unknown or invalid option, a bad -k, an unreadable -f,"
+                " an unusable TLS certificate or key",
     EXIT_CONNECTION: "could not connect to the peer (refused, timed out, unreachable,"
                      " TLS handshake failed)",
     EXIT_ASSOCIATION: "association rejected or aborted, no accepted presentation"

@@ -48,7 +48,7 @@ class CheckAssociationTests(SynchronousTestCase):
         self.assertIsNone(self.check(rules(require_called_aet=True)))
 
     def test_called_aet_is_case_sensitive(self) -> None:
-        """AE titles compare exactly (PS3.5 6.2: case is significant)."""
+        """AE titles compare exactly: case is significant."""
         refusal = self.check(rules(require_called_aet=True), called="qrscp")
         self.assertEqual(refusal.reason, RejectReason.CALLED_AE_NOT_RECOGNIZED)
 
