@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.internet.testing import EventLoggingObserver
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dicomtwist import access, config as configuration, tap
 from dicomtwist.access import AccessRules, PeerRule, SERVICES
@@ -18,8 +18,10 @@ from dicomtwist.errors import AssociationRejected
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.status import Status
 from dicomtwist.ul.pdu import RejectReason
+from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, VERIFICATION, connect_in_memory, \
-    ct_dataset, policy
+    ct_dataset, free_port, policy
+from tests.test_dicomqr_e2e import SOURCE_TREE, TWISTD, inline
 
 LOCAL = "127.0.0.1"
 
@@ -319,3 +321,54 @@ class AcceptorTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.successResultOf(store).status, Status.NOT_AUTHORIZED)
         self.assertEqual(os.listdir(directory), [])
+
+
+class DaemonTests(TestCase):
+    """The rules in the real ``twistd -n dicomqr``, driven by DCMTK's tools."""
+
+    timeout = 60
+
+    @inline
+    async def test_config_rules_enforced(self) -> None:
+        """The config file's access keys refuse a wrong called AE title, an unlisted caller and a service outside the permissions, and serve the rest."""
+        peers.dcmtk("echoscu")
+        work = os.path.abspath(self.mktemp())
+        cwd = os.path.join(work, "archive")
+        os.makedirs(cwd)
+        port = free_port()
+        config = os.path.join(work, "qrscp.ini")
+        with open(config, "w") as fp:
+            fp.write(f"[DEFAULT]\nae_title: QRSCP\nport: {port}\nbind_address: 127.0.0.1\n"
+                     "require_called_aet: true\nallowed_calling_aets: ECHOSCU, STORESCU\n"
+                     "[STORESCU]\naddress: 127.0.0.1\nhost_check: true\npermissions: echo\n")
+        archive = peers.PeerProcess(reactor, "twistd dicomqr")
+        env = peers.peer_env()
+        env["PYTHONPATH"] = os.pathsep.join([SOURCE_TREE, *filter(None, [env.get("PYTHONPATH")])])
+        reactor.spawnProcess(archive, TWISTD[0], [*TWISTD, "-n", "--pidfile=", "dicomqr",
+                                                  "-c", config], env=env, path=cwd)
+        self.addCleanup(archive.stop)
+        await peers.wait_for_port(reactor, port, archive, attempts=400)
+
+        async def tool(name: str, *args: str, files: tuple[str, ...] = ()) -> tuple[str, int]:
+            out, err, code = await peers.run_tool(reactor, peers.dcmtk(name),
+                                                  [*args, LOCAL, str(port), *files])
+            return (out + err).decode("utf-8", "replace"), code
+
+        output, code = await tool("echoscu", "-aec", "ANY-SCP")
+        self.assertNotEqual(code, 0, output)
+        output, code = await tool("echoscu", "-aet", "INTRUDER", "-aec", "QRSCP")
+        self.assertNotEqual(code, 0, output)
+        output, code = await tool("echoscu", "-aec", "QRSCP")
+        self.assertEqual(code, 0, output)
+        path = os.path.join(work, "ct.dcm")
+        ds = ct_dataset()
+        ds.save_as(path, enforce_file_format=True)
+        output, code = await tool("storescu", "-v", "-aet", "STORESCU", "-aec", "QRSCP",
+                                  files=(path,))
+        self.assertIn("Status: 0x124", output)
+        self.assertFalse(os.path.exists(os.path.join(cwd, "instances",
+                                                     f"{ds.SOPInstanceUID}.dcm")))
+        log = archive.output()
+        self.assertIn("Refusing association from ECHOSCU at 127.0.0.1", log)
+        self.assertIn("Refusing association from INTRUDER at 127.0.0.1", log)
+        self.assertIn("Refusing store from STORESCU at 127.0.0.1", log)
