@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field, fields
-from typing import Any, AsyncIterable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -44,7 +44,7 @@ from dicomtwist import acse
 from dicomtwist.acse import AcceptorPolicy, Negotiated, PresentationContext
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.assembly import MessageAssembler, SinkFactory, memory_sink
-from dicomtwist.dimse.codec import COMMAND, LAST_FRAGMENT, decode_dataset, encode_command, encode_dataset, fragment
+from dicomtwist.dimse.codec import LAST_FRAGMENT, decode_dataset, encode_command, encode_dataset, fragment
 from dicomtwist.errors import (
     AssociationAborted,
     AssociationRejected,

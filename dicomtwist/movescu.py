@@ -15,17 +15,14 @@ lines follow the ``movescu`` spec; the exit status tells what happened
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
 from typing import Any, Callable, Sequence
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
-from pydicom.filewriter import write_file_meta_info
 from twisted.internet import defer, error as net_error, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
@@ -34,7 +31,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from dicomtwist import __version__
 from dicomtwist import log as stack_log
 from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association import AcceptorFactory, Association, ServiceRequest, associate
@@ -51,6 +48,7 @@ from dicomtwist.sopclasses import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION,
 )
+from dicomtwist.storage.files import is_valid_uid, part10_header
 from dicomtwist.status import Category, Status, category, status_name
 
 __all__ = [
@@ -371,40 +369,14 @@ MODALITY_PREFIXES: dict[str, str] = {
 
 #: A UID that is safe as part of a file name: digits and dots, at most 64
 #: characters (PS3.5 9.1), components non-empty.
-_SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
-def is_safe_uid(uid: object) -> bool:
-    """True if ``uid`` is a well-formed UID that can name a file."""
-    return isinstance(uid, str) and 0 < len(uid) <= 64 and _SAFE_UID.match(uid) is not None
-
-
 def file_prefix(sop_class_uid: str) -> str:
     """The file name prefix for a SOP class (``CT``, ``MR``, ... or ``UN``)."""
     return MODALITY_PREFIXES.get(sop_class_uid, "UN")
-
-
-def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
-                  source_ae_title: str | None = None) -> bytes:
-    """A DICOM Part 10 preamble, prefix and File Meta Information (PS3.10 7.1).
-
-    The data set that follows it, in ``transfer_syntax``, makes a DICOM file.
-    """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title
-    buffer = DicomBytesIO()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
 
 
 class _NullSink:
@@ -510,8 +482,8 @@ class StoreHandler:
         """Choose where an incoming data set goes (the association's sink factory)."""
         if not isinstance(message, m.CStoreRQ):
             return memory_sink(message, context)
-        if self.ignore or not is_safe_uid(message.affected_sop_instance_uid) \
-                or not is_safe_uid(message.affected_sop_class_uid):
+        if self.ignore or not is_valid_uid(message.affected_sop_instance_uid) \
+                or not is_valid_uid(message.affected_sop_class_uid):
             return _NullSink()
         header = part10_header(message.affected_sop_class_uid,
                                message.affected_sop_instance_uid, context.transfer_syntax)

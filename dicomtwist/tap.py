@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import LogLevel
 from twisted.python import usage
@@ -234,7 +234,7 @@ class ArchiveService(service.Service):
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
-        from twisted.internet import defer, task
+        from twisted.internet import defer
 
         associations = list(self.factory.associations)
         if associations:
@@ -446,7 +446,7 @@ def run() -> None:
         options.parseOptions(sys.argv[1:])
     except usage.UsageError as e:
         print(f"dicomqr: error: {e}", file=sys.stderr)
-        print(f"Try 'dicomqr --help' for usage.", file=sys.stderr)
+        print("Try 'dicomqr --help' for usage.", file=sys.stderr)
         sys.exit(2)
     logs.start_logging(options["level"], sys.stderr)
     top = makeService(options, reactor)

@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from dicomtwist.association import associate
-from dicomtwist.errors import AssociationAborted, AssociationRejected
+from dicomtwist.errors import AssociationRejected
 from dicomtwist.status import Status
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, VERIFICATION, ct_dataset, free_port

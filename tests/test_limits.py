@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 

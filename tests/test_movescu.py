@@ -26,6 +26,7 @@ from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.codec import encode_dataset
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.logs import LineObserver
+from dicomtwist.storage.files import is_valid_uid, part10_header
 from dicomtwist.movescu import (
     EXIT_ASSOCIATION,
     EXIT_CANCEL,
@@ -38,9 +39,7 @@ from dicomtwist.movescu import (
     Options,
     StoreHandler,
     file_prefix,
-    is_safe_uid,
     make_store_factory,
-    part10_header,
     translate_argv,
 )
 from dicomtwist.sopclasses import (
@@ -705,10 +704,10 @@ class StoreHandlerTests(StoreTestCase):
 
     def test_safe_uid(self) -> None:
         """Only digits and dots, at most 64 characters, make a safe UID."""
-        self.assertTrue(is_safe_uid("1.2.840.10008.5.1.4.1.1.2"))
-        self.assertTrue(is_safe_uid("1" * 64))
+        self.assertTrue(is_valid_uid("1.2.840.10008.5.1.4.1.1.2"))
+        self.assertTrue(is_valid_uid("1" * 64))
         for bad in ("", "1" * 65, "1.2.", ".1", "1..2", "1.a", "../1", "1/2", None, 12):
-            self.assertFalse(is_safe_uid(bad), bad)
+            self.assertFalse(is_valid_uid(bad), bad)
 
     def test_part10_header(self) -> None:
         """The header is a preamble, DICM and a File Meta group pydicom reads."""
