@@ -72,3 +72,42 @@ class IdentifierLimitTests(SynchronousTestCase):
         sink = assembly.memory_sink(CStoreRQ(1, "1.2", "1.2.3"), None)
         sink.write(memoryview(bytes(assembly.MAX_IDENTIFIER_LENGTH + 1)))
         self.assertEqual(len(sink.close()), assembly.MAX_IDENTIFIER_LENGTH + 1)
+
+
+class DataSetLimitTests(SynchronousTestCase):
+    """Received identifiers are bounded in nesting and inflated size."""
+
+    def nested(self, depth: int):
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
+        top = Dataset()
+        top.QueryRetrieveLevel = "STUDY"
+        current = top
+        for _ in range(depth):
+            item = Dataset()
+            current.ReferencedStudySequence = Sequence([item])
+            current = item
+        return top
+
+    def test_deep_nesting_refused(self):
+        """An identifier nested deeper than MAX_SEQUENCE_DEPTH is a decode error."""
+        from dicomtwist.dimse import codec
+
+        ok = codec.encode_dataset(self.nested(codec.MAX_SEQUENCE_DEPTH), UNCOMPRESSED[0])
+        codec.decode_dataset(ok, UNCOMPRESSED[0])
+        deep = codec.encode_dataset(self.nested(codec.MAX_SEQUENCE_DEPTH + 2), UNCOMPRESSED[0])
+        with self.assertRaises(DIMSEDecodeError):
+            codec.decode_dataset(deep, UNCOMPRESSED[0])
+
+    def test_deflate_bomb_refused(self):
+        """A Deflated data set that inflates past the limit is a decode error."""
+        import zlib
+
+        from dicomtwist.dimse import codec
+
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        bomb = compressor.compress(bytes(codec.MAX_INFLATED_LENGTH + 1024)) + compressor.flush()
+        self.assertLess(len(bomb), 1024 * 1024)
+        with self.assertRaises(DIMSEDecodeError):
+            codec.decode_dataset(bomb, "1.2.840.10008.1.2.1.99")

@@ -373,14 +373,23 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     return encoded
 
 
-def _parse_all(ds: Dataset) -> None:
+#: Deepest sequence nesting accepted in a received identifier.
+MAX_SEQUENCE_DEPTH = 16
+#: Largest inflated size of a Deflated data set (a "zip bomb" guard).
+MAX_INFLATED_LENGTH = 64 * 1024 * 1024
+
+
+def _parse_all(ds: Dataset, depth: int = 0) -> None:
     """Parse every element of a data set, nested ones too, checking lengths.
 
     pydicom reads a value cut short by the end of the data as far as it
     goes; a value shorter than its declared length is a truncated data set.
 
-    :raises DIMSEDecodeError: a value is shorter than its declared length.
+    :raises DIMSEDecodeError: a value is shorter than its declared length,
+        or sequences nest deeper than ``MAX_SEQUENCE_DEPTH``.
     """
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise DIMSEDecodeError(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
     for tag in ds.keys():
         raw = ds.get_item(tag)
         if (isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF
@@ -390,7 +399,7 @@ def _parse_all(ds: Dataset) -> None:
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value:
-                _parse_all(item)
+                _parse_all(item, depth + 1)
 
 
 def decode_dataset(data: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
@@ -414,7 +423,11 @@ def decode_dataset(data: bytes | memoryview, transfer_syntax_uid: str) -> Datase
     # input; all of it is peer input, so all of it becomes DIMSEDecodeError.
     try:
         if deflated:
-            raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            raw = inflater.decompress(raw, MAX_INFLATED_LENGTH)
+            if inflater.unconsumed_tail:
+                raise DIMSEDecodeError(
+                    f"deflated data set inflates past {MAX_INFLATED_LENGTH} bytes")
         ds = read_dataset(BytesIO(raw), implicit, little)
         _parse_all(ds)
     except DIMSEDecodeError:
