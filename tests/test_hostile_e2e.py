@@ -234,3 +234,33 @@ class KillTests(HostileCase):
             self.assertTrue(os.path.exists(os.path.join(self.instances(), uid + ".dcm")), uid)
         leftovers = [n for n in os.listdir(self.instances()) if n.endswith(".part")]
         self.assertEqual(leftovers, [])
+
+
+class ShutdownTests(HostileCase):
+    """SIGTERM stops accepting, lets running associations finish, then exits."""
+
+    async def test_sigterm_lets_running_association_finish(self):
+        """After SIGTERM an open association still stores and releases; new
+        connections are refused; the daemon then exits on its own."""
+        process = await self.start("shutdown_grace: 20\n")
+        assoc = await self.connect()
+        process.transport.signalProcess("TERM")
+        await deferLater(reactor, 0.5, lambda: None)
+        ds = ct_dataset()
+        rsp = await assoc.store(ds)
+        self.assertEqual(rsp.status, Status.SUCCESS)
+        with self.assertRaises(Exception):
+            await self.connect(connect_timeout=2)
+        self.assertFalse(process.exited.called)
+        await assoc.release()
+        await process.exited
+        self.assertTrue(os.path.exists(os.path.join(self.instances(), ds.SOPInstanceUID + ".dcm")))
+
+    async def test_sigterm_aborts_after_grace(self):
+        """An association still open when the grace period ends is aborted."""
+        process = await self.start("shutdown_grace: 1\n")
+        assoc = await self.connect()
+        process.transport.signalProcess("TERM")
+        await assoc.closed
+        await process.exited
+        self.assertTrue(assoc.machine.is_closed)
