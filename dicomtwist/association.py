@@ -357,8 +357,7 @@ class Association(DicomProtocol):
     def on_associate_rq(self, rq: AAssociateRQ) -> None:
         """Acceptor: negotiate from the policy and answer AC or RJ."""
         self.peer_ae_title = rq.calling_ae_title
-        for line in rq.describe():
-            self.log.debug("{line}", line=line)
+        self.log.debug("{text}", text=_Lines(rq))
         assert self.policy is not None
         rj = None
         refusal = acse.explain_unacceptable(rq, self.policy, self.peer_host())
@@ -397,8 +396,7 @@ class Association(DicomProtocol):
     def on_associate_ac(self, ac: AAssociateAC) -> None:
         """Requestor: the peer accepted."""
         self._cancel_acse_timer()
-        for line in ac.describe():
-            self.log.debug("{line}", line=line)
+        self.log.debug("{text}", text=_Lines(ac))
         assert self.associate_rq is not None
         self._start(acse.interpret_ac(self.associate_rq, ac))
         self.log.info("Association Accepted")
@@ -538,7 +536,7 @@ class Association(DicomProtocol):
         while self._send_queue and not self._sending:
             message, context_id, data, d = self._send_queue.pop(0)
             max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
-            self.log.debug("Sending {summary}", summary=message.summary())
+            self.log.debug("Sending {message.summary()}", message=message)
             try:
                 for pdu in fragment(context_id, encode_command(message, data is not None),
                                     True, max_pdu):
@@ -587,7 +585,7 @@ class Association(DicomProtocol):
                 self._dispatch(*done)
 
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
-        self.log.debug("Received {summary}", summary=message.summary())
+        self.log.debug("Received {message.summary()}", message=message)
         if message.IS_RESPONSE:
             self._on_response(message, data)
         elif isinstance(message, m.CCancelRQ):
@@ -929,6 +927,16 @@ class Association(DicomProtocol):
         self.log.info("Sending Cancel Request for message {id}", id=message_id)
         self.send_message(m.CCancelRQ(message_id), pending.context.context_id).addErrback(
             lambda f: None)
+
+
+class _Lines:
+    """A PDU's multi-line description, built only if a log line is written."""
+
+    def __init__(self, pdu: Any) -> None:
+        self.pdu = pdu
+
+    def __str__(self) -> str:
+        return "\n".join(self.pdu.describe())
 
 
 def _as_response(result: Any) -> Response:

@@ -109,7 +109,7 @@ class DicomProtocol(Protocol):
                     self._decode_failed(error)
                     return
                 if self.log_pdus:
-                    self.log.debug("Received {summary}", summary=pdu.summary())
+                    self.log.debug("Received {pdu.summary()}", pdu=pdu)
                 self._event(RECEIVED_EVENTS[pdu_type], pdu)
                 if self.machine.is_closed:
                     return
@@ -140,7 +140,7 @@ class DicomProtocol(Protocol):
             self.transport.writeSequence(pdu)
             return
         if self.log_pdus:
-            self.log.debug("Sending {summary}", summary=pdu.summary())
+            self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         self.transport.write(pdu.encode())
 
     def start_artim(self) -> None:
