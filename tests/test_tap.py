@@ -57,7 +57,7 @@ class OptionsTestCase(SynchronousTestCase):
     """Base: keep the global log level as it was."""
 
     def setUp(self) -> None:
-        self.addCleanup(dlog.set_level, dlog.predicate.logLevelForNamespace(None))
+        self.addCleanup(dlog.set_level, dlog.level())
 
     def assertSubset(self, expected: dict, actual: dict) -> None:
         """Every key of ``expected`` is in ``actual`` with the same value."""
@@ -288,7 +288,7 @@ class MakeServiceTests(OptionsTestCase):
     def test_sets_log_level(self) -> None:
         """makeService applies the log level of the options."""
         tap.makeService(self.options("-ll", "error"), MemoryReactorClock())
-        self.assertEqual(dlog.predicate.logLevelForNamespace(None), LogLevel.error)
+        self.assertEqual(dlog.level(), LogLevel.error)
 
     def test_listen_description_ipv6(self) -> None:
         """An IPv6 bind address has its colons escaped in the endpoint description."""
