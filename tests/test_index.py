@@ -308,9 +308,10 @@ class WriteTests(IndexTestCase):
         """A failure in the middle of add leaves no row of the instance behind."""
         self.index.add(instance("1.1.1.1"), "a", ExplicitVRLittleEndian, 1)
 
-        def broken(*args):
+        def broken(*args, **kwargs):
             raise sqlite3.OperationalError("disk I/O error")
         self.patch(self.index, "_tidy", broken)
+        self.patch(self.index, "_count_new", broken)
         self.assertRaises(sqlite3.OperationalError, self.index.add,
                           instance("2.1.1.1", series="2.1.1", study="2.1", patient="P2"),
                           "b", ExplicitVRLittleEndian, 1)
@@ -801,3 +802,40 @@ for _case in RETRIEVE_CASES:
 for _case in INVALID_RETRIEVES:
     setattr(RetrieveTests, f"test_invalid_retrieve_{_case[0]}", _make_invalid_retrieve(*_case))
 del _case
+
+
+class DerivedCountTests(SynchronousTestCase):
+    """Derived counts kept incrementally agree with a full recount."""
+
+    def test_incremental_counts_match_recount(self):
+        """After many adds, replacements and a removal, every derived value
+        equals what a recount gives."""
+        index = Index(self.mktemp())
+        for n in range(60):
+            index.add(instance(f"9.{n}", series=f"9.{n % 6}", study=f"9.{n % 3}",
+                               patient=f"P{n % 2}", Modality="CT" if n % 6 else "MR",
+                               SOPClassUID=CT if n % 4 else "1.2.840.10008.5.1.4.1.1.4"),
+                      f"f{n}", ExplicitVRLittleEndian, 1)
+        index.add(instance("9.5", series="9.5", study="9.2", patient="P1"), "again",
+                  ExplicitVRLittleEndian, 1)
+        index.remove("9.7")
+
+        def snapshot():
+            conn = index._conn
+            return (conn.execute("SELECT pk, number_of_series_related_instances FROM series"
+                                 " ORDER BY pk").fetchall(),
+                    conn.execute("SELECT pk, number_of_study_related_series,"
+                                 " number_of_study_related_instances, modalities_in_study,"
+                                 " sop_classes_in_study FROM study ORDER BY pk").fetchall(),
+                    conn.execute("SELECT pk, number_of_patient_related_studies,"
+                                 " number_of_patient_related_series,"
+                                 " number_of_patient_related_instances FROM patient"
+                                 " ORDER BY pk").fetchall())
+
+        incremental = snapshot()
+        conn = index._conn
+        with index.transaction():
+            index._tidy({r[0] for r in conn.execute("SELECT pk FROM series")},
+                        {r[0] for r in conn.execute("SELECT pk FROM study")},
+                        {r[0] for r in conn.execute("SELECT pk FROM patient")})
+        self.assertEqual(incremental, snapshot())

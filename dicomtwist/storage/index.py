@@ -528,6 +528,14 @@ class Index:
         values.update(extra)
         self._upsert("instance", values, ["sop_instance_uid"])
 
+        if (old is None and (old_series is None or old_series[0] == study_pk)
+                and (old_study is None or old_study[0] == patient_pk)):
+            # A new instance that moved nothing: bump the derived counts
+            # instead of recounting (a recount is O(instances) per add, so
+            # O(n^2) over a bulk load).
+            self._count_new(series_pk, study_pk, patient_pk, new_series=old_series is None,
+                            new_study=old_study is None, sop_class=row.get("SOPClassUID"))
+            return
         series = {series_pk}
         studies = {study_pk}
         patients = {patient_pk}
@@ -540,6 +548,35 @@ class Index:
         if old_study is not None:
             patients.add(old_study[0])
         self._tidy(series, studies, patients)
+
+    def _count_new(self, series_pk: int, study_pk: int, patient_pk: int, new_series: bool,
+                   new_study: bool, sop_class: object) -> None:
+        """Derived attributes after adding one new instance (PS3.4 C.3.4)."""
+        execute = self._conn.execute
+        execute("UPDATE series SET number_of_series_related_instances = "
+                "COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = ?", (series_pk,))
+        classes = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
+                          (study_pk,)).fetchone()[0]
+        known = set(classes.split("\\")) if classes else set()
+        if sop_class and str(sop_class) not in known:
+            known.add(str(sop_class))
+            classes = "\\".join(sorted(known))
+        modalities = [r[0] for r in execute(
+            "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
+            "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (study_pk,))]
+        execute("UPDATE study SET number_of_study_related_series = "
+                "COALESCE(number_of_study_related_series, 0) + ?, "
+                "number_of_study_related_instances = "
+                "COALESCE(number_of_study_related_instances, 0) + 1, "
+                "modalities_in_study = ?, sop_classes_in_study = ? WHERE pk = ?",
+                (int(new_series), "\\".join(modalities) or None, classes, study_pk))
+        execute("UPDATE patient SET number_of_patient_related_studies = "
+                "COALESCE(number_of_patient_related_studies, 0) + ?, "
+                "number_of_patient_related_series = "
+                "COALESCE(number_of_patient_related_series, 0) + ?, "
+                "number_of_patient_related_instances = "
+                "COALESCE(number_of_patient_related_instances, 0) + 1 WHERE pk = ?",
+                (int(new_study), int(new_series), patient_pk))
 
     def _tidy(self, series: set[int], studies: set[int], patients: set[int]) -> None:
         """Delete emptied parents and recompute the derived attributes."""
