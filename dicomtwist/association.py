@@ -169,6 +169,9 @@ class FileDataSet:
     offset: int
     length: int
     transfer_syntax: str
+    #: From the file meta information, when known.
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
 
 
 _TAG_VR_LEN = struct.Struct("<HH2sH")
@@ -179,38 +182,47 @@ def file_dataset(path: str) -> FileDataSet:
     """Locate the data set in a DICOM Part 10 file without decoding it.
 
     Reads only the preamble and the File Meta Information (group 0002,
-    always Explicit VR Little Endian, PS3.10 7.1).
+    always Explicit VR Little Endian, PS3.10 7.1), usually in one read; the
+    meta group's SOP Class and Instance UIDs come along, so sending the
+    file needs no further parsing.
 
     :raises ValueError: the file is not a Part 10 file.
     """
     with open(path, "rb") as fp:
-        head = fp.read(132)
+        head = fp.read(4096)
+        size = os.fstat(fp.fileno()).st_size
         if len(head) < 132 or head[128:132] != b"DICM":
             raise ValueError(f"{path}: not a DICOM Part 10 file")
+        values: dict[int, str] = {}
         offset = 132
-        transfer_syntax = None
         while True:
-            fp.seek(offset)
-            raw = fp.read(8)
-            if len(raw) < 8:
+            if offset + 12 > len(head) and len(head) < size:
+                fp.seek(0)
+                head = fp.read(offset + 65536)
+            if offset + 8 > len(head):
                 break
-            group, element, vr, short = _TAG_VR_LEN.unpack(raw)
+            group, element, vr, short = _TAG_VR_LEN.unpack_from(head, offset)
             if group != 0x0002:
                 break
             if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-                length = _UL.unpack(fp.read(4))[0]
+                length = _UL.unpack_from(head, offset + 8)[0]
                 value_at = offset + 12
             else:
                 length = short
                 value_at = offset + 8
-            if element == 0x0010:
-                fp.seek(value_at)
-                transfer_syntax = fp.read(length).rstrip(b"\x00 ").decode("ascii")
+            if element in (0x0002, 0x0003, 0x0010):
+                if value_at + length > len(head):
+                    fp.seek(value_at)
+                    raw = fp.read(length)
+                else:
+                    raw = head[value_at:value_at + length]
+                values[element] = raw.rstrip(b"\x00 ").decode("ascii", "replace")
             offset = value_at + length
-        size = os.fstat(fp.fileno()).st_size
+    transfer_syntax = values.get(0x0010)
     if transfer_syntax is None:
         raise ValueError(f"{path}: no Transfer Syntax UID in the file meta information")
-    return FileDataSet(path, offset, size - offset, transfer_syntax)
+    return FileDataSet(path, offset, size - offset, transfer_syntax,
+                       values.get(0x0002), values.get(0x0003))
 
 
 @implementer(IPushProducer)
@@ -841,8 +853,10 @@ class Association(DicomProtocol):
             if isinstance(dataset, str):
                 dataset = file_dataset(dataset)
             if isinstance(dataset, FileDataSet):
-                ds = dcmread(dataset.path, stop_before_pixels=True, force=True)
-                sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+                sop_class, sop_instance = dataset.sop_class_uid, dataset.sop_instance_uid
+                if not (sop_class and sop_instance):
+                    ds = dcmread(dataset.path, stop_before_pixels=True, force=True)
+                    sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
                 context = self.context_for(sop_class, dataset.transfer_syntax)
                 if context.transfer_syntax == dataset.transfer_syntax:
                     data: Any = dataset
