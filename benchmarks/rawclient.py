@@ -1,0 +1,301 @@
+"""A small raw-socket DICOM client for the association benchmarks.
+
+It speaks just enough of the Upper Layer (PS3.8 9.3) and DIMSE (PS3.7 9.3.5)
+to associate with a Verification presentation context, send one C-ECHO,
+and release, with every PDU written by hand: the load generator must cost
+far less than the servers it measures, and it must not depend on the code
+under test.
+
+Two loads:
+
+* :func:`echo_loop` -- sequential connect, A-ASSOCIATE-RQ, C-ECHO-RQ,
+  A-RELEASE-RQ, close, bounded by a count and a deadline;
+* :class:`IdleAssociations` -- open many associations at once (non-blocking
+  sockets, one ``selectors`` loop) and keep them open, idle.
+"""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Our implementation class UID (PS3.7 D.3.3.2), under the 2.25 UUID arc.
+IMPLEMENTATION_UID = "2.25.176083424126917215938214802283911562013"
+IMPLEMENTATION_VERSION = "BENCH_RAW_0"
+
+PDU_HEADER = struct.Struct(">BxL")
+A_ASSOCIATE_AC = 0x02
+A_ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+A_RELEASE_RP = 0x06
+A_ABORT = 0x07
+
+
+def _uid(value: str) -> bytes:
+    """A UID value padded to even length with NUL (PS3.5 9.1)."""
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _item(item_type: int, body: bytes) -> bytes:
+    """An item or sub-item: type, reserved, 2-byte length (PS3.8 9.3.2)."""
+    return struct.pack(">BxH", item_type, len(body)) + body
+
+
+def associate_rq(called: str, calling: str = "BENCHSCU", max_pdu: int = 16384) -> bytes:
+    """A-ASSOCIATE-RQ with one Verification context (PS3.8 9.3.2)."""
+    context = _item(0x20, bytes([1, 0, 0, 0])
+                    + _item(0x30, VERIFICATION.encode())
+                    + _item(0x40, IMPLICIT_VR_LE.encode()))
+    user = _item(0x50, _item(0x51, struct.pack(">L", max_pdu))
+                 + _item(0x52, IMPLEMENTATION_UID.encode())
+                 + _item(0x55, IMPLEMENTATION_VERSION.encode()))
+    body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + calling.encode().ljust(16)
+            + bytes(32) + _item(0x10, APPLICATION_CONTEXT.encode()) + context + user)
+    return PDU_HEADER.pack(0x01, len(body)) + body
+
+
+def _element(group: int, element: int, value: bytes) -> bytes:
+    """Implicit VR little endian element (PS3.5 7.1.3)."""
+    return struct.pack("<HHL", group, element, len(value)) + value
+
+
+def echo_rq(message_id: int = 1) -> bytes:
+    """P-DATA-TF carrying one C-ECHO-RQ command set (PS3.7 9.3.5.1)."""
+    rest = (_element(0, 0x0002, _uid(VERIFICATION))
+            + _element(0, 0x0100, struct.pack("<H", 0x0030))
+            + _element(0, 0x0110, struct.pack("<H", message_id))
+            + _element(0, 0x0800, struct.pack("<H", 0x0101)))
+    command = _element(0, 0x0000, struct.pack("<L", len(rest))) + rest
+    # PDV item: length, context ID 1, control header 0x03 (command, last fragment).
+    pdv = struct.pack(">LBB", len(command) + 2, 1, 0x03) + command
+    return PDU_HEADER.pack(P_DATA_TF, len(pdv)) + pdv
+
+
+RELEASE_RQ = PDU_HEADER.pack(0x05, 4) + bytes(4)
+ABORT = PDU_HEADER.pack(A_ABORT, 4) + bytes(4)
+
+
+class PeerError(Exception):
+    """The peer rejected, aborted or answered something unexpected."""
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    parts = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise PeerError("connection closed")
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one PDU: ``(type, body)``."""
+    pdu_type, length = PDU_HEADER.unpack(_recv_exact(sock, 6))
+    return pdu_type, _recv_exact(sock, length)
+
+
+def echo_status(body: bytes) -> int:
+    """The Status (0000,0900) of the command set in a P-DATA-TF body."""
+    offset = 0
+    while offset + 6 <= len(body):
+        length, _, control = struct.unpack_from(">LBB", body, offset)
+        data = body[offset + 6:offset + 4 + length]
+        offset += 4 + length
+        if not control & 0x01:
+            continue
+        pos = 0
+        while pos + 8 <= len(data):
+            group, element, size = struct.unpack_from("<HHL", data, pos)
+            if (group, element) == (0, 0x0900):
+                return struct.unpack_from("<H", data, pos + 8)[0]
+            pos += 8 + size
+    raise PeerError("no status in the C-ECHO-RSP")
+
+
+def echo_once(port: int, called: str, rq: bytes, timeout: float = 10.0) -> None:
+    """One association: connect, associate, C-ECHO, release, close.
+
+    :raises PeerError: rejected, aborted, or a failure status.
+    :raises OSError: the connection failed.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(rq)
+        pdu_type, _ = read_pdu(sock)
+        if pdu_type != A_ASSOCIATE_AC:
+            raise PeerError(f"association answered with PDU type {pdu_type:#x}")
+        sock.sendall(echo_rq())
+        pdu_type, body = read_pdu(sock)
+        if pdu_type != P_DATA_TF:
+            raise PeerError(f"C-ECHO answered with PDU type {pdu_type:#x}")
+        status = echo_status(body)
+        if status != 0:
+            raise PeerError(f"C-ECHO status {status:#06x}")
+        sock.sendall(RELEASE_RQ)
+        pdu_type, _ = read_pdu(sock)
+        if pdu_type != A_RELEASE_RP:
+            raise PeerError(f"release answered with PDU type {pdu_type:#x}")
+
+
+def echo_loop(port: int, called: str, count: int, seconds: float) -> tuple[int, int, float]:
+    """Sequential associations until ``count`` or ``seconds`` is reached.
+
+    :returns: ``(completed, failed, elapsed seconds)``.
+    """
+    rq = associate_rq(called)
+    done = failed = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while done + failed < count and time.perf_counter() < deadline:
+        try:
+            echo_once(port, called, rq)
+            done += 1
+        except (OSError, PeerError):
+            failed += 1
+            # A refusing or crashed server must not become a tight loop.
+            time.sleep(0.01)
+    return done, failed, time.perf_counter() - start
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    state: str = "connecting"
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class IdleAssociations:
+    """Hold ``count`` idle associations open to one server.
+
+    :ivar accepted: associations answered with A-ASSOCIATE-AC (and still open).
+    :ivar rejected: answered with A-ASSOCIATE-RJ.
+    :ivar failed: connection refused, reset, aborted or closed.
+    :ivar pending: no answer yet when :meth:`open` gave up waiting.
+    :ivar attempted: connections opened.
+    """
+
+    def __init__(self, port: int, called: str) -> None:
+        self.port = port
+        self.rq = associate_rq(called)
+        self.conns: list[_Conn] = []
+        self.accepted = self.rejected = self.failed = self.pending = 0
+        self.attempted = 0
+
+    def open(self, count: int, timeout: float, batch: int = 32,
+             batch_timeout: float = 10.0) -> None:
+        """Connect and associate ``count`` sockets, ``batch`` at a time.
+
+        A batch is opened once the previous one has been answered, so the
+        listen backlog never overflows (dropped SYNs are retried only after
+        1, 3, 7... seconds, which would measure TCP's back-off, not the
+        server).  Opening stops at ``timeout``, or after a batch in which
+        the server did not accept every association (it is full).
+        """
+        selector = selectors.DefaultSelector()
+        deadline = time.monotonic() + timeout
+        self.attempted = 0
+        while self.attempted < count and time.monotonic() < deadline:
+            size = min(batch, count - self.attempted)
+            accepted = self.accepted
+            waiting = 0
+            for _ in range(size):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                code = sock.connect_ex(("127.0.0.1", self.port))
+                if code not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    self.failed += 1
+                    continue
+                conn = _Conn(sock)
+                self.conns.append(conn)
+                selector.register(sock, selectors.EVENT_WRITE, conn)
+                waiting += 1
+            self.attempted += size
+            waiting = self._pump(selector, waiting, min(deadline, time.monotonic() + batch_timeout))
+            self.pending += waiting
+            if self.accepted - accepted < size:
+                break
+        selector.close()
+
+    def _pump(self, selector: selectors.BaseSelector, waiting: int, deadline: float) -> int:
+        """Drive connects and associations until answered or ``deadline``.
+
+        :returns: how many are still unanswered.
+        """
+        while waiting and time.monotonic() < deadline:
+            for key, events in selector.select(timeout=0.2):
+                conn = key.data
+                if conn.state == "connecting":
+                    error = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if error:
+                        self._drop(selector, conn)
+                        waiting -= 1
+                        continue
+                    conn.sock.sendall(self.rq)  # a few hundred bytes: fits the buffer
+                    conn.state = "requested"
+                    selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                    continue
+                try:
+                    data = conn.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(selector, conn)
+                    waiting -= 1
+                    continue
+                conn.buffer += data
+                if len(conn.buffer) < 6:
+                    continue
+                pdu_type = conn.buffer[0]
+                selector.unregister(conn.sock)
+                waiting -= 1
+                if pdu_type == A_ASSOCIATE_AC:
+                    conn.state = "associated"
+                    self.accepted += 1
+                else:
+                    conn.state = "closed"
+                    self.rejected += 1 if pdu_type == A_ASSOCIATE_RJ else 0
+                    self.failed += 0 if pdu_type == A_ASSOCIATE_RJ else 1
+                    conn.sock.close()
+        return waiting
+
+    def _drop(self, selector: selectors.BaseSelector, conn: _Conn) -> None:
+        selector.unregister(conn.sock)
+        conn.sock.close()
+        conn.state = "closed"
+        self.failed += 1
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Release the associated ones (A-RELEASE-RQ), then close every socket."""
+        live = [c for c in self.conns if c.state == "associated"]
+        for conn in live:
+            try:
+                conn.sock.setblocking(True)
+                conn.sock.settimeout(timeout)
+                conn.sock.sendall(RELEASE_RQ)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for conn in live:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # a server that answers no A-RELEASE-RQ: just close
+            try:
+                conn.sock.settimeout(left)
+                conn.sock.recv(65536)
+            except OSError:
+                pass
+        for conn in self.conns:
+            if conn.state != "closed":
+                conn.sock.close()
+                conn.state = "closed"

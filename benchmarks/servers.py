@@ -1,0 +1,501 @@
+"""The daemons the suite measures, each started with its own configuration.
+
+Every server listens on 127.0.0.1 on a free port, keeps its data in its
+own directory under the run's work directory, writes its log to a file
+there, and is stopped (SIGTERM, then SIGKILL) when the run ends.
+
+* ``ours``: dicomtwist's archive (``dicomqr``), the *installed* package, so
+  run ``pip install .`` after changing the code.
+* ``pynetdicom``: pynetdicom's ``qrscp`` app with the same configuration file.
+* ``dcmqrscp``: DCMTK's archive with a storage area; it forks a child per
+  association (the parent's and the children's memory are summed).
+* ``storescp``: DCMTK's storage SCP (store measures only).
+* ``orthanc``: Orthanc with a JSON configuration (sqlite index, no plugins,
+  HTTP on loopback only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import ClassVar
+
+DCMTK = "/usr/bin"
+ORTHANC = "/usr/sbin/Orthanc"
+#: The C-MOVE destination every archive is configured with.
+MOVE_DESTINATION = "STORESCP"
+#: Calling AE titles of the load generators (Orthanc wants them declared).
+CLIENT_AES = ("STORESCU", "FINDSCU", "MOVESCU", "GETSCU", "BENCHSCU", "ECHOSCU")
+
+#: Which measures a server takes part in.
+ALL_MEASURES = frozenset({"assoc", "idle", "store", "bulk", "find", "move", "get", "large"})
+STORE_MEASURES = frozenset({"store", "bulk", "large"})
+
+
+def dcmtk(tool: str) -> str:
+    """The path of a DCMTK tool (never a PATH lookup: pyenv shims shadow them)."""
+    return os.path.join(DCMTK, tool)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until something accepts connections on ``port``.
+
+    :raises RuntimeError: the process exited or the timeout passed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                host, peer = sock.getsockname(), sock.getpeername()
+                if host != peer:  # not a loopback self-connect
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"not listening on {port} after {timeout:.0f} s")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from ``/proc/*/stat``)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fp:
+                stat = fp.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: split after it.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def status_kib(pid: int, keys: tuple[str, ...] = ("VmRSS", "VmHWM")) -> dict[str, int]:
+    """Fields of ``/proc/<pid>/status`` in KiB (missing ones are absent)."""
+    values: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as fp:
+            for line in fp:
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    values[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of a process (shared pages split), in KiB."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fp:
+            for line in fp:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak(pid: int) -> None:
+    """Reset ``VmHWM`` to the current RSS (``clear_refs`` 5; needs privileges)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fp:
+            fp.write("5")
+    except OSError:
+        pass
+
+
+class Server:
+    """A daemon under test.
+
+    :param root: the work directory of this server (created).
+    :param dest_port: where the C-MOVE destination ``STORESCP`` listens.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    measures: ClassVar[frozenset[str]] = ALL_MEASURES
+    #: Forks per association: memory is the sum over the process tree.
+    forks: ClassVar[bool] = False
+    #: At most this many instances of the bulk load (None: all).
+    max_bulk: ClassVar[int | None] = None
+    ae_title: ClassVar[str] = "QRSCP"
+
+    def __init__(self, root: str, dest_port: int) -> None:
+        self.root = root
+        self.dest_port = dest_port
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @classmethod
+    def available(cls) -> str | None:
+        """Why this server cannot run here, or None."""
+        return None
+
+    def command(self) -> list[str]:
+        """The command line (after :meth:`configure`)."""
+        raise NotImplementedError
+
+    def configure(self) -> None:
+        """Write configuration files into :attr:`root`."""
+
+    def env(self) -> dict[str, str]:
+        """The environment: ours, with Nagle off for DCMTK."""
+        return dict(os.environ, TCP_NODELAY="1")
+
+    def start(self) -> None:
+        """Start on a free port with an empty data directory; wait until listening."""
+        if os.path.exists(self.root):
+            shutil.rmtree(self.root)
+        os.makedirs(self.root)
+        self.port = free_port()
+        self.configure()
+        self._log = open(os.path.join(self.root, "server.log"), "wb")
+        self.process = subprocess.Popen(self.command(), cwd=self.root, env=self.env(),
+                                        stdin=subprocess.DEVNULL, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(self.port, self.process)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {e}\n{self.log_tail()}") from None
+
+    def alive(self) -> bool:
+        """The daemon is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log."""
+        try:
+            with open(os.path.join(self.root, "server.log"), "rb") as fp:
+                text = fp.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the process group (:meth:`stop` waits)."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL after ``timeout``."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session: the group is ours alone
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # also any forked children left behind
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def wipe(self) -> None:
+        """Delete the data directory (after :meth:`stop`)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- memory ---------------------------------------------------------------
+    def pids(self) -> list[int]:
+        """The daemon's processes (the parent and, for forking ones, children)."""
+        if self.process is None:
+            return []
+        if self.forks:
+            return process_tree(self.process.pid)
+        return [self.process.pid]
+
+    def rss_kib(self) -> int:
+        """Current resident set, summed over :meth:`pids`."""
+        return sum(status_kib(pid).get("VmRSS", 0) for pid in self.pids())
+
+    def memory_kib(self) -> int:
+        """The memory figure we report: RSS, or for a forking server the PSS
+        summed over its processes (summed RSS would count the pages its
+        children share with the parent once per child)."""
+        return self.pss_kib() if self.forks else self.rss_kib()
+
+    def pss_kib(self) -> int:
+        """Current proportional set size, summed over :meth:`pids`."""
+        return sum(pss_kib(pid) for pid in self.pids())
+
+    def hwm_kib(self) -> int:
+        """The main process's peak RSS since the last :meth:`reset_peak`."""
+        if self.process is None:
+            return 0
+        return status_kib(self.process.pid).get("VmHWM", 0)
+
+    def reset_peak(self) -> None:
+        """Restart the main process's ``VmHWM`` from its current RSS."""
+        if self.process is not None:
+            reset_peak(self.process.pid)
+
+
+def _qrscp_ini(server: Server, extra: str = "") -> str:
+    """A pynetdicom-qrscp configuration file (ours reads the same format).
+
+    :param extra: more ``[DEFAULT]`` lines.
+    """
+    path = os.path.join(server.root, "qrscp.ini")
+    with open(path, "w") as fp:
+        fp.write(f"""[DEFAULT]
+ae_title: {server.ae_title}
+port: {server.port}
+max_pdu: 16382
+acse_timeout: 30
+dimse_timeout: 60
+network_timeout: 60
+bind_address: 127.0.0.1
+instance_location: {os.path.join(server.root, "instances")}
+database_location: {os.path.join(server.root, "instances.sqlite")}
+log_identifier: False
+{extra}
+[{MOVE_DESTINATION}]
+address: 127.0.0.1
+port: {server.dest_port}
+""")
+    return path
+
+
+class Ours(Server):
+    """dicomtwist's ``dicomqr``, default options but for ``max_associations``.
+
+    :cvar source: a source tree to import dicomtwist from (``PYTHONPATH``);
+        None: the installed package.
+    """
+
+    name = "ours"
+    label = "dicomtwist"
+    source: ClassVar[str | None] = None
+    #: Like dcmqrscp's MaxAssociations below: room for the idle-association test.
+    MAX_ASSOCIATIONS = 2000
+
+    def command(self) -> list[str]:
+        """``dicomqr -c qrscp.ini`` (the console script's function)."""
+        launcher = "import sys; sys.argv[0] = 'dicomqr'; from dicomtwist.tap import run; run()"
+        ini = _qrscp_ini(self, f"max_associations: {self.MAX_ASSOCIATIONS}\n")
+        return [sys.executable, "-c", launcher, "-c", ini]
+
+    @classmethod
+    def python_env(cls) -> dict[str, str]:
+        """The environment importing the chosen dicomtwist (never the cwd's)."""
+        env = dict(os.environ, TCP_NODELAY="1")
+        env.pop("PYTHONPATH", None)
+        if cls.source:
+            env["PYTHONPATH"] = cls.source
+        return env
+
+    def env(self) -> dict[str, str]:
+        """See :meth:`python_env`."""
+        return self.python_env()
+
+    @classmethod
+    def describe(cls) -> str:
+        """The version of the dicomtwist that will run."""
+        probe = subprocess.run(
+            [sys.executable, "-c", "import dicomtwist; print(dicomtwist.__version__)"],
+            cwd="/", env=cls.python_env(), capture_output=True, text=True)
+        return probe.stdout.strip() or "?"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """dicomtwist must import (installed with ``pip install .``, or ``source``)."""
+        probe = subprocess.run([sys.executable, "-c", "import dicomtwist.tap"],
+                               cwd="/", env=cls.python_env(), capture_output=True)
+        return None if probe.returncode == 0 else "dicomtwist is not installed (pip install .)"
+
+
+class Pynetdicom(Server):
+    """pynetdicom's ``qrscp`` app (``python -m pynetdicom qrscp``)."""
+
+    name = "pynetdicom"
+    label = "pynetdicom qrscp"
+
+    def command(self) -> list[str]:
+        """``python -m pynetdicom qrscp -c qrscp.ini``."""
+        return [sys.executable, "-m", "pynetdicom", "qrscp", "-c", _qrscp_ini(self)]
+
+    @classmethod
+    def available(cls) -> str | None:
+        """pynetdicom and sqlalchemy (qrscp's database) must import."""
+        probe = subprocess.run([sys.executable, "-c", "import pynetdicom, sqlalchemy"],
+                               capture_output=True)
+        return None if probe.returncode == 0 else "pynetdicom or sqlalchemy not installed"
+
+
+class Dcmqrscp(Server):
+    """DCMTK ``dcmqrscp`` with one storage area (forks per association)."""
+
+    name = "dcmqrscp"
+    label = "DCMTK dcmqrscp"
+    forks = True
+    #: Studies the storage area may hold before it deletes the oldest
+    #: (dcmqrscp caps it at 500, and its index insert is linear in its size).
+    MAX_STUDIES = 500
+    max_bulk = MAX_STUDIES * 20
+
+    @classmethod
+    def available(cls) -> str | None:
+        """DCMTK's binary must exist."""
+        return None if os.access(dcmtk("dcmqrscp"), os.X_OK) else "DCMTK dcmqrscp not installed"
+
+    def configure(self) -> None:
+        """``dcmqrscp.cfg``: our port, the move destination, a large quota."""
+        storage = os.path.join(self.root, "db")
+        os.makedirs(storage)
+        with open(os.path.join(self.root, "dcmqrscp.cfg"), "w") as fp:
+            fp.write(f"""NetworkTCPPort  = {self.port}
+MaxPDUSize      = 16384
+MaxAssociations = 2000
+
+HostTable BEGIN
+destination = ({MOVE_DESTINATION}, 127.0.0.1, {self.dest_port})
+HostTable END
+
+VendorTable BEGIN
+VendorTable END
+
+AETable BEGIN
+{self.ae_title}  {storage}  RW  ({self.MAX_STUDIES}, 4096mb)  ANY
+AETable END
+""")
+
+    def command(self) -> list[str]:
+        """``dcmqrscp -c dcmqrscp.cfg`` (forking, its default)."""
+        return [dcmtk("dcmqrscp"), "-c", os.path.join(self.root, "dcmqrscp.cfg")]
+
+
+class Storescp(Server):
+    """DCMTK ``storescp`` writing to a directory (one association at a time)."""
+
+    name = "storescp"
+    label = "DCMTK storescp"
+    measures = STORE_MEASURES
+    ae_title = "STORESCP"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """DCMTK's binary must exist."""
+        return None if os.access(dcmtk("storescp"), os.X_OK) else "DCMTK storescp not installed"
+
+    def command(self) -> list[str]:
+        """``storescp -od DIR PORT``."""
+        out = os.path.join(self.root, "out")
+        os.makedirs(out, exist_ok=True)
+        return [dcmtk("storescp"), "-aet", self.ae_title, "-od", out, str(self.port)]
+
+
+class Orthanc(Server):
+    """Orthanc with its own JSON configuration: sqlite index, no plugins."""
+
+    name = "orthanc"
+    label = "Orthanc"
+    ae_title = "ORTHANC"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """The Debian package's binary must exist."""
+        return None if os.access(ORTHANC, os.X_OK) else f"Orthanc not installed ({ORTHANC})"
+
+    def configure(self) -> None:
+        """``orthanc.json``: DICOM and HTTP on loopback, stores from anyone."""
+        self.http_port = free_port()
+        modalities = {ae: [ae, "127.0.0.1", self.dest_port if ae == MOVE_DESTINATION else 104]
+                      for ae in (*CLIENT_AES, MOVE_DESTINATION)}
+        config = {
+            "Name": "dicomtwist-bench",
+            "StorageDirectory": os.path.join(self.root, "storage"),
+            "IndexDirectory": os.path.join(self.root, "index"),
+            "StorageCompression": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.ae_title,
+            "DicomPort": self.port,
+            "DicomCheckCalledAet": False,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": modalities,
+            "SaveJobs": False,
+            "HttpsVerifyPeers": False,
+        }
+        with open(os.path.join(self.root, "orthanc.json"), "w") as fp:
+            json.dump(config, fp, indent=2)
+
+    def command(self) -> list[str]:
+        """``Orthanc orthanc.json``."""
+        return [ORTHANC, os.path.join(self.root, "orthanc.json")]
+
+
+SERVERS: dict[str, type[Server]] = {
+    cls.name: cls for cls in (Ours, Pynetdicom, Dcmqrscp, Storescp, Orthanc)}
+
+
+class Destination:
+    """The C-MOVE destination: a DCMTK ``storescp --ignore`` (receives, drops)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start listening as ``STORESCP``."""
+        os.makedirs(self.root, exist_ok=True)
+        self._log = open(os.path.join(self.root, "destination.log"), "wb")
+        self.process = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", MOVE_DESTINATION, "--ignore", str(self.port)],
+            cwd=self.root, env=dict(os.environ, TCP_NODELAY="1"), stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        """Terminate and reap."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+            self._log.close()
