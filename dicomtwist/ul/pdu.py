@@ -607,52 +607,44 @@ class PDataTF:
         return f"P-DATA-TF PDU: {len(self.pdvs)} PDVs, {total} bytes"
 
 
+class _ReleasePDU:
+    """A-RELEASE-RQ and -RP: a header and 4 reserved bytes (PS3.8 9.3.6-7)."""
+
+    PDU_TYPE: ClassVar[int]
+    NAME: ClassVar[str]
+
+    def encode(self) -> bytes:
+        """Return the whole PDU: header and 4 reserved bytes."""
+        return _pdu(self.PDU_TYPE, [_RELEASE_BODY])
+
+    @classmethod
+    def decode(cls, body: bytes | memoryview):
+        """Decode the bytes after the PDU header (4 reserved, untested bytes).
+
+        :raises PDUDecodeError: the body is not 4 bytes long.
+        """
+        _check_length(_view(body), 4, cls.NAME)
+        return cls()
+
+    def summary(self) -> str:
+        """Return a one-line description for debug logs."""
+        return f"{self.NAME} PDU"
+
+
 @dataclass(frozen=True)
-class AReleaseRQ:
+class AReleaseRQ(_ReleasePDU):
     """A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
 
     PDU_TYPE: ClassVar[int] = 0x05
-
-    def encode(self) -> bytes:
-        """Return the whole PDU: header and 4 reserved bytes."""
-        return _pdu(self.PDU_TYPE, [_RELEASE_BODY])
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> AReleaseRQ:
-        """Decode the bytes after the PDU header (4 reserved, untested bytes).
-
-        :raises PDUDecodeError: the body is not 4 bytes long.
-        """
-        _check_length(_view(body), 4, "A-RELEASE-RQ")
-        return cls()
-
-    def summary(self) -> str:
-        """Return a one-line description for debug logs."""
-        return "A-RELEASE-RQ PDU"
+    NAME: ClassVar[str] = "A-RELEASE-RQ"
 
 
 @dataclass(frozen=True)
-class AReleaseRP:
+class AReleaseRP(_ReleasePDU):
     """A-RELEASE-RP PDU (PS3.8 9.3.7)."""
 
     PDU_TYPE: ClassVar[int] = 0x06
-
-    def encode(self) -> bytes:
-        """Return the whole PDU: header and 4 reserved bytes."""
-        return _pdu(self.PDU_TYPE, [_RELEASE_BODY])
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> AReleaseRP:
-        """Decode the bytes after the PDU header (4 reserved, untested bytes).
-
-        :raises PDUDecodeError: the body is not 4 bytes long.
-        """
-        _check_length(_view(body), 4, "A-RELEASE-RP")
-        return cls()
-
-    def summary(self) -> str:
-        """Return a one-line description for debug logs."""
-        return "A-RELEASE-RP PDU"
+    NAME: ClassVar[str] = "A-RELEASE-RP"
 
 
 @dataclass(frozen=True)
