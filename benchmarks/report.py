@@ -1,7 +1,9 @@
 """Turn a run's results into ``latest.md``, ``latest.json`` and ``latest.png``.
 
 ``python benchmarks/report.py results/latest.json`` re-renders the markdown
-(and the plot) from a saved JSON file.
+(and the plot) from a saved JSON file; ``python benchmarks/report.py
+--compare BEFORE.json AFTER.json`` prints our figures of two runs side by
+side (for before/after records).
 """
 
 from __future__ import annotations
@@ -271,10 +273,40 @@ def write(results: dict, out: str, with_plot: bool = True) -> list[str]:
     return written
 
 
+def compare(before: dict, after: dict, peer: str = "ours") -> str:
+    """A markdown table of one peer's medians in two runs (before / after)."""
+    def source(results: dict) -> str:
+        version = str(results["meta"].get("versions", {}).get("dicomtwist", "?"))
+        found = re.search(r"commit \w+", version)
+        return found.group(0) if found else results["meta"].get("date", "?")
+
+    lines = [f"| Measure | unit | before ({source(before)}) | after ({source(after)}) | change |",
+             "|---|---|---:|---:|---:|"]
+    for key, m in after["measures"].items():
+        if key.endswith("_mb"):
+            continue
+        old = before["measures"].get(key)
+        a = stats(m["values"].get(peer, []))
+        b = stats(old["values"].get(peer, [])) if old else None
+        change = "–"
+        if a and b and a[0] and b[0]:
+            better = a[0] / b[0] if m["higher_is_better"] else b[0] / a[0]
+            change = f"{better:.2f}× {'better' if better >= 1 else 'worse'}"
+        lines.append(f"| {m['label']} | {m['unit']}{'' if m['higher_is_better'] else ' ↓'} |"
+                     f" {fmt(b[0]) if b else '–'} | {fmt(a[0]) if a else '–'} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    """Re-render a saved JSON's markdown and plot next to it."""
+    """Re-render a saved JSON's markdown and plot next to it, or compare two runs."""
+    if len(argv) == 3 and argv[0] == "--compare":
+        with open(argv[1]) as fp, open(argv[2]) as fq:
+            print(compare(json.load(fp), json.load(fq)))
+        return 0
     if len(argv) != 1:
-        print("usage: python benchmarks/report.py RESULTS.json", file=sys.stderr)
+        print("usage: python benchmarks/report.py RESULTS.json\n"
+              "       python benchmarks/report.py --compare BEFORE.json AFTER.json",
+              file=sys.stderr)
         return 2
     with open(argv[0]) as fp:
         results: dict[str, Any] = json.load(fp)
