@@ -235,7 +235,8 @@ class _FileProducer:
     def __init__(self, association: "Association", source: FileDataSet, context_id: int,
                  max_pdu: int, done: Deferred) -> None:
         self._association = association
-        self._file = open(source.path, "rb")
+        # A large buffer: one read() per megabyte, not one per PDU.
+        self._file = open(source.path, "rb", buffering=1 << 20)
         self._file.seek(source.offset)
         self._remaining = source.length
         self._context_id = context_id
