@@ -450,7 +450,12 @@ class Association(DicomProtocol):
 
     def _when_closed(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self.closed.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def fire(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self.closed.addBoth(fire)
         return d
 
     def on_release_rq(self, payload: Any) -> None:
@@ -636,10 +641,8 @@ class Association(DicomProtocol):
         if handler is None or (sop_class is not None
                                and sop_class != request.context.abstract_syntax):
             self._discard_data(request)
-            status = (Status.SOP_CLASS_NOT_SUPPORTED if service in SERVICE_FOR.values()
-                      and handler is None else Status.UNRECOGNIZED_OPERATION)
-            if handler is not None:
-                status = Status.SOP_CLASS_NOT_SUPPORTED
+            status = (Status.UNRECOGNIZED_OPERATION if service is None
+                      else Status.SOP_CLASS_NOT_SUPPORTED)
             await self._respond(request, Response(status))
             return
         if service not in MULTI_RESPONSE:

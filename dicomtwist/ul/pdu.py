@@ -324,6 +324,17 @@ def _encode_associate(pdu) -> bytes:
     return _pdu(pdu.PDU_TYPE, parts)
 
 
+def _describe_associate(pdu, name: str) -> list[str]:
+    """The header lines both A-ASSOCIATE-RQ and -AC descriptions begin with."""
+    return [
+        f"{name} PDU",
+        f"Protocol Version:         {pdu.protocol_version}",
+        f"Called Application Name:  {pdu.called_ae_title}",
+        f"Calling Application Name: {pdu.calling_ae_title}",
+        f"Application Context Name: {pdu.application_context}",
+    ]
+
+
 def _plural(count: int, word: str) -> str:
     """Return ``"1 word"`` or ``"N words"``."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
@@ -373,13 +384,7 @@ class AAssociateRQ:
 
     def describe(self) -> list[str]:
         """Return the PDU's fields as lines for a debug log."""
-        lines = [
-            "A-ASSOCIATE-RQ PDU",
-            f"Protocol Version:         {self.protocol_version}",
-            f"Called Application Name:  {self.called_ae_title}",
-            f"Calling Application Name: {self.calling_ae_title}",
-            f"Application Context Name: {self.application_context}",
-        ]
+        lines = _describe_associate(self, "A-ASSOCIATE-RQ")
         roles = {role.sop_class_uid: role for role in self.user_information.role_selections}
         for context in self.presentation_contexts:
             lines.append("Presentation Context:")
@@ -448,13 +453,7 @@ class AAssociateAC:
 
     def describe(self) -> list[str]:
         """Return the PDU's fields as lines for a debug log."""
-        lines = [
-            "A-ASSOCIATE-AC PDU",
-            f"Protocol Version:         {self.protocol_version}",
-            f"Called Application Name:  {self.called_ae_title}",
-            f"Calling Application Name: {self.calling_ae_title}",
-            f"Application Context Name: {self.application_context}",
-        ]
+        lines = _describe_associate(self, "A-ASSOCIATE-AC")
         for context in self.presentation_contexts:
             result = _CONTEXT_RESULT_TEXT.get(context.result, f"unknown result {context.result}")
             lines.append("Presentation Context:")
