@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 from pydicom.uid import ExplicitVRLittleEndian
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist.dimse.assembly import Spooled
 from dicomtwist.dimse.codec import encode_dataset
 from dicomtwist.dimse.messages import CStoreRQ
 from dicomtwist.services.store import ArchiveStore
@@ -28,69 +30,111 @@ class QueuedPool:
         """Queue the call."""
         self.jobs.append((onResult, f, args, kwargs))
 
+    def callInThread(self, f, *args, **kwargs) -> None:
+        """Queue the call; its result goes nowhere."""
+        self.jobs.append((None, f, args, kwargs))
+
     def run_next(self) -> None:
         """Run the oldest queued call and report its result."""
         onResult, f, args, kwargs = self.jobs.pop(0)
         try:
             result = f(*args, **kwargs)
         except BaseException:
+            if onResult is None:
+                raise
             onResult(False, Failure())
         else:
-            onResult(True, result)
+            if onResult is not None:
+                onResult(True, result)
 
 
 class GroupCommitTests(SynchronousTestCase):
-    """Stores arriving while a commit runs are committed together next."""
+    """Stores ready while a commit runs are committed together next."""
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
         os.makedirs(self.root)
         self.index = Index(os.path.join(self.root, "index.sqlite"))
+        self.addCleanup(self.index.close)
         self.pool = QueuedPool()
         self.store = ArchiveStore(InlineReactor(), self.pool, self.root, self.index)
         self.batches = []
+        self.during_first_commit = []
         original = self.store.commit_batch
 
         def recording(items):
             self.batches.append(len(items))
+            if len(self.batches) == 1:
+                # Other workers finish preparing while this commit runs.
+                for f in self.during_first_commit:
+                    f()
             return original(items)
 
         self.store.commit_batch = recording
 
-    def prepared(self):
+    def request(self):
+        """A data set as the store receives it: ``(ds, message, spooled)``."""
         ds = ct_dataset()
-        temp = os.path.join(self.root, f".incoming-{ds.SOPInstanceUID}.part")
-        with open(temp, "wb") as fp:
-            fp.write(part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian))
-            fp.write(encode_dataset(ds, ExplicitVRLittleEndian))
-        message = CStoreRQ(1, ds.SOPClassUID, ds.SOPInstanceUID)
-        return ds, self.store.prepare(message, ExplicitVRLittleEndian, temp)
+        header = part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+        data = encode_dataset(ds, ExplicitVRLittleEndian)
+        spooled = Spooled(header, [memoryview(data)], None, len(data))
+        return ds, CStoreRQ(1, ds.SOPClassUID, ds.SOPInstanceUID), spooled
 
-    def test_waiting_stores_share_the_next_batch(self):
-        """One store commits alone; three arriving meanwhile commit as one batch,
-        and each is answered Success only after its batch."""
-        first_ds, first = self.prepared()
-        d1 = self.store._group_commit(first)
-        rest = [self.prepared() for _ in range(3)]
-        waiting = [self.store._group_commit(item) for _, item in rest]
-        for d in waiting:
-            self.assertNoResult(d)
+    def test_ready_stores_share_the_next_batch(self):
+        """The first store commits alone and is answered at once; three
+        ready meanwhile are queued, then committed as one batch by another
+        worker, and each is answered Success only after that batch."""
+        first_ds, first_message, first_data = self.request()
+        rest = [self.request() for _ in range(3)]
+        answers = [Deferred() for _ in rest]
+        queued = []
+
+        def arrive():
+            for (_, message, data), answer in zip(rest, answers):
+                queued.append(self.store.store(message, ExplicitVRLittleEndian, data, answer))
+
+        self.during_first_commit.append(arrive)
+        result = self.store.store(first_message, ExplicitVRLittleEndian, first_data, Deferred())
+        self.assertEqual(result, (Status.SUCCESS, ""))
+        self.assertEqual(queued, [None, None, None])
+        self.assertEqual(self.batches, [1])
+        for answer in answers:
+            self.assertNoResult(answer)
+        self.assertEqual(len(self.pool.jobs), 1, "the queue is handed to another worker")
         self.pool.run_next()
-        self.assertEqual(self.successResultOf(d1), (Status.SUCCESS, ""))
-        for d in waiting:
-            self.assertNoResult(d)
-        self.pool.run_next()
-        for d in waiting:
-            self.assertEqual(self.successResultOf(d), (Status.SUCCESS, ""))
+        for answer in answers:
+            self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
         self.assertEqual(self.batches, [1, 3])
         self.assertEqual(self.index.count("IMAGE"), 4)
-        for ds, _ in [(first_ds, first), *rest]:
+        for ds in [first_ds] + [ds for ds, _, _ in rest]:
             self.assertTrue(os.path.exists(os.path.join(self.root, ds.SOPInstanceUID + ".dcm")))
         self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
+        self.assertFalse(self.store._committing)
+
+    def test_next_store_after_idle_commits_at_once(self):
+        """Once the queue is empty the next store commits in its own worker again."""
+        for _ in range(2):
+            _, message, data = self.request()
+            self.assertEqual(self.store.store(message, ExplicitVRLittleEndian, data, Deferred()),
+                             (Status.SUCCESS, ""))
+        self.assertEqual(self.batches, [1, 1])
+        self.assertEqual(self.pool.jobs, [])
+
+    def test_failed_preparation_is_answered_without_a_commit(self):
+        """A data set that does not match its request is refused before any commit."""
+        _, message, data = self.request()
+        other = CStoreRQ(1, message.affected_sop_class_uid, message.affected_sop_instance_uid + ".9")
+        status, _ = self.store.store(other, ExplicitVRLittleEndian, data, Deferred())
+        self.assertEqual(status, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS)
+        self.assertEqual(self.batches, [])
+        self.assertEqual(sorted(os.listdir(self.root)), ["index.sqlite", "index.sqlite-shm",
+                                                  "index.sqlite-wal"])
 
     def test_one_failure_does_not_fail_the_batch(self):
         """An instance whose index insert fails is refused; the others commit."""
-        items = [self.prepared() for _ in range(3)]
+        items = [self.request() for _ in range(3)]
+        prepared = [self.store.prepare(message, ExplicitVRLittleEndian, data)
+                    for _, message, data in items]
         bad_uid = items[1][0].SOPInstanceUID
         original = self.index.add
 
@@ -100,9 +144,10 @@ class GroupCommitTests(SynchronousTestCase):
             return original(ds, *args)
 
         self.patch(self.index, "add", add)
-        results = self.store.commit_batch([item for _, item in items])
+        results = self.store.commit_batch(prepared)
         self.assertEqual([status for status, _ in results],
                          [Status.SUCCESS, Status.OUT_OF_RESOURCES, Status.SUCCESS])
         self.assertEqual(self.index.count("IMAGE"), 2)
         self.assertFalse(os.path.exists(os.path.join(self.root, bad_uid + ".dcm")))
+        self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
         self.flushLoggedErrors(RuntimeError)

@@ -13,10 +13,12 @@ import pydicom.data
 import sqlite_utils
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist.dimse.codec import encode_dataset
 from dicomtwist.status import Status
+from dicomtwist.storage.files import part10_header
 from dicomtwist.storage.index import UNIQUE_KEYS, Index, InstanceRecord, unsupported_keys
 from dicomtwist.storage.matching import QueryError
 
@@ -839,3 +841,116 @@ class DerivedCountTests(SynchronousTestCase):
                         {r[0] for r in conn.execute("SELECT pk FROM study")},
                         {r[0] for r in conn.execute("SELECT pk FROM patient")})
         self.assertEqual(incremental, snapshot())
+
+    def test_known_parents_forgotten_on_rollback(self):
+        """A parent first written in a rolled-back transaction is written
+        again by the next add (the index's memory of written parents does
+        not outlive a rollback)."""
+        index = Index(self.mktemp())
+        self.addCleanup(index.close)
+        with self.assertRaises(RuntimeError):
+            with index.transaction():
+                index.add(instance("8.1", series="8.1", study="8", patient="P8"), "a",
+                          ExplicitVRLittleEndian, 1)
+                raise RuntimeError("roll back")
+        self.assertEqual(index.count("STUDY"), 0)
+        index.add(instance("8.2", series="8.1", study="8", patient="P8"), "b",
+                  ExplicitVRLittleEndian, 1)
+        self.assertEqual([index.count(level) for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")],
+                         [1, 1, 1, 1])
+        study = index._conn.execute(
+            "SELECT number_of_study_related_series, number_of_study_related_instances"
+            " FROM study").fetchone()
+        self.assertEqual(study, (1, 1))
+
+    def test_changed_parent_values_are_written(self):
+        """A later instance with a different Modality or Patient Name updates
+        its series and patient, and Modalities in Study follows."""
+        index = Index(self.mktemp())
+        self.addCleanup(index.close)
+        index.add(instance("7.1", series="7.1", study="7", patient="P7", Modality="CT",
+                           PatientName="Old^Name"), "a", ExplicitVRLittleEndian, 1)
+        index.add(instance("7.2", series="7.1", study="7", patient="P7", Modality="CT",
+                           PatientName="Old^Name"), "b", ExplicitVRLittleEndian, 1)
+        index.add(instance("7.3", series="7.1", study="7", patient="P7", Modality="MR",
+                           PatientName="New^Name"), "c", ExplicitVRLittleEndian, 1)
+        conn = index._conn
+        self.assertEqual(conn.execute("SELECT modalities_in_study,"
+                                      " number_of_study_related_instances FROM study").fetchone(),
+                         ("MR", 3))
+        self.assertEqual(conn.execute("SELECT patient_name FROM patient").fetchone(),
+                         ("New^Name",))
+
+
+class FastRowTests(SynchronousTestCase):
+    """The values ``add`` decodes itself equal pydicom's."""
+
+    def assertSameRow(self, raw: bytes, name: str) -> None:
+        from dicomtwist.storage.index import _ADDED, _row, _stored_value
+        fast = _row(dcmread(BytesIO(raw), stop_before_pixels=True, force=True))
+        slow_ds = dcmread(BytesIO(raw), stop_before_pixels=True, force=True)
+        slow = {a.keyword: _stored_value(slow_ds, a) for a in _ADDED}
+        self.assertEqual(fast, slow, name)
+
+    def test_pydicom_test_files(self):
+        """Every readable file pydicom ships gives the same row both ways."""
+        import glob
+        files = os.path.dirname(pydicom.data.__file__)
+        checked = 0
+        for path in sorted(glob.glob(os.path.join(files, "**", "*.dcm"), recursive=True)):
+            with open(path, "rb") as fp:
+                raw = fp.read()
+            try:
+                dcmread(BytesIO(raw), stop_before_pixels=True)
+            except Exception:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.assertSameRow(raw, path)
+            checked += 1
+        self.assertGreater(checked, 50)
+
+    def test_generated_values(self):
+        """Character sets, padding, multiple values, empty values and
+        numbers give the same row both ways, in every uncompressed syntax."""
+        cases = [
+            {},
+            {"SpecificCharacterSet": "ISO_IR 100", "PatientName": "Müller^Jörg",
+             "StudyDescription": "Schädel \\ Hals"},
+            {"SpecificCharacterSet": "ISO_IR 192", "PatientName": ["Ηλίας=Ηλίας^Α=", "B=="],
+             "PatientComments": "ünï \\ côdé  ", "OtherPatientIDs": ["A1 ", "B2"]},
+            {"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": JAPANESE},
+            {"SpecificCharacterSet": "ISO_IR 144", "PatientName": "Люкceмбypг"},
+            {"PatientName": "", "StudyID": "", "SeriesNumber": None, "InstanceNumber": "7",
+             "AccessionNumber": " A1 ", "StudyDate": "2020.01.02", "Rows": 512,
+             "Columns": 256, "PatientWeight": "70.5", "PatientSize": " 1.80",
+             "NumberOfFrames": "3", "ModalitiesInStudy": ["CT", "MR"],
+             "NameOfPhysiciansReadingStudy": ["A^B", "C^D"]},
+        ]
+        for n, values in enumerate(cases):
+            ds = instance(f"6.{n}", series=f"6.{n}", study=f"6.{n}")
+            for keyword, value in values.items():
+                setattr(ds, keyword, value)
+            for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+                raw = (part10_header(ds.SOPClassUID, ds.SOPInstanceUID, syntax)
+                       + encode_dataset(ds, syntax))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.assertSameRow(raw, f"case {n}, {syntax.name}")
+
+    def test_common_values_skip_pydicom(self):
+        """Latin-1 and UTF-8 text, UIDs, dates and US values are decoded
+        without pydicom's conversion."""
+        from dicomtwist.storage import index as index_module
+        for charset in ("ISO_IR 100", "ISO_IR 192", None):
+            ds = instance("5.1", series="5.1", study="5.1", PatientName="Müller^Jörg",
+                          Rows=512, StudyDescription="Schädel")
+            if charset:
+                ds.SpecificCharacterSet = charset
+            raw = (part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+                   + encode_dataset(ds, ExplicitVRLittleEndian))
+            parsed = dcmread(BytesIO(raw), stop_before_pixels=True)
+            self.patch(index_module, "_stored_value", None)
+            row = index_module._row(parsed)
+            self.assertEqual((row["PatientName"], row["Rows"], row["StudyDescription"]),
+                             ("Müller^Jörg", 512, "Schädel"))

@@ -26,6 +26,7 @@ from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.assembly import TempFileSink
 from dicomtwist.dimse.codec import encode_dataset
 from dicomtwist.services import store as store_module
+from dicomtwist.storage import files as files_module
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
 from dicomtwist.storage.files import instance_path, is_valid_uid
@@ -63,6 +64,10 @@ class InlinePool:
             onResult(False, Failure())
         else:
             onResult(True, result)
+
+    def callInThread(self, f, *args, **kwargs) -> None:
+        """Call ``f`` now."""
+        f(*args, **kwargs)
 
 
 class StoreTestCase(SynchronousTestCase):
@@ -365,19 +370,50 @@ class IndexFailureTests(StoreTestCase):
 class OutOfSpaceTests(StoreTestCase):
     """Out of disk space gets 0xA700 and leaves nothing behind."""
 
-    def test_enospc_while_writing(self) -> None:
-        """ENOSPC from the temporary file's write gets 0xA700 and leaves no file."""
-        def full(sink, data):
+    def spill_everything(self) -> None:
+        """Make every data set stream to a temporary file as it arrives."""
+        self.store = ArchiveStore(self.reactor, InlinePool(), self.directory, self.index,
+                                  memory_limit=0)
+
+    def test_enospc_writing_spooled_data_set(self) -> None:
+        """ENOSPC writing an in-memory data set out gets 0xA700 and leaves no file."""
+        def full(fd, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        self.patch(TempFileSink, "write", full)
+        self.patch(files_module.os, "write", full)
         rsp = self.store_dataset(ct_dataset(4096))
         self.assertEqual(rsp.status, Status.OUT_OF_RESOURCES)
         self.assertEqual(rsp.status, 0xA700)
         self.assertNothingStored()
 
-    def test_enospc_while_flushing(self) -> None:
-        """ENOSPC when the temporary file is closed (flushed) gets 0xA700 and leaves no file."""
+    def test_enospc_on_fsync_of_spooled_data_set(self) -> None:
+        """ENOSPC from fsync of an in-memory data set's file gets 0xA700 and
+        leaves no file."""
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(files_module.os, "fsync", full)
+        rsp = self.store_dataset(ct_dataset(64))
+        self.assertEqual(rsp.status, 0xA700)
+        self.assertNothingStored()
+
+    def test_enospc_while_spilling(self) -> None:
+        """ENOSPC from a spilled data set's temporary file gets 0xA700 and
+        leaves no file."""
+        self.spill_everything()
+
+        def full(sink, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(TempFileSink, "write", full)
+        rsp = self.store_dataset(ct_dataset(4096))
+        self.assertEqual(rsp.status, 0xA700)
+        self.assertNothingStored()
+
+    def test_enospc_while_flushing_spilled_file(self) -> None:
+        """ENOSPC when a spilled temporary file is closed (flushed) gets
+        0xA700 and leaves no file."""
+        self.spill_everything()
         original_close = TempFileSink.close
 
         def full(sink):
@@ -389,8 +425,10 @@ class OutOfSpaceTests(StoreTestCase):
         self.assertEqual(rsp.status, 0xA700)
         self.assertNothingStored()
 
-    def test_enospc_on_fsync(self) -> None:
-        """ENOSPC from fsync in the commit gets 0xA700 and leaves no file."""
+    def test_enospc_on_fsync_of_spilled_file(self) -> None:
+        """ENOSPC from fsync of a spilled file gets 0xA700 and leaves no file."""
+        self.spill_everything()
+
         def full(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -411,15 +449,34 @@ class OutOfSpaceTests(StoreTestCase):
 class AbortTests(StoreTestCase):
     """An association that ends in the middle of a data set."""
 
-    def test_connection_lost_mid_store_leaves_no_temp_file(self) -> None:
-        """A data set cut off by a lost connection leaves no temporary file."""
+    def cut_off(self):
+        """Deliver half of a 0.5 MiB data set, then drop the connection."""
         client, server, pump = self.connect()
         d = client.store(ct_dataset(512 * 1024))
-        # Deliver half of what the requestor wrote, then drop the connection.
         data = pump.clientIO.getOutBuffer()
         server.dataReceived(data[:len(data) // 2])
+        return client, pump, d
+
+    def test_connection_lost_mid_store_releases_memory(self) -> None:
+        """A spooled data set cut off by a lost connection gives its memory
+        back and leaves no file."""
+        client, pump, d = self.cut_off()
+        self.assertGreater(self.store.budget.used, 128 * 1024,
+                           "the test must cut the data set off mid-transfer")
+        client.transport.loseConnection()
+        pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.store.budget.used, 0)
+        self.assertNothingStored()
+
+    def test_connection_lost_mid_store_leaves_no_temp_file(self) -> None:
+        """A spilled data set cut off by a lost connection leaves no temporary file."""
+        self.store = ArchiveStore(self.reactor, InlinePool(), self.directory, self.index,
+                                  memory_limit=64 * 1024)
+        client, pump, d = self.cut_off()
         self.assertTrue(any(name.endswith(".part") for name in os.listdir(self.directory)),
                         "the test must cut the data set off mid-transfer")
+        self.assertEqual(self.store.budget.used, 0)
         client.transport.loseConnection()
         pump.flush()
         self.failureResultOf(d)

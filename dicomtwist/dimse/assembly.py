@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
 from dicomtwist.acse import PresentationContext
@@ -104,6 +106,129 @@ class TempFileSink:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+class MemoryBudget:
+    """Bytes that all :class:`SpoolSink` s together may hold in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) past the limit."""
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        """Return reserved bytes."""
+        with self._lock:
+            self.used -= size
+
+
+@dataclass
+class Spooled:
+    """A complete data set from a :class:`SpoolSink`: either in memory
+    (``parts``) or in a temporary file (``path``, ``header`` first).
+
+    Call :meth:`release` once the memory may be reused.
+    """
+
+    header: bytes
+    parts: list[memoryview] | None
+    path: str | None
+    size: int
+    budget: MemoryBudget | None = None
+    reserved: int = 0
+
+    def data(self) -> bytes:
+        """The data set bytes (in-memory spool only)."""
+        assert self.parts is not None
+        return b"".join(self.parts)
+
+    def release(self) -> None:
+        """Drop the data and give its memory back to the budget."""
+        self.parts = None
+        if self.budget is not None and self.reserved:
+            self.budget.give(self.reserved)
+            self.reserved = 0
+
+    def __del__(self) -> None:
+        # A data set nobody handled (no handler, association gone) still
+        # returns its share of the budget.
+        self.release()
+
+
+class SpoolSink:
+    """Hold a data set in memory; past ``memory_limit`` bytes (or when the
+    shared ``budget`` is spent) spill it into a :class:`TempFileSink`.
+
+    Small data sets -- nearly all of them -- then cost no file system call
+    on the reactor thread: whoever takes the :class:`Spooled` writes them
+    out in one go.  The fragments are kept as the memoryviews received
+    (no copy): they point into immutable ``bytes`` from the transport.
+    """
+
+    def __init__(self, directory: str, header: bytes = b"", prefix: str = ".incoming-",
+                 memory_limit: int = 8 * 1024 * 1024,
+                 budget: MemoryBudget | None = None) -> None:
+        self._directory = directory
+        self._header = header
+        self._prefix = prefix
+        self._limit = memory_limit
+        self._budget = budget
+        self._parts: list[memoryview] = []
+        self._reserved = 0
+        self._file: TempFileSink | None = None
+        self.size = 0
+
+    def write(self, data: memoryview) -> None:
+        """Keep the fragment, or append it to the file once spilled."""
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        if self.size <= self._limit and (self._budget is None or self._budget.take(len(data))):
+            self._reserved += len(data)
+            self._parts.append(data)
+            return
+        self._spill()
+        assert self._file is not None
+        self._file.write(data)
+
+    def _spill(self) -> None:
+        self._file = TempFileSink(self._directory, self._header, prefix=self._prefix)
+        try:
+            for part in self._parts:
+                self._file.write(part)
+        finally:
+            self._drop_parts()
+
+    def _drop_parts(self) -> None:
+        self._parts = []
+        if self._budget is not None and self._reserved:
+            self._budget.give(self._reserved)
+        self._reserved = 0
+
+    def close(self) -> Spooled:
+        """The data set, in memory or in the flushed temporary file."""
+        if self._file is not None:
+            return Spooled(self._header, None, self._file.close(), self.size)
+        spooled = Spooled(self._header, self._parts, None, self.size, self._budget,
+                          self._reserved)
+        self._parts = []
+        self._reserved = 0
+        return spooled
+
+    def discard(self) -> None:
+        """Drop the memory, or delete the file."""
+        self._drop_parts()
+        if self._file is not None:
+            self._file.discard()
 
 
 SinkFactory = Callable[[Message, PresentationContext], DataSink]

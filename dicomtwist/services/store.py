@@ -1,23 +1,31 @@
 """The Storage service (PS3.4 Annex B) of the archive: C-STORE SCP.
 
-Each data set streams, fragment by fragment, into a temporary file inside
-the instance directory (a Part 10 header first, so the file is complete as
-soon as the last fragment lands).  Then, off the reactor thread: parse the
-header, check the UIDs, fsync the file; then a *group commit* indexes and
-renames every instance waiting at that moment in one sqlite transaction
-with one directory fsync -- and only then is each answered Success.  Any
-failure answers a failure status and leaves neither the file nor a row
-behind (a replaced instance keeps its old file and row).
+Each data set is spooled in memory as its fragments arrive (a big one
+spills into a temporary file inside the instance directory), so the
+reactor thread does no file system work for ordinary instances.  Then, in
+one hop to a worker thread: scan the header (:mod:`dicomtwist.storage.header`),
+check the UIDs, write the temporary file -- a Part 10 header, then the data
+set as received -- and fsync it; then a *group commit* indexes and renames
+every instance ready at that moment in one sqlite transaction with one
+directory fsync -- and only then is each answered Success.  The first
+worker to find no commit running commits its own instance at once; the
+instances that become ready meanwhile are committed together by the next
+one.  Any failure answers a failure status and leaves neither the file nor
+a row behind (a replaced instance keeps its old file and row).
 """
 
 from __future__ import annotations
 
 import errno
+import io
+import mmap
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -26,7 +34,7 @@ from twisted.python.threadpool import ThreadPool
 from dicomtwist import log as dlog
 from dicomtwist.acse import PresentationContext
 from dicomtwist.association import Response, ServiceRequest
-from dicomtwist.dimse.assembly import DataSink, TempFileSink, memory_sink
+from dicomtwist.dimse.assembly import DataSink, MemoryBudget, Spooled, SpoolSink, memory_sink
 from dicomtwist.dimse.messages import CStoreRQ, Message
 from dicomtwist.status import Status
 from dicomtwist.storage.files import (
@@ -37,7 +45,20 @@ from dicomtwist.storage.files import (
     instance_path,
     is_valid_uid,
     part10_header,
+    write_temporary,
 )
+from dicomtwist.storage.index import INDEXED_TAGS
+
+try:
+    from dicomtwist.storage.header import scan
+except ImportError:  # pragma: no cover
+    scan = None
+
+#: Data sets up to this size are spooled in memory, bigger ones stream to
+#: a temporary file.
+MEMORY_LIMIT = 8 * 1024 * 1024
+#: All spooled data sets together hold at most this much memory.
+MEMORY_BUDGET = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,16 +86,16 @@ class RefusingSink:
         """Nothing to release."""
 
 
-class GuardedFileSink:
-    """A :class:`TempFileSink` that turns write errors (ENOSPC...) into a
-    refusal instead of an abort, deleting what was written."""
+class GuardedSink:
+    """A sink whose write errors (ENOSPC...) become a refusal instead of
+    an abort, deleting what was written."""
 
-    def __init__(self, sink: TempFileSink) -> None:
-        self._sink: TempFileSink | None = sink
+    def __init__(self, sink: DataSink) -> None:
+        self._sink: DataSink | None = sink
         self._refusal: Refused | None = None
 
     def write(self, data: memoryview) -> None:
-        """Write the fragment; remember the first failure."""
+        """Pass the fragment on; remember the first failure."""
         if self._sink is None:
             return
         try:
@@ -84,8 +105,8 @@ class GuardedFileSink:
             self._sink.discard()
             self._sink = None
 
-    def close(self) -> str | Refused:
-        """The temporary file's path, or the refusal."""
+    def close(self) -> object:
+        """What the sink returns, or the refusal."""
         if self._sink is None:
             assert self._refusal is not None
             return self._refusal
@@ -96,7 +117,7 @@ class GuardedFileSink:
             return _refusal_for(e)
 
     def discard(self) -> None:
-        """Delete the temporary file."""
+        """Release what the sink holds."""
         if self._sink is not None:
             self._sink.discard()
             self._sink = None
@@ -111,28 +132,36 @@ def _refusal_for(error: OSError) -> Refused:
 class ArchiveStore:
     """C-STORE SCP writing into ``directory`` and indexing into ``index``.
 
-    :param reactor: for ``deferToThreadPool``.
-    :param pool: the thread pool for fsync, parsing and sqlite work.
+    :param reactor: for ``deferToThreadPool`` and ``callFromThread``.
+    :param pool: the thread pool for parsing, writing, fsync and sqlite work.
     :param directory: the instance directory (must exist).
     :param index: an object with ``add(ds, path, transfer_syntax, size)``
-        (path relative to ``directory``) and ``remove(sop_instance_uid)``.
+        (path relative to ``directory``), ``remove(sop_instance_uid)`` and
+        ``transaction()``.
     :param min_free_bytes: refuse stores (out of resources) below this.
+    :param memory_limit: data sets up to this size are spooled in memory.
+    :param memory_budget: what all spooled data sets together may hold in
+        memory; past it, data sets go straight to temporary files.
     """
 
     log = dlog.logger()
 
     def __init__(self, reactor: IReactorThreads, pool: ThreadPool, directory: str,
-                 index: Any, min_free_bytes: int = 0) -> None:
+                 index: Any, min_free_bytes: int = 0, memory_limit: int = MEMORY_LIMIT,
+                 memory_budget: int = MEMORY_BUDGET) -> None:
         self.reactor = reactor
         self.pool = pool
         self.directory = os.path.realpath(directory)
         self.index = index
         self.min_free_bytes = min_free_bytes
-        self._waiting: list[tuple[_Prepared, Deferred]] = []
+        self.memory_limit = memory_limit
+        self.budget = MemoryBudget(memory_budget)
+        self._lock = threading.Lock()
+        self._queue: list[tuple[_Prepared, Deferred]] = []
         self._committing = False
 
     def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
-        """Stream C-STORE data sets to a temporary file; others to memory."""
+        """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
         if not isinstance(message, CStoreRQ):
             return memory_sink(message, context)
         uid = message.affected_sop_instance_uid
@@ -142,14 +171,15 @@ class ArchiveStore:
             if self.min_free_bytes and free_bytes(self.directory) < self.min_free_bytes:
                 return RefusingSink(Status.OUT_OF_RESOURCES, "free disk space below the minimum")
             header = part10_header(message.affected_sop_class_uid, uid, context.transfer_syntax)
-            return GuardedFileSink(TempFileSink(self.directory, header, prefix=TEMP_PREFIX))
         except OSError as e:
             return RefusingSink(*_fields(_refusal_for(e)))
         except (ValueError, TypeError) as e:
             return RefusingSink(Status.STORE_CANNOT_UNDERSTAND, str(e)[:64])
+        return GuardedSink(SpoolSink(self.directory, header, prefix=TEMP_PREFIX,
+                                     memory_limit=self.memory_limit, budget=self.budget))
 
     async def handle_store(self, request: ServiceRequest) -> Response:
-        """Commit a received instance; answer only once it is durable."""
+        """Store a received instance; answer only once it is durable."""
         data = request.data
         message = request.message
         assert isinstance(message, CStoreRQ)
@@ -158,62 +188,115 @@ class ArchiveStore:
                           uid=message.affected_sop_instance_uid[:80],
                           peer=request.association.peer_ae_title, comment=data.comment)
             return Response(data.status, fields={"error_comment": data.comment})
-        if not isinstance(data, str):
+        if not isinstance(data, Spooled):
             return Response(Status.STORE_CANNOT_UNDERSTAND, fields={"error_comment": "no data set"})
-        prepared = await deferToThreadPool(self.reactor, self.pool, self.prepare, message,
-                                           request.context.transfer_syntax, data)
-        if isinstance(prepared, tuple):
-            status, comment = prepared
-        else:
-            status, comment = await self._group_commit(prepared)
+        answer: Deferred = Deferred()
+        try:
+            result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
+                                             request.context.transfer_syntax, data, answer)
+        finally:
+            data.release()
+        if result is None:
+            result = await answer
+        status, comment = result
         if comment:
             self.log.warn("Store of {uid} failed: 0x{status:04X} {comment}",
                           uid=message.affected_sop_instance_uid, status=status, comment=comment)
             return Response(status, fields={"error_comment": comment[:64]})
         return Response(status)
 
-    def commit(self, message: CStoreRQ, transfer_syntax: str, temp: str) -> tuple[int, str]:
-        """Check, fsync, index and rename one instance (in a worker thread).
+    def store(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
+              answer: Deferred) -> tuple[int, str] | None:
+        """In a worker thread: prepare, then commit or queue for the next commit.
 
-        :returns: ``(status, error comment or "")``.
+        :returns: ``(status, comment)``, or None when the instance was queued
+            for a commit running in another thread: ``answer`` then fires
+            with it (on the reactor thread).
         """
-        prepared = self.prepare(message, transfer_syntax, temp)
+        prepared = self.prepare(message, transfer_syntax, data)
         if isinstance(prepared, tuple):
             return prepared
-        return self.commit_batch([prepared])[0]
+        with self._lock:
+            self._queue.append((prepared, answer))
+            if self._committing:
+                return None
+            self._committing = True
+        return self._commit_queued(own=prepared)
+
+    def _commit_queued(self, own: "_Prepared | None" = None) -> tuple[int, str] | None:
+        """Commit the queue in batches (group commit), as the only committer.
+
+        With ``own``, return its result as soon as its batch is done and
+        hand what was queued meanwhile to another worker, so that its
+        answer is not held up.
+        """
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._committing = False
+                    return None
+            results = self.commit_batch([item for item, _ in batch])
+            mine = None
+            answers = []
+            for (item, answer), result in zip(batch, results):
+                if item is own:
+                    mine = result
+                else:
+                    answers.append((answer, result))
+            if answers:
+                self.reactor.callFromThread(_fire, answers)
+            if mine is not None:
+                with self._lock:
+                    if not self._queue:
+                        self._committing = False
+                        return mine
+                self.pool.callInThread(self._commit_queued)
+                return mine
 
     def prepare(self, message: CStoreRQ, transfer_syntax: str,
-                temp: str) -> "_Prepared | tuple[int, str]":
-        """In a worker thread: parse the header, check the UIDs, fsync.
+                data: Spooled) -> "_Prepared | tuple[int, str]":
+        """In a worker thread: scan the header, check the UIDs, write and
+        fsync the temporary file.
 
         :returns: what :meth:`commit_batch` needs, or ``(status, comment)``
-            of a failure (the temporary file is then gone).
+            of a failure (no temporary file is then left).
         """
         uid = message.affected_sop_instance_uid
+        temp = data.path
         try:
             try:
-                ds = dcmread(temp, stop_before_pixels=True)
+                if temp is None:
+                    raw = data.data()
+                    ds = read_header(raw, transfer_syntax)
+                else:
+                    ds = read_header_from_file(temp, len(data.header), transfer_syntax)
                 sop_instance = ds.SOPInstanceUID
                 sop_class = ds.SOPClassUID
                 study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
             except Exception as e:  # any parse error of peer data is "cannot understand"
-                _unlink(temp)
                 return Status.STORE_CANNOT_UNDERSTAND, f"cannot decode the data set: {e}"[:64]
             if sop_instance != uid or sop_class != message.affected_sop_class_uid:
-                _unlink(temp)
                 return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                         "SOP Class/Instance UID differ from the request")
             if not (is_valid_uid(str(study)) and is_valid_uid(str(series))):
-                _unlink(temp)
                 return Status.STORE_CANNOT_UNDERSTAND, "invalid Study or Series Instance UID"
             final = instance_path(self.directory, uid)
-            size = os.path.getsize(temp)
-            fsync_file(temp)
-            return _Prepared(ds, uid, temp, final, transfer_syntax, size)
+            if temp is None:
+                temp = write_temporary(self.directory, data.header, raw)
+                size = len(data.header) + len(raw)
+            else:
+                size = os.path.getsize(temp)
+                fsync_file(temp)
+            prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size)
+            temp = None
+            return prepared
         except OSError as e:
-            _unlink(temp)
             refusal = _refusal_for(e)
             return refusal.status, refusal.comment
+        finally:
+            if temp is not None:
+                _unlink(temp)
 
     def commit_batch(self, items: list["_Prepared"]) -> list[tuple[int, str]]:
         """In a worker thread: index and rename several prepared instances in
@@ -255,35 +338,38 @@ class ArchiveStore:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
 
-    def _group_commit(self, item: "_Prepared") -> Deferred:
-        """Queue an instance for the next group commit; fires with its
-        ``(status, comment)`` once its file and row are durable."""
-        d: Deferred = Deferred()
-        self._waiting.append((item, d))
-        if not self._committing:
-            self._next_batch()
-        return d
 
-    def _next_batch(self) -> None:
-        if not self._waiting:
-            self._committing = False
-            return
-        self._committing = True
-        batch, self._waiting = self._waiting, []
+def _fire(answers: list[tuple[Deferred, tuple[int, str]]]) -> None:
+    for answer, result in answers:
+        answer.callback(result)
 
-        def done(results: list[tuple[int, str]]) -> None:
-            for (_, d), result in zip(batch, results):
-                d.callback(result)
-            self._next_batch()
 
-        def failed(failure: Any) -> None:
-            self.log.failure("Group commit failed", failure)
-            for _, d in batch:
-                d.callback((Status.OUT_OF_RESOURCES, "cannot commit the instance"))
-            self._next_batch()
+def read_header(data: bytes, transfer_syntax: str) -> Dataset:
+    """The indexed attributes of an encoded data set (no file meta).
 
-        deferToThreadPool(self.reactor, self.pool, self.commit_batch,
-                          [item for item, _ in batch]).addCallbacks(done, failed)
+    :raises Exception: the data set is not well formed.
+    """
+    if scan is not None:
+        try:
+            return scan(data, transfer_syntax, INDEXED_TAGS)
+        except NotImplementedError:
+            pass
+    return dcmread(io.BytesIO(part10_header("1.2", "1.2", transfer_syntax) + data),
+                   stop_before_pixels=True)
+
+
+def read_header_from_file(path: str, offset: int, transfer_syntax: str) -> Dataset:
+    """:func:`read_header` of the data set at ``offset`` in a file."""
+    if scan is not None:
+        with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                return scan(view[offset:], transfer_syntax, INDEXED_TAGS)
+            except NotImplementedError:
+                pass
+            finally:
+                view.release()
+    return dcmread(path, stop_before_pixels=True)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -87,6 +88,32 @@ def fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_temporary(directory: str, header: bytes, data: bytes) -> str:
+    """Write ``header`` then ``data`` into a new temporary file in
+    ``directory`` and fsync it; return its path.
+
+    :raises OSError: nothing is left behind.
+    """
+    fd, path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+    try:
+        try:
+            view = memoryview(header + data) if len(data) < 65536 else None
+            for chunk in ((view,) if view is not None else (memoryview(header), memoryview(data))):
+                while chunk:
+                    written = os.write(fd, chunk)
+                    chunk = chunk[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    return path
 
 
 def fsync_directory(directory: str) -> None:

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import sqlite_utils
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
@@ -193,6 +193,17 @@ ATTRIBUTES: tuple[Attribute, ...] = (
 """Every attribute the index stores, by level."""
 
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
+#: The attributes ``add`` writes, by table.
+_WRITTEN = {table: tuple(a for a in ATTRIBUTES if a.table == table and not a.derived)
+            for table in ("patient", "study", "series", "instance")}
+#: The attributes ``add`` reads from a data set.
+_ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
+#: A parent row known to be unchanged (see ``Index._parent``).
+_SAME = object()
+#: Parent rows remembered before the memory is cleared.
+_KNOWN_LIMIT = 4096
+#: The tags ``add`` reads from a data set (with Specific Character Set).
+INDEXED_TAGS = frozenset([a.tag for a in ATTRIBUTES if not a.derived] + [Tag(0x0008, 0x0005)])
 _BY_KEYWORD = {a.keyword: a for a in ATTRIBUTES}
 
 # Multi-valued derived attributes are matched against the rows they are
@@ -254,9 +265,10 @@ def _stored_value(ds: Dataset, attribute: Attribute) -> object:
     tag = attribute.tag
     if tag not in ds:
         return None
-    value = ds[tag].value
-    values = matching.split_values(value)
-    values = [v for v in values]
+    return _stored(matching.split_values(ds[tag].value), attribute)
+
+
+def _stored(values: list[str], attribute: Attribute) -> object:
     if not any(values):
         return None
     if attribute.sql_type is int:
@@ -267,6 +279,88 @@ def _stored_value(ds: Dataset, attribute: Attribute) -> object:
     if attribute.vr == "DA":
         values = [v.replace(".", "") for v in values]
     return "\\".join(values)
+
+
+#: Python codecs for the character sets decoded without pydicom: the
+#: default repertoire (pydicom reads it as Latin-1), Latin-1 and UTF-8.
+_FAST_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
+                  "ISO_IR 192": "utf-8"}
+_ASCII_VRS = frozenset({"UI", "CS", "AS", "DA", "TM", "DT", "IS"})
+_MULTI_TEXT_VRS = frozenset({"LO", "SH"})
+_SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
+
+
+def _fast_codec(ds: Dataset) -> str | None:
+    """The Python codec for ``ds``'s text, when its Specific Character Set
+    is one of :data:`_FAST_CHARSETS`; otherwise None."""
+    element = ds.get_item(_SPECIFIC_CHARACTER_SET)
+    if element is None or element.value is None:
+        return "latin-1"
+    value = element.value
+    if isinstance(element, RawDataElement):
+        try:
+            value = bytes(value).decode("ascii").strip(" \0")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    return _FAST_CHARSETS.get(value.strip())
+
+
+def _raw_values(element: RawDataElement, vr: str, codec: str | None) -> list[str] | None:
+    """The values of a raw element as pydicom would give them, for the
+    common VRs and character sets; None where pydicom must decode."""
+    if element.VR is not None and element.VR != vr:
+        return None
+    raw = element.value
+    if not raw:
+        return []
+    if vr == "US":
+        if len(raw) < 2:
+            return None
+        return [str(int.from_bytes(raw[:2], "little" if element.is_little_endian else "big"))]
+    if vr in _ASCII_VRS:
+        text = bytes(raw).decode("latin-1").rstrip(" \0")
+        return text.split("\\") if text else []
+    if codec is None or 0x1B in raw:
+        return None
+    try:
+        if vr == "PN":
+            # pydicom's PersonName drops empty trailing component groups.
+            text = bytes(raw).rstrip(b"\0 ").decode(codec)
+            return [v.rstrip("=") for v in text.split("\\")] if text else []
+        text = bytes(raw).decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if vr in _MULTI_TEXT_VRS:
+        return [v.rstrip("\0 ") for v in text.split("\\")]
+    if vr == "LT":
+        text = text.rstrip("\0 ")
+        return text.split("\\") if text else []
+    return None
+
+
+def _row(ds: Dataset) -> dict[str, object]:
+    """Every written attribute of ``ds`` as the index stores it.
+
+    Raw elements of the common VRs and character sets are decoded here;
+    the rest (and anything unusual) goes through pydicom, which gives the
+    same values more slowly.
+    """
+    codec = _fast_codec(ds)
+    row: dict[str, object] = {}
+    for attribute in _ADDED:
+        element = ds.get_item(attribute.tag)
+        if element is None:
+            row[attribute.keyword] = None
+            continue
+        if isinstance(element, RawDataElement):
+            values = _raw_values(element, attribute.vr, codec)
+            if values is not None:
+                row[attribute.keyword] = _stored(values, attribute)
+                continue
+        row[attribute.keyword] = _stored_value(ds, attribute)
+    return row
 
 
 def _is_single_value(value: object, vr: str) -> bool:
@@ -351,6 +445,13 @@ class Index:
         self._db = sqlite_utils.Database(self._conn)
         self._lock = threading.RLock()
         self._depth = 0
+        #: Parent rows as this connection last wrote them:
+        #: ``(table, key) -> (pk, values)``, and the SOP classes of studies.
+        #: A parent whose values are unchanged needs no upsert.  Forgotten
+        #: on any rollback, removal or recount.
+        self._known: dict[tuple, tuple[int, tuple]] = {}
+        self._study_classes: dict[int, set[str]] = {}
+        self._sql: dict[tuple, str] = {}
         self.batch_size = batch_size
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -431,12 +532,14 @@ class Index:
                 try:
                     yield
                 except BaseException:
+                    self._forget()
                     self._conn.execute(f"ROLLBACK TO {name}")
                     self._conn.execute(f"RELEASE {name}")
                     raise
                 try:
                     self._conn.execute(f"RELEASE {name}")
                 except BaseException:
+                    self._forget()
                     if self._depth == 1 and self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
                     raise
@@ -461,7 +564,7 @@ class Index:
         :raises sqlite3.Error: if the database write fails; nothing of this
             instance is kept, so the caller can delete the file.
         """
-        row = {a.keyword: _stored_value(ds, a) for a in ATTRIBUTES if not a.derived}
+        row = _row(ds)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if not row[keyword]:
                 raise ValueError(f"data set has no {keyword}")
@@ -477,11 +580,14 @@ class Index:
         with self.transaction():
             self._add(row, extra)
 
-    def _table_values(self, table: str, row: dict) -> dict[str, object]:
+    def _forget(self) -> None:
+        self._known.clear()
+        self._study_classes.clear()
+
+    @staticmethod
+    def _table_values(table: str, row: dict) -> dict[str, object]:
         values: dict[str, object] = {}
-        for attribute in ATTRIBUTES:
-            if attribute.table != table or attribute.derived:
-                continue
+        for attribute in _WRITTEN[table]:
             value = row[attribute.keyword]
             values[attribute.column] = value
             if attribute.key_column:
@@ -489,53 +595,87 @@ class Index:
         return values
 
     def _upsert(self, table: str, values: dict[str, object], conflict: Iterable[str],
-                keep: Iterable[str] = ()) -> int:
+                keep: bool = False) -> int:
         # Parents keep their known values when a new instance lacks them;
         # the instance row is replaced outright.
-        columns = list(values)
-        conflict = list(conflict)
-        keep = set(keep)
-        updates = ", ".join(
-            f"{c} = COALESCE(excluded.{c}, {c})" if c in keep else f"{c} = excluded.{c}"
-            for c in columns if c not in conflict)
-        sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-               f"VALUES ({', '.join('?' for _ in columns)}) "
-               f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates} RETURNING pk")
-        return self._conn.execute(sql, [values[c] for c in columns]).fetchone()[0]
+        columns = tuple(values)
+        conflict = tuple(conflict)
+        sql = self._sql.get((table, columns, conflict, keep))
+        if sql is None:
+            updates = ", ".join(
+                f"{c} = COALESCE(excluded.{c}, {c})" if keep else f"{c} = excluded.{c}"
+                for c in columns if c not in conflict)
+            sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                   f"VALUES ({', '.join('?' for _ in columns)}) "
+                   f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates} RETURNING pk")
+            self._sql[(table, columns, conflict, keep)] = sql
+        return self._conn.execute(sql, list(values.values())).fetchone()[0]
+
+    def _parent(self, table: str, key: tuple, values: dict[str, object],
+                conflict: tuple[str, ...], where_parent: str | None) -> tuple[int, object]:
+        """Upsert a parent row unless this connection wrote it with these
+        values already.
+
+        :returns: ``(pk, previous parent)``: the previous parent is
+            ``_SAME`` when the row was known unchanged, None for a new row,
+            or the parent pk the row had (``where_parent``'s column).
+        """
+        state = tuple(values.values())
+        known = self._known.get((table, key))
+        if known is not None and known[1] == state:
+            return known[0], _SAME
+        previous = None
+        if where_parent is not None:
+            found = self._conn.execute(where_parent, key).fetchone()
+            previous = found[0] if found is not None else None
+        pk = self._upsert(table, values, conflict, keep=True)
+        if len(self._known) > _KNOWN_LIMIT:
+            self._forget()
+        self._known[(table, key)] = (pk, state)
+        return pk, previous
 
     def _add(self, row: dict, extra: dict[str, object]) -> None:
         execute = self._conn.execute
-        old = execute(
-            "SELECT i.series_pk, se.study_pk, st.patient_pk FROM instance i "
-            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
-            "WHERE i.sop_instance_uid = ?", (row["SOPInstanceUID"],)).fetchone()
-        old_series = execute("SELECT study_pk FROM series WHERE series_instance_uid = ?",
-                             (row["SeriesInstanceUID"],)).fetchone()
-        old_study = execute("SELECT patient_pk FROM study WHERE study_instance_uid = ?",
-                            (row["StudyInstanceUID"],)).fetchone()
-
         values = self._table_values("patient", row)
-        patient_pk = self._upsert("patient", values, ["patient_id", "issuer_of_patient_id"],
-                                  keep=values)
+        patient_pk, _ = self._parent(
+            "patient", (values["patient_id"], values["issuer_of_patient_id"]), values,
+            ("patient_id", "issuer_of_patient_id"), None)
         values = self._table_values("study", row)
         values["patient_pk"] = patient_pk
-        study_pk = self._upsert("study", values, ["study_instance_uid"], keep=values)
+        study_pk, old_study = self._parent(
+            "study", (row["StudyInstanceUID"],), values, ("study_instance_uid",),
+            "SELECT patient_pk FROM study WHERE study_instance_uid = ?")
         values = self._table_values("series", row)
         values["study_pk"] = study_pk
-        series_pk = self._upsert("series", values, ["series_instance_uid"], keep=values)
+        series_pk, old_series = self._parent(
+            "series", (row["SeriesInstanceUID"],), values, ("series_instance_uid",),
+            "SELECT study_pk FROM series WHERE series_instance_uid = ?")
         values = self._table_values("instance", row)
         values["series_pk"] = series_pk
         values.update(extra)
-        self._upsert("instance", values, ["sop_instance_uid"])
-
-        if (old is None and (old_series is None or old_series[0] == study_pk)
-                and (old_study is None or old_study[0] == patient_pk)):
+        columns = tuple(values)
+        sql = self._sql.get(("instance-new", columns))
+        if sql is None:
+            sql = (f"INSERT INTO instance ({', '.join(columns)}) "
+                   f"VALUES ({', '.join('?' for _ in columns)}) "
+                   "ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING pk")
+            self._sql[("instance-new", columns)] = sql
+        if execute(sql, list(values.values())).fetchone() is not None and (
+                old_series in (_SAME, None, study_pk) and old_study in (_SAME, None, patient_pk)):
             # A new instance that moved nothing: bump the derived counts
             # instead of recounting (a recount is O(instances) per add, so
             # O(n^2) over a bulk load).
             self._count_new(series_pk, study_pk, patient_pk, new_series=old_series is None,
-                            new_study=old_study is None, sop_class=row.get("SOPClassUID"))
+                            new_study=old_study is None, series_changed=old_series is not _SAME,
+                            sop_class=row.get("SOPClassUID"))
             return
+        # A replaced instance, or a series or study that changed parent:
+        # recount every row touched, old and new.
+        old = execute(
+            "SELECT i.series_pk, se.study_pk, st.patient_pk FROM instance i "
+            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
+            "WHERE i.sop_instance_uid = ?", (row["SOPInstanceUID"],)).fetchone()
+        self._upsert("instance", values, ["sop_instance_uid"])
         series = {series_pk}
         studies = {study_pk}
         patients = {patient_pk}
@@ -543,33 +683,39 @@ class Index:
             series.add(old[0])
             studies.add(old[1])
             patients.add(old[2])
-        if old_series is not None:
-            studies.add(old_series[0])
-        if old_study is not None:
-            patients.add(old_study[0])
+        if isinstance(old_series, int):
+            studies.add(old_series)
+        if isinstance(old_study, int):
+            patients.add(old_study)
         self._tidy(series, studies, patients)
 
     def _count_new(self, series_pk: int, study_pk: int, patient_pk: int, new_series: bool,
-                   new_study: bool, sop_class: object) -> None:
+                   new_study: bool, series_changed: bool, sop_class: object) -> None:
         """Derived attributes after adding one new instance (PS3.4 C.3.4)."""
         execute = self._conn.execute
         execute("UPDATE series SET number_of_series_related_instances = "
                 "COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = ?", (series_pk,))
-        classes = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
-                          (study_pk,)).fetchone()[0]
-        known = set(classes.split("\\")) if classes else set()
-        if sop_class and str(sop_class) not in known:
-            known.add(str(sop_class))
-            classes = "\\".join(sorted(known))
-        modalities = [r[0] for r in execute(
-            "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
-            "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (study_pk,))]
-        execute("UPDATE study SET number_of_study_related_series = "
-                "COALESCE(number_of_study_related_series, 0) + ?, "
-                "number_of_study_related_instances = "
-                "COALESCE(number_of_study_related_instances, 0) + 1, "
-                "modalities_in_study = ?, sop_classes_in_study = ? WHERE pk = ?",
-                (int(new_series), "\\".join(modalities) or None, classes, study_pk))
+        classes = self._study_classes.get(study_pk)
+        if classes is None:
+            stored = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
+                             (study_pk,)).fetchone()[0]
+            classes = self._study_classes[study_pk] = set(stored.split("\\")) if stored else set()
+        assignments = ["number_of_study_related_series = "
+                       "COALESCE(number_of_study_related_series, 0) + ?",
+                       "number_of_study_related_instances = "
+                       "COALESCE(number_of_study_related_instances, 0) + 1"]
+        params: list[object] = [int(new_series)]
+        if sop_class and str(sop_class) not in classes:
+            classes.add(str(sop_class))
+            assignments.append("sop_classes_in_study = ?")
+            params.append("\\".join(sorted(classes)))
+        if series_changed:
+            modalities = [r[0] for r in execute(
+                "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
+                "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (study_pk,))]
+            assignments.append("modalities_in_study = ?")
+            params.append("\\".join(modalities) or None)
+        execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?", (*params, study_pk))
         execute("UPDATE patient SET number_of_patient_related_studies = "
                 "COALESCE(number_of_patient_related_studies, 0) + ?, "
                 "number_of_patient_related_series = "
@@ -580,6 +726,7 @@ class Index:
 
     def _tidy(self, series: set[int], studies: set[int], patients: set[int]) -> None:
         """Delete emptied parents and recompute the derived attributes."""
+        self._forget()
         execute = self._conn.execute
         for pk in series:
             if execute("SELECT 1 FROM instance WHERE series_pk = ? LIMIT 1", (pk,)).fetchone():
@@ -647,6 +794,7 @@ class Index:
     def clear(self) -> None:
         """Remove every row."""
         with self.transaction():
+            self._forget()
             for table in ("instance", "series", "study", "patient"):
                 self._conn.execute(f"DELETE FROM {table}")
 
