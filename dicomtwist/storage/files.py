@@ -8,6 +8,7 @@ resulting path is checked to lie inside the instance directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -27,6 +28,12 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=16)
+def _real_directory(directory: str) -> str:
+    # realpath costs an lstat per path component: once per directory is enough.
+    return os.path.realpath(directory)
+
+
 def instance_path(directory: str, sop_instance_uid: str) -> str:
     """The file for an instance: ``<directory>/<SOP Instance UID>.dcm``.
 
@@ -35,7 +42,7 @@ def instance_path(directory: str, sop_instance_uid: str) -> str:
     """
     if not is_valid_uid(sop_instance_uid):
         raise ValueError(f"invalid SOP Instance UID {sop_instance_uid!r}")
-    root = os.path.realpath(directory)
+    root = _real_directory(directory)
     path = os.path.join(root, sop_instance_uid + ".dcm")
     if os.path.dirname(path) != root:
         raise ValueError(f"SOP Instance UID {sop_instance_uid!r} leaves the instance directory")
