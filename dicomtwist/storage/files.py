@@ -29,8 +29,9 @@ def is_valid_uid(value: object) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _real_directory(directory: str) -> str:
-    # realpath costs an lstat per path component: once per directory is enough.
+def real_directory(directory: str) -> str:
+    """``os.path.realpath`` of a directory, remembered (it costs an lstat
+    per path component)."""
     return os.path.realpath(directory)
 
 
@@ -42,7 +43,7 @@ def instance_path(directory: str, sop_instance_uid: str) -> str:
     """
     if not is_valid_uid(sop_instance_uid):
         raise ValueError(f"invalid SOP Instance UID {sop_instance_uid!r}")
-    root = _real_directory(directory)
+    root = real_directory(directory)
     path = os.path.join(root, sop_instance_uid + ".dcm")
     if os.path.dirname(path) != root:
         raise ValueError(f"SOP Instance UID {sop_instance_uid!r} leaves the instance directory")
