@@ -1,0 +1,449 @@
+"""A fast, strict scanner for the header of a received data set.
+
+:func:`scan` replaces ``pydicom.dcmread(..., stop_before_pixels=True)`` on
+the C-STORE hot path.  It walks *every* top-level data element of one encoded
+data set (as received in P-DATA: no preamble, no File Meta Information), which
+is our well-formedness check, and keeps only the wanted elements, as
+:class:`~pydicom.dataelem.RawDataElement` s that pydicom decodes on access
+exactly as if ``dcmread`` had read them.
+
+The encoding rules it checks:
+
+- PS3.5 7.1: a data set is a sequence of data elements in increasing tag
+  order.  Implicit VR (7.1.3): tag, 32-bit length.  Explicit VR (7.1.2): tag,
+  VR, 16-bit length; or for OB OD OF OL OV OW SQ SV UC UN UR UT UV, tag, VR,
+  two reserved bytes, 32-bit length.  Only SQ, UN, OB and OW (and any element
+  in Implicit VR) may have the undefined length ``FFFFFFFFH``.
+- PS3.5 7.5: a sequence value is items (FFFE,E000), each of defined length or
+  ended by an Item Delimitation Item (FFFE,E00D); an undefined-length value
+  ends with a Sequence Delimitation Item (FFFE,E0DD).  Encapsulated pixel
+  data (PS3.5 A.4) is a sequence of defined-length fragment items.
+- PS3.5 6.2.2: the value of a UN element of undefined length is encoded in
+  Implicit VR Little Endian, whatever the transfer syntax.
+
+Values of defined length are jumped over, never read, and defined-length
+items are not looked into; undefined-length values are walked item by item,
+their nested data sets element by element, down to ``MAX_DEPTH`` sequences.
+The buffer (possibly a large ``mmap``) is never copied: only the values of
+the wanted elements are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from copy import copy
+from functools import lru_cache
+from struct import Struct, error as StructError
+from typing import TYPE_CHECKING
+
+from pydicom import config
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+if TYPE_CHECKING:
+    from mmap import mmap
+
+__all__ = ["HeaderError", "MAX_DEPTH", "scan"]
+
+
+class HeaderError(ValueError):
+    """The data set is not well formed (the message says where and why)."""
+
+
+#: Deepest nesting of undefined-length sequences walked (a top-level
+#: sequence is at depth 1).
+MAX_DEPTH = 16
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITATION = 0xFFFEE00D
+_SEQUENCE_DELIMITATION = 0xFFFEE0DD
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_PIXEL_REPRESENTATION = 0x00280103
+_LUT_DESCRIPTOR = 0x00283002
+_LUT_DATA = 0x00283006
+
+#: Explicit VR -> size of the element header (PS3.5 7.1.2): 12 for the VRs
+#: with a 32-bit length, 8 for the others.
+_HEADER_SIZE: dict[bytes, tuple[str, int]] = {
+    **{vr.encode(): (vr, 12) for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()},
+    **{vr.encode(): (vr, 8) for vr in
+       "AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()},
+}
+#: Explicit VRs that may have an undefined length (PS3.5 7.1.1, 7.1.2).
+_UNDEFINED_VRS = frozenset({"SQ", "UN", "OB", "OW"})
+
+# (implicit VR, little endian) -> element header; items and delimiters
+# are always tag + 32-bit length.
+_ELEMENT = {
+    (True, True): Struct("<HHL"),
+    (True, False): Struct(">HHL"),
+    (False, True): Struct("<HH2sH"),
+    (False, False): Struct(">HH2sH"),
+}
+_ITEM_HEADER = {True: Struct("<HHL"), False: Struct(">HHL")}
+_LENGTH = {True: Struct("<L"), False: Struct(">L")}
+
+#: Transfer syntaxes whose data set is deflated (PS3.5 A.5, A.6) although
+#: pydicom 3.0's ``UID.is_deflated`` may not say so.
+_DEFLATED = frozenset({
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+    "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+})
+_ENCODINGS: dict[str, tuple[bool, bool]] = {}
+
+#: Elements whose implicit-VR decoding depends on another element (pydicom
+#: resolves 'US or SS' with Pixel Representation, LUT Data with LUT
+#: Descriptor): that element is kept too, so the value decodes as dcmread's.
+_DEPENDS_ON = {
+    **{tag: _PIXEL_REPRESENTATION for tag, entry in DicomDictionary.items()
+       if entry[0] == "US or SS"},
+    _LUT_DATA: _LUT_DESCRIPTOR,
+}
+
+
+def _where(tag: int, offset: int) -> str:
+    """Name an element and its offset for an error message."""
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) at offset {offset:#x}"
+
+
+def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
+    """Return (implicit VR, little endian) of a transfer syntax's data set.
+
+    :raises NotImplementedError: the data set is deflated, or the UID is not
+        a transfer syntax pydicom knows.
+    """
+    try:
+        return _ENCODINGS[transfer_syntax]
+    except KeyError:
+        pass
+    uid = UID(transfer_syntax.rstrip("\0 "))
+    try:
+        deflated = uid in _DEFLATED or uid.is_deflated
+        encoding = (uid.is_implicit_VR, uid.is_little_endian)
+    except ValueError:
+        raise NotImplementedError(f"unknown transfer syntax {transfer_syntax!r}") from None
+    if deflated:
+        raise NotImplementedError(f"deflated transfer syntax {uid}")
+    if len(_ENCODINGS) < 256:
+        _ENCODINGS[transfer_syntax] = encoding
+    return encoding
+
+
+@lru_cache(maxsize=64)
+def _keep(wanted: frozenset[int]) -> frozenset[int]:
+    """The tags to keep: ``wanted``, (0008,0005), and what decoding needs.
+
+    Besides Specific Character Set, a private element's creator
+    (gggg,00xx) is kept (pydicom finds a private element's implicit VR
+    through it), and so is any element in ``_DEPENDS_ON``.
+    """
+    keep = set(wanted)
+    keep.add(_SPECIFIC_CHARACTER_SET)
+    for tag in wanted:
+        if (tag >> 16) & 1 and (tag & 0xFFFF) >= 0x1000:
+            keep.add(tag & 0xFFFF0000 | (tag & 0xFF00) >> 8)
+        elif tag in _DEPENDS_ON:
+            keep.add(_DEPENDS_ON[tag])
+    return frozenset(keep)
+
+
+def scan(buffer: bytes | bytearray | memoryview | mmap, transfer_syntax: str,
+         wanted: frozenset[int] | Collection[int]) -> Dataset:
+    """Check a data set's encoding; return its wanted top-level elements.
+
+    :param buffer: one encoded data set (bytes, ``memoryview``, ``mmap``...),
+        without preamble or File Meta Information.
+    :param transfer_syntax: the UID of its transfer syntax.
+    :param wanted: the tags of the top-level elements to return; pass the
+        same ``frozenset`` each time (what it implies is cached).
+        (0008,0005) Specific Character Set is always returned when present,
+        and so are the private creators of wanted private elements and the
+        elements that decoding a wanted 'US or SS' or LUT Data value needs.
+    :returns: a data set of ``RawDataElement`` s (pydicom decodes each on
+        first access, with the data set's character set), with its original
+        encoding set as ``dcmread`` sets it.
+    :raises HeaderError: the data set is not well formed.
+    :raises NotImplementedError: the transfer syntax is deflated or unknown
+        (parse it with pydicom).
+    """
+    implicit, little = _encoding(transfer_syntax)
+    keep = _keep(wanted if isinstance(wanted, frozenset) else frozenset(wanted))
+    with memoryview(buffer) as view:
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")
+        elements = _scan_top(view, implicit, little, keep)
+    encoding: str | list[str] = default_encoding
+    if _SPECIFIC_CHARACTER_SET in elements:
+        encoding = list(_character_set(elements[BaseTag(_SPECIFIC_CHARACTER_SET)].value))
+    return _new_dataset(elements, implicit, little, encoding)
+
+
+@lru_cache(maxsize=64)
+def _character_set(value: bytes | None) -> tuple[str, ...]:
+    """Python codecs for a (0008,0005) value, as ``read_dataset`` finds them.
+
+    Cached: the conversion costs as much as scanning 20 elements, and a
+    peer sends the same few values over and over.
+    """
+    raw = RawDataElement(BaseTag(_SPECIFIC_CHARACTER_SET), "CS", len(value or b""), value, 0,
+                         False, True)
+    return tuple(convert_encodings(convert_raw_data_element(raw).value))
+
+
+# Attribute values a new Dataset may share with the prototype.
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
+_PROTOTYPE = vars(Dataset())
+
+
+def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little: bool,
+                 encoding: str | list[str]) -> Dataset:
+    """Return what ``Dataset(elements)`` then ``set_original_encoding`` would.
+
+    That is how ``pydicom.filereader.read_dataset`` builds a data set, but
+    ``Dataset.__init__`` sets its dozen attributes through the costly
+    ``Dataset.__setattr__`` (about 10 us, as long as scanning 30 elements);
+    here they are copied from a prototype made by ``Dataset()`` itself, the
+    mutable ones (dicts) shallow-copied so that no two data sets share them.
+    """
+    ds = Dataset.__new__(Dataset)
+    state = ds.__dict__
+    for name, value in _PROTOTYPE.items():
+        state[name] = value if isinstance(value, _IMMUTABLE) else copy(value)
+    state["_dict"] = elements
+    state["_read_implicit"] = implicit
+    state["_read_little"] = little
+    state["_read_charset"] = encoding
+    return ds
+
+
+def _scan_top(view: memoryview, implicit: bool, little: bool,
+              keep: frozenset[int]) -> dict[BaseTag, RawDataElement]:
+    """Walk the top-level data set (PS3.5 7.1) and collect kept elements.
+
+    The hot loop: one ``unpack_from`` (two for 32-bit lengths) and a few
+    comparisons per element; objects are made only for kept elements.
+    """
+    end = len(view)
+    found: dict[BaseTag, RawDataElement] = {}
+    previous = -1
+    pos = 0
+    try:
+        if implicit:
+            element = _ELEMENT[True, little].unpack_from
+            while pos < end:
+                group, number, length = element(view, pos)
+                tag = group << 16 | number
+                if not previous < tag < 0xFFFE0000:
+                    raise _out_of_order(tag, previous, pos)
+                previous = tag
+                start = pos + 8
+                if length == _UNDEFINED:
+                    pos = _sequence_end(view, start, True, little, 1, tag) + 8
+                else:
+                    pos = start + length
+                    if pos > end:
+                        raise _past_end(tag, start - 8, length, end)
+                if tag in keep:
+                    raw = _raw(view, tag, None, length, start, pos, True, little)
+                    found[raw.tag] = raw
+        else:
+            element = _ELEMENT[False, little].unpack_from
+            length32 = _LENGTH[little].unpack_from
+            header_size = _HEADER_SIZE
+            while pos < end:
+                group, number, vr_bytes, length = element(view, pos)
+                tag = group << 16 | number
+                if not previous < tag < 0xFFFE0000:
+                    raise _out_of_order(tag, previous, pos)
+                try:
+                    vr, size = header_size[vr_bytes]
+                except KeyError:
+                    raise _unknown_vr(tag, vr_bytes, pos) from None
+                previous = tag
+                start = pos + size
+                if size == 12:
+                    length = length32(view, pos + 8)[0]
+                    if length == _UNDEFINED:
+                        pos = _undefined_end(view, start, vr, little, 1, tag) + 8
+                        if tag in keep:
+                            raw = _raw(view, tag, vr, length, start, pos, False, little)
+                            found[raw.tag] = raw
+                        continue
+                pos = start + length
+                if pos > end:
+                    raise _past_end(tag, start - size, length, end)
+                if tag in keep:
+                    raw = _raw(view, tag, vr, length, start, pos, False, little)
+                    found[raw.tag] = raw
+    except StructError:
+        raise HeaderError(f"truncated element header at offset {pos:#x} "
+                          f"(data set ends at {end:#x})") from None
+    return found
+
+
+def _raw(view: memoryview, tag: int, vr: str | None, length: int, start: int, stop: int,
+         implicit: bool, little: bool) -> RawDataElement:
+    """A kept element, as pydicom's reader would have made it.
+
+    :param start: the offset of its value.
+    :param stop: the offset just after it (after the Sequence Delimitation
+        Item if its length is undefined: that item is not part of the value).
+    """
+    if length == _UNDEFINED:
+        return RawDataElement(BaseTag(tag), _undefined_vr(view, tag, vr, start, little), length,
+                              bytes(view[start:stop - 8]), start, implicit, little)
+    return RawDataElement(BaseTag(tag), vr, length,
+                          bytes(view[start:stop]) if length else empty_value_for_VR(vr, raw=True),
+                          start, implicit, little)
+
+
+def _out_of_order(tag: int, previous: int, offset: int) -> HeaderError:
+    """The error for a top-level tag out of order, or an item or delimiter."""
+    if tag >= 0xFFFE0000:
+        return HeaderError(f"{_where(tag, offset)}: item, delimiter or invalid tag "
+                           "outside a sequence")
+    return HeaderError(f"{_where(tag, offset)}: tag not greater than the previous "
+                       f"({previous >> 16:04X},{previous & 0xFFFF:04X})")
+
+
+def _unknown_vr(tag: int, vr: bytes, offset: int) -> HeaderError:
+    """The error for an explicit VR that is not a DICOM VR."""
+    return HeaderError(f"{_where(tag, offset)}: unknown VR {bytes(vr)!r}")
+
+
+def _past_end(tag: int, offset: int, length: int, end: int) -> HeaderError:
+    """The error for a value longer than the rest of the data set."""
+    return HeaderError(f"{_where(tag, offset)}: value of length {length} runs past "
+                       f"the end of the data set ({end:#x})")
+
+
+def _undefined_end(view: memoryview, pos: int, vr: str, little: bool, depth: int,
+                   tag: int) -> int:
+    """Find the end of an explicit-VR value of undefined length.
+
+    :returns: the offset of its Sequence Delimitation Item.
+    :raises HeaderError: the VR may not have an undefined length (PS3.5
+        7.1.2), or see ``_sequence_end``.
+    """
+    if vr not in _UNDEFINED_VRS:
+        raise HeaderError(f"{_where(tag, pos - 12)}: undefined length for VR {vr}")
+    if vr == "UN":
+        # PS3.5 6.2.2: a UN value of undefined length is Implicit VR Little Endian.
+        return _sequence_end(view, pos, True, True, depth, tag)
+    return _sequence_end(view, pos, False, little, depth, tag)
+
+
+def _undefined_vr(view: memoryview, tag: int, vr: str | None, start: int,
+                  little: bool) -> str | None:
+    """The VR pydicom's reader gives an element of undefined length.
+
+    Mirrors ``pydicom.filereader.data_element_generator``: an explicit UN
+    is read as SQ (PS3.5 6.2.2); an implicit-VR element the dictionary does
+    not know is SQ when its value starts with an item.
+    """
+    if vr == "UN" and config.settings.infer_sq_for_un_vr:
+        return "SQ"
+    if vr is None:
+        try:
+            dictionary_VR(tag)
+        except KeyError:
+            group, number, _ = _ITEM_HEADER[little].unpack_from(view, start)
+            if group << 16 | number == _ITEM:
+                return "SQ"
+    return vr
+
+
+def _sequence_end(view: memoryview, pos: int, implicit: bool, little: bool,
+                  depth: int, tag: int) -> int:
+    """Walk the items of an undefined-length value (PS3.5 7.5.2, A.4).
+
+    :param pos: the offset of the value.
+    :param depth: the nesting depth of this value (1 at top level).
+    :param tag: the tag of the element whose value this is, for messages.
+    :returns: the offset of the Sequence Delimitation Item.
+    :raises HeaderError: a bad or missing item or delimiter, too deep.
+    """
+    if depth > MAX_DEPTH:
+        raise HeaderError(f"{_where(tag, pos)}: sequences nested deeper than {MAX_DEPTH}")
+    item = _ITEM_HEADER[little].unpack_from
+    end = len(view)
+    try:
+        while True:
+            group, number, length = item(view, pos)
+            marker = group << 16 | number
+            if marker == _ITEM:
+                if length == _UNDEFINED:
+                    pos = _item_end(view, pos + 8, implicit, little, depth)
+                elif pos + 8 + length > end:
+                    raise HeaderError(f"item at offset {pos:#x} in the value of "
+                                      f"({tag >> 16:04X},{tag & 0xFFFF:04X}): length {length} "
+                                      f"runs past the end of the data set ({end:#x})")
+                else:
+                    pos += 8 + length
+            elif marker == _SEQUENCE_DELIMITATION:
+                if length:
+                    raise HeaderError(f"sequence delimitation item at offset {pos:#x}: "
+                                      f"length {length}, not 0")
+                return pos
+            else:
+                raise HeaderError(f"{_where(marker, pos)} in the value of "
+                                  f"({tag >> 16:04X},{tag & 0xFFFF:04X}): "
+                                  "not an item or sequence delimitation item")
+    except StructError:
+        raise HeaderError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}): no sequence delimitation "
+                          f"item before the end of the data set ({end:#x})") from None
+
+
+def _item_end(view: memoryview, pos: int, implicit: bool, little: bool, depth: int) -> int:
+    """Walk the nested data set of an undefined-length item (PS3.5 7.5.2).
+
+    :param pos: the offset of the item's first element.
+    :param depth: the nesting depth of the sequence holding the item.
+    :returns: the offset just after its Item Delimitation Item.
+    :raises HeaderError: a malformed element or a missing delimiter.
+    """
+    element = _ELEMENT[implicit, little].unpack_from
+    length32 = _LENGTH[little].unpack_from
+    end = len(view)
+    first = pos
+    try:
+        while True:
+            if implicit:
+                group, number, length = element(view, pos)
+                vr, size = None, 8
+            else:
+                group, number, vr_bytes, length = element(view, pos)
+            tag = group << 16 | number
+            if group == 0xFFFE:
+                if tag != _ITEM_DELIMITATION:
+                    raise HeaderError(f"{_where(tag, pos)}: expected a data element or an "
+                                      "item delimitation item")
+                if _ITEM_HEADER[little].unpack_from(view, pos)[2]:
+                    raise HeaderError(f"item delimitation item at offset {pos:#x}: "
+                                      "length not 0")
+                return pos + 8
+            if not implicit:
+                try:
+                    vr, size = _HEADER_SIZE[vr_bytes]
+                except KeyError:
+                    raise _unknown_vr(tag, vr_bytes, pos) from None
+                if size == 12:
+                    length = length32(view, pos + 8)[0]
+            start = pos + size
+            if length != _UNDEFINED:
+                pos = start + length
+                if pos > end:
+                    raise _past_end(tag, start - size, length, end)
+            elif implicit:
+                pos = _sequence_end(view, start, True, little, depth + 1, tag) + 8
+            else:
+                pos = _undefined_end(view, start, vr, little, depth + 1, tag) + 8
+    except StructError:
+        raise HeaderError(f"item starting at offset {first - 8:#x}: no item delimitation "
+                          f"item before the end of the data set ({end:#x})") from None
