@@ -7,7 +7,9 @@ SCP/SCU roles, maximum PDU lengths, A-ASSOCIATE-RJ reasons).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -78,9 +80,9 @@ class AcceptorPolicy:
     max_pdu: int = DEFAULT_MAX_PDU
     peers: Mapping[str, PeerRule] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def access(self) -> AccessRules:
-        """The access rules of this policy."""
+        """The access rules of this policy (built once: checked per association)."""
         return AccessRules(self.require_called_aet, self.allowed_calling_aets, self.peers)
 
 
@@ -143,6 +145,20 @@ def check_acceptable(rq: AAssociateRQ, policy: AcceptorPolicy,
     return None if refusal is None else refusal.reject()
 
 
+#: Recent negotiations by the identity of the request and the policy, which
+#: are immutable (a peer associating again and again sends the same bytes,
+#: and :meth:`AAssociateRQ.decode` then gives the same object).  Each entry
+#: holds its policy and a weak reference to its request, which tells
+#: whether an id met again is still that request's.
+_NEGOTIATIONS: dict[tuple[int, int], tuple[weakref.ref, AcceptorPolicy,
+                                           AAssociateAC, Negotiated]] = {}
+#: At most this many; emptied when full.
+NEGOTIATIONS_MEMO_SIZE = 64
+#: Requests proposing more contexts than there are valid context IDs (odd,
+#: 1-255) are not kept: their answers may be big.
+NEGOTIATIONS_MEMO_MAX_CONTEXTS = 128
+
+
 def negotiate_acceptor(rq: AAssociateRQ, policy: AcceptorPolicy) -> tuple[AAssociateAC, Negotiated]:
     """Answer every proposed presentation context and role (PS3.8 9.3.3.2).
 
@@ -151,7 +167,25 @@ def negotiate_acceptor(rq: AAssociateRQ, policy: AcceptorPolicy) -> tuple[AAssoc
     support the abstract syntax; 4 when we support it but none of the
     proposed transfer syntaxes; 2 (provider rejection) for an invalid
     (even or duplicate) context ID.
+
+    The same request and policy objects give the same answer objects,
+    which callers must not change (``Negotiated.contexts`` is shared).
     """
+    key = (id(rq), id(policy))
+    known = _NEGOTIATIONS.get(key)
+    if known is not None and known[0]() is rq and known[1] is policy:
+        return known[2], known[3]
+    ac, negotiated = _negotiate_acceptor(rq, policy)
+    if len(rq.presentation_contexts) <= NEGOTIATIONS_MEMO_MAX_CONTEXTS:
+        if len(_NEGOTIATIONS) >= NEGOTIATIONS_MEMO_SIZE:
+            _NEGOTIATIONS.clear()
+        _NEGOTIATIONS[key] = (weakref.ref(rq), policy, ac, negotiated)
+    return ac, negotiated
+
+
+def _negotiate_acceptor(rq: AAssociateRQ,
+                        policy: AcceptorPolicy) -> tuple[AAssociateAC, Negotiated]:
+    """:func:`negotiate_acceptor`, computed."""
     info = rq.user_information
     proposed_roles = {r.sop_class_uid: r for r in info.role_selections}
     answers: list[PresentationContextACItem] = []

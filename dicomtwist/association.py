@@ -23,9 +23,11 @@ C-FIND/C-GET/C-MOVE -- an iterable or async iterable of pending results.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass, field, fields
+from types import CoroutineType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pydicom import dcmread
@@ -342,7 +344,11 @@ class Association(DicomProtocol):
         self.negotiated: Negotiated | None = None
         self.ae_title = policy.ae_title if policy else ""
         self.peer_ae_title = ""
-        self.established: Deferred[Association] = Deferred()
+        # ``established`` is made when first asked for (see the property);
+        # how establishment ended: None (not yet), True, or the failure.
+        self._established: Deferred[Association] | None = None
+        self._establishment: Any = None
+        self._establishment_observed = False
         self.closed: Deferred[None] = Deferred()
         self._assembler: MessageAssembler | None = None
         self._outstanding: dict[int, _Outstanding] = {}
@@ -356,6 +362,45 @@ class Association(DicomProtocol):
         self._busy = 0
 
     # -- association establishment -----------------------------------------
+    @property
+    def established(self) -> Deferred[Association]:
+        """Fires with this association once it is established, or fails with
+        why it was not (rejection, abort, connection error).
+
+        Made when first asked for: nobody asks for most acceptors' one, and a
+        Deferred holding its association as result would keep the association
+        in a reference cycle, left to the cyclic garbage collector.
+        """
+        d = self._established
+        if d is None:
+            d = self._established = Deferred()
+            if self._establishment is not None:
+                self._fire_established(d)
+        return d
+
+    def _settle(self, outcome: Any, observed: bool = False) -> None:
+        """Record how establishment ended (once) and fire ``established``.
+
+        :param outcome: True (established) or the error.
+        :param observed: the failure needs no listener (an acceptor's
+            connection that never associated): listeners added later get
+            None, and none at all is no "Unhandled error in Deferred".
+        """
+        if self._establishment is not None:
+            return
+        self._establishment = outcome
+        self._establishment_observed = observed
+        if self._established is not None:
+            self._fire_established(self._established)
+
+    def _fire_established(self, d: Deferred) -> None:
+        if self._establishment is True:
+            d.callback(self)
+            return
+        d.errback(self._establishment)
+        if self._establishment_observed:
+            d.addErrback(lambda _: None)
+
     def connectionMade(self) -> None:
         """Start the ACSE timer (requestor) and the Upper Layer flow."""
         if self.associate_rq is not None:
@@ -398,13 +443,14 @@ class Association(DicomProtocol):
                       " {count} presentation context(s) accepted",
                       calling=rq.calling_ae_title, peer=self.peer_description,
                       count=len(negotiated.contexts))
-        self.established.callback(self)
+        self._settle(True)
 
     def peer_host(self) -> str | None:
         """The address the connection comes from, if known."""
         if self.transport is None:
             return None
-        return getattr(self.transport.getPeer(), "host", None)
+        peer = self.peer_address if self.peer_address is not None else self.transport.getPeer()
+        return getattr(peer, "host", None)
 
     def on_associate_ac(self, ac: AAssociateAC) -> None:
         """Requestor: the peer accepted."""
@@ -413,14 +459,14 @@ class Association(DicomProtocol):
         assert self.associate_rq is not None
         self._start(acse.interpret_ac(self.associate_rq, ac))
         self.log.info("Association Accepted")
-        self.established.callback(self)
+        self._settle(True)
 
     def on_associate_rj(self, rj: AAssociateRJ) -> None:
         """Requestor: the peer rejected."""
         self._cancel_acse_timer()
         self.log.info("Association Rejected: result {result}, source {source}, reason {reason}",
                       result=rj.result, source=rj.source, reason=rj.reason)
-        self.established.errback(AssociationRejected(rj.result, rj.source, rj.reason))
+        self._settle(AssociationRejected(rj.result, rj.source, rj.reason))
 
     def _start(self, negotiated: Negotiated) -> None:
         self.negotiated = negotiated
@@ -497,19 +543,18 @@ class Association(DicomProtocol):
         tls_error = _tls_error(reason)
         if tls_error is not None:
             cause = f"TLS error: {tls_error}"
-            if not self.established.called:
+            if self._establishment is None:
                 self.log.warn("TLS handshake with {peer} failed: {error}",
                               peer=self.peer_description, error=tls_error)
-        if not self.established.called:
+        if self._establishment is None:
             error_class = TLSError if tls_error is not None else AssociationAborted
-            self.established.errback(error_class(f"association not established: {cause}"))
-            if self.associate_rq is None:
-                # An acceptor's ``established`` usually has no listener; a
-                # connection that never associated (rejected, bad RQ, ARTIM,
-                # port scan) must not log "Unhandled error in Deferred" when
-                # the Deferred is garbage collected.  Listeners added before
-                # this point still see the failure.
-                self.established.addErrback(lambda _: None)
+            # An acceptor's ``established`` usually has no listener; a
+            # connection that never associated (rejected, bad RQ, ARTIM,
+            # port scan) must not log "Unhandled error in Deferred" when
+            # the Deferred is garbage collected.  Listeners added before
+            # this point still see the failure.
+            self._settle(error_class(f"association not established: {cause}"),
+                         observed=self.associate_rq is None)
         outstanding, self._outstanding = self._outstanding, {}
         for pending in outstanding.values():
             if pending.timer is not None and pending.timer.active():
@@ -614,8 +659,17 @@ class Association(DicomProtocol):
                 request.cancelled = True
         else:
             request = ServiceRequest(self, message, context, data)
-            d = Deferred.fromCoroutine(self._serve(request))
-            d.addErrback(self._serve_failed, request)
+            serving = self._serve(request)
+            try:
+                serving.send(None)
+            except StopIteration:
+                return  # served at once (a C-ECHO, a refusal): no Deferred needed
+            except BaseException:
+                self._serve_failed(Failure(), request)
+                return
+            # It awaits a Deferred (a handler's result, a busy send queue):
+            # Twisted drives the rest, resuming it on that same Deferred.
+            Deferred.fromCoroutine(serving).addErrback(self._serve_failed, request)
 
     # -- serving requests ----------------------------------------------------
     def is_busy(self) -> bool:
@@ -647,7 +701,13 @@ class Association(DicomProtocol):
             return
         if service not in MULTI_RESPONSE:
             try:
-                result = await defer.maybeDeferred(handler, request)
+                # As ``await maybeDeferred(handler, request)``, without
+                # wrapping a plain result (C-ECHO) in a Deferred.
+                result = handler(request)
+                if isinstance(result, Failure):
+                    result.raiseException()
+                elif isinstance(result, Deferred) or type(result) is CoroutineType:
+                    result = await result
             except Exception as e:  # mapped to a status below
                 response = self._error_response(e, request)
             else:
@@ -706,7 +766,7 @@ class Association(DicomProtocol):
             "message_id_being_responded_to": message.message_id,
             "status": int(response.status),
         }
-        names = {f.name for f in fields(rsp_class)}
+        names = _field_names(rsp_class)
         for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
             if name in names and getattr(message, name, None) is not None:
                 kwargs[name] = getattr(message, name)
@@ -957,6 +1017,12 @@ class _Lines:
         return "\n".join(self.pdu.describe())
 
 
+@functools.cache
+def _field_names(message_class: type) -> frozenset[str]:
+    """The field names of a message class (computed once per class)."""
+    return frozenset(f.name for f in fields(message_class))
+
+
 def _as_response(result: Any) -> Response:
     """A handler's result as a :class:`Response`."""
     if result is None:
@@ -1038,6 +1104,7 @@ class AcceptorFactory(Factory):
                             acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
                             network_timeout=self.network_timeout)
         assoc.factory = self
+        assoc.peer_address = addr
         self.associations.add(assoc)
 
         def forget(_: Any) -> None:
@@ -1076,8 +1143,7 @@ class RequestorFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         """Fail ``established`` with the connection error."""
-        if not self.association.established.called:
-            self.association.established.errback(reason)
+        self.association._settle(reason)
 
 
 def associate(reactor: IReactorTCP, host: str, port: int, *,

@@ -158,6 +158,57 @@ class NegotiateAcceptorTests(SynchronousTestCase):
         self.assertIsNotNone(ac.user_information.implementation_class_uid)
 
 
+class NegotiationMemoTests(SynchronousTestCase):
+    """Answers to the same request and policy objects are computed once."""
+
+    def test_same_objects_same_answer(self) -> None:
+        """The same RQ and policy give the very same AC and Negotiated."""
+        request, ours = rq([(1, VERIFICATION, [IMPLICIT])]), policy()
+        ac, negotiated = acse.negotiate_acceptor(request, ours)
+        again = acse.negotiate_acceptor(request, ours)
+        self.assertIs(again[0], ac)
+        self.assertIs(again[1], negotiated)
+
+    def test_other_policy_other_answer(self) -> None:
+        """An equal RQ under another policy is negotiated afresh."""
+        request = rq([(1, VERIFICATION, [IMPLICIT])])
+        ac, _ = acse.negotiate_acceptor(request, policy())
+        other, _ = acse.negotiate_acceptor(request, policy(contexts={VERIFICATION: [EXPLICIT]}))
+        self.assertEqual(results(ac), {1: (0, IMPLICIT)})
+        self.assertEqual(results(other), {1: (ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, "")})
+
+    def test_request_not_kept_alive(self) -> None:
+        """The memo does not keep a request alive; a new request is negotiated afresh."""
+        import gc
+        import weakref
+        ours = policy()
+        request = rq([(1, VERIFICATION, [IMPLICIT])])
+        ac, _ = acse.negotiate_acceptor(request, ours)
+        gone = weakref.ref(request)
+        del request
+        gc.collect()
+        self.assertIsNone(gone())
+        again, _ = acse.negotiate_acceptor(rq([(1, VERIFICATION, [IMPLICIT])]), ours)
+        self.assertEqual(again, ac)
+
+    def test_many_contexts_not_kept(self) -> None:
+        """A request proposing more contexts than NEGOTIATIONS_MEMO_MAX_CONTEXTS is not kept."""
+        self.patch(acse, "NEGOTIATIONS_MEMO_MAX_CONTEXTS", 1)
+        request, ours = rq([(1, VERIFICATION, [IMPLICIT]), (3, VERIFICATION, [IMPLICIT])]), policy()
+        ac, _ = acse.negotiate_acceptor(request, ours)
+        again, _ = acse.negotiate_acceptor(request, ours)
+        self.assertIsNot(again, ac)
+        self.assertEqual(again, ac)
+
+    def test_memo_bounded(self) -> None:
+        """The memo holds at most NEGOTIATIONS_MEMO_SIZE entries."""
+        ours = policy()
+        for index in range(acse.NEGOTIATIONS_MEMO_SIZE * 2 + 1):
+            acse.negotiate_acceptor(rq([(1, VERIFICATION, [IMPLICIT])],
+                                       calling_ae_title=f"CALLER{index}"), ours)
+            self.assertLessEqual(len(acse._NEGOTIATIONS), acse.NEGOTIATIONS_MEMO_SIZE)
+
+
 class CheckTests(SynchronousTestCase):
     """The provider's and the service user's acceptance tests."""
 

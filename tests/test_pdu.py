@@ -264,6 +264,42 @@ class FixtureTests(SynchronousTestCase):
         self.assertEqual(rq.summary(),
                          "A-ASSOCIATE-RQ PDU: called 'ANY-SCP' calling 'ECHOSCU', 1 presentation context")
 
+    def test_same_rq_bytes_same_object(self) -> None:
+        """The same A-ASSOCIATE-RQ bytes again decode to the same (immutable) object."""
+        pdu_type, body = split(pdus.ECHOSCU_RQ)
+        first = decode_pdu(pdu_type, body)
+        self.assertIs(decode_pdu(pdu_type, bytes(body)), first)
+        self.assertIs(first.encode(), first.encode())
+
+    def test_rq_memo_bounded(self) -> None:
+        """At most RQ_MEMO_SIZE decoded requests are kept."""
+        from dicomtwist.ul import pdu as pdu_module
+        for index in range(pdu_module.RQ_MEMO_SIZE * 2 + 1):
+            rq = AAssociateRQ("ANY-SCP", f"CALLER{index}",
+                              (PresentationContextRQItem(1, VERIFICATION, (IMPLICIT_LE,)),),
+                              UserInformationItem((MaximumLengthSubItem(16384),)))
+            decode_pdu(*split(rq.encode()))
+            self.assertLessEqual(len(pdu_module._RQ_MEMO), pdu_module.RQ_MEMO_SIZE)
+
+    def test_long_rq_not_kept(self) -> None:
+        """An A-ASSOCIATE-RQ body longer than RQ_MEMO_MAX_BODY decodes afresh each time."""
+        from dicomtwist.ul import pdu as pdu_module
+        self.patch(pdu_module, "RQ_MEMO_MAX_BODY", 100)
+        self.patch(pdu_module, "_RQ_MEMO", {})
+        pdu_type, body = split(pdus.ECHOSCU_RQ)
+        self.assertIsNot(decode_pdu(pdu_type, body), decode_pdu(pdu_type, body))
+
+    def test_rq_with_user_identity_not_kept(self) -> None:
+        """An A-ASSOCIATE-RQ carrying credentials decodes to a new object each time."""
+        rq = AAssociateRQ("ANY-SCP", "ECHOSCU",
+                          (PresentationContextRQItem(1, VERIFICATION, (IMPLICIT_LE,)),),
+                          UserInformationItem((MaximumLengthSubItem(16384),
+                                               UserIdentityRQSubItem(2, True, b"user", b"secret"))))
+        pdu_type, body = split(rq.encode())
+        first = decode_pdu(pdu_type, body)
+        self.assertEqual(first, rq)
+        self.assertIsNot(decode_pdu(pdu_type, body), first)
+
     def test_echoscu_rq_reencoded(self) -> None:
         """Re-encoding echoscu's RQ gives its bytes, with the reserved 0xFF DCMTK sends zeroed."""
         pdu_type, body = split(pdus.ECHOSCU_RQ)

@@ -1,26 +1,34 @@
-"""Bytes in, bytes out: an acceptor Association over a StringTransport (PS3.8 9)."""
+"""Bytes in, bytes out: an acceptor Association over a StringTransport (PS3.8 9),
+and over real TCP connections (answers written straight to the socket)."""
 
 from __future__ import annotations
 
 import gc
 import struct
+import weakref
 
+from pydicom.dataset import Dataset
+from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomtwist.acse import build_rq
-from dicomtwist.association import AcceptorFactory, Association
+from dicomtwist.association import AcceptorFactory, Association, associate
 from dicomtwist.dimse import messages as m
 from dicomtwist.errors import AssociationAborted
 from dicomtwist.dimse.codec import decode_command, encode_command, fragment
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import State
+from dicomtwist.ul.protocol import READ_SIZE
 from dicomtwist.ul.items import (
     ImplementationClassUIDSubItem,
     ImplementationVersionNameSubItem,
@@ -254,6 +262,31 @@ class AcceptorProtocolTests(SynchronousTestCase):
         gc.collect()
         self.assertEqual(self.flushLoggedErrors(AssociationAborted), [])
 
+    def test_artim_restarted_after_release(self) -> None:
+        """ARTIM stopped by the RQ and started again after the A-RELEASE-RP runs
+        its full time from the restart."""
+        proto = self.associated()
+        self.clock.advance(ARTIM - 1)
+        proto.dataReceived(RELEASE_RQ)
+        self.clock.advance(ARTIM - 0.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_artim_restarted_after_stopped_call_ran(self) -> None:
+        """Once the stopped ARTIM's call has run (doing nothing), a restart
+        still times out."""
+        proto = self.associated()
+        self.clock.advance(ARTIM * 2)
+        self.assertEqual(proto.machine.state, State.STA6)
+        proto.dataReceived(RELEASE_RQ)
+        self.clock.advance(ARTIM - 0.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_artim_stopped_by_rq(self) -> None:
         """ARTIM stops when the A-ASSOCIATE-RQ arrives."""
         proto = self.associated()
@@ -274,6 +307,54 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto = self.associated()
         proto.abort()
         self.assertAbortedWith(proto, 0, 0)
+
+    # -- cost per association --------------------------------------------------------
+    def test_answers_to_one_input_written_once(self) -> None:
+        """Everything answered to one chunk of input (AC, C-ECHO-RSP, RP) goes
+        out in one write, in order."""
+        proto = self.connect()
+        writes: list[bytes] = []
+        write = self.transport.write
+        self.transport.write = lambda data: writes.append(data) or write(data)
+        proto.dataReceived(ECHOSCU_RQ + ECHO_RQ + RELEASE_RQ)
+        self.assertEqual(len(writes), 1)
+        pdus = decode_written(writes[0])
+        self.assertEqual([type(pdu) for pdu in pdus], [AAssociateAC, PDataTF, AReleaseRP])
+        self.assertEqual(proto.machine.state, State.STA13)
+
+    def test_association_freed_by_reference_counting(self) -> None:
+        """A released acceptor association is left in no reference cycle: it
+        is freed at once, without the cyclic garbage collector."""
+        factory = AcceptorFactory(self.clock, policy(), {"echo": handle_echo})
+        proto = factory.buildProtocol(self.transport.getPeer())
+        proto.makeConnection(self.transport)
+        proto.dataReceived(ECHOSCU_RQ + ECHO_RQ + RELEASE_RQ)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        gc.disable()
+        self.addCleanup(gc.enable)
+        freed = weakref.ref(proto)
+        del proto
+        self.assertIsNone(freed())
+
+    def test_established_asked_for_late(self) -> None:
+        """``established`` asked for only after acceptance fires with the association."""
+        factory = AcceptorFactory(self.clock, policy(), {"echo": handle_echo})
+        proto = factory.buildProtocol(self.transport.getPeer())
+        proto.makeConnection(self.transport)
+        proto.dataReceived(ECHOSCU_RQ)
+        self.assertIs(self.successResultOf(proto.established), proto)
+        self.assertIs(proto.established, proto.established)
+
+    def test_established_asked_for_after_failed_connection(self) -> None:
+        """Asked for after a connection that never associated, an acceptor's
+        ``established`` has its failure handled already (nothing to log)."""
+        factory = AcceptorFactory(self.clock, policy(), {})
+        proto = factory.buildProtocol(self.transport.getPeer())
+        proto.makeConnection(self.transport)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(proto.established))
+        self.assertEqual(self.flushLoggedErrors(AssociationAborted), [])
 
     # -- malformed input -----------------------------------------------------------
     def test_unknown_pdu_type_before_association(self) -> None:
@@ -421,3 +502,109 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(proto.machine.state, State.STA1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _EchoClient(Protocol):
+    """Associate, C-ECHO, release, close: each PDU sent once the previous
+    answer arrived; fires ``done`` with the types of the PDUs received."""
+
+    def __init__(self) -> None:
+        self.framer = PDUFramer(0)
+        self.received: list[int] = []
+        self.done: Deferred[list[int]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(ECHOSCU_RQ)
+
+    def dataReceived(self, data: bytes) -> None:
+        for pdu_type, _ in self.framer.feed(data):
+            self.received.append(pdu_type)
+            if pdu_type == AAssociateAC.PDU_TYPE:
+                self.transport.write(ECHO_RQ)
+            elif pdu_type == PDataTF.PDU_TYPE:
+                self.transport.write(RELEASE_RQ)
+            elif pdu_type == AReleaseRP.PDU_TYPE:
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.done.callback(self.received)
+
+
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+class SocketWriteTests(TestCase):
+    """An acceptor on a real TCP port: answers go straight to the socket."""
+
+    def listen(self, handlers: dict) -> tuple[AcceptorFactory, int, list[Association]]:
+        """Listen on a free loopback port.
+
+        :returns: the factory, the port number, and the associations it built.
+        """
+        factory = AcceptorFactory(reactor, policy(contexts={
+            VERIFICATION: UNCOMPRESSED, STUDY_FIND: UNCOMPRESSED}), handlers)
+        built: list[Association] = []
+        build = factory.buildProtocol
+
+        def record(addr):
+            assoc = build(addr)
+            built.append(assoc)
+            return assoc
+
+        factory.buildProtocol = record  # type: ignore[method-assign]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return factory, port.getHost().port, built
+
+    def test_answers_written_to_the_socket(self) -> None:
+        """AC, C-ECHO-RSP and RP are sent from ``dataReceived`` without going
+        through the transport's buffer; the association then closes."""
+        buffered: list[bytes] = []
+        write = tcp.Server.write
+        self.patch(tcp.Server, "write", lambda transport, data: (
+            buffered.append(data), write(transport, data))[-1])
+        _, port, built = self.listen({"echo": handle_echo})
+        client = _EchoClient()
+        connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+
+        def check(received: list[int]) -> Deferred:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+            self.assertEqual(buffered, [])
+            [assoc] = built
+            self.assertEqual(assoc.transport.bufferSize, READ_SIZE)
+            return assoc.closed
+
+        return connecting.addCallback(lambda _: client.done).addCallback(check)
+
+    def test_partial_send_then_buffered(self) -> None:
+        """What the socket does not take at once is buffered by the transport,
+        ahead of anything written later: C-FIND responses arrive complete
+        and in order when each send takes only part of the data."""
+        send = tcp.Server.writeSomeData
+        self.patch(tcp.Server, "writeSomeData",
+                   lambda transport, data: send(transport, memoryview(data)[:1000]))
+        results = []
+        for index in range(40):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.PatientID = str(index)
+            ds.PatientComments = "x" * 2000
+            results.append(ds)
+        _, port, _ = self.listen({"find": lambda request: results})
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = ""
+        associating = associate(reactor, "127.0.0.1", port, called_ae_title="TESTSCP",
+                                contexts=[(STUDY_FIND, UNCOMPRESSED)])
+
+        def find(assoc: Association) -> Deferred:
+            return assoc.find(query, STUDY_FIND).addCallback(
+                lambda responses: assoc.release().addCallback(lambda _: responses))
+
+        def check(responses: list) -> None:
+            self.assertEqual([message.status for message, _ in responses],
+                             [Status.PENDING] * 40 + [Status.SUCCESS])
+            self.assertEqual([ds.PatientID for _, ds in responses[:-1]],
+                             [str(index) for index in range(40)])
+
+        return associating.addCallback(find).addCallback(check)

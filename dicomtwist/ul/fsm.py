@@ -41,6 +41,11 @@ class State(Enum):
     STA13 = ("Awaiting Transport Connection Close Indication "
              "(Association no longer exists)")
 
+    # Members are singletons compared by identity: hash them so too, in C,
+    # rather than by name in Python (every event looks up a (state, event)
+    # pair in TRANSITIONS).
+    __hash__ = object.__hash__
+
 
 @unique
 class Event(Enum):
@@ -70,6 +75,9 @@ class Event(Enum):
     EVT19 = ("Unrecognized or invalid PDU received "
              "(on an open transport connection)")
 
+    # See State.__hash__.
+    __hash__ = object.__hash__
+
 
 @unique
 class Indication(Enum):
@@ -93,6 +101,9 @@ class Indication(Enum):
                "(decode error, unexpected PDU, A-ABORT PDU) or None")
     TRANSPORT_CONNECTED = ("Transport connection confirmed; the "
                            "A-ASSOCIATE-RQ PDU is sent next; payload None")
+
+    # See State.__hash__.
+    __hash__ = object.__hash__
 
 
 class Effects(Protocol):

@@ -340,6 +340,26 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+#: Recently decoded A-ASSOCIATE-RQ PDUs by their body: a peer associating
+#: again and again sends the same bytes each time, and PDUs are immutable.
+#: Requests carrying a User Identity (credentials) are never kept.
+_RQ_MEMO: dict[bytes, AAssociateRQ] = {}
+#: At most this many; the memo is emptied when full.
+RQ_MEMO_SIZE = 64
+#: Bodies longer than this are not kept (a usual RQ is well under 10 KiB).
+RQ_MEMO_MAX_BODY = 64 * 1024
+
+
+def _memoized_encode(pdu) -> bytes:
+    """``_encode_associate(pdu)``, computed once per (immutable) PDU object;
+    the bytes are kept beside the dataclass fields."""
+    encoded = pdu.__dict__.get("_encoded")
+    if encoded is None:
+        encoded = _encode_associate(pdu)
+        pdu.__dict__["_encoded"] = encoded
+    return encoded
+
+
 @dataclass(frozen=True)
 class AAssociateRQ:
     """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2).
@@ -365,15 +385,26 @@ class AAssociateRQ:
 
         :raises ValueError: an AE title is longer than 16 characters.
         """
-        return _encode_associate(self)
+        return _memoized_encode(self)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> AAssociateRQ:
         """Decode the bytes after the PDU header; items may come in any order.
 
+        The same bytes as a recent request give the same (immutable) object.
+
         :raises PDUDecodeError: the PDU is malformed.
         """
-        return _decode_associate(cls, body, PresentationContextRQItem, "A-ASSOCIATE-RQ")
+        key = bytes(body)
+        pdu = _RQ_MEMO.get(key) if cls is AAssociateRQ else None
+        if pdu is None:
+            pdu = _decode_associate(cls, key, PresentationContextRQItem, "A-ASSOCIATE-RQ")
+            if (cls is AAssociateRQ and len(key) <= RQ_MEMO_MAX_BODY
+                    and pdu.user_information.user_identity is None):
+                if len(_RQ_MEMO) >= RQ_MEMO_SIZE:
+                    _RQ_MEMO.clear()
+                _RQ_MEMO[key] = pdu
+        return pdu
 
     def summary(self) -> str:
         """Return a one-line description for debug logs."""
@@ -432,7 +463,7 @@ class AAssociateAC:
 
         :raises ValueError: an AE title is longer than 16 characters.
         """
-        return _encode_associate(self)
+        return _memoized_encode(self)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> AAssociateAC:
