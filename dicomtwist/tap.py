@@ -10,6 +10,7 @@ foreground.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -226,6 +227,10 @@ class ArchiveService(service.Service):
                           temp=report.temporary_removed, rows=report.rows_dropped,
                           files=report.files_indexed)
         super().startService()
+        # Everything loaded so far (pydicom's dictionaries, Twisted) lives
+        # as long as the process: keep it out of every full collection.
+        gc.collect()
+        gc.freeze()
         self.pool.start()
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
