@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -209,6 +214,28 @@ class FindTests(QueryRetrieveTestCase):
                          [("1.2.3.1.1", "PA", "Alpha^Anna", "CT", 2),
                           ("1.2.3.1.2", "PA", "Alpha^Anna", "CT", 1),
                           ("1.2.3.2.1", "PB", "Beta^Bert", "CT", 1)])
+
+    def test_every_transfer_syntax(self) -> None:
+        """The same identifiers in each transfer syntax of the query context:
+        written from the rows in the Little Endian ones, by pydicom in the
+        others."""
+        identifier = query("STUDY", StudyInstanceUID="", PatientID="", PatientName="",
+                           StudyDate="", NumberOfStudyRelatedInstances=None,
+                           ReferencedStudySequence=[])
+        results = {}
+        for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                       DeflatedExplicitVRLittleEndian):
+            client, pump = self.connect([(STUDY_FIND, [syntax])])
+            d = client.find(identifier, STUDY_FIND)
+            pump.flush()
+            responses = self.successResultOf(d)
+            self.release(client, pump)
+            self.assertEqual([rsp.status for rsp, _ in responses],
+                             [Status.PENDING] * 3 + [Status.SUCCESS], syntax.name)
+            results[syntax] = [ds for _, ds in responses[:-1]]
+            self.assertKeys(results[syntax], identifier)
+        for syntax, matches in results.items():
+            self.assertEqual(matches, results[ExplicitVRLittleEndian], syntax.name)
 
     def test_study_root_series_level(self) -> None:
         """Study Root, SERIES level: one response per series."""

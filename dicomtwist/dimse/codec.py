@@ -6,11 +6,13 @@ decoded here with ``struct`` rather than through pydicom: the command set is
 on the path of every message, and a hand-written codec is several times
 faster and raises nothing but ``DIMSEDecodeError`` on peer input.  Data sets
 (C-FIND identifiers and the like) go through pydicom in ``encode_dataset`` and
-``decode_dataset``.
+``decode_dataset``; ``element_prefix`` serves code that writes simple data
+sets itself (C-FIND responses, ``storage.responses``).
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from dicomtwist.dimse.messages import COMMAND_FIELDS, Message
 from dicomtwist.errors import DIMSEDecodeError
@@ -33,8 +36,11 @@ __all__ = [
     "DATA_SET_ABSENT",
     "DATA_SET_PRESENT",
     "LAST_FRAGMENT",
+    "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
     "decode_command",
     "decode_dataset",
+    "element_prefix",
     "encode_command",
     "encode_dataset",
     "fragment",
@@ -200,6 +206,21 @@ def encode_command(msg: Message, has_dataset: bool) -> bytes:
     :raises ValueError: a field value cannot be encoded (non-ASCII UID or AE
         title, number out of range).
     """
+    # Memoised: a C-FIND's (or C-MOVE's) pending responses repeat one
+    # command set.  Messages are frozen dataclasses, hashable unless a
+    # field holds a list.
+    try:
+        return _memoised_command(msg, has_dataset)
+    except TypeError:
+        return _encode_command(msg, has_dataset)
+
+
+@functools.lru_cache(maxsize=64)
+def _memoised_command(msg: Message, has_dataset: bool) -> bytes:
+    return _encode_command(msg, has_dataset)
+
+
+def _encode_command(msg: Message, has_dataset: bool) -> bytes:
     values: list[tuple[int, bytes]] = [
         (_COMMAND_FIELD, _US.pack(msg.COMMAND_FIELD)),
         (_COMMAND_DATA_SET_TYPE,
@@ -371,6 +392,45 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         encoded = compressor.compress(encoded) + compressor.flush()
     return encoded
+
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+"""Implicit VR Little Endian (PS3.5 A.1)."""
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+"""Explicit VR Little Endian (PS3.5 A.2)."""
+
+_TAG = struct.Struct("<HH")
+_EXPLICIT_RESERVED = b"\x00\x00"
+
+
+def element_prefix(tag: int, vr: str, transfer_syntax_uid: str) -> tuple[bytes, struct.Struct]:
+    """The start of a data element in Implicit or Explicit VR Little Endian.
+
+    For encoding elements without pydicom (PS3.5 7.1): an element is
+    ``prefix + length.pack(len(value)) + value``, the value already padded
+    to even length.
+
+    :param tag: the element's tag.
+    :param vr: its VR (written in Explicit VR; decides the length field).
+    :param transfer_syntax_uid: ``IMPLICIT_VR_LITTLE_ENDIAN`` or
+        ``EXPLICIT_VR_LITTLE_ENDIAN``.
+    :returns: the bytes before the value length (tag; in Explicit VR also
+        the VR and, before a 4-byte length, 2 reserved bytes) and the
+        ``Struct`` of the value length.
+    :raises ValueError: another transfer syntax, or a VR that is not two
+        characters in Explicit VR.
+    """
+    head = _TAG.pack(tag >> 16, tag & 0xFFFF)
+    if transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return head, _UL
+    if transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN:
+        raise ValueError(f"not a little endian uncompressed syntax: {transfer_syntax_uid}")
+    if len(vr) != 2:
+        raise ValueError(f"cannot write VR {vr!r} in Explicit VR")
+    if vr in EXPLICIT_VR_LENGTH_32:
+        return head + vr.encode("ascii") + _EXPLICIT_RESERVED, _UL
+    return head + vr.encode("ascii"), _US
 
 
 #: Deepest sequence nesting accepted in a received identifier.

@@ -3,15 +3,18 @@ C-FIND (Annex CC) services of the archive.
 
 C-FIND answers one response per matching entity at the query level,
 fetched from the index in bounded batches in the thread pool so a large
-result set never stalls the reactor.  C-MOVE opens associations to the
-configured destination and C-GET uses the requestor's own association;
-both send stored files as they are (no decoding) whenever the peer accepted
-the stored transfer syntax, report pending counts after each
-sub-operation, and honour C-CANCEL between sub-operations.
+result set never stalls the reactor; the index hands each identifier over
+already encoded in the presentation context's transfer syntax.  C-MOVE
+opens associations to the configured destination and C-GET uses the
+requestor's own association; both send stored files as they are (no
+decoding) whenever the peer accepted the stored transfer syntax, report
+pending counts after each sub-operation, and honour C-CANCEL between
+sub-operations.
 """
 
 from __future__ import annotations
 
+import os
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
@@ -23,6 +26,7 @@ from dicomtwist import log as dlog
 from dicomtwist.association import Association, Response, ServiceRequest, associate, file_dataset
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
+from dicomtwist.storage.files import real_directory
 
 #: SOP class -> information model name used by the index.
 FIND_MODELS = {
@@ -51,7 +55,7 @@ BATCH = 64
 MAX_CONTEXTS = 128
 
 
-def _take(iterator: Iterator[Dataset], count: int) -> list[Dataset]:
+def _take(iterator: Iterator[Any], count: int) -> list[Any]:
     return list(islice(iterator, count))
 
 
@@ -93,7 +97,10 @@ class QueryRetrieve:
             return
         model = FIND_MODELS[sop_class]
         try:
-            matches = await self._thread(self.index.find, identifier, model)
+            # Identifiers come encoded in the context's transfer syntax
+            # (from the rows, in the worker thread), not as data sets.
+            matches = await self._thread(self.index.find_encoded, identifier, model,
+                                         request.context.transfer_syntax)
             while True:
                 batch = await self._thread(_take, iter(matches), BATCH)
                 for match in batch:
@@ -236,12 +243,12 @@ class QueryRetrieve:
             return Status.UNABLE_TO_PROCESS
 
     def _path(self, record: Any) -> str:
-        import os
-        root = os.path.realpath(self.settings.instance_location)
-        path = os.path.realpath(os.path.join(root, record.path))
-        if os.path.dirname(path) != root:
-            raise ValueError(f"indexed path {record.path!r} is outside the instance directory")
-        return path
+        # Indexed paths are bare file names: anything else (a separator, a
+        # dot name) is refused rather than resolved.
+        name = record.path
+        if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+            raise ValueError(f"indexed path {name!r} is outside the instance directory")
+        return os.path.join(real_directory(self.settings.instance_location), name)
 
 
 class _Progress:
