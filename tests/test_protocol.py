@@ -576,6 +576,30 @@ class SocketWriteTests(TestCase):
 
         return connecting.addCallback(lambda _: client.done).addCallback(check)
 
+    def test_later_answer_written_to_the_socket(self) -> None:
+        """An answer whose handler finishes later (a Deferred fired outside
+        ``dataReceived``, as a store committed in a worker is) goes straight
+        to the socket too."""
+        buffered: list[bytes] = []
+        write = tcp.Server.write
+        self.patch(tcp.Server, "write", lambda transport, data: (
+            buffered.append(data), write(transport, data))[-1])
+
+        def later_echo(request):
+            d = Deferred()
+            reactor.callLater(0, d.callback, None)
+            return d
+
+        _, port, _ = self.listen({"echo": later_echo})
+        client = _EchoClient()
+        connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+
+        def check(received: list[int]) -> None:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+            self.assertEqual(buffered, [])
+
+        return connecting.addCallback(lambda _: client.done).addCallback(check)
+
     def test_partial_send_then_buffered(self) -> None:
         """What the socket does not take at once is buffered by the transport,
         ahead of anything written later: C-FIND responses arrive complete

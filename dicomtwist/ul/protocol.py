@@ -208,7 +208,9 @@ class DicomProtocol(Protocol):
             return
         if outgoing:
             self._flush()
-        self.transport.write(data)
+            self.transport.write(data)
+            return
+        self._send(data)
 
     def _collect(self) -> bool:
         """Start collecting outgoing PDUs; False if already collecting (a
@@ -223,15 +225,18 @@ class DicomProtocol(Protocol):
         outgoing, self._outgoing = self._outgoing, None
         if not outgoing:
             return
-        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        self._send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+
+    def _send(self, data: bytes) -> None:
+        """Write ``data``: straight to the socket when nothing is queued."""
         transport = self.transport
         if transport is None:
             return
         if type(transport) in _SOCKET_TRANSPORTS and _nothing_queued(transport):
-            # The reply to a request: send it now instead of asking the
-            # reactor to wait for writability (two epoll_ctl calls and a
-            # reactor iteration per reply).  Whatever the socket does not
-            # take, or an error, goes the usual way.
+            # A reply: send it now instead of asking the reactor to wait
+            # for writability (two epoll_ctl calls and a reactor iteration
+            # per reply).  Whatever the socket does not take, or an error,
+            # goes the usual way.
             sent = transport.writeSomeData(data)
             if type(sent) is int:
                 if sent >= len(data):
