@@ -891,6 +891,21 @@ class FastRowTests(SynchronousTestCase):
         slow_ds = dcmread(BytesIO(raw), stop_before_pixels=True, force=True)
         slow = {a.keyword: _stored_value(slow_ds, a) for a in _ADDED}
         self.assertEqual(fast, slow, name)
+        from dicomtwist.storage.header import scan
+        from dicomtwist.storage.index import INDEXED_TAGS, _character_set
+        from dicomtwist.storage.matching import split_values
+        expected = "\\".join(split_values(slow_ds.get("SpecificCharacterSet"))) or None
+        self.assertEqual(_character_set(slow_ds), expected, name)
+        syntax = slow_ds.file_meta.get("TransferSyntaxUID")
+        offset = slow_ds.preamble is not None and raw[128:132] == b"DICM"
+        if syntax and offset and not syntax.is_deflated:
+            meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
+            try:
+                scanned = scan(raw[meta_end:], syntax, INDEXED_TAGS)
+            except Exception:
+                return  # a file only pydicom's leniency reads
+            self.assertEqual(_row(scanned), slow, name)
+            self.assertEqual(_character_set(scanned), expected, name)
 
     def test_pydicom_test_files(self):
         """Every readable file pydicom ships gives the same row both ways."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
@@ -271,9 +272,8 @@ class ArchiveStore:
                     ds = read_header(raw, transfer_syntax)
                 else:
                     ds = read_header_from_file(temp, len(data.header), transfer_syntax)
-                sop_instance = ds.SOPInstanceUID
-                sop_class = ds.SOPClassUID
-                study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
+                sop_instance, sop_class, study, series = (
+                    _uid(ds, tag) for tag in _CHECKED_UIDS)
             except Exception as e:  # any parse error of peer data is "cannot understand"
                 return Status.STORE_CANNOT_UNDERSTAND, f"cannot decode the data set: {e}"[:64]
             if sop_instance != uid or sop_class != message.affected_sop_class_uid:
@@ -337,6 +337,24 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+
+#: SOP Instance, SOP Class, Study Instance and Series Instance UID.
+_CHECKED_UIDS = (0x00080018, 0x00080016, 0x0020000D, 0x0020000E)
+
+
+def _uid(ds: Dataset, tag: int) -> str:
+    """A UID of the data set, decoded without pydicom's value conversion
+    when still raw (what pydicom would give: trailing NULs and spaces off).
+
+    :raises KeyError: the data set lacks it.
+    """
+    element = ds._dict.get(tag)
+    if element is None:
+        raise KeyError(f"no ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    if isinstance(element, RawDataElement):
+        return bytes(element.value or b"").decode("latin-1").rstrip("\0 ")
+    return str(element.value)
 
 
 def _fire(answers: list[tuple[Deferred, tuple[int, str]]]) -> None:

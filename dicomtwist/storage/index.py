@@ -200,6 +200,8 @@ _WRITTEN = {table: tuple(a for a in ATTRIBUTES if a.table == table and not a.der
             for table in ("patient", "study", "series", "instance")}
 #: The attributes ``add`` reads from a data set.
 _ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
+_ADDED_KEYWORDS = tuple(a.keyword for a in _ADDED)
+_ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
 #: A parent row known to be unchanged (see ``Index._parent``).
 _SAME = object()
 #: Parent rows remembered before the memory is cleared.
@@ -292,7 +294,6 @@ _FAST_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
                   "ISO_IR 192": "utf-8"}
 _ASCII_VRS = frozenset({"UI", "CS", "AS", "DA", "TM", "DT", "IS"})
 _MULTI_TEXT_VRS = frozenset({"LO", "SH"})
-_SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
 
 
 def _fast_codec(ds: Dataset) -> str | None:
@@ -350,14 +351,14 @@ def _row(ds: Dataset) -> dict[str, object]:
 
     Raw elements of the common VRs and character sets are decoded here;
     the rest (and anything unusual) goes through pydicom, which gives the
-    same values more slowly.
+    same values more slowly.  The elements are read from the data set's
+    own mapping: ``Dataset.get_item`` costs more than the decoding.
     """
     codec = _fast_codec(ds)
-    row: dict[str, object] = {}
-    for attribute in _ADDED:
-        element = ds.get_item(attribute.tag)
-        if element is None:
-            row[attribute.keyword] = None
+    row: dict[str, object] = dict.fromkeys(_ADDED_KEYWORDS)
+    for tag, element in ds._dict.items():
+        attribute = _ADDED_BY_TAG.get(tag)
+        if attribute is None:
             continue
         if isinstance(element, RawDataElement):
             values = _raw_values(element, attribute.vr, codec)
@@ -366,6 +367,18 @@ def _row(ds: Dataset) -> dict[str, object]:
                 continue
         row[attribute.keyword] = _stored_value(ds, attribute)
     return row
+
+
+def _character_set(ds: Dataset) -> str | None:
+    """Specific Character Set as the index stores it."""
+    element = ds._dict.get(_SPECIFIC_CHARACTER_SET)
+    if element is None:
+        return None
+    if isinstance(element, RawDataElement):
+        values = _raw_values(element, "CS", None)
+        if values is not None:
+            return "\\".join(values) or None
+    return "\\".join(matching.split_values(ds.get("SpecificCharacterSet"))) or None
 
 
 def _is_single_value(value: object, vr: str) -> bool:
@@ -575,12 +588,11 @@ class Index:
                 raise ValueError(f"data set has no {keyword}")
         row["PatientID"] = row["PatientID"] or ""
         row["IssuerOfPatientID"] = row["IssuerOfPatientID"] or ""
-        character_set = ds.get("SpecificCharacterSet")
         extra = {
             "transfer_syntax_uid": transfer_syntax,
             "path": path,
             "size": size,
-            "specific_character_set": "\\".join(matching.split_values(character_set)) or None,
+            "specific_character_set": _character_set(ds),
         }
         with self.transaction():
             self._add(row, extra)
