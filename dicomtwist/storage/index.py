@@ -202,6 +202,9 @@ _WRITTEN = {table: tuple(a for a in ATTRIBUTES if a.table == table and not a.der
 _ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
 _ADDED_KEYWORDS = tuple(a.keyword for a in _ADDED)
 _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
+#: ``(keyword, column, key column or None, VR)`` of ``_WRITTEN``, by table.
+_WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr) for a in attributes)
+                    for table, attributes in _WRITTEN.items()}
 #: A parent row known to be unchanged (see ``Index._parent``).
 _SAME = object()
 #: Parent rows remembered before the memory is cleared.
@@ -604,11 +607,11 @@ class Index:
     @staticmethod
     def _table_values(table: str, row: dict) -> dict[str, object]:
         values: dict[str, object] = {}
-        for attribute in _WRITTEN[table]:
-            value = row[attribute.keyword]
-            values[attribute.column] = value
-            if attribute.key_column:
-                values[attribute.key_column] = matching.match_key(value, attribute.vr)
+        for keyword, column, key_column, vr in _WRITTEN_COLUMNS[table]:
+            value = row[keyword]
+            values[column] = value
+            if key_column:
+                values[key_column] = matching.match_key(value, vr)
         return values
 
     def _upsert(self, table: str, values: dict[str, object], conflict: Iterable[str],
