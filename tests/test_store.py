@@ -300,6 +300,27 @@ class DataSetFailureTests(StoreTestCase):
         self.assertEqual(rsp.status, 0xC210)
         self.assertNothingStored()
 
+    def test_undecodable_spilled_data_set(self) -> None:
+        """Bytes that are not a data set, spilled into a temporary file, get
+        0xC210; the file is unmapped and deleted."""
+        self.store = ArchiveStore(self.reactor, InlinePool(), self.directory, self.index,
+                                  memory_limit=0)
+        rsp = self.store_raw("1.2.3.4.6", b"\x08\x00\x18\x00\x04\x00\x00\x001.2\x00" * 40)
+        self.assertEqual(rsp.status, 0xC210)
+        self.assertNothingStored()
+
+    def test_spilled_file_header_error(self) -> None:
+        """A malformed spilled file raises the scanner's HeaderError (not the
+        map's BufferError: no view of the file outlives the scan)."""
+        from dicomtwist.storage.files import part10_header
+        from dicomtwist.storage.header import HeaderError
+        header = part10_header("1.2", "1.2.3", ImplicitVRLittleEndian)
+        path = os.path.join(self.directory, "garbage.part")
+        with open(path, "wb") as fp:
+            fp.write(header + b"\x08\x00\x18\x00\x04\x00\x00\x001.2\x00" * 40)
+        with self.assertRaises(HeaderError):
+            store_module.read_header_from_file(path, len(header), ImplicitVRLittleEndian)
+
     def test_empty_data_set(self) -> None:
         """An empty data set gets 0xC210 and leaves no file."""
         rsp = self.store_raw("1.2.3.4.7", b"")

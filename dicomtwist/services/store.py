@@ -48,12 +48,9 @@ from dicomtwist.storage.files import (
     part10_header,
     write_temporary,
 )
+from dicomtwist.storage.header import HeaderError, scan
 from dicomtwist.storage.index import INDEXED_TAGS
 
-try:
-    from dicomtwist.storage.header import scan
-except ImportError:  # pragma: no cover
-    scan = None
 
 #: Data sets up to this size are spooled in memory, bigger ones stream to
 #: a temporary file.
@@ -367,26 +364,31 @@ def read_header(data: bytes, transfer_syntax: str) -> Dataset:
 
     :raises Exception: the data set is not well formed.
     """
-    if scan is not None:
-        try:
-            return scan(data, transfer_syntax, INDEXED_TAGS)
-        except NotImplementedError:
-            pass
+    try:
+        return scan(data, transfer_syntax, INDEXED_TAGS)
+    except NotImplementedError:  # Deflated: pydicom inflates it
+        pass
     return dcmread(io.BytesIO(part10_header("1.2", "1.2", transfer_syntax) + data),
                    stop_before_pixels=True)
 
 
 def read_header_from_file(path: str, offset: int, transfer_syntax: str) -> Dataset:
     """:func:`read_header` of the data set at ``offset`` in a file."""
-    if scan is not None:
-        with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                return scan(view[offset:], transfer_syntax, INDEXED_TAGS)
-            except NotImplementedError:
-                pass
-            finally:
-                view.release()
+    error: Exception | None = None
+    with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            return scan(view[offset:], transfer_syntax, INDEXED_TAGS)
+        except NotImplementedError:  # Deflated: pydicom inflates it
+            pass
+        except Exception as e:
+            # Re-raised without its traceback, whose frames hold views of
+            # the map (the map could not be closed while they live).
+            error = type(e)(*e.args) if isinstance(e, HeaderError) else ValueError(str(e))
+        finally:
+            view.release()
+    if error is not None:
+        raise error
     return dcmread(path, stop_before_pixels=True)
 
 
