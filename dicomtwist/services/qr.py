@@ -59,6 +59,12 @@ def _take(iterator: Iterator[Any], count: int) -> list[Any]:
     return list(islice(iterator, count))
 
 
+def _first_batch(find: Any, *args: Any) -> tuple[Iterator[Any], list[Any]]:
+    """Run a query (``find(*args)``) and take its first :data:`BATCH` matches."""
+    matches = iter(find(*args))
+    return matches, _take(matches, BATCH)
+
+
 def _service_error(error: Exception) -> DIMSEServiceError:
     """Turn the index's QueryError (status, comment) into a DIMSE status."""
     status = getattr(error, "status", None)
@@ -99,16 +105,19 @@ class QueryRetrieve:
         try:
             # Identifiers come encoded in the context's transfer syntax
             # (from the rows, in the worker thread), not as data sets.
-            matches = await self._thread(self.index.find_encoded, identifier, model,
-                                         request.context.transfer_syntax)
+            # The query is planned and its first batch fetched in one trip
+            # to the pool (most queries need no second).
+            matches, batch = await self._thread(_first_batch, self.index.find_encoded,
+                                                identifier, model,
+                                                request.context.transfer_syntax)
             while True:
-                batch = await self._thread(_take, iter(matches), BATCH)
                 for match in batch:
                     if request.cancelled:
                         return
                     yield Response(Status.PENDING, match)
                 if len(batch) < BATCH:
                     return
+                batch = await self._thread(_take, matches, BATCH)
         except DIMSEServiceError:
             raise
         except Exception as e:
