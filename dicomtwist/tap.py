@@ -207,9 +207,13 @@ class ArchiveService(service.Service):
 
     log = dlog.logger()
 
-    def __init__(self, settings: configuration.Config, reactor: Any) -> None:
+    def __init__(self, settings: configuration.Config, reactor: Any,
+                 handle_signals: bool = False) -> None:
         self.settings = settings
         self.reactor = reactor
+        #: Install :func:`_stop_on_signals` once the reactor runs (the
+        #: daemon's entry points; not a service built around a test reactor).
+        self.handle_signals = handle_signals
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dicomtwist")
         os.makedirs(settings.instance_location, exist_ok=True)
         from dicomtwist.storage.index import Index
@@ -232,6 +236,8 @@ class ArchiveService(service.Service):
         gc.collect()
         gc.freeze()
         self.pool.start()
+        if self.handle_signals:
+            self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.settings.database_location)
@@ -348,7 +354,12 @@ def listen_description(settings: configuration.Config) -> str:
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
-    """Build the archive service for twistd (or :func:`run`)."""
+    """Build the archive service for twistd (or :func:`run`).
+
+    Without ``reactor`` (the daemon's entry points) the global reactor is
+    used and the service takes over SIGTERM and SIGINT once it runs.
+    """
+    daemon = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
@@ -359,7 +370,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["reindex"]:
         sys.exit(reindex(settings))
     top = service.MultiService()
-    archive = ArchiveService(settings, reactor)
+    archive = ArchiveService(settings, reactor, handle_signals=daemon)
     archive.setServiceParent(top)
     for description in listen_descriptions(settings):
         endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
@@ -454,7 +465,28 @@ def run() -> None:
         print("Try 'dicomqr --help' for usage.", file=sys.stderr)
         sys.exit(2)
     logs.start_logging(options["level"], sys.stderr)
-    top = makeService(options, reactor)
+    top = makeService(options)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
+
+
+def _stop_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor; a second one while it is
+    already stopping (waiting for associations) is ignored, where Twisted's
+    own handlers would log ``ReactorNotRunning``."""
+    import signal
+
+    from twisted.internet.error import ReactorNotRunning
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def handler(number: int, frame: Any) -> None:
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

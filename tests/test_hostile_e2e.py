@@ -256,6 +256,23 @@ class ShutdownTests(HostileCase):
         await process.exited
         self.assertTrue(os.path.exists(os.path.join(self.instances(), ds.SOPInstanceUID + ".dcm")))
 
+    async def test_second_sigterm_while_stopping_is_quiet(self):
+        """A second SIGTERM during the grace period changes nothing and logs
+        no error; the association still finishes and the daemon exits 0."""
+        process = await self.start("shutdown_grace: 20\n")
+        assoc = await self.connect()
+        process.transport.signalProcess("TERM")
+        await deferLater(reactor, 0.3, lambda: None)
+        process.transport.signalProcess("TERM")
+        await deferLater(reactor, 0.3, lambda: None)
+        rsp = await assoc.store(ct_dataset())
+        self.assertEqual(rsp.status, Status.SUCCESS)
+        await assoc.release()
+        code = await process.exited
+        self.assertEqual(code, 0, process.output())
+        self.assertNotIn("ReactorNotRunning", process.output())
+        self.assertNotIn("C: ", process.output())
+
     async def test_sigterm_aborts_after_grace(self):
         """An association still open when the grace period ends is aborted."""
         process = await self.start("shutdown_grace: 1\n")
