@@ -111,6 +111,27 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
         self.assertFalse(self.store._committing)
 
+    def test_stopping_pool_gets_no_hand_off(self):
+        """While the pool stops (it would drop new work), the worker that
+        committed its own instance commits what was queued meanwhile too."""
+        first_ds, first_message, first_data = self.request()
+        rest = [self.request() for _ in range(2)]
+        answers = [Deferred() for _ in rest]
+
+        def arrive():
+            for (_, message, data), answer in zip(rest, answers):
+                self.store.store(message, ExplicitVRLittleEndian, data, answer)
+
+        self.during_first_commit.append(arrive)
+        self.pool.joined = True
+        result = self.store.store(first_message, ExplicitVRLittleEndian, first_data, Deferred())
+        self.assertEqual(result, (Status.SUCCESS, ""))
+        self.assertEqual(self.pool.jobs, [])
+        for answer in answers:
+            self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
+        self.assertEqual(self.batches, [1, 2])
+        self.assertFalse(self.store._committing)
+
     def test_next_store_after_idle_commits_at_once(self):
         """Once the queue is empty the next store commits in its own worker again."""
         for _ in range(2):

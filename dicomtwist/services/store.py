@@ -249,7 +249,12 @@ class ArchiveStore:
                     if not self._queue:
                         self._committing = False
                         return mine
-                self.pool.callInThread(self._commit_queued)
+                if getattr(self.pool, "joined", False):
+                    # The pool is stopping (shutdown) and would drop a
+                    # hand-off: commit the rest here before answering.
+                    self._commit_queued()
+                else:
+                    self.pool.callInThread(self._commit_queued)
                 return mine
 
     def prepare(self, message: CStoreRQ, transfer_syntax: str,
