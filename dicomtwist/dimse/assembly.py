@@ -135,7 +135,8 @@ class Spooled:
     """A complete data set from a :class:`SpoolSink`: either in memory
     (``parts``) or in a temporary file (``path``, ``header`` first).
 
-    Call :meth:`release` once the memory may be reused.
+    Call :meth:`release` once the memory may be reused: an in-memory
+    spool holds ``size`` bytes of ``budget``.
     """
 
     header: bytes
@@ -143,7 +144,6 @@ class Spooled:
     path: str | None
     size: int
     budget: MemoryBudget | None = None
-    reserved: int = 0
 
     def data(self) -> bytes:
         """The data set bytes (in-memory spool only)."""
@@ -152,10 +152,9 @@ class Spooled:
 
     def release(self) -> None:
         """Drop the data and give its memory back to the budget."""
+        if self.parts is not None and self.budget is not None:
+            self.budget.give(self.size)
         self.parts = None
-        if self.budget is not None and self.reserved:
-            self.budget.give(self.reserved)
-            self.reserved = 0
 
     def __del__(self) -> None:
         # A data set nobody handled (no handler, association gone) still
@@ -182,23 +181,22 @@ class SpoolSink:
         self._limit = memory_limit
         self._budget = budget
         self._parts: list[memoryview] = []
-        self._reserved = 0
         self._file: TempFileSink | None = None
+        #: Bytes received; while not spilled, also the bytes held of ``budget``.
         self.size = 0
 
     def write(self, data: memoryview) -> None:
         """Keep the fragment, or append it to the file once spilled."""
-        self.size += len(data)
-        if self._file is not None:
-            self._file.write(data)
-            return
-        if self.size <= self._limit and (self._budget is None or self._budget.take(len(data))):
-            self._reserved += len(data)
-            self._parts.append(data)
-            return
-        self._spill()
-        assert self._file is not None
+        if self._file is None:
+            if self.size + len(data) <= self._limit and (
+                    self._budget is None or self._budget.take(len(data))):
+                self._parts.append(data)
+                self.size += len(data)
+                return
+            self._spill()
+            assert self._file is not None
         self._file.write(data)
+        self.size += len(data)
 
     def _spill(self) -> None:
         self._file = TempFileSink(self._directory, self._header, prefix=self._prefix)
@@ -209,25 +207,24 @@ class SpoolSink:
             self._drop_parts()
 
     def _drop_parts(self) -> None:
+        """Drop the fragments held in memory and give their bytes back."""
+        if self._parts and self._budget is not None:
+            self._budget.give(self.size)
         self._parts = []
-        if self._budget is not None and self._reserved:
-            self._budget.give(self._reserved)
-        self._reserved = 0
 
     def close(self) -> Spooled:
         """The data set, in memory or in the flushed temporary file."""
         if self._file is not None:
             return Spooled(self._header, None, self._file.close(), self.size)
-        spooled = Spooled(self._header, self._parts, None, self.size, self._budget,
-                          self._reserved)
+        spooled = Spooled(self._header, self._parts, None, self.size, self._budget)
         self._parts = []
-        self._reserved = 0
         return spooled
 
     def discard(self) -> None:
         """Drop the memory, or delete the file."""
-        self._drop_parts()
-        if self._file is not None:
+        if self._file is None:
+            self._drop_parts()
+        else:
             self._file.discard()
 
 

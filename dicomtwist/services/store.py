@@ -281,7 +281,7 @@ class ArchiveStore:
             if sop_instance != uid or sop_class != message.affected_sop_class_uid:
                 return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                         "SOP Class/Instance UID differ from the request")
-            if not (is_valid_uid(str(study)) and is_valid_uid(str(series))):
+            if not (is_valid_uid(study) and is_valid_uid(series)):
                 return Status.STORE_CANNOT_UNDERSTAND, "invalid Study or Series Instance UID"
             final = instance_path(self.directory, uid)
             if temp is None:

@@ -107,8 +107,9 @@ def write_temporary(directory: str, header: bytes, data: bytes) -> str:
     fd, path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         try:
-            view = memoryview(header + data) if len(data) < 65536 else None
-            for chunk in ((view,) if view is not None else (memoryview(header), memoryview(data))):
+            # A small instance goes out in one write; a big one is not copied.
+            chunks = [header + data] if len(data) < 65536 else [header, data]
+            for chunk in map(memoryview, chunks):
                 while chunk:
                     written = os.write(fd, chunk)
                     chunk = chunk[written:]

@@ -195,11 +195,10 @@ ATTRIBUTES: tuple[Attribute, ...] = (
 """Every attribute the index stores, by level."""
 
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
-#: The attributes ``add`` writes, by table.
-_WRITTEN = {table: tuple(a for a in ATTRIBUTES if a.table == table and not a.derived)
-            for table in ("patient", "study", "series", "instance")}
-#: The attributes ``add`` reads from a data set.
+#: The attributes ``add`` reads from a data set, and writes, by table.
 _ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
+_WRITTEN = {table: tuple(a for a in _ADDED if a.table == table)
+            for table in ("patient", "study", "series", "instance")}
 _ADDED_KEYWORDS = tuple(a.keyword for a in _ADDED)
 _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
 #: ``(keyword, column, key column or None, VR)`` of ``_WRITTEN``, by table.
@@ -210,7 +209,7 @@ _SAME = object()
 #: Parent rows remembered before the memory is cleared.
 _KNOWN_LIMIT = 4096
 #: The tags ``add`` reads from a data set (with Specific Character Set).
-INDEXED_TAGS = frozenset([a.tag for a in ATTRIBUTES if not a.derived] + [Tag(0x0008, 0x0005)])
+INDEXED_TAGS = frozenset([a.tag for a in _ADDED] + [_SPECIFIC_CHARACTER_SET])
 _BY_KEYWORD = {a.keyword: a for a in ATTRIBUTES}
 
 # Multi-valued derived attributes are matched against the rows they are
