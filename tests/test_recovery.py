@@ -64,6 +64,41 @@ class RecoveryTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(bad))
         self.flushLoggedErrors()
 
+    def test_truncated_unindexed_file_not_indexed(self):
+        """A file without a row whose data set is cut short (a damaged
+        disk, a copy interrupted) is reported, not indexed."""
+        ds, path = self.store(index=False)
+        with open(path, "r+b") as fp:
+            fp.truncate(os.path.getsize(path) - 100)
+        report = recover(self.root, self.index)
+        self.assertEqual(report.unreadable, [os.path.basename(path)])
+        self.assertEqual(report.files_indexed, 0)
+        self.assertEqual(self.index.count("IMAGE"), 0)
+        self.assertTrue(os.path.exists(path))
+        self.flushLoggedErrors()
+
+    def test_empty_unindexed_file_not_indexed(self):
+        """An empty ``<uid>.dcm`` is reported, not indexed."""
+        path = os.path.join(self.root, "1.2.3.4.dcm")
+        open(path, "wb").close()
+        report = recover(self.root, self.index)
+        self.assertEqual(report.unreadable, ["1.2.3.4.dcm"])
+        self.assertEqual(self.index.count("IMAGE"), 0)
+
+    def test_check_complete_on_whole_files(self):
+        """Whole files pass, in each transfer syntax pydicom writes them in."""
+        from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+        from dicomtwist.storage.recovery import check_complete
+        for syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian):
+            ds = ct_dataset()
+            ds.file_meta.TransferSyntaxUID = syntax
+            path = instance_path(self.root, ds.SOPInstanceUID)
+            ds.save_as(path, enforce_file_format=True)
+            check_complete(path, syntax)
+            with open(path, "r+b") as fp:
+                fp.truncate(os.path.getsize(path) - 1)
+            self.assertRaises(ValueError, check_complete, path, syntax)
+
     def test_reindex_rebuilds_everything(self):
         """--reindex empties the index and indexes every stored file."""
         for i in range(3):

@@ -89,6 +89,18 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     return b"".join((_PREAMBLE, _UL_ELEMENT.pack(0x0002, 0x0000, b"UL", 4, len(body)), body))
 
 
+def dataset_offset(buffer: bytes | memoryview) -> int | None:
+    """Where the data set of a Part 10 file starts: after the preamble,
+    ``DICM`` and the File Meta Information group its (0002,0000) Group
+    Length measures; None if the file does not start that way."""
+    if len(buffer) < 144 or bytes(buffer[128:132]) != b"DICM":
+        return None
+    group, element, vr, length, value = _UL_ELEMENT.unpack_from(buffer, 132)
+    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
+        return None
+    return 144 + value
+
+
 def fsync_file(path: str) -> None:
     """Flush a closed file's data to stable storage."""
     fd = os.open(path, os.O_RDONLY)

@@ -3,14 +3,16 @@
 After a crash (even ``kill -9`` mid-store) the instance directory may hold
 temporary files of stores that were never answered, and -- if the process
 died between the rename and the index commit -- a stored file whose row is
-missing.  Recovery removes the former and indexes the latter; rows whose
-file has gone are dropped.  Every instance that was answered with Success
-was durable on disk and in the index before the answer, so nothing
-acknowledged is ever lost.
+missing.  Recovery removes the former and indexes the latter, once its
+data set is found well formed to the last byte (a damaged or truncated
+file is reported, never indexed); rows whose file has gone are dropped.
+Every instance that was answered with Success was durable on disk and in
+the index before the answer, so nothing acknowledged is ever lost.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 from pydicom import dcmread
 
 from dicomtwist import log as dlog
-from dicomtwist.storage.files import is_valid_uid, temporary_files
+from dicomtwist.storage.files import dataset_offset, is_valid_uid, temporary_files
+from dicomtwist.storage.header import scan
 
 _log = dlog.logger()
 
@@ -49,12 +52,42 @@ def _index_file(index: Any, root: str, name: str, report: Report) -> None:
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
         if str(ds.SOPInstanceUID) != name[:-4]:
             raise ValueError("SOP Instance UID differs from the file name")
+        check_complete(path, transfer_syntax)
         index.add(ds, name, transfer_syntax, os.path.getsize(path))
     except Exception as e:  # a damaged file is reported, never fatal
         _log.warn("Cannot index {path}: {error}", path=path, error=str(e))
         report.unreadable.append(name)
     else:
         report.files_indexed += 1
+
+
+def check_complete(path: str, transfer_syntax: str) -> None:
+    """Check that a stored file's data set is well formed to its last byte
+    (a store cut short leaves a truncated one).
+
+    :raises ValueError: it is not.
+    """
+    error: Exception | None = None
+    with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise ValueError("empty file")
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                offset = dataset_offset(view)
+                if offset is not None and offset <= len(view):
+                    scan(view[offset:], transfer_syntax, frozenset())
+                    return
+            except NotImplementedError:  # deflated: pydicom reads all of it below
+                pass
+            except Exception as e:
+                # Without its traceback, whose frames hold views of the map.
+                error = ValueError(f"incomplete or malformed: {e}")
+            finally:
+                view.release()
+    if error is not None:
+        raise error
+    dcmread(path)
 
 
 def _remove_temporary(root: str, report: Report) -> None:
