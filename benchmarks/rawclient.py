@@ -79,6 +79,7 @@ def echo_rq(message_id: int = 1) -> bytes:
     return PDU_HEADER.pack(P_DATA_TF, len(pdv)) + pdv
 
 
+ECHO_RQ = echo_rq()
 RELEASE_RQ = PDU_HEADER.pack(0x05, 4) + bytes(4)
 ABORT = PDU_HEADER.pack(A_ABORT, 4) + bytes(4)
 
@@ -87,21 +88,29 @@ class PeerError(Exception):
     """The peer rejected, aborted or answered something unexpected."""
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    parts = []
-    while size:
-        chunk = sock.recv(size)
-        if not chunk:
-            raise PeerError("connection closed")
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
+def read_pdu(sock: socket.socket, buffer: bytearray | None = None) -> tuple[int, bytes]:
+    """Read one PDU: ``(type, body)``.
+
+    :param buffer: bytes received but not yet read (kept across calls on
+        one connection: one ``recv`` usually brings a whole PDU).
+    """
+    if buffer is None:
+        buffer = bytearray()
+    while len(buffer) < 6:
+        _receive(sock, buffer)
+    pdu_type, length = PDU_HEADER.unpack_from(buffer)
+    while len(buffer) < 6 + length:
+        _receive(sock, buffer)
+    body = bytes(buffer[6:6 + length])
+    del buffer[:6 + length]
+    return pdu_type, body
 
 
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """Read one PDU: ``(type, body)``."""
-    pdu_type, length = PDU_HEADER.unpack(_recv_exact(sock, 6))
-    return pdu_type, _recv_exact(sock, length)
+def _receive(sock: socket.socket, buffer: bytearray) -> None:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise PeerError("connection closed")
+    buffer += chunk
 
 
 def echo_status(body: bytes) -> int:
@@ -122,27 +131,50 @@ def echo_status(body: bytes) -> int:
     raise PeerError("no status in the C-ECHO-RSP")
 
 
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    """A blocking TCP connection to ``127.0.0.1:port`` with Nagle off.
+
+    The timeout is the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``, which
+    also bounds ``connect``), not Python's: a Python timeout makes every
+    call a ``poll`` plus the call, and the load generator must cost far
+    less than the servers it measures.  A call that times out raises
+    ``OSError`` (``EAGAIN``).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        seconds = int(timeout)
+        limit = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def echo_once(port: int, called: str, rq: bytes, timeout: float = 10.0) -> None:
     """One association: connect, associate, C-ECHO, release, close.
 
     :raises PeerError: rejected, aborted, or a failure status.
-    :raises OSError: the connection failed.
+    :raises OSError: the connection failed or timed out.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with connect(port, timeout) as sock:
+        buffer = bytearray()
         sock.sendall(rq)
-        pdu_type, _ = read_pdu(sock)
+        pdu_type, _ = read_pdu(sock, buffer)
         if pdu_type != A_ASSOCIATE_AC:
             raise PeerError(f"association answered with PDU type {pdu_type:#x}")
-        sock.sendall(echo_rq())
-        pdu_type, body = read_pdu(sock)
+        sock.sendall(ECHO_RQ)
+        pdu_type, body = read_pdu(sock, buffer)
         if pdu_type != P_DATA_TF:
             raise PeerError(f"C-ECHO answered with PDU type {pdu_type:#x}")
         status = echo_status(body)
         if status != 0:
             raise PeerError(f"C-ECHO status {status:#06x}")
         sock.sendall(RELEASE_RQ)
-        pdu_type, _ = read_pdu(sock)
+        pdu_type, _ = read_pdu(sock, buffer)
         if pdu_type != A_RELEASE_RP:
             raise PeerError(f"release answered with PDU type {pdu_type:#x}")
 

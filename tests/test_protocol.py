@@ -4,11 +4,12 @@ and over real TCP connections (answers written straight to the socket)."""
 from __future__ import annotations
 
 import gc
+import socket
 import struct
 import weakref
 
 from pydicom.dataset import Dataset
-from twisted.internet import reactor, tcp
+from twisted.internet import reactor, tcp, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -28,7 +29,7 @@ from dicomtwist.dimse.codec import decode_command, encode_command, fragment
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import State
-from dicomtwist.ul.protocol import READ_SIZE
+from dicomtwist.ul.protocol import READ_SIZE, DicomProtocol
 from dicomtwist.ul.items import (
     ImplementationClassUIDSubItem,
     ImplementationVersionNameSubItem,
@@ -530,6 +531,42 @@ class _EchoClient(Protocol):
         self.done.callback(self.received)
 
 
+def _read_pdu_types(sock: socket.socket, count: int) -> list[int]:
+    """Block until ``count`` PDUs arrived; their types."""
+    framer = PDUFramer(0)
+    types: list[int] = []
+    while len(types) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        types += [pdu_type for pdu_type, _ in framer.feed(data)]
+    return types
+
+
+def _finish_echo(sock: socket.socket) -> list[int]:
+    """In a thread: after the RQ was sent, read the AC, C-ECHO, release, close."""
+    sock.settimeout(10)
+    received = _read_pdu_types(sock, 1)
+    sock.sendall(ECHO_RQ)
+    received += _read_pdu_types(sock, 1)
+    sock.sendall(RELEASE_RQ)
+    received += _read_pdu_types(sock, 1)
+    sock.close()
+    return received
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """In a thread: everything until the server closes (or resets)."""
+    sock.settimeout(10)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
@@ -575,6 +612,77 @@ class SocketWriteTests(TestCase):
             return assoc.closed
 
         return connecting.addCallback(lambda _: client.done).addCallback(check)
+
+    def test_request_waiting_at_accept_is_answered_at_once(self) -> None:
+        """An A-ASSOCIATE-RQ already received when the connection is
+        accepted is read and answered during the accept, not on a later
+        reactor turn; the association then runs as usual."""
+        states: list[State] = []
+        original = DicomProtocol._read_early
+
+        def recording(protocol):
+            original(protocol)
+            states.append(protocol.machine.state)
+
+        self.patch(DicomProtocol, "_read_early", recording)
+        _, port, built = self.listen({"echo": handle_echo})
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        sock.sendall(ECHOSCU_RQ)  # before the reactor accepts
+
+        def check(received: list[int]) -> Deferred:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+            self.assertEqual(states, [State.STA6])
+            return built[0].closed
+
+        return threads.deferToThread(_finish_echo, sock).addCallback(check)
+
+    def test_peer_gone_before_accept(self) -> None:
+        """A peer that connected and closed before the accept ends its
+        association; the port keeps accepting."""
+        _, port, built = self.listen({"echo": handle_echo})
+        socket.create_connection(("127.0.0.1", port)).close()
+        client = _EchoClient()
+        connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+
+        def check(received: list[int]) -> Deferred:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+            self.assertEqual(len(built), 2)
+            return built[0].closed
+
+        return connecting.addCallback(lambda _: client.done).addCallback(check)
+
+    def test_failure_in_early_read_spares_the_port(self) -> None:
+        """An exception while reading at accept aborts that connection
+        alone (it must not reach the listening port, which the reactor
+        would close); the next peer is served."""
+        calls: list[int] = []
+        original = DicomProtocol.dataReceived
+
+        def failing_once(protocol, data):
+            calls.append(len(data))
+            if len(calls) == 1:
+                raise RuntimeError("broken")
+            return original(protocol, data)
+
+        self.patch(DicomProtocol, "dataReceived", failing_once)
+        _, port, built = self.listen({"echo": handle_echo})
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        sock.sendall(ECHOSCU_RQ)
+        client = _EchoClient()
+
+        def second(_: object) -> Deferred:
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+            connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                         client)
+            return connecting.addCallback(lambda _: client.done)
+
+        def check(received: list[int]) -> None:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+
+        aborted = threads.deferToThread(_read_to_end, sock)
+        return aborted.addCallback(second).addCallback(check)
 
     def test_later_answer_written_to_the_socket(self) -> None:
         """An answer whose handler finishes later (a Deferred fired outside
