@@ -17,10 +17,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.internet.testing import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomtwist import log as dlog
 from dicomtwist.acse import build_rq
 from dicomtwist.association import AcceptorFactory, Association, associate
 from dicomtwist.dimse import messages as m
@@ -625,6 +628,9 @@ class SocketWriteTests(TestCase):
             states.append(protocol.machine.state)
 
         self.patch(DicomProtocol, "_read_early", recording)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.addCleanup(dlog.set_level, dlog.level())
+        dlog.set_level(LogLevel.info)
         _, port, built = self.listen({"echo": handle_echo})
         sock = socket.create_connection(("127.0.0.1", port))
         self.addCleanup(sock.close)
@@ -633,6 +639,14 @@ class SocketWriteTests(TestCase):
         def check(received: list[int]) -> Deferred:
             self.assertEqual(received, [0x02, 0x04, 0x06])
             self.assertEqual(states, [State.STA6])
+            # Logged in the order things happened: the connection, then
+            # the association on it.
+            texts = [formatEvent(e) for e in events]
+            received_at = next(i for i, t in enumerate(texts)
+                               if t.startswith("Association received from"))
+            accepted_at = next(i for i, t in enumerate(texts)
+                               if t.startswith("Association Accepted"))
+            self.assertLess(received_at, accepted_at, texts)
             return built[0].closed
 
         return threads.deferToThread(_finish_echo, sock).addCallback(check)

@@ -129,7 +129,13 @@ class DicomProtocol(Protocol):
             if collecting:
                 self._flush()
         self._touch()
-        if self.associate_rq is None and type(self.transport) is tcp.Server:
+
+    def makeConnection(self, transport: Any) -> None:
+        """Connect, then (acceptor on plain TCP) :meth:`_read_early`, once
+        every ``connectionMade`` up the class chain has run."""
+        super().makeConnection(transport)
+        if (self.associate_rq is None and type(transport) is tcp.Server
+                and not transport.disconnecting):
             self._read_early()
 
     def _read_early(self) -> None:
