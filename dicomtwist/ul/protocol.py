@@ -145,8 +145,9 @@ class DicomProtocol(Protocol):
         is usually there by the time we accept: reading it now, instead of
         on the reactor's next poll, answers it one reactor turn sooner.
         Nothing there (``EAGAIN``), or the connection already closed or
-        failed: the reactor's own read finds it as usual (an end of file
-        or error is reported again).
+        failed: the reactor's own read finds that as usual (the socket
+        stays readable; a reset read here is seen there as an end of
+        file, which the state machine treats alike: Evt17).
         """
         try:
             self.transport.doRead()
