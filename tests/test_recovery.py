@@ -107,3 +107,15 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual(report.files_indexed, 3)
         self.assertEqual(self.index.count("IMAGE"), 3)
         self.assertEqual(self.index.count("PATIENT"), 3)
+
+    def test_reindex_skips_truncated_files(self):
+        """--reindex indexes the whole files and reports a truncated one."""
+        whole, _ = self.store(index=False, PatientID="WHOLE")
+        cut, path = self.store(index=False, PatientID="CUT")
+        with open(path, "r+b") as fp:
+            fp.truncate(os.path.getsize(path) // 2)
+        report = reindex(self.root, self.index)
+        self.assertEqual(report.files_indexed, 1)
+        self.assertEqual(report.unreadable, [os.path.basename(path)])
+        self.assertIsNotNone(self.index.get_path(whole.SOPInstanceUID))
+        self.assertIsNone(self.index.get_path(cut.SOPInstanceUID))
