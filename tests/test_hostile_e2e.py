@@ -226,6 +226,12 @@ class KillTests(HostileCase):
             await defer.gatherResults(workers)
         self.assertGreaterEqual(len(acknowledged), 45)
         await self.start()
+        # twistd listens before the reactor runs (privilegedStartService),
+        # and recovery runs when it starts: an answered association proves
+        # recovery has finished.
+        assoc = await self.connect()
+        await assoc.echo()
+        await assoc.release()
         db = sqlite3.connect(os.path.join(self.cwd, "instances.sqlite"))
         indexed = {row[0] for row in db.execute("SELECT sop_instance_uid FROM instance")}
         db.close()
