@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import io
-import mmap
 import os
 import threading
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from dicomtwist.storage.files import (
     part10_header,
     write_temporary,
 )
-from dicomtwist.storage.header import HeaderError, scan
+from dicomtwist.storage.header import scan, scan_file
 from dicomtwist.storage.index import INDEXED_TAGS
 
 
@@ -379,22 +378,10 @@ def read_header(data: bytes, transfer_syntax: str) -> Dataset:
 
 def read_header_from_file(path: str, offset: int, transfer_syntax: str) -> Dataset:
     """:func:`read_header` of the data set at ``offset`` in a file."""
-    error: Exception | None = None
-    with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)
-        try:
-            return scan(view[offset:], transfer_syntax, INDEXED_TAGS)
-        except NotImplementedError:  # Deflated: pydicom inflates it
-            pass
-        except Exception as e:
-            # Re-raised without its traceback, whose frames hold views of
-            # the map (the map could not be closed while they live).
-            error = type(e)(*e.args) if isinstance(e, HeaderError) else ValueError(str(e))
-        finally:
-            view.release()
-    if error is not None:
-        raise error
-    return dcmread(path, stop_before_pixels=True)
+    try:
+        return scan_file(path, transfer_syntax, INDEXED_TAGS, offset)
+    except NotImplementedError:  # Deflated: pydicom inflates it
+        return dcmread(path, stop_before_pixels=True)
 
 
 @dataclass

@@ -30,11 +30,12 @@ the wanted elements are.
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Collection
 from copy import copy
 from functools import lru_cache
 from struct import Struct, error as StructError
-from typing import TYPE_CHECKING
 
 from pydicom import config
 from pydicom.charset import convert_encodings, default_encoding
@@ -44,8 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-if TYPE_CHECKING:
-    from mmap import mmap
+from dicomtwist.storage.files import dataset_offset
 
 __all__ = ["HeaderError", "MAX_DEPTH", "scan"]
 
@@ -153,7 +153,7 @@ def _keep(wanted: frozenset[int]) -> frozenset[int]:
     return frozenset(keep)
 
 
-def scan(buffer: bytes | bytearray | memoryview | mmap, transfer_syntax: str,
+def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: str,
          wanted: frozenset[int] | Collection[int]) -> Dataset:
     """Check a data set's encoding; return its wanted top-level elements.
 
@@ -182,6 +182,41 @@ def scan(buffer: bytes | bytearray | memoryview | mmap, transfer_syntax: str,
     if _SPECIFIC_CHARACTER_SET in elements:
         encoding = list(_character_set(elements[BaseTag(_SPECIFIC_CHARACTER_SET)].value))
     return _new_dataset(elements, implicit, little, encoding)
+
+
+def scan_file(path: str, transfer_syntax: str, wanted: frozenset[int] | Collection[int],
+              offset: int | None = None) -> Dataset:
+    """:func:`scan` of the data set in a file, read through a memory map.
+
+    :param offset: where the data set starts; None: after the File Meta
+        Information group its (0002,0000) Group Length measures.
+    :raises HeaderError: the data set is not well formed, or the file is
+        empty.
+    :raises NotImplementedError: deflated or unknown transfer syntax, or
+        (``offset`` None) no Group Length to find the data set by: parse
+        it with pydicom.
+    """
+    error: Exception
+    with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise HeaderError("empty file")
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                start = dataset_offset(view) if offset is None else offset
+                if start is None or start > len(view):
+                    raise NotImplementedError("no File Meta Information Group Length")
+                return scan(view[start:], transfer_syntax, wanted)
+            except Exception as e:
+                # Raised anew without its traceback, whose frames hold views
+                # of the map (the map could not be closed while they live).
+                if isinstance(e, (HeaderError, NotImplementedError)):
+                    error = type(e)(*e.args)
+                else:
+                    error = ValueError(str(e))
+            finally:
+                view.release()
+    raise error
 
 
 @lru_cache(maxsize=64)

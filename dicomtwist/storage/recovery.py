@@ -12,7 +12,6 @@ the index before the answer, so nothing acknowledged is ever lost.
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +19,8 @@ from typing import Any
 from pydicom import dcmread
 
 from dicomtwist import log as dlog
-from dicomtwist.storage.files import dataset_offset, is_valid_uid, temporary_files
-from dicomtwist.storage.header import scan
+from dicomtwist.storage.files import is_valid_uid, temporary_files
+from dicomtwist.storage.header import scan_file
 
 _log = dlog.logger()
 
@@ -67,27 +66,12 @@ def check_complete(path: str, transfer_syntax: str) -> None:
 
     :raises ValueError: it is not.
     """
-    error: Exception | None = None
-    with open(path, "rb") as fp:
-        if os.fstat(fp.fileno()).st_size == 0:
-            raise ValueError("empty file")
-        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                offset = dataset_offset(view)
-                if offset is not None and offset <= len(view):
-                    scan(view[offset:], transfer_syntax, frozenset())
-                    return
-            except NotImplementedError:  # deflated: pydicom reads all of it below
-                pass
-            except Exception as e:
-                # Without its traceback, whose frames hold views of the map.
-                error = ValueError(f"incomplete or malformed: {e}")
-            finally:
-                view.release()
-    if error is not None:
-        raise error
-    dcmread(path)
+    try:
+        scan_file(path, transfer_syntax, frozenset())
+    except NotImplementedError:  # deflated, or no group length: pydicom reads all of it
+        dcmread(path)
+    except ValueError as e:
+        raise ValueError(f"incomplete or malformed: {e}") from None
 
 
 def _remove_temporary(root: str, report: Report) -> None:
