@@ -211,11 +211,11 @@ class DicomProtocol(Protocol):
             self._write(pdu)
             return
         if isinstance(pdu, (list, tuple)):
-            outgoing = self._outgoing
-            if outgoing is not None and getattr(self.transport, "producer", None) is None:
-                outgoing.extend(pdu)
+            held = self._held()
+            if held is not None:
+                held.extend(pdu)
                 return
-            if outgoing:
+            if self._outgoing:
                 self._flush()
             self.transport.writeSequence(pdu)
             return
@@ -224,20 +224,25 @@ class DicomProtocol(Protocol):
         self._write(pdu.encode())
 
     def _write(self, data: bytes) -> None:
-        """Write now, or at the end of the input being handled.
-
-        A registered producer (a file being sent) is paced by the
-        transport's buffer, so its PDUs are never held back here.
-        """
-        outgoing = self._outgoing
-        if outgoing is not None and getattr(self.transport, "producer", None) is None:
-            outgoing.append(data)
+        """Write now, or at the end of the input being handled."""
+        held = self._held()
+        if held is not None:
+            held.append(data)
             return
-        if outgoing:
+        if self._outgoing:
             self._flush()
             self.transport.write(data)
             return
         self._send(data)
+
+    def _held(self) -> list[bytes] | None:
+        """Where outgoing PDUs wait for the end of the input being handled;
+        None if they go out at once: no input is being handled, or a
+        registered producer (a file being sent) is paced by the
+        transport's buffer, so its PDUs are never held back."""
+        if getattr(self.transport, "producer", None) is None:
+            return self._outgoing
+        return None
 
     def _collect(self) -> bool:
         """Start collecting outgoing PDUs; False if already collecting (a
