@@ -596,16 +596,28 @@ class SocketWriteTests(TestCase):
         self.addCleanup(port.stopListening)
         return factory, port.getHost().port, built
 
-    def test_answers_written_to_the_socket(self) -> None:
-        """AC, C-ECHO-RSP and RP are sent from ``dataReceived`` without going
-        through the transport's buffer; the association then closes."""
+    def record_buffered_writes(self) -> list[bytes]:
+        """What goes through ``tcp.Server.write`` (the transport's buffer)
+        from now on."""
         buffered: list[bytes] = []
         write = tcp.Server.write
         self.patch(tcp.Server, "write", lambda transport, data: (
             buffered.append(data), write(transport, data))[-1])
-        _, port, built = self.listen({"echo": handle_echo})
+        return buffered
+
+    def echo(self, port: int) -> Deferred:
+        """Run an :class:`_EchoClient` against ``port``; fires with the
+        types of the PDUs it received."""
         client = _EchoClient()
         connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        return connecting.addCallback(lambda _: client.done)
+
+    def test_answers_written_to_the_socket(self) -> None:
+        """AC, C-ECHO-RSP and RP are sent from ``dataReceived`` without going
+        through the transport's buffer; the association then closes."""
+        buffered = self.record_buffered_writes()
+        _, port, built = self.listen({"echo": handle_echo})
+        echoed = self.echo(port)
 
         def check(received: list[int]) -> Deferred:
             self.assertEqual(received, [0x02, 0x04, 0x06])
@@ -614,7 +626,7 @@ class SocketWriteTests(TestCase):
             self.assertEqual(assoc.transport.bufferSize, READ_SIZE)
             return assoc.closed
 
-        return connecting.addCallback(lambda _: client.done).addCallback(check)
+        return echoed.addCallback(check)
 
     def test_request_waiting_at_accept_is_answered_at_once(self) -> None:
         """An A-ASSOCIATE-RQ already received when the connection is
@@ -656,15 +668,14 @@ class SocketWriteTests(TestCase):
         association; the port keeps accepting."""
         _, port, built = self.listen({"echo": handle_echo})
         socket.create_connection(("127.0.0.1", port)).close()
-        client = _EchoClient()
-        connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        echoed = self.echo(port)
 
         def check(received: list[int]) -> Deferred:
             self.assertEqual(received, [0x02, 0x04, 0x06])
             self.assertEqual(len(built), 2)
             return built[0].closed
 
-        return connecting.addCallback(lambda _: client.done).addCallback(check)
+        return echoed.addCallback(check)
 
     def test_failure_in_early_read_spares_the_port(self) -> None:
         """An exception while reading at accept aborts that connection
@@ -684,13 +695,10 @@ class SocketWriteTests(TestCase):
         sock = socket.create_connection(("127.0.0.1", port))
         self.addCleanup(sock.close)
         sock.sendall(ECHOSCU_RQ)
-        client = _EchoClient()
 
         def second(_: object) -> Deferred:
             self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-            connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-                                         client)
-            return connecting.addCallback(lambda _: client.done)
+            return self.echo(port)
 
         def check(received: list[int]) -> None:
             self.assertEqual(received, [0x02, 0x04, 0x06])
@@ -702,10 +710,7 @@ class SocketWriteTests(TestCase):
         """An answer whose handler finishes later (a Deferred fired outside
         ``dataReceived``, as a store committed in a worker is) goes straight
         to the socket too."""
-        buffered: list[bytes] = []
-        write = tcp.Server.write
-        self.patch(tcp.Server, "write", lambda transport, data: (
-            buffered.append(data), write(transport, data))[-1])
+        buffered = self.record_buffered_writes()
 
         def later_echo(request):
             d = Deferred()
@@ -713,14 +718,13 @@ class SocketWriteTests(TestCase):
             return d
 
         _, port, _ = self.listen({"echo": later_echo})
-        client = _EchoClient()
-        connecting = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        echoed = self.echo(port)
 
         def check(received: list[int]) -> None:
             self.assertEqual(received, [0x02, 0x04, 0x06])
             self.assertEqual(buffered, [])
 
-        return connecting.addCallback(lambda _: client.done).addCallback(check)
+        return echoed.addCallback(check)
 
     def test_partial_send_then_buffered(self) -> None:
         """What the socket does not take at once is buffered by the transport,
