@@ -195,15 +195,14 @@ ATTRIBUTES: tuple[Attribute, ...] = (
 """Every attribute the index stores, by level."""
 
 _BY_TAG = {a.tag: a for a in ATTRIBUTES}
-#: The attributes ``add`` reads from a data set, and writes, by table.
+#: The attributes ``add`` reads from a data set.
 _ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
-_WRITTEN = {table: tuple(a for a in _ADDED if a.table == table)
-            for table in ("patient", "study", "series", "instance")}
 _ADDED_KEYWORDS = tuple(a.keyword for a in _ADDED)
 _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
-#: ``(keyword, column, key column or None, VR)`` of ``_WRITTEN``, by table.
-_WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr) for a in attributes)
-                    for table, attributes in _WRITTEN.items()}
+#: ``(keyword, column, key column or None, VR)`` of what ``add`` writes, by table.
+_WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr)
+                                 for a in _ADDED if a.table == table)
+                    for table in ("patient", "study", "series", "instance")}
 #: A parent row known to be unchanged (see ``Index._parent``).
 _SAME = object()
 #: Parent rows remembered before the memory is cleared.
