@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import errno
 import io
+import mmap
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -139,14 +140,20 @@ class ArchiveStore:
     :param memory_limit: data sets up to this size are spooled in memory.
     :param memory_budget: what all spooled data sets together may hold in
         memory; past it, data sets go straight to temporary files.
+    :param describe: ``describe(data set bytes, transfer syntax)`` gives
+        the metadata the index keeps with each instance (DICOMweb's, built
+        by the layer that serves it); called in the worker, before the
+        commit.  None: no metadata is kept.
     """
 
     log = dlog.logger()
 
     def __init__(self, reactor: IReactorThreads, pool: ThreadPool, directory: str,
                  index: Any, min_free_bytes: int = 0, memory_limit: int = MEMORY_LIMIT,
-                 memory_budget: int = MEMORY_BUDGET) -> None:
+                 memory_budget: int = MEMORY_BUDGET,
+                 describe: Callable[[Any, str], bytes] | None = None) -> None:
         self.reactor = reactor
+        self.describe = describe
         self.pool = pool
         self.directory = os.path.realpath(directory)
         self.index = index
@@ -157,23 +164,56 @@ class ArchiveStore:
         self._queue: list[tuple[_Prepared, Deferred]] = []
         self._committing = False
 
-    def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
-        """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
-        if not isinstance(message, CStoreRQ):
-            return memory_sink(message, context)
-        uid = message.affected_sop_instance_uid
-        if not is_valid_uid(uid) or not is_valid_uid(message.affected_sop_class_uid):
+    def spool(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> DataSink:
+        """A sink for one instance's data set, as a C-STORE's is spooled.
+
+        STOW-RS feeds each part through one.  A UID that cannot be stored,
+        or a full disk, gives a sink whose ``close()`` is a :class:`Refused`.
+        """
+        if not is_valid_uid(sop_instance_uid) or not is_valid_uid(sop_class_uid):
             return RefusingSink(Status.STORE_CANNOT_UNDERSTAND, "invalid SOP Class or Instance UID")
         try:
             if self.min_free_bytes and free_bytes(self.directory) < self.min_free_bytes:
                 return RefusingSink(Status.OUT_OF_RESOURCES, "free disk space below the minimum")
-            header = part10_header(message.affected_sop_class_uid, uid, context.transfer_syntax)
+            header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax)
         except OSError as e:
             return RefusingSink(*_fields(_refusal_for(e)))
         except (ValueError, TypeError) as e:
             return RefusingSink(Status.STORE_CANNOT_UNDERSTAND, str(e)[:64])
         return GuardedSink(SpoolSink(self.directory, header, prefix=TEMP_PREFIX,
                                      memory_limit=self.memory_limit, budget=self.budget))
+
+    async def store_spooled(self, sop_class_uid: str, sop_instance_uid: str,
+                            transfer_syntax: str, data: object) -> tuple[int, str]:
+        """Store what a :meth:`spool` sink gave; answer once it is durable.
+
+        The same pipeline as C-STORE (checks, temporary file, fsync, group
+        commit).  ``data`` is released whatever happens.
+
+        :returns: ``(status, comment)``; the comment is empty on Success.
+        """
+        if isinstance(data, Refused):
+            return data.status, data.comment
+        if not isinstance(data, Spooled):
+            return Status.STORE_CANNOT_UNDERSTAND, "no data set"
+        message = CStoreRQ(message_id=0, affected_sop_class_uid=sop_class_uid,
+                           affected_sop_instance_uid=sop_instance_uid)
+        answer: Deferred = Deferred()
+        try:
+            result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
+                                             transfer_syntax, data, answer)
+        finally:
+            data.release()
+        if result is None:
+            result = await answer
+        return result
+
+    def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
+        """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
+        if not isinstance(message, CStoreRQ):
+            return memory_sink(message, context)
+        return self.spool(message.affected_sop_class_uid, message.affected_sop_instance_uid,
+                          context.transfer_syntax)
 
     async def handle_store(self, request: ServiceRequest) -> Response:
         """Store a received instance; answer only once it is durable."""
@@ -187,15 +227,9 @@ class ArchiveStore:
             return Response(data.status, fields={"error_comment": data.comment})
         if not isinstance(data, Spooled):
             return Response(Status.STORE_CANNOT_UNDERSTAND, fields={"error_comment": "no data set"})
-        answer: Deferred = Deferred()
-        try:
-            result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
-                                             request.context.transfer_syntax, data, answer)
-        finally:
-            data.release()
-        if result is None:
-            result = await answer
-        status, comment = result
+        status, comment = await self.store_spooled(
+            message.affected_sop_class_uid, message.affected_sop_instance_uid,
+            request.context.transfer_syntax, data)
         if comment:
             self.log.warn("Store of {uid} failed: 0x{status:04X} {comment}",
                           uid=message.affected_sop_instance_uid, status=status, comment=comment)
@@ -284,12 +318,14 @@ class ArchiveStore:
                 return Status.STORE_CANNOT_UNDERSTAND, "invalid Study or Series Instance UID"
             final = instance_path(self.directory, uid)
             if temp is None:
+                metadata = self._describe(raw, transfer_syntax)
                 temp = write_temporary(self.directory, data.header, raw)
                 size = len(data.header) + len(raw)
             else:
+                metadata = self._describe_file(temp, len(data.header), transfer_syntax)
                 size = os.path.getsize(temp)
                 fsync_file(temp)
-            prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size)
+            prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size, metadata)
             temp = None
             return prepared
         except OSError as e:
@@ -298,6 +334,37 @@ class ArchiveStore:
         finally:
             if temp is not None:
                 _unlink(temp)
+
+    def _describe(self, data: Any, transfer_syntax: str) -> bytes | None:
+        """The metadata to keep, or None (not kept, or it failed: the data
+        set is well formed, so the store goes on; it is made on demand)."""
+        if self.describe is None:
+            return None
+        try:
+            return self.describe(data, transfer_syntax)
+        except Exception:
+            self.log.failure("Cannot describe the data set for the index")
+            return None
+
+    def _describe_file(self, path: str, offset: int, transfer_syntax: str) -> bytes | None:
+        """:meth:`_describe` of the data set at ``offset`` in a spilled file."""
+        if self.describe is None:
+            return None
+        with open(path, "rb") as fp:
+            mm = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
+        part = view[offset:]
+        try:
+            return self._describe(part, transfer_syntax)
+        finally:
+            try:
+                part.release()
+                view.release()
+                mm.close()
+            except BufferError:
+                # A logged failure's traceback still holds a view: the map
+                # is closed when that is collected.
+                pass
 
     def commit_batch(self, items: list["_Prepared"]) -> list[tuple[int, str]]:
         """In a worker thread: index and rename several prepared instances in
@@ -327,8 +394,12 @@ class ArchiveStore:
     def _commit_one(self, item: "_Prepared") -> tuple[int, str]:
         try:
             with self.index.transaction():
-                self.index.add(item.ds, os.path.basename(item.final), item.transfer_syntax,
-                               item.size)
+                if item.metadata is None:
+                    self.index.add(item.ds, os.path.basename(item.final), item.transfer_syntax,
+                                   item.size)
+                else:
+                    self.index.add(item.ds, os.path.basename(item.final), item.transfer_syntax,
+                                   item.size, metadata=item.metadata)
                 os.replace(item.temp, item.final)
             item.temp = ""
             return Status.SUCCESS, ""
@@ -394,6 +465,7 @@ class _Prepared:
     final: str
     transfer_syntax: str
     size: int
+    metadata: bytes | None = None
 
 
 def _fields(refusal: Refused) -> tuple[int, str]:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from typing import NamedTuple, TypeVar
 
 import sqlite_utils
@@ -60,6 +61,7 @@ __all__ = [
     "BATCH_SIZE",
     "Index",
     "InstanceRecord",
+    "StoredInstance",
     "LEVELS",
     "MODELS",
     "QueryError",
@@ -233,6 +235,24 @@ _FROM = {
                  "JOIN study st ON st.pk = se.study_pk "
                  "JOIN patient p ON p.pk = st.patient_pk"),
 }
+
+
+class StoredInstance(NamedTuple):
+    """One stored instance as DICOMweb retrieves it (WADO-RS).
+
+    ``path`` is relative to the instance directory; ``metadata`` is what
+    :meth:`Index.add` was given (compressed JSON), None if it was not
+    asked for or never kept.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    transfer_syntax_uid: str
+    path: str
+    number_of_frames: int | None
+    metadata: bytes | None
 
 
 class InstanceRecord(NamedTuple):
@@ -530,6 +550,10 @@ class Index:
         ]
         for table, columns, unique in indexes:
             db[table].create_index(columns, unique=unique, if_not_exists=True)
+        # Each instance's DICOMweb metadata (PS3.18 F.2 JSON, zlib), kept
+        # apart from the narrow rows that C-FIND scans.
+        self._conn.execute("CREATE TABLE IF NOT EXISTS metadata ("
+                           "sop_instance_uid TEXT PRIMARY KEY, json BLOB NOT NULL)")
 
     # Transactions
 
@@ -567,7 +591,8 @@ class Index:
 
     # Writing
 
-    def add(self, ds: Dataset, path: str, transfer_syntax: str, size: int) -> None:
+    def add(self, ds: Dataset, path: str, transfer_syntax: str, size: int,
+            metadata: bytes | None = None) -> None:
         """Index one stored instance, in one transaction (savepoint).
 
         A second ``add`` of the same SOP Instance UID replaces its row, even
@@ -579,6 +604,8 @@ class Index:
         :param path: the file, relative to the instance directory.
         :param transfer_syntax: the Transfer Syntax UID of the file.
         :param size: the file size in bytes.
+        :param metadata: the instance's metadata as :meth:`metadata` gives
+            it back (compressed JSON); None forgets any earlier one.
         :raises ValueError: if a UID the index needs is missing.
         :raises sqlite3.Error: if the database write fails; nothing of this
             instance is kept, so the caller can delete the file.
@@ -597,6 +624,12 @@ class Index:
         }
         with self.transaction():
             self._add(row, extra)
+            if metadata is None:
+                self._conn.execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
+                                   (row["SOPInstanceUID"],))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO metadata (sop_instance_uid, json) "
+                                   "VALUES (?, ?)", (row["SOPInstanceUID"], metadata))
 
     def _forget(self) -> None:
         self._known.clear()
@@ -806,6 +839,8 @@ class Index:
                 return None
             pk, path, series_pk, study_pk, patient_pk = row
             self._conn.execute("DELETE FROM instance WHERE pk = ?", (pk,))
+            self._conn.execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
+                               (sop_instance_uid,))
             self._tidy({series_pk}, {study_pk}, {patient_pk})
             return path
 
@@ -813,7 +848,7 @@ class Index:
         """Remove every row."""
         with self.transaction():
             self._forget()
-            for table in ("instance", "series", "study", "patient"):
+            for table in ("metadata", "instance", "series", "study", "patient"):
                 self._conn.execute(f"DELETE FROM {table}")
 
     # Reading
@@ -877,9 +912,38 @@ class Index:
                                   plan.character_set, transfer_syntax)
         return self._run(plan, encoder.encode)
 
-    def _plan(self, identifier: Dataset, model: str) -> _Plan:
+    def query(self, identifier: Dataset, model: str, *, relational: bool = False,
+              offset: int = 0, limit: int | None = None,
+              ) -> tuple[tuple[tuple[BaseTag, str], ...], Iterator[tuple]]:
+        """Match an identifier as :meth:`find` does; the matches as plain values.
+
+        The same planning and matching as C-FIND (QIDO-RS uses it), with
+        two additions: ``relational`` drops the hierarchical rule that
+        the unique keys of the levels above be given (PS3.4 C.4.1.2.2,
+        relational queries; QIDO-RS ``/series`` and ``/instances``), and
+        ``offset``/``limit`` page through the matches in index order.
+
+        :returns: the return keys ``(tag, VR)`` in identifier order, and an
+            iterator of rows, one per match: a tuple of values aligned with
+            the keys (``str``, ``int`` or None for empty; sequences None).
+        :raises QueryError: 0xA900 for an identifier the model does not allow.
+        """
+        plan = self._plan(identifier, model, relational=relational)
+        keys = tuple((k.tag, k.vr) for k in plan.keys)
+
+        def values(row: tuple) -> tuple:
+            found = iter(row[1:])
+            return tuple(next(found) if k.expression else k.constant for k in plan.keys)
+
+        rows = self._run(plan, values, skip=offset)
+        if limit is not None:
+            rows = islice(rows, limit)
+        return keys, rows
+
+    def _plan(self, identifier: Dataset, model: str, relational: bool = False) -> _Plan:
         level = _query_level(identifier, model)
-        _check_higher_unique_keys(identifier, model, level)
+        if not relational:
+            _check_higher_unique_keys(identifier, model, level)
         table = TABLES[level]
         depth = _DEPTH[table]
         keys: list[_ReturnKey] = []
@@ -935,14 +999,18 @@ class Index:
         return matching.condition(f"{alias}.{attribute.column}", value, attribute.vr,
                                   key_column)
 
-    def _run(self, plan: _Plan, respond: Callable[[tuple], _T]) -> Iterator[_T]:
-        """``respond`` to each matching row, ``batch_size`` rows per lock."""
+    def _run(self, plan: _Plan, respond: Callable[[tuple], _T], skip: int = 0) -> Iterator[_T]:
+        """``respond`` to each matching row after the first ``skip``,
+        ``batch_size`` rows per lock."""
         last = 0
         while True:
             with self._lock:
                 rows = self._conn.execute(
                     plan.sql, plan.params + (last, self.batch_size)).fetchall()
             for row in rows:
+                if skip:
+                    skip -= 1
+                    continue
                 yield respond(row)
             if len(rows) < self.batch_size:
                 return
@@ -969,6 +1037,46 @@ class Index:
         elif plan.character_set is not None:
             response.SpecificCharacterSet = plan.character_set
         return response
+
+    # WADO-RS
+
+    def instances(self, study: str, series: str | None = None,
+                  instance: str | None = None, metadata: bool = False) -> list[StoredInstance]:
+        """The stored instances of a study, a series of it, or one instance.
+
+        Each UID must match exactly (a series of another study is not
+        found).  Ordered by series, then Instance Number.
+
+        :param metadata: also read each instance's kept metadata.
+        """
+        conditions = ["st.study_instance_uid = ?"]
+        params: list[str] = [study]
+        if series is not None:
+            conditions.append("se.series_instance_uid = ?")
+            params.append(series)
+        if instance is not None:
+            conditions.append("i.sop_instance_uid = ?")
+            params.append(instance)
+        blob = "m.json" if metadata else "NULL"
+        join = (" LEFT JOIN metadata m ON m.sop_instance_uid = i.sop_instance_uid"
+                if metadata else "")
+        sql = ("SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, "
+               f"i.sop_class_uid, i.transfer_syntax_uid, i.path, i.number_of_frames, {blob} "
+               "FROM instance i JOIN series se ON se.pk = i.series_pk "
+               f"JOIN study st ON st.pk = se.study_pk{join} "
+               f"WHERE {' AND '.join(conditions)} "
+               "ORDER BY se.pk, i.instance_number, i.pk")
+        with self._lock:
+            return [StoredInstance(*r) for r in self._conn.execute(sql, params)]
+
+    def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
+        """Keep the metadata of an instance indexed without it (an older
+        index, a recovered file); nothing if the instance is gone."""
+        with self.transaction():
+            if self._conn.execute("SELECT 1 FROM instance WHERE sop_instance_uid = ?",
+                                  (sop_instance_uid,)).fetchone():
+                self._conn.execute("INSERT OR REPLACE INTO metadata (sop_instance_uid, json) "
+                                   "VALUES (?, ?)", (sop_instance_uid, metadata))
 
     # C-MOVE and C-GET
 
