@@ -1,0 +1,1 @@
+"""HTTP services of the archive: twisted.web resources under one Site."""
