@@ -129,6 +129,33 @@ def _descriptions(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
 
+def _words(value: str) -> tuple[str, ...]:
+    """Values separated by white space or commas."""
+    return tuple(w for w in value.replace(",", " ").split() if w)
+
+
+def _url_path(value: str) -> str:
+    value = value.strip()
+    if not value.startswith("/") or value.strip("/") == "" or any(
+            c in value for c in "?#% \\") or ".." in value.split("/"):
+        raise ValueError("a URL path such as /dicom-web")
+    return "/" + value.strip("/")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _header_bytes(value: str) -> int:
+    number = int(value)
+    if number < 1024:
+        raise ValueError("at least 1024 bytes")
+    return number
+
+
 #: The [DEFAULT] keys, their parsers and defaults.
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ae_title": (_ae_title, "QRSCP"),
@@ -154,6 +181,17 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "tls_ca": (_optional_text, None),
     "tls_cert": (_optional_text, None),
     "tls_key": (_optional_text, None),
+    # The HTTP endpoint: DICOMweb (docs/dicomweb.md).
+    "http": (_optional_text, None),
+    "http_root": (_url_path, "/dicom-web"),
+    "http_static": (_descriptions, ()),
+    "http_users": (_optional_text, None),
+    "http_tokens": (_optional_text, None),
+    "http_cors_origins": (_words, ()),
+    "http_max_body": (_positive, 4096),
+    "http_max_header": (_header_bytes, 16384),
+    "http_max_parts": (_positive, 10000),
+    "http_idle_timeout": (_grace, 60.0),
 }
 
 #: Keys of a peer (move destination) section.
@@ -194,6 +232,23 @@ class Config:
     #: and presented to TLS move destinations.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: The HTTP endpoint description (None: no HTTP port is opened).
+    http: str | None = None
+    #: The DICOMweb service root.
+    http_root: str = "/dicom-web"
+    #: ``/PATH=DIRECTORY`` entries served as static files.
+    http_static: tuple[str, ...] = ()
+    #: Users (Basic) and bearer tokens files; none: no authentication.
+    http_users: str | None = None
+    http_tokens: str | None = None
+    #: Origins allowed to call from a browser (CORS); ``*`` for any.
+    http_cors_origins: tuple[str, ...] = ()
+    #: Request body limit (MB), header limit (bytes), parts per request.
+    http_max_body: int = 4096
+    http_max_header: int = 16384
+    http_max_parts: int = 10000
+    #: Seconds an HTTP connection may stay idle.
+    http_idle_timeout: float = 60.0
     destinations: dict[str, Destination] = field(default_factory=dict)
     #: Access rules of the peers that have a ``permissions`` or
     #: ``host_check`` key, by AE title.

@@ -93,6 +93,9 @@ class Options(usage.Options):
         ["tls-cert", None, None, "our certificate (PEM) for ssl: listeners without"
                                  " certKey=, and for TLS move destinations"],
         ["tls-key", None, None, "the private key (PEM) of --tls-cert"],
+        ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
+                             " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
+                             "certKey=... (default: no HTTP port)"],
     ]
 
     #: Option name -> Config attribute.
@@ -112,6 +115,7 @@ class Options(usage.Options):
         "tls-ca": "tls_ca",
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
+        "http": "http",
     }
 
     def __init__(self) -> None:
@@ -155,9 +159,11 @@ class Options(usage.Options):
         cfg.instance_location = os.path.abspath(cfg.instance_location)
         cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
-        for key in ("tls_ca", "tls_cert", "tls_key"):
+        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.http is not None:
+            _check_http(cfg)
         for description in listen_descriptions(cfg):
             try:
                 # Builds the TLS contexts too: a missing or bad file is
@@ -167,6 +173,34 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
+
+
+def _check_http(cfg: configuration.Config) -> None:
+    """Check the HTTP settings now, naming the bad one.
+
+    :raises usage.UsageError: a bad endpoint, static mount or users file.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from dicomtwist.web import auth
+    from dicomtwist.web.site import static_mounts
+
+    class _NoReactor:
+        pass
+
+    try:
+        serverFromString(_NoReactor(), cfg.http)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"--http/http {cfg.http!r}: {e}") from None
+    try:
+        cfg.http_static = tuple(f"{path}={directory}"
+                                for path, directory in static_mounts(cfg.http_static))
+    except ValueError as e:
+        raise usage.UsageError(f"http_static {e}") from None
+    try:
+        auth.load(cfg.http_users, cfg.http_tokens)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def supported_contexts() -> dict[str, list[str]]:
@@ -219,6 +253,15 @@ class ArchiveService(service.Service):
         from dicomtwist.storage.index import Index
         self.index = Index(settings.database_location)
         self.factory = build_factory(settings, reactor, self.pool, self.index)
+        #: The HTTP site (DICOMweb), with ``http`` set; its pixel-codec pool.
+        self.site = None
+        self.render_pool = None
+        if settings.http is not None:
+            from dicomtwist.web.site import build_site, render_pool
+
+            self.render_pool = render_pool()
+            self.site = build_site(settings, reactor, self.pool, self.render_pool,
+                                   self.index, self.factory.store)
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -236,6 +279,8 @@ class ArchiveService(service.Service):
         gc.collect()
         gc.freeze()
         self.pool.start()
+        if self.render_pool is not None:
+            self.render_pool.start()
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -267,6 +312,8 @@ class ArchiveService(service.Service):
         def done(_: Any) -> None:
             if timer.active():
                 timer.cancel()
+            if self.render_pool is not None:
+                self.render_pool.stop()
             self.pool.stop()
             self.index.close()
 
@@ -281,8 +328,11 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
+    from dicomtwist.web.dicomweb.wado import describe
+
     store = ArchiveStore(reactor, pool, settings.instance_location, index,
-                         min_free_bytes=settings.min_free_space * 1024 * 1024)
+                         min_free_bytes=settings.min_free_space * 1024 * 1024,
+                         describe=describe)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
     from dicomtwist.services.qr import QueryRetrieve
 
@@ -300,11 +350,14 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
                     for service, handler in handlers.items()}
-    return AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
-                           acse_timeout=settings.acse_timeout or 30.0,
-                           dimse_timeout=settings.dimse_timeout,
-                           network_timeout=settings.network_timeout,
-                           max_associations=settings.max_associations)
+    factory = AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
+                              acse_timeout=settings.acse_timeout or 30.0,
+                              dimse_timeout=settings.dimse_timeout,
+                              network_timeout=settings.network_timeout,
+                              max_associations=settings.max_associations)
+    #: The store pipeline, shared with STOW-RS.
+    factory.store = store
+    return factory
 
 
 _access_log = dlog.logger()
@@ -377,6 +430,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         listener = StreamServerEndpointService(endpoint, archive.factory)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
+    if archive.site is not None:
+        from twisted.internet.endpoints import serverFromString
+
+        web = StreamServerEndpointService(serverFromString(reactor, settings.http), archive.site)
+        web._raiseSynchronously = True
+        web.setServiceParent(top)
     return top
 
 

@@ -184,11 +184,15 @@ class ArchiveStore:
                                      memory_limit=self.memory_limit, budget=self.budget))
 
     async def store_spooled(self, sop_class_uid: str, sop_instance_uid: str,
-                            transfer_syntax: str, data: object) -> tuple[int, str]:
+                            transfer_syntax: str, data: object,
+                            study: str | None = None) -> tuple[int, str]:
         """Store what a :meth:`spool` sink gave; answer once it is durable.
 
         The same pipeline as C-STORE (checks, temporary file, fsync, group
         commit).  ``data`` is released whatever happens.
+
+        :param study: the Study Instance UID the data set must have (STOW-RS
+            to ``/studies/{study}``); another fails with 0xA900.
 
         :returns: ``(status, comment)``; the comment is empty on Success.
         """
@@ -201,7 +205,7 @@ class ArchiveStore:
         answer: Deferred = Deferred()
         try:
             result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
-                                             transfer_syntax, data, answer)
+                                             transfer_syntax, data, answer, study)
         finally:
             data.release()
         if result is None:
@@ -237,14 +241,14 @@ class ArchiveStore:
         return Response(status)
 
     def store(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
-              answer: Deferred) -> tuple[int, str] | None:
+              answer: Deferred, study: str | None = None) -> tuple[int, str] | None:
         """In a worker thread: prepare, then commit or queue for the next commit.
 
         :returns: ``(status, comment)``, or None when the instance was queued
             for a commit running in another thread: ``answer`` then fires
             with it (on the reactor thread).
         """
-        prepared = self.prepare(message, transfer_syntax, data)
+        prepared = self.prepare(message, transfer_syntax, data, study)
         if isinstance(prepared, tuple):
             return prepared
         with self._lock:
@@ -290,8 +294,8 @@ class ArchiveStore:
                     self.pool.callInThread(self._commit_queued)
                 return mine
 
-    def prepare(self, message: CStoreRQ, transfer_syntax: str,
-                data: Spooled) -> "_Prepared | tuple[int, str]":
+    def prepare(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
+                study: str | None = None) -> "_Prepared | tuple[int, str]":
         """In a worker thread: scan the header, check the UIDs, write and
         fsync the temporary file.
 
@@ -307,15 +311,18 @@ class ArchiveStore:
                     ds = read_header(raw, transfer_syntax)
                 else:
                     ds = read_header_from_file(temp, len(data.header), transfer_syntax)
-                sop_instance, sop_class, study, series = (
+                sop_instance, sop_class, found_study, series = (
                     _uid(ds, tag) for tag in _CHECKED_UIDS)
             except Exception as e:  # any parse error of peer data is "cannot understand"
                 return Status.STORE_CANNOT_UNDERSTAND, f"cannot decode the data set: {e}"[:64]
             if sop_instance != uid or sop_class != message.affected_sop_class_uid:
                 return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                         "SOP Class/Instance UID differ from the request")
-            if not (is_valid_uid(study) and is_valid_uid(series)):
+            if not (is_valid_uid(found_study) and is_valid_uid(series)):
                 return Status.STORE_CANNOT_UNDERSTAND, "invalid Study or Series Instance UID"
+            if study is not None and found_study != study:
+                return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                        f"Study Instance UID {found_study} is not {study}"[:64])
             final = instance_path(self.directory, uid)
             if temp is None:
                 metadata = self._describe(raw, transfer_syntax)

@@ -1069,6 +1069,14 @@ class Index:
         with self._lock:
             return [StoredInstance(*r) for r in self._conn.execute(sql, params)]
 
+    def locate(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """The Study and Series Instance UIDs of an instance, or None."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT st.study_instance_uid, se.series_instance_uid FROM instance i "
+                "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
+                "WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+
     def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
         """Keep the metadata of an instance indexed without it (an older
         index, a recovered file); nothing if the instance is gone."""

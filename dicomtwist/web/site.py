@@ -1,0 +1,126 @@
+"""The archive's HTTP site: the resource tree under one twisted.web Site.
+
+``tap.py`` calls :func:`build_site` when ``--http`` (or ``http`` in the
+configuration) is given; nothing listens otherwise.  The tree:
+
+- the DICOMweb service root (``http_root``, ``/dicom-web`` by default):
+  :class:`~dicomtwist.web.dicomweb.resource.DicomWebResource`;
+- ``http_static`` directories, served as they are (a viewer such as OHIF
+  on the archive's own origin).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.python.threadpool import ThreadPool
+from twisted.web import server, static
+from twisted.web.resource import NoResource, Resource
+
+from dicomtwist.web import auth
+from dicomtwist.web.dicomweb.resource import DicomWebContext, DicomWebResource, HttpError
+from dicomtwist.web.dicomweb.service import DicomWebService
+from dicomtwist.web.dicomweb.stow import body_sink_for
+from dicomtwist.web.server import Limits, build_site as _site
+
+__all__ = ["build_site", "render_pool", "static_mounts"]
+
+
+def render_pool() -> ThreadPool:
+    """The pool for pixel codecs: as many threads as cores (they hold the CPU)."""
+    return ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
+                      name="dicomtwist-render")
+
+
+def static_mounts(value: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``http_static`` entries ``/path=DIRECTORY`` as ``(path, directory)``.
+
+    :raises ValueError: an entry is malformed or its directory is missing.
+    """
+    mounts = []
+    for entry in value:
+        path, sep, directory = entry.partition("=")
+        if not sep or not path.startswith("/") or not directory:
+            raise ValueError(f"{entry!r}: expected /PATH=DIRECTORY")
+        if not os.path.isdir(directory):
+            raise ValueError(f"{entry!r}: {directory} is not a directory")
+        mounts.append((path.rstrip("/") or "/", os.path.abspath(directory)))
+    return mounts
+
+
+class _Tree(Resource):
+    """A branch of the URL tree (404 for anything it does not hold)."""
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return NoResource()
+
+    def render(self, request: Any) -> bytes:
+        return NoResource().render(request)
+
+
+def _place(root: Resource, path: str, leaf: Resource) -> Resource:
+    """Put ``leaf`` at ``path`` under ``root``, making branches as needed.
+    ``/`` replaces the root itself (its other children are kept)."""
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        for name, child in root.children.items():
+            leaf.putChild(name, child)
+        return leaf
+    node = root
+    for segment in segments[:-1]:
+        name = segment.encode("utf-8")
+        child = node.children.get(name)
+        if child is None:
+            child = _Tree()
+            node.putChild(name, child)
+        node = child
+    node.putChild(segments[-1].encode("utf-8"), leaf)
+    return root
+
+
+def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
+               index: Any, store: Any) -> server.Site:
+    """The Site of the archive's HTTP endpoint.
+
+    :param settings: the archive configuration (``http_*`` keys).
+    :param renderers: the pool for pixel codecs (see :func:`render_pool`).
+    :raises ValueError: the users or tokens file is malformed.
+    """
+    credentials = auth.load(settings.http_users, settings.http_tokens)
+    limits = Limits(max_body=settings.http_max_body * 1024 * 1024,
+                    max_header=settings.http_max_header,
+                    max_parts=settings.http_max_parts,
+                    idle_timeout=settings.http_idle_timeout)
+    context = DicomWebContext(
+        reactor=reactor, pool=pool, render_pool=renderers, index=index, store=store,
+        directory=os.path.realpath(settings.instance_location),
+        root="/" + settings.http_root.strip("/"), limits=limits, credentials=credentials,
+        cors_origins=frozenset(settings.http_cors_origins))
+    dicomweb = DicomWebResource(context, DicomWebService(context))
+    root: Resource = _Tree()
+    for path, directory in static_mounts(settings.http_static):
+        files = static.File(directory)
+        files.indexNames = ["index.html"]
+        root = _place(root, path, files)
+    root = _place(root, context.root, dicomweb)
+
+    def authorize(header: str | None) -> HttpError | None:
+        try:
+            dicomweb.authorize(_HeaderOnly(header), "store")
+        except HttpError as e:
+            return e
+        return None
+
+    return _site(root, limits, reactor, body_sink=body_sink_for(context, authorize))
+
+
+class _HeaderOnly:
+    """What :meth:`DicomWebResource.authorize` reads of a request, before
+    the request exists (its body is being chosen a home)."""
+
+    def __init__(self, authorization: str | None) -> None:
+        self._authorization = authorization
+
+    def getHeader(self, name: str) -> str | None:
+        return self._authorization if name.lower() == "authorization" else None
