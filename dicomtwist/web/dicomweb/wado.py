@@ -22,7 +22,7 @@ import mmap
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -42,6 +42,8 @@ from dicomtwist.web.dicomweb.dicomjson import (
 from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, send_body
 
 __all__ = ["convertible", "describe", "Writer"]
+
+_T = TypeVar("_T")
 
 #: Bytes read from a stored file per write.
 CHUNK = 256 * 1024
@@ -66,15 +68,32 @@ def describe(data: Any, transfer_syntax: str) -> bytes:
     return zlib.compress(encode_metadata(data, transfer_syntax), 1)
 
 
-def describe_file(path: str) -> bytes:
-    """:func:`describe` of a stored Part 10 file."""
+def on_dataset(path: str, work: Callable[[memoryview, str], _T]) -> _T:
+    """``work(data set, transfer syntax)`` on a stored Part 10 file's data
+    set, seen through a memory map (nothing is read that ``work`` does not
+    touch).  ``work`` must not return views of the map.
+    """
     found = file_dataset(path)
     with open(path, "rb") as fp:
-        if os.fstat(fp.fileno()).st_size == 0:
-            raise ValueError(f"{path}: empty file")
-        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            data = mm[found.offset:]
-    return describe(data, found.transfer_syntax)
+        mm = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mm)
+    data = view[found.offset:]
+    try:
+        return work(data, found.transfer_syntax)
+    finally:
+        try:
+            data.release()
+            view.release()
+            mm.close()
+        except BufferError:
+            # An exception's traceback still holds a view: the map is
+            # closed when that is collected.
+            pass
+
+
+def describe_file(path: str) -> bytes:
+    """:func:`describe` of a stored Part 10 file."""
+    return on_dataset(path, describe)
 
 
 @implementer(IPushProducer)
@@ -349,50 +368,42 @@ def parse_frame_list(text: str) -> list[int]:
 def _read_frames(path: str, numbers: list[int]) -> tuple[str, list[bytes]]:
     """In a worker: the stored transfer syntax and the frames' octets
     (as stored: compressed frames stay compressed)."""
+    return on_dataset(path, lambda data, syntax: (syntax, _frames_of(data, syntax, numbers)))
+
+
+def _frames_of(data: memoryview, syntax: str, numbers: list[int]) -> list[bytes]:
     from pydicom.encaps import get_frame
 
     from dicomtwist.storage.header import scan
 
-    found = file_dataset(path)
-    syntax = found.transfer_syntax
-    with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        data = memoryview(mm)[found.offset:]
-        try:
-            if syntax in NATIVE_SYNTAXES and syntax != "1.2.840.10008.1.2.1.99":
-                ds = scan(data, syntax, _FRAME_TAGS)
-                module = _PixelModule(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0),
-                                      int(ds.get("SamplesPerPixel") or 1),
-                                      int(ds.get("BitsAllocated") or 0),
-                                      int(ds.get("NumberOfFrames") or 1))
-            else:
-                ds = None
-                module = None
-            value = find_bulk_value(data, syntax, _PIXEL_DATA)
-            if value is None:
-                raise HttpError(404, "the instance has no pixel data")
-            frames = []
-            if module is not None:
-                if module.bits % 8 and module.frames > 1:
-                    raise HttpError(406, "frames of 1-bit multi-frame pixel data are not"
-                                         " byte aligned")
-                size = module.frame_size
-                for n in numbers:
-                    if n > module.frames:
-                        raise HttpError(404, f"frame {n} of {module.frames}")
-                    frame = bytes(value[(n - 1) * size:n * size])
-                    if len(frame) != size:
-                        raise HttpError(404, f"frame {n} is not in the pixel data")
-                    frames.append(frame)
-            else:
-                count = _frame_count(data, syntax)
-                encapsulated = bytes(value)
-                for n in numbers:
-                    if n > count:
-                        raise HttpError(404, f"frame {n} of {count}")
-                    frames.append(get_frame(encapsulated, n - 1, number_of_frames=count))
-            return syntax, frames
-        finally:
-            data.release()
+    value = find_bulk_value(data, syntax, _PIXEL_DATA)
+    if value is None:
+        raise HttpError(404, "the instance has no pixel data")
+    frames = []
+    if syntax in NATIVE_SYNTAXES:
+        ds = scan(data, syntax, _FRAME_TAGS)
+        module = _PixelModule(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0),
+                              int(ds.get("SamplesPerPixel") or 1),
+                              int(ds.get("BitsAllocated") or 0),
+                              int(ds.get("NumberOfFrames") or 1))
+        if module.bits % 8 and module.frames > 1:
+            raise HttpError(406, "frames of 1-bit multi-frame pixel data are not byte aligned")
+        size = module.frame_size
+        for n in numbers:
+            if n > module.frames:
+                raise HttpError(404, f"frame {n} of {module.frames}")
+            frame = bytes(value[(n - 1) * size:n * size])
+            if len(frame) != size or size == 0:
+                raise HttpError(404, f"frame {n} is not in the pixel data")
+            frames.append(frame)
+    else:
+        count = _frame_count(data, syntax)
+        encapsulated = bytes(value)
+        for n in numbers:
+            if n > count:
+                raise HttpError(404, f"frame {n} of {count}")
+            frames.append(get_frame(encapsulated, n - 1, number_of_frames=count))
+    return frames
 
 
 def _frame_count(data: memoryview, syntax: str) -> int:
@@ -471,14 +482,12 @@ async def bulkdata(context: DicomWebContext, request: server.Request, study: str
 
 
 def _read_bulk(path: str, bulk_path: str) -> bytes | None:
-    found = file_dataset(path)
-    with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        data = memoryview(mm)[found.offset:]
-        try:
-            value = find_bulk_value(data, found.transfer_syntax, bulk_path)
-            return None if value is None else bytes(value)
-        finally:
-            data.release()
+    """In a worker: the value a bulk data path names, or None."""
+    def read(data: memoryview, syntax: str) -> bytes | None:
+        value = find_bulk_value(data, syntax, bulk_path)
+        return None if value is None else bytes(value)
+
+    return on_dataset(path, read)
 
 
 # Rendered and thumbnail
