@@ -185,9 +185,13 @@ def base_url(request: server.Request, root: str) -> str:
     """The service root as the client reached it (scheme, host, port)."""
     scheme = "https" if request.isSecure() else "http"
     host = request.getHeader("host")
+    address = request.getHost()
     if not host or not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", host):
-        address = request.getHost()
         host = f"{address.host}:{address.port}"
+    elif not re.search(r":\d+$", host) and address.port != (443 if scheme == "https" else 80):
+        # A Host without the port the client connected to (dicomweb-client
+        # sends one): URLs for that client must name the port.
+        host = f"{host}:{address.port}"
     return f"{scheme}://{host}{root}"
 
 
