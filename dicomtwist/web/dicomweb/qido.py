@@ -133,6 +133,18 @@ def _check_value(name: str, value: str, vr: str) -> None:
                 raise QueryParameterError(f"{name}: {part!r} is not a decimal number")
 
 
+def _element_value(vr: str, value: str) -> object:
+    """A matching value as pydicom takes it for the VR: binary integers
+    (US, UL, SS, SL) as ints, None when empty (a str would make pydicom
+    warn on every request)."""
+    if vr not in ("US", "UL", "SS", "SL"):
+        return value
+    if not value:
+        return None
+    numbers = [int(v) for v in value.split("\\")]
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
 def _count(name: str, value: str) -> int:
     if not re.fullmatch(r"\d{1,9}", value.strip()):
         raise QueryParameterError(f"{name} must be a non-negative integer, not {value!r}")
@@ -197,7 +209,7 @@ def parse_query(level: str, args: Mapping[str, Sequence[str]], *,
     keys.pop(_SPECIFIC_CHARACTER_SET, None)
     for tag in sorted(keys):
         vr, value = keys[tag]
-        identifier.add_new(tag, vr, [] if vr == "SQ" else value)
+        identifier.add_new(tag, vr, [] if vr == "SQ" else _element_value(vr, value))
     query.relational = ((level in ("SERIES", "IMAGE") and study is None)
                         or (level == "IMAGE" and series is None))
     if "limit" in args:

@@ -434,12 +434,16 @@ async def frames(context: DicomWebContext, request: server.Request, study: str, 
     native = stored in NATIVE_SYNTAXES
     part_types = (["application/octet-stream"] if native else
                   [_media_type_of(stored), "application/octet-stream"])
+    # Uncompressed frames are the same octets in either little endian
+    # syntax: Explicit VR Little Endian (the default) is served from an
+    # Implicit VR Little Endian file as it is.
+    little = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
     chosen = media.choose_multipart(accept_of(request), part_types, stored,
-                                    lambda a, b: a == b or (native and b == a))
+                                    lambda a, b: a == b or (native and b in little))
     if chosen is None:
         raise HttpError(406, f"frames stored as {stored} cannot be sent as asked")
     part_type, syntax = chosen
-    if native and syntax not in (None, stored, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+    if native and syntax not in (None, stored) + little:
         raise HttpError(406, f"frames stored as {stored} cannot be sent in {syntax}")
     if native and stored == "1.2.840.10008.1.2.2":
         raise HttpError(406, "frames of big endian data are not converted")
