@@ -328,7 +328,11 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
-    from dicomtwist.web.dicomweb.wado import describe
+    describe = None
+    if settings.http is not None:
+        # DICOMweb metadata is kept at ingest only when DICOMweb is served
+        # (about 0.5 ms an instance); otherwise on its first request.
+        from dicomtwist.web.dicomweb.wado import describe
 
     store = ArchiveStore(reactor, pool, settings.instance_location, index,
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
