@@ -858,3 +858,188 @@ class WadoTests(WebTestCase):
         image = self.rendered(self.path_of(self.dose) + "/frames/2/rendered",
                               Accept="image/png")
         self.assertEqual(image.size, (self.dose.Columns, self.dose.Rows))
+
+
+class StowTests(WebTestCase):
+    """STOW-RS (PS3.18 10.5): bodies streamed into the store pipeline."""
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.leftovers(), [])
+
+    def c_find(self, study: str) -> list[str]:
+        """The SOP Instance UIDs C-FIND finds in a study."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.StudyInstanceUID = study
+        identifier.SeriesInstanceUID = ""
+        identifier.SOPInstanceUID = ""
+        found = []
+        for series in {r.series_instance_uid for r in self.index.instances(study)}:
+            identifier.SeriesInstanceUID = series
+            found += [str(ds.SOPInstanceUID) for ds in self.index.find(identifier, "STUDY")]
+        return sorted(found)
+
+    def test_store_two(self) -> None:
+        """Two instances are stored (200), answered with their Retrieve URLs,
+        found by C-FIND and on disk as sent."""
+        ct, mr = file_bytes(CT), file_bytes(MR)
+        response = self.stow([("application/dicom", ct), ("application/dicom", mr)])
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.header("content-type"), "application/dicom+json")
+        body = response.json()
+        self.assertNotIn("00081198", body)
+        items = body["00081199"]["Value"]
+        expected = []
+        for path in (CT, MR):
+            ds = dcmread(path)
+            expected.append({
+                "00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
+                "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+                "00081190": {"vr": "UR", "Value": [
+                    f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                    f"/instances/{ds.SOPInstanceUID}"]}})
+            self.assertEqual(self.c_find(ds.StudyInstanceUID), [ds.SOPInstanceUID])
+            stored = dcmread(self.stored_path(ds.SOPInstanceUID))
+            self.assertEqual(dataset_json(stored), dataset_json(ds))
+        self.assertEqual(items, expected)
+        # Two studies: no study-level Retrieve URL.
+        self.assertNotIn("00081190", body)
+
+    def test_store_to_study(self) -> None:
+        """POST /studies/{study} stores an instance of that study and answers
+        the study's Retrieve URL."""
+        ds = dcmread(CT)
+        response = self.stow([("application/dicom", file_bytes(CT))],
+                             path=f"/studies/{ds.StudyInstanceUID}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json()["00081190"]["Value"],
+                         [f"{BASE}/studies/{ds.StudyInstanceUID}"])
+        self.assertEqual(self.c_find(ds.StudyInstanceUID), [ds.SOPInstanceUID])
+
+    def test_other_study_conflict(self) -> None:
+        """An instance of another study than the one posted to fails with
+        0xA900 (409) and nothing is stored."""
+        ds = dcmread(CT)
+        other = generate_uid()
+        response = self.stow([("application/dicom", file_bytes(CT))],
+                             path=f"/studies/{other}")
+        self.assertEqual(response.code, 409)
+        body = response.json()
+        self.assertEqual(body["00081198"]["Value"], [{
+            "00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
+            "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+            "00081197": {"vr": "US", "Value": [43264]}}])  # 0xA900
+        self.assertNotIn("00081199", body)
+        self.assertEqual(body["00081190"]["Value"], [f"{BASE}/studies/{other}"])
+        self.assertEqual(self.index.count("IMAGE"), 0)
+        self.assertEqual(os.listdir(self.directory), [])
+
+    def test_mixed_parts(self) -> None:
+        """A good instance and a part that is not DICOM: 202, the good one
+        stored, the other failed with 0xC000."""
+        ds = dcmread(MR)
+        response = self.stow([("application/dicom", b"not a DICOM file at all" * 10),
+                              ("application/dicom", file_bytes(MR))])
+        self.assertEqual(response.code, 202)
+        body = response.json()
+        self.assertEqual(body["00081198"]["Value"],
+                         [{"00081197": {"vr": "US", "Value": [Status.STORE_CANNOT_UNDERSTAND]}}])
+        self.assertEqual([i["00081155"]["Value"] for i in body["00081199"]["Value"]],
+                         [[ds.SOPInstanceUID]])
+        self.assertEqual(self.c_find(ds.StudyInstanceUID), [ds.SOPInstanceUID])
+        self.assertEqual(self.index.count("IMAGE"), 1)
+
+    def test_text_part_fails_alone(self) -> None:
+        """A text/plain part fails alone, even holding a DICOM file."""
+        response = self.stow([("text/plain", file_bytes(CT)),
+                              ("application/dicom", file_bytes(MR))])
+        self.assertEqual(response.code, 202)
+        self.assertEqual(len(response.json()["00081198"]["Value"]), 1)
+        self.assertEqual(self.index.instances(dcmread(CT).StudyInstanceUID), [])
+        self.assertEqual(len(self.index.instances(dcmread(MR).StudyInstanceUID)), 1)
+
+    def test_only_bad_parts(self) -> None:
+        """A body whose only part is not DICOM is 409."""
+        response = self.stow([("application/dicom", b"\x00" * 200)])
+        self.assertEqual(response.code, 409)
+        self.assertEqual(self.index.count("IMAGE"), 0)
+
+    def test_truncated(self) -> None:
+        """A body without its close delimiter: the complete parts are stored
+        and the truncation is reported as a failure (202); with no complete
+        part it is 400."""
+        body = multipart_body([("application/dicom", file_bytes(CT)),
+                               ("application/dicom", file_bytes(MR))])
+        # The second part never ends: only the first is complete.
+        cut = body[:body.rindex(b"--b0undary-7--")] + file_bytes(MR)[:500]
+        response = self.stow([], body=cut)
+        self.assertEqual(response.code, 202)
+        body_json = response.json()
+        self.assertEqual([i["00081155"]["Value"] for i in body_json["00081199"]["Value"]],
+                         [[dcmread(CT).SOPInstanceUID]])
+        self.assertEqual(body_json["00081198"]["Value"],
+                         [{"00081197": {"vr": "US", "Value": [Status.STORE_CANNOT_UNDERSTAND]}}])
+        self.assertEqual(self.index.count("IMAGE"), 1)
+        half = multipart_body([("application/dicom", file_bytes(CT))], close=False)[:3000]
+        response = self.stow([], body=half)
+        self.assertEqual(response.code, 400)
+        self.assertIn("truncated", response.json()["error"])
+        self.assertEqual(self.index.count("IMAGE"), 1)
+
+    def test_wrong_content_type(self) -> None:
+        """A body that is not multipart/related of application/dicom is 415."""
+        for content_type in ("application/dicom", "multipart/related; type=\"application/"
+                             "dicom+json\"; boundary=x", "multipart/related", "text/plain"):
+            response = self.stow([("application/dicom", file_bytes(CT))],
+                                 headers={"Content-Type": content_type})
+            self.assertEqual(response.code, 415, content_type)
+        self.assertEqual(self.index.count("IMAGE"), 0)
+
+    def test_tiny_chunks(self) -> None:
+        """A body arriving 7 bytes at a time is stored identically."""
+        body = multipart_body([("application/dicom", file_bytes(CT)),
+                               ("application/dicom", rtdose_bytes())])
+        site = self.site
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+                                    hostAddress=IPv4Address("TCP", "127.0.0.1", 80))
+        protocol = site.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: archive.example\r\n"
+                f"Content-Type: {STOW_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        data = head + body
+        for n in range(0, len(data), 7):
+            protocol.dataReceived(data[n:n + 7])
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200])
+        payload = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(len(payload["00081199"]["Value"]), 2)
+        for path, data in ((CT, file_bytes(CT)), (RTDOSE, rtdose_bytes())):
+            ds = dcmread(io.BytesIO(data))
+            stored = file_bytes(self.stored_path(ds.SOPInstanceUID))
+            offset, _ = parse_meta(data)
+            stored_offset, _ = parse_meta(stored)
+            self.assertEqual(stored[stored_offset:], data[offset:])
+        protocol.connectionLost(Failure(Exception("done")))
+
+    def test_chunked_request(self) -> None:
+        """A chunked request body (no Content-Length) written in 7-byte pieces
+        is stored."""
+        body = multipart_body([("application/dicom", file_bytes(MR))])
+        response = self.stow([], body=ChunkedProducer(body, size=7, announce=False))
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(self.index.count("IMAGE"), 1)
+
+    def test_large_instance_spilled(self) -> None:
+        """An instance over the store's memory limit goes through a temporary
+        file and is stored whole, none left behind."""
+        self.store.memory_limit = 4096
+        response = self.stow([("application/dicom", file_bytes(CT))])
+        self.assertEqual(response.code, 200)
+        ds = dcmread(CT)
+        self.assertEqual(dcmread(self.stored_path(ds.SOPInstanceUID)).PixelData, ds.PixelData)
+
+    def test_replace(self) -> None:
+        """Storing an instance twice keeps one, the second."""
+        self.assertEqual(self.stow([("application/dicom", file_bytes(CT))]).code, 200)
+        self.assertEqual(self.stow([("application/dicom", file_bytes(CT))]).code, 200)
+        self.assertEqual(self.index.count("IMAGE"), 1)
