@@ -81,7 +81,9 @@ class DicomWebCase(TestCase):
 
     timeout = 120
 
-    async def start(self) -> None:
+    async def start(self, http: str | None = None, config: str = "") -> None:
+        """Start the daemon; ``http`` replaces the ``--http`` description
+        (``{port}`` is the free port), ``config`` adds [DEFAULT] lines."""
         self.work = os.path.abspath(self.mktemp())
         self.cwd = os.path.join(self.work, "archive")
         self.data = os.path.join(self.work, "data")
@@ -91,20 +93,21 @@ class DicomWebCase(TestCase):
         self.http = free_port()
         self.storescp_port = free_port()
         with open(os.path.join(self.cwd, "qrscp.ini"), "w") as fp:
-            fp.write(f"[DEFAULT]\nae_title: QRSCP\nbind_address: 127.0.0.1\n"
+            fp.write(f"[DEFAULT]\nae_title: QRSCP\nbind_address: 127.0.0.1\n{config}"
                      f"[STORESCP]\naddress: 127.0.0.1\nport: {self.storescp_port}\n")
         process = peers.PeerProcess(reactor, "twistd dicomqr")
         argv = [*peers.TWISTD, "-n", "--pidfile=", "dicomqr", "-c", "qrscp.ini",
                 "--port", str(self.port), "-aet", "QRSCP", "--database-location", "db.sqlite",
                 "--instance-location", "instances",
-                "--http", f"tcp:{self.http}:interface=127.0.0.1"]
+                "--http", (http or "tcp:{port}:interface=127.0.0.1").format(port=self.http)]
         reactor.spawnProcess(process, peers.TWISTD[0], argv, env=peers.daemon_env(),
                              path=self.cwd)
         self.addCleanup(process.stop)
         self.process = process
         await peers.wait_for_port(reactor, self.port, process, attempts=400)
         await peers.wait_for_port(reactor, self.http, process, attempts=400)
-        self.base = f"http://127.0.0.1:{self.http}/dicom-web"
+        scheme = "https" if (http or "").startswith("ssl:") else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.http}/dicom-web"
 
     def client(self):
         """A dicomweb-client of the archive."""
@@ -419,3 +422,51 @@ class LargeInstanceTests(DicomWebCase):
                     break
                 self.assertEqual(got.read(len(b)), b)
             self.assertTrue(got.read().startswith(b"\r\n--"))
+
+
+class SecureTests(DicomWebCase):
+    """HTTPS through an ``ssl:`` endpoint, with HTTP Basic users."""
+
+    @inline
+    async def test_https_with_basic_users_and_permissions(self):
+        """Over HTTPS, a user allowed to query finds studies, the same
+        user's STOW-RS is refused (403, nothing stored), and a request
+        without credentials gets 401."""
+        from dicomtwist.web.auth import hash_password
+        from tests.test_tls import shared_pki
+
+        pki = shared_pki()
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as fp:
+            fp.write(f"reader:{hash_password('s3cret')}:query\n"
+                     f"admin:{hash_password('t0p')}:all\n")
+        await self.start(http=f"ssl:{{port}}:privateKey={pki['server.key']}:"
+                              f"certKey={pki['server.crt']}:interface=127.0.0.1",
+                         config=f"http_users: {users}\n")
+        source = get_testdata_file("CT_small.dcm")
+        boundary = "secure-boundary"
+        body = os.path.join(self.work, "body")
+        with open(body, "wb") as fp:
+            fp.write(multipart.part_head(boundary, "application/dicom", first=True)
+                     + open(source, "rb").read() + multipart.closing(boundary))
+        stow = ["-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                pki["ca.crt"], "-H",
+                f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
+                "--data-binary", f"@{body}", f"{self.base}/studies"]
+        out, err, code = await self.curl("-u", "reader:s3cret", *stow)
+        self.assertEqual((code, out), (0, b"403"), err)
+        self.assertEqual(os.listdir(os.path.join(self.cwd, "instances")), [])
+        out, err, code = await self.curl("-u", "admin:t0p", *stow)
+        self.assertEqual((code, out), (0, b"200"), err)
+        out, err, code = await self.curl("--cacert", pki["ca.crt"], "-u", "reader:s3cret",
+                                         f"{self.base}/studies")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([s["0020000D"]["Value"][0] for s in json.loads(out)],
+                         [str(dcmread(source).StudyInstanceUID)])
+        out, err, code = await self.curl("--cacert", pki["ca.crt"], "-o", "/dev/null",
+                                         "-w", "%{http_code}", f"{self.base}/studies")
+        self.assertEqual(out, b"401")
+        out, err, code = await self.curl("--cacert", pki["ca.crt"], "-o", "/dev/null",
+                                         "-w", "%{http_code}", "-u", "reader:wrong",
+                                         f"{self.base}/studies")
+        self.assertEqual(out, b"401")
