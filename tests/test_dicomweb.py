@@ -757,6 +757,57 @@ class WadoTests(WebTestCase):
         self.assertEqual(headers["content-type"], "application/octet-stream")
         self.assertEqual(data, self.ct.PixelData)
 
+    def test_bulkdata_of_implicit(self) -> None:
+        """Every BulkDataURI in the metadata of an Implicit VR Little Endian
+        instance is retrievable with the default Accept (as Explicit VR Little
+        Endian octets, which are the same)."""
+        [model] = self.metadata(self.path_of(self.dose) + "/metadata")
+        uri = model["7FE00010"]["BulkDataURI"]
+        response = self.get(uri)
+        self.assertEqual(response.code, 200, response.body[:200])
+        [(headers, data)] = response.parts()
+        self.assertEqual(data, self.dose.PixelData)
+        for uri in bulk_uris(model):
+            self.assertEqual(self.get(uri).code, 200, uri)
+
+    def test_bulkdata_bad_paths(self) -> None:
+        """A bulk data path naming nothing, or not a path, is 404."""
+        for rest in ("00000000", "..%2f..%2fx", "7FE00010/0", "zz"):
+            self.assertEqual(self.get(self.path_of(self.ct) + "/bulkdata/" + rest).code, 404,
+                             rest)
+
+    def test_retrieve_as_implicit(self) -> None:
+        """An Explicit VR Little Endian instance asked for in Implicit VR Little
+        Endian is converted, the data set unchanged."""
+        response = self.get(self.path_of(self.ct), Accept='multipart/related;'
+                            ' type="application/dicom"; transfer-syntax=1.2.840.10008.1.2')
+        [(headers, data)] = response.parts()
+        self.assertEqual(headers["content-type"],
+                         "application/dicom; transfer-syntax=1.2.840.10008.1.2")
+        sent = dcmread(io.BytesIO(data))
+        self.assertEqual(sent.file_meta.TransferSyntaxUID, ImplicitVRLittleEndian)
+        self.assertEqual(dataset_json(sent, bulk_threshold=1 << 30),
+                         dataset_json(self.ct, bulk_threshold=1 << 30))
+
+    def test_accept_parameter(self) -> None:
+        """The accept query parameter stands for the Accept header."""
+        accept = quote('multipart/related; type="application/dicom"; transfer-syntax=*')
+        response = self.get(self.path_of(self.j2k) + "?accept=" + accept)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.parts()[0][1],
+                         file_bytes(self.stored_path(self.j2k.SOPInstanceUID)))
+
+    def test_frames_of_implicit(self) -> None:
+        """Frames of an Implicit VR Little Endian instance are served with the
+        default Accept, labelled Explicit VR Little Endian."""
+        response = self.frames(self.dose, "2")
+        self.assertEqual(response.code, 200, response.body[:200])
+        [(headers, data)] = response.parts()
+        size = self.dose.Rows * self.dose.Columns * self.dose.BitsAllocated // 8
+        self.assertEqual(data, self.dose.PixelData[size:2 * size])
+        self.assertEqual(headers["content-type"],
+                         "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1")
+
     def test_metadata_on_demand(self) -> None:
         """An instance indexed without metadata gets it computed on the first
         request, equal to the kept kind, and then kept in the index."""

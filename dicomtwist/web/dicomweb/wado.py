@@ -51,6 +51,10 @@ CHUNK = 256 * 1024
 #: it is served.
 _BULK = b'"BulkDataURI":"bulkdata/'
 _PIXEL_DATA = "7FE00010"
+#: Explicit and Implicit VR Little Endian: uncompressed frames and bulk
+#: data values are the same octets in either, so a file stored in one is
+#: served as the other (Explicit, the default, from an Implicit file).
+_LITTLE_ENDIAN = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
 def convertible(stored: str, wanted: str) -> bool:
@@ -434,16 +438,12 @@ async def frames(context: DicomWebContext, request: server.Request, study: str, 
     native = stored in NATIVE_SYNTAXES
     part_types = (["application/octet-stream"] if native else
                   [_media_type_of(stored), "application/octet-stream"])
-    # Uncompressed frames are the same octets in either little endian
-    # syntax: Explicit VR Little Endian (the default) is served from an
-    # Implicit VR Little Endian file as it is.
-    little = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
     chosen = media.choose_multipart(accept_of(request), part_types, stored,
-                                    lambda a, b: a == b or (native and b in little))
+                                    lambda a, b: a == b or (native and b in _LITTLE_ENDIAN))
     if chosen is None:
         raise HttpError(406, f"frames stored as {stored} cannot be sent as asked")
     part_type, syntax = chosen
-    if native and syntax not in (None, stored) + little:
+    if native and syntax not in (None, stored) + _LITTLE_ENDIAN:
         raise HttpError(406, f"frames stored as {stored} cannot be sent in {syntax}")
     if native and stored == "1.2.840.10008.1.2.2":
         raise HttpError(406, "frames of big endian data are not converted")
@@ -475,7 +475,8 @@ async def bulkdata(context: DicomWebContext, request: server.Request, study: str
         return await frames(context, request, study, series, instance,
                             ",".join(str(n) for n in range(1, (record.number_of_frames or 1) + 1)))
     chosen = media.choose_multipart(accept_of(request), ["application/octet-stream"], stored,
-                                    lambda a, b: a == b)
+                                    lambda a, b: a == b or (a in _LITTLE_ENDIAN
+                                                            and b in _LITTLE_ENDIAN))
     if chosen is None:
         raise HttpError(406, "bulk data is sent as application/octet-stream")
     value = await context.run(_read_bulk, stored_path(context, record), rest)
