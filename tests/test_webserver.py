@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from typing import Any
 
-from pydicom import dcmread
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
