@@ -179,6 +179,10 @@ class Orthanc:
             "POST", f"/dicom-web/servers/{server}/get",
             json={"Uri": uri, "Arguments": arguments}))
 
+    def file(self, orthanc_id: str) -> Deferred[bytes]:
+        """The DICOM file of an instance (``GET /instances/{id}/file``)."""
+        return Deferred.fromCoroutine(self._call("GET", f"/instances/{orthanc_id}/file"))
+
     def study_uids(self) -> Deferred[list[str]]:
         """The StudyInstanceUIDs this Orthanc holds (its own REST API)."""
         async def uids() -> list[str]:

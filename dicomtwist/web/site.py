@@ -6,7 +6,8 @@ configuration) is given; nothing listens otherwise.  The tree:
 - the DICOMweb service root (``http_root``, ``/dicom-web`` by default):
   :class:`~dicomtwist.web.dicomweb.resource.DicomWebResource`;
 - ``http_static`` directories, served as they are (a viewer such as OHIF
-  on the archive's own origin).
+  on the archive's own origin), with ``index.html`` for paths that name no
+  file and have no extension (the viewer's own routes).
 """
 
 from __future__ import annotations
@@ -47,6 +48,38 @@ def static_mounts(value: tuple[str, ...]) -> list[tuple[str, str]]:
             raise ValueError(f"{entry!r}: {directory} is not a directory")
         mounts.append((path.rstrip("/") or "/", os.path.abspath(directory)))
     return mounts
+
+
+class StaticFiles(static.File):
+    """A static directory for a single-page application (a viewer).
+
+    A file that exists is served as it is; a missing path whose last
+    segment has no dot (an application route such as
+    ``/viewer/{StudyInstanceUID}``) gets the directory's ``index.html``;
+    any other missing file is a 404.
+    """
+
+    def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(path, *args, **kwargs)
+        self.indexNames = ["index.html"]
+
+    def createSimilarFile(self, path: str) -> "StaticFiles":
+        """Children are static files of the same kind, ``index`` kept."""
+        child = super().createSimilarFile(path)
+        child.spa_index = getattr(self, "spa_index", os.path.join(self.path, "index.html"))
+        return child
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        """The file, or the application's page for its own routes."""
+        child = super().getChild(path, request)
+        missing = not isinstance(child, static.File) or not child.exists()
+        if missing and b"." not in path:
+            index = getattr(self, "spa_index", os.path.join(self.path, "index.html"))
+            if os.path.isfile(index):
+                page = static.File(index)
+                page.isLeaf = True
+                return page
+        return child
 
 
 class _Tree(Resource):
@@ -100,9 +133,7 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     dicomweb = DicomWebResource(context, DicomWebService(context))
     root: Resource = _Tree()
     for path, directory in static_mounts(settings.http_static):
-        files = static.File(directory)
-        files.indexNames = ["index.html"]
-        root = _place(root, path, files)
+        root = _place(root, path, StaticFiles(directory))
     root = _place(root, context.root, dicomweb)
 
     def authorize(header: str | None) -> HttpError | None:

@@ -298,7 +298,7 @@ def render_matches(keys: Sequence[tuple[BaseTag, str]], rows: Iterable[tuple],
                    level: str, base_url: str) -> Iterator[bytes]:
     """The JSON array of the matches, in pieces (one per match).
 
-    Each match holds the return keys with their values, Specific Character
+    Each match holds the return keys that have a value, Specific Character
     Set ``ISO_IR 192`` (the JSON is UTF-8) and its Retrieve URL.
 
     :param base_url: the service root as the client reached it.
@@ -314,6 +314,10 @@ def render_matches(keys: Sequence[tuple[BaseTag, str]], rows: Iterable[tuple],
     for row in rows:
         match: dict[str, dict] = {"00080005": charset}
         for name, (tag, vr), value in zip(names, keys, row):
+            if value is None or value == "":
+                # Attributes without a value are left out, as Orthanc does:
+                # viewers (OHIF) read "Value" of any attribute present.
+                continue
             match[name] = element_json(vr, value)
         url = _retrieve_url(base_url, level, row, study_at, series_at, sop_at)
         if url:
