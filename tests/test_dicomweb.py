@@ -716,11 +716,31 @@ class WadoTests(WebTestCase):
             self.assertEqual(response.code, 404, path)
 
     def test_method_not_allowed(self) -> None:
-        """POST on /series is 405 with an Allow header."""
+        """POST on /series is 405 with an Allow header; its body is dropped,
+        not spooled anywhere."""
+        import tempfile
+
+        before = set(os.listdir(tempfile.gettempdir()))
         response = self.request("POST", "/series", {"Content-Type": "application/json"},
-                                body=b"{}")
+                                body=b"{}" + b" " * 200000)
         self.assertEqual(response.code, 405)
         self.assertEqual(response.header("allow"), "GET, OPTIONS")
+        self.assertEqual(set(os.listdir(tempfile.gettempdir())) - before, set())
+
+    def test_doubly_encoded_segment(self) -> None:
+        """A segment is percent-decoded once: ``%252e%252e`` is the text
+        ``%2e%2e``, not ``..``, and no UID: 404."""
+        response = self.get("/studies/%252e%252e/series")
+        self.assertEqual(response.code, 404)
+
+    def test_rendered_frame_past_the_last(self) -> None:
+        """frames/2/rendered of a single-frame instance is 404, as frames/2 is."""
+        ct = self.ct
+        base = (f"/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+                f"/instances/{ct.SOPInstanceUID}/frames/2")
+        self.assertEqual(self.get(base).code, 404)
+        self.assertEqual(self.get(base + "/rendered").code, 404)
+        self.assertEqual(self.get(base[:-1] + "1/rendered").code, 200)
 
     def metadata(self, path: str) -> list[dict]:
         """The metadata a path answers (checked to be 200 DICOM JSON)."""

@@ -122,10 +122,9 @@ class LimitedRequest(server.Request):
         if chooser is not None:
             sink = chooser(getattr(channel, "_command", b""), getattr(channel, "_path", b""),
                            self.requestHeaders, length)
-        if sink is not None:
-            self.content = sink
-        else:
-            super().gotLength(length)
+        # Only body sinks read request bodies: any other body is counted
+        # and dropped, never spooled to a file of twisted.web's.
+        self.content = sink if sink is not None else _Discard()
 
     def handleContentChunk(self, data: bytes) -> None:
         """Count what arrives (chunked bodies announce no length)."""
@@ -188,8 +187,8 @@ def build_site(root: Resource, limits: Limits, reactor: Any,
     """The Site serving ``root``, with ``limits`` enforced.
 
     :param body_sink: ``body_sink(method, path, headers, length)`` may
-        return a :class:`BodySink` for the request's body, or None for
-        twisted.web's own spooling.
+        return a :class:`BodySink` for the request's body; a body without
+        one is dropped (no resource of the archive reads it otherwise).
     """
     site = server.Site(root, timeout=limits.idle_timeout, reactor=reactor)
     site.protocol = LimitedChannel

@@ -19,7 +19,6 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -262,7 +261,8 @@ class DicomWebResource(Resource):
 
     async def _serve(self, request: server.Request, method: str) -> None:
         try:
-            segments = [unquote(s.decode("utf-8", "replace")) if isinstance(s, bytes) else s
+            # twisted.web has percent-decoded each segment already.
+            segments = [s.decode("utf-8", "replace") if isinstance(s, bytes) else s
                         for s in request.postpath]
             permission, name, arguments = match_route(method, segments)
             self.authorize(request, permission)

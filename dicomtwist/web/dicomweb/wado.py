@@ -429,6 +429,9 @@ async def frames(context: DicomWebContext, request: server.Request, study: str, 
     if len(pieces) == 2 and pieces[1] in ("rendered", "thumbnail"):
         if len(numbers) != 1:
             raise HttpError(400, "a rendered frame is one frame")
+        record = (await find(context, study, series, instance))[0]
+        if numbers[0] > (record.number_of_frames or 1):
+            raise HttpError(404, f"frame {numbers[0]} of {record.number_of_frames or 1}")
         return await rendered(context, request, study, series, instance, numbers[0],
                               thumbnail=pieces[1] == "thumbnail")
     if len(pieces) != 1:
