@@ -44,6 +44,7 @@ from dicomtwist.storage.files import TEMP_PREFIX
 from dicomtwist.storage.index import Index
 from dicomtwist.web.dicomweb import wado
 from dicomtwist.web.dicomweb.dicomjson import dataset_json
+from tests.test_store import InlinePool
 from dicomtwist.web.dicomweb.multipart import MultipartParser, parse_content_type
 from dicomtwist.web.dicomweb.stow import parse_meta
 from dicomtwist.web.site import build_site
@@ -63,23 +64,6 @@ class InlineReactor(MemoryReactorClock):
 
     def callFromThread(self, f, *args, **kwargs) -> None:
         """Run ``f`` now, on this thread."""
-        f(*args, **kwargs)
-
-
-class InlinePool:
-    """A thread pool stand-in that runs each call inline (for ``deferToThreadPool``)."""
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs) -> None:
-        """Call ``f`` and report its result or failure to ``onResult``."""
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-    def callInThread(self, f, *args, **kwargs) -> None:
-        """Call ``f`` now."""
         f(*args, **kwargs)
 
 

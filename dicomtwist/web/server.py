@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 
 from dicomtwist import log as dlog
 
-__all__ = ["BodySink", "Limits", "LimitedChannel", "LimitedRequest", "build_site"]
+__all__ = ["BodySink", "DiscardBody", "Limits", "LimitedChannel", "LimitedRequest", "build_site"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ def _refuse(channel: http.HTTPChannel, code: int, text: str) -> None:
     channel.transport.loseConnection()
 
 
-class _Discard(io.RawIOBase):
-    """The body of a refused request: counted and dropped."""
+class DiscardBody(io.RawIOBase):
+    """A request body nobody reads: counted and dropped (what twisted.web
+    asks of a request's content, and nothing kept)."""
 
     def __init__(self) -> None:
         self._count = 0
@@ -111,7 +112,7 @@ class LimitedRequest(server.Request):
         limits: Limits = site.limits
         self._received = 0
         if length is not None and length > limits.max_body:
-            self.content = _Discard()
+            self.content = DiscardBody()
             self._refused = True
             _refuse(channel, 413, f"request body of {length} bytes is over the limit"
                                   f" of {limits.max_body}")
@@ -124,7 +125,7 @@ class LimitedRequest(server.Request):
                            self.requestHeaders, length)
         # Only body sinks read request bodies: any other body is counted
         # and dropped, never spooled to a file of twisted.web's.
-        self.content = sink if sink is not None else _Discard()
+        self.content = sink if sink is not None else DiscardBody()
 
     def handleContentChunk(self, data: bytes) -> None:
         """Count what arrives (chunked bodies announce no length)."""
@@ -136,7 +137,7 @@ class LimitedRequest(server.Request):
             close = getattr(self.content, "abort", None)
             if close is not None:
                 close()
-            self.content = _Discard()
+            self.content = DiscardBody()
             _refuse(self.channel, 413, "request body over the limit of"
                                        f" {self.channel.site.limits.max_body} bytes")
             return

@@ -30,6 +30,7 @@ from dicomtwist.status import Status
 from dicomtwist.storage.files import is_valid_uid
 from dicomtwist.web.dicomweb import multipart
 from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, send_body
+from dicomtwist.web.server import DiscardBody
 
 __all__ = ["PartResult", "StowBody", "body_sink_for"]
 
@@ -102,7 +103,7 @@ def parse_meta(head: bytes | bytearray) -> tuple[int, dict[int, str]] | None:
     return offset, values
 
 
-class StowBody:
+class StowBody(DiscardBody):
     """The body of a STOW-RS request, parsed and stored as it arrives.
 
     Installed as the request's content (a body sink, see
@@ -116,10 +117,10 @@ class StowBody:
     log = dlog.logger()
 
     def __init__(self, context: DicomWebContext, boundary: str, study: str | None) -> None:
+        super().__init__()
         self.context = context
         self.study = study
         self.error: str | None = None
-        self._count = 0
         self._parts: list[Deferred] = []
         self._sink: Any = None
         self._head: bytearray | None = None
@@ -129,8 +130,6 @@ class StowBody:
         self._parser = multipart.MultipartParser(
             boundary.encode("latin-1"), self._begin, self._data, self._end,
             max_parts=context.limits.max_parts)
-
-    # What twisted.web asks of a request's content.
 
     def write(self, data: bytes) -> None:
         """The next piece of the body."""
@@ -142,21 +141,6 @@ class StowBody:
         except multipart.MultipartError as e:
             self.error = f"malformed multipart body: {e}"
             self._discard()
-
-    def tell(self) -> int:
-        """Bytes received."""
-        return self._count
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        """Nothing to rewind."""
-        return 0
-
-    def read(self, size: int = -1) -> bytes:
-        """Nothing to read back: the parts went to the store."""
-        return b""
-
-    def close(self) -> None:
-        """Nothing to close."""
 
     def abort(self) -> None:
         """The body will never be complete (connection lost, or over the
@@ -271,32 +255,13 @@ class StowBody:
         return results
 
 
-class _Refused:
+class _Refused(DiscardBody):
     """The body of a STOW-RS request refused from its headers: counted and
     dropped, the reason answered once the request is complete."""
 
     def __init__(self, error: HttpError) -> None:
+        super().__init__()
         self.refusal = error
-        self._count = 0
-
-    def write(self, data: bytes) -> None:
-        """Drop the piece."""
-        self._count += len(data)
-
-    def tell(self) -> int:
-        """Bytes received."""
-        return self._count
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        """Nothing to rewind."""
-        return 0
-
-    def read(self, size: int = -1) -> bytes:
-        """Nothing to read."""
-        return b""
-
-    def close(self) -> None:
-        """Nothing to close."""
 
 
 def body_sink_for(context: DicomWebContext, authorize: Any) -> Any:
