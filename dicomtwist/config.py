@@ -44,6 +44,25 @@ class Destination:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: May instances be compressed lossily for this destination (when it
+    #: accepts nothing else)?  Off: such a sub-operation fails.
+    lossy: bool = False
+    #: The order in which transfer syntaxes are preferred for it.
+    preference: tuple[str, ...] = ("stored", "lossless", "uncompressed")
+
+
+#: The words of a destination's ``preference``.
+PREFERENCE_WORDS = ("stored", "lossless", "uncompressed")
+
+
+def _preference(value: str) -> tuple[str, ...]:
+    """``stored, lossless, uncompressed`` in any order (each once; missing
+    ones come last in that order)."""
+    words = [w.strip().lower() for w in value.replace(",", " ").split() if w.strip()]
+    unknown = [w for w in words if w not in PREFERENCE_WORDS]
+    if unknown or len(set(words)) != len(words):
+        raise ValueError(f"a list of {', '.join(PREFERENCE_WORDS)}, each at most once")
+    return tuple(words + [w for w in PREFERENCE_WORDS if w not in words])
 
 
 def _ae_title(value: str) -> str:
@@ -196,6 +215,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
 
 #: Keys of a peer (move destination) section.
 PEER_KEYS = frozenset({"address", "port", "tls", "tls_ca", "tls_cert", "tls_key",
+                       "lossy", "preference",
                        "permissions", "host_check"})
 
 
@@ -321,9 +341,16 @@ def load(path: str) -> Config:
             except ValueError:
                 raise ConfigError(f"{where}: invalid port {values['port']!r}") from None
             tls = _section_boolean(values, "tls", where)
+            lossy = _section_boolean(values, "lossy", where)
+            try:
+                preference = _preference(values.get("preference", ""))
+            except ValueError as e:
+                raise ConfigError(f"{where}: invalid preference"
+                                  f" {values['preference']!r}: {e}") from None
             config.destinations[title] = Destination(
                 title, address, port, tls, *(_optional_text(values.get(key, ""))
-                                            for key in ("tls_ca", "tls_cert", "tls_key")))
+                                            for key in ("tls_ca", "tls_cert", "tls_key")),
+                lossy=lossy, preference=preference)
         if "permissions" in values or "host_check" in values:
             try:
                 permissions = access.parse_permissions(values.get("permissions", "all"))
