@@ -162,10 +162,13 @@ class _GDCMLosslessSV1Encoder:
         """Build a one-frame gdcm.Image and change its syntax to SV1."""
         import gdcm
 
-        image = gdcm.Image()
+        # The image must belong to a gdcm object (here an ImageWriter, as in
+        # pydicom's gdcm plugin): a Python-owned gdcm.Image freed while the
+        # filter still references it aborts the process.
+        writer = gdcm.ImageWriter()
+        image = writer.GetImage()
         image.SetNumberOfDimensions(2)
-        image.SetDimension(0, info.columns)
-        image.SetDimension(1, info.rows)
+        image.SetDimensions((info.columns, info.rows, 1))
         image.SetPixelFormat(
             gdcm.PixelFormat(
                 info.samples_per_pixel,

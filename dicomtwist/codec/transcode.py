@@ -14,6 +14,7 @@ chunks.  So at most one decoded frame is held, whatever the frame count.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import struct
 import tempfile
@@ -21,10 +22,12 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -49,8 +52,6 @@ from dicomtwist.codec.syntaxes import (
 )
 from dicomtwist.errors import DicomError
 
-if TYPE_CHECKING:
-    import numpy as np
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -64,6 +65,9 @@ _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 _UNDEFINED = 0xFFFFFFFF
 _CHUNK = 1 << 20
+# Native pixel copies go through one reused buffer of this size (a multiple
+# of every swap unit).
+_COPY_CHUNK = 1 << 16
 
 _ITEM_HEADER = struct.Struct("<HHL")
 # PS3.5 7.1.2: explicit VR with a 4-byte length (OB, OW, OF, OD, UN ...).
@@ -357,17 +361,20 @@ def _copy_native(source: _Source, fp: DicomFileLike) -> None:
     unit = _SWAP_UNIT.get(vr, 1) if target_little != source_little else 1
     padded = length + length % 2
     _write_element_header(fp, source.pixel_tag, vr, padded)
+    buffer = bytearray(_COPY_CHUNK)
     with open(source.path, "rb") as f:
         f.seek(source.value_offset)
         remaining = length
         while remaining:
-            chunk = f.read(min(_CHUNK, remaining))
-            if not chunk:
+            view = memoryview(buffer)[: min(_COPY_CHUNK, remaining)]
+            read = f.readinto(view)
+            if not read:
                 raise CodecError("pixel data ended early")
-            remaining -= len(chunk)
+            remaining -= read
             if unit > 1:
-                chunk = _swap(chunk, unit)
-            fp.write(chunk)
+                words = np.frombuffer(view[:read], dtype=f"<u{unit}")
+                words.byteswap(inplace=True)
+            fp.write(view[:read])
     if padded != length:
         fp.write(b"\x00")
 
@@ -413,9 +420,13 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
         head.LossyImageCompression = "01"
 
     def frames_in_order() -> Iterator[np.ndarray]:
-        yield first
+        nonlocal first
+        frame, first = first, None
+        yield frame
+        del frame
         for frame, _ in decoded:
             yield frame
+            del frame
 
     if target in NATIVE:
         head.PhotometricInterpretation = photometric
@@ -429,7 +440,9 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
                 raise CodecError(
                     f"decoded {frame.dtype} pixels do not fit Bits Allocated {bits_allocated}"
                 )
-            fp.write(frame.astype(frame.dtype.newbyteorder(order), copy=False).tobytes())
+            frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder(order))
+            fp.write(memoryview(frame).cast("B"))
+            del frame
         if total % 2:
             fp.write(b"\x00")
         return
@@ -459,6 +472,7 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
     encoded = 0
     for frame in frames_in_order():
         stream = encoder.encode(frame, info)
+        del frame
         padding = len(stream) % 2
         fp.write(_ITEM_HEADER.pack(*_ITEM, len(stream) + padding))
         fp.write(stream)
@@ -479,35 +493,78 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
 def _decoded_frames(
     source: _Source, frames: int, shape: tuple[int, int, int]
 ) -> Iterator[tuple[np.ndarray, dict[str, object]]]:
-    """Yield ``(frame, pixel properties)`` for each of `frames` frames, read
-    from the file one frame at a time by pydicom's decoder."""
+    """Yield ``(frame, pixel properties)`` for each of `frames` frames.
+
+    Each frame is read from the file on its own (native: its byte range;
+    encapsulated: :func:`pydicom.encaps.generate_frames` over the open file,
+    which joins a frame's fragments) and decoded on its own, so nothing of
+    the previous frame is alive while the next one is decoded.
+    """
     head = source.head
     rows, columns, samples = shape
     want = (rows, columns) if samples == 1 else (rows, columns, samples)
     options = as_pixel_options(head)
+    options.pop("extended_offsets", None)
     options["transfer_syntax_uid"] = UID(source.read_syntax)
     options["pixel_keyword"] = "PixelData"
+    options["number_of_frames"] = 1
+    options["as_rgb"] = converts_colour(source.syntax)
     if source.pixel_vr:
         options["pixel_vr"] = source.pixel_vr
     try:
         decoder = get_decoder(source.read_syntax)
     except NotImplementedError:
         raise CodecError(f"no decoder for {_name(source.read_syntax)}") from None
-    count = 0
     with open(source.path, "rb") as f:
         f.seek(source.value_offset)
-        for frame, properties in decoder.iter_array(
-            f, as_rgb=converts_colour(source.syntax), **options
-        ):
-            if count == frames:
-                # JPEG without a Basic Offset Table may split oddly; pydicom
-                # then yields more frames than there are.
-                break
+        for index, encoded in enumerate(_encoded_frames(source, f, frames, want)):
+            try:
+                frame, properties = decoder.as_array(encoded, **options)
+            except Exception as exc:
+                raise CodecError(
+                    f"frame {index} of {_name(source.read_syntax)} does not decode: "
+                    + _last_line(exc)
+                ) from exc
+            del encoded
             if frame.shape != want:
-                raise CodecError(f"frame {count} decoded to {frame.shape}, expected {want}")
-            count += 1
+                raise CodecError(f"frame {index} decoded to {frame.shape}, expected {want}")
             yield frame, properties
             del frame
+
+
+def _encoded_frames(
+    source: _Source, f: BinaryIO, frames: int, shape: tuple[int, ...]
+) -> Iterator[bytes]:
+    """Yield each frame's bytes as stored: a native frame, or an encoded
+    frame wrapped as a one-frame encapsulated value (PS3.5 A.4) for pydicom."""
+    if source.read_syntax in NATIVE:
+        length = math.prod(shape) * (_pixel_int(source.head, "BitsAllocated") // 8)
+        for index in range(frames):
+            data = f.read(length)
+            if len(data) != length:
+                raise CodecError(f"frame {index} of the native pixel data is cut short")
+            yield data
+        return
+    head = source.head
+    offsets = None
+    if EXTENDED_OFFSET_TABLE in head and EXTENDED_OFFSET_TABLE_LENGTHS in head:
+        offsets = (head[EXTENDED_OFFSET_TABLE].value, head[EXTENDED_OFFSET_TABLE_LENGTHS].value)
+    count = 0
+    for encoded in generate_frames(f, number_of_frames=frames, extended_offsets=offsets):
+        if count == frames:
+            # JPEG without a Basic Offset Table may split oddly; pydicom
+            # then yields more frames than there are.
+            break
+        count += 1
+        padding = len(encoded) % 2
+        yield b"".join(
+            (
+                _ITEM_HEADER.pack(*_ITEM, 0),
+                _ITEM_HEADER.pack(*_ITEM, len(encoded) + padding),
+                encoded,
+                b"\x00" * padding,
+            )
+        )
     if count < frames:
         raise CodecError(f"the pixel data holds {count} frames, Number of Frames says {frames}")
 
@@ -548,13 +605,6 @@ def _native_vr(tag: int, bits_allocated: int | None) -> str:
     if tag == DOUBLE_FLOAT_PIXEL_DATA:
         return "OD"
     return "OB" if bits_allocated is not None and bits_allocated <= 8 else "OW"
-
-
-def _swap(chunk: bytes, unit: int) -> bytes:
-    """Reverse the byte order of each `unit`-byte word of `chunk`."""
-    import numpy as np
-
-    return np.frombuffer(chunk, dtype=f"<u{unit}").byteswap().tobytes()
 
 
 def _pixel_int(head: Dataset, keyword: str) -> int:
@@ -697,3 +747,10 @@ def _one_line(exc: BaseException) -> str:
     """The first line of an exception, with its type, for the log."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _last_line(exc: BaseException) -> str:
+    """The most specific line of a (pydicom, multi-line) exception message:
+    its last, which names the plugin's own error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
