@@ -46,7 +46,7 @@ __all__ = ["convertible", "describe", "Writer"]
 _T = TypeVar("_T")
 
 #: Bytes read from a stored file per write.
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 #: ``"BulkDataURI":"bulkdata/`` as kept in the metadata, made absolute when
 #: it is served.
 _BULK = b'"BulkDataURI":"bulkdata/'
