@@ -74,7 +74,9 @@ _ITEM_HEADER = struct.Struct("<HHL")
 _EXPLICIT_LONG = {True: struct.Struct("<HH2sHL"), False: struct.Struct(">HH2sHL")}
 _IMPLICIT = struct.Struct("<HHL")
 # VRs of File Meta elements with a 4-byte length (PS3.5 Table 7.1-1).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
+}
 # Byte-swap unit per VR when the endianness changes (PS3.5 7.3).
 _SWAP_UNIT = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 # Placeholder for the new Lossy Image Compression Ratio value: written before
@@ -433,7 +435,8 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
         write_dataset(fp, head)
         frame_length = rows * columns * samples * (bits_allocated // 8)
         total = frame_length * frames
-        _write_element_header(fp, PIXEL_DATA, "OB" if bits_allocated == 8 else "OW", total + total % 2)
+        vr = "OB" if bits_allocated == 8 else "OW"
+        _write_element_header(fp, PIXEL_DATA, vr, total + total % 2)
         order = "<" if fp.is_little_endian else ">"
         for frame in frames_in_order():
             if frame.dtype.itemsize != bits_allocated // 8:
