@@ -12,6 +12,10 @@ there, and is stopped (SIGTERM, then SIGKILL) when the run ends.
 * ``storescp``: DCMTK's storage SCP (store measures only).
 * ``orthanc``: Orthanc with a JSON configuration (sqlite index, no plugins,
   HTTP on loopback only).
+
+For the DICOMweb benchmark (``benchmarks/dicomweb.py``), :data:`WEB_SERVERS`:
+the same two daemons with an HTTP port each, :class:`OursWeb` (``http`` in
+its configuration file) and :class:`OrthancWeb` (the DICOMweb plugin).
 """
 
 from __future__ import annotations
@@ -178,10 +182,28 @@ class Server:
                                         stdin=subprocess.DEVNULL, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_port(self.port, self.process)
+            self.wait_ready()
         except RuntimeError as e:
             self.stop()
             raise RuntimeError(f"{self.name} did not start: {e}\n{self.log_tail()}") from None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports with the same data (a cold
+        start: nothing the previous process cached survives but the OS's)."""
+        self.stop()
+        self._log = open(os.path.join(self.root, "server.log"), "ab")
+        self.process = subprocess.Popen(self.command(), cwd=self.root, env=self.env(),
+                                        stdin=subprocess.DEVNULL, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready()
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not restart: {e}\n{self.log_tail()}") from None
+
+    def wait_ready(self) -> None:
+        """Wait until the daemon listens (:meth:`start`, :meth:`restart`)."""
+        wait_for_port(self.port, self.process)
 
     def alive(self) -> bool:
         """The daemon is still running."""
@@ -308,8 +330,13 @@ class Ours(Server):
     def command(self) -> list[str]:
         """``dicomqr -c qrscp.ini`` (the console script's function)."""
         launcher = "import sys; sys.argv[0] = 'dicomqr'; from dicomtwist.tap import run; run()"
-        ini = _qrscp_ini(self, f"max_associations: {self.MAX_ASSOCIATIONS}\n")
+        ini = _qrscp_ini(self, f"max_associations: {self.MAX_ASSOCIATIONS}\n"
+                         + self.extra_ini())
         return [sys.executable, "-c", launcher, "-c", ini]
+
+    def extra_ini(self) -> str:
+        """More ``[DEFAULT]`` lines for the configuration file (none here)."""
+        return ""
 
     @classmethod
     def python_env(cls) -> dict[str, str]:
@@ -468,6 +495,75 @@ class Orthanc(Server):
 
 SERVERS: dict[str, type[Server]] = {
     cls.name: cls for cls in (Ours, Pynetdicom, Dcmqrscp, Storescp, Orthanc)}
+
+#: Orthanc's DICOMweb plugin (Debian's ``orthanc-dicomweb``).
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+class OursWeb(Ours):
+    """:class:`Ours` serving DICOMweb too, on ``http_port`` (127.0.0.1).
+
+    :ivar http_port: the HTTP port; the service root is ``/dicom-web``.
+    """
+
+    def configure(self) -> None:
+        """Pick the HTTP port (kept across :meth:`restart`)."""
+        self.http_port = free_port()
+
+    def extra_ini(self) -> str:
+        """``http: tcp:PORT:interface=127.0.0.1``."""
+        return f"http: tcp:{self.http_port}:interface=127.0.0.1\n"
+
+    def wait_ready(self) -> None:
+        """Both the DICOM and the HTTP port listen."""
+        wait_for_port(self.port, self.process)
+        wait_for_port(self.http_port, self.process)
+
+
+class OrthancWeb(Orthanc):
+    """:class:`Orthanc` with its DICOMweb plugin at ``/dicom-web``.
+
+    The plugin keeps its defaults (``StudiesMetadata``/``SeriesMetadata``
+    ``Full``: metadata read from the files) but for ``Host``, set to this
+    Orthanc's address; Orthanc's own find limits are explicitly off
+    (``LimitFindResults``/``LimitFindInstances`` 0, their defaults), so a
+    QIDO-RS answer holds every match.
+    """
+
+    label = "Orthanc + DICOMweb"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """Orthanc and the plugin must exist."""
+        why = super().available()
+        if why is None and not os.path.exists(ORTHANC_DICOMWEB):
+            why = f"Orthanc's DICOMweb plugin not installed ({ORTHANC_DICOMWEB})"
+        return why
+
+    def configure(self) -> None:
+        """:meth:`Orthanc.configure` plus the plugin."""
+        super().configure()
+        path = os.path.join(self.root, "orthanc.json")
+        with open(path) as fp:
+            config = json.load(fp)
+        config.update({
+            "Plugins": [ORTHANC_DICOMWEB],
+            "LimitFindResults": 0,
+            "LimitFindInstances": 0,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                         "Host": f"127.0.0.1:{self.http_port}", "Ssl": False},
+        })
+        with open(path, "w") as fp:
+            json.dump(config, fp, indent=2)
+
+    def wait_ready(self) -> None:
+        """Both the DICOM and the HTTP port listen."""
+        wait_for_port(self.port, self.process)
+        wait_for_port(self.http_port, self.process)
+
+
+#: The DICOMweb benchmark's servers.
+WEB_SERVERS: dict[str, type[Server]] = {"ours": OursWeb, "orthanc": OrthancWeb}
 
 
 class Destination:
