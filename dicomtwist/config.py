@@ -148,6 +148,26 @@ def _descriptions(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
 
+#: Short names of the lossless syntaxes ``store_transfer_syntax`` takes.
+STORE_SYNTAX_NAMES = {
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg-lossless": "1.2.840.10008.1.2.4.70",
+    "jpeg-2000": "1.2.840.10008.1.2.4.90",
+}
+
+
+def _store_syntax(value: str) -> str | None:
+    """A lossless transfer syntax, by UID or short name; empty: none."""
+    value = value.strip()
+    if not value or value.lower() == "none":
+        return None
+    uid = STORE_SYNTAX_NAMES.get(value.lower(), value)
+    if uid not in STORE_SYNTAX_NAMES.values():
+        raise ValueError(f"one of {', '.join(STORE_SYNTAX_NAMES)} (or their UIDs)")
+    return uid
+
+
 def _words(value: str) -> tuple[str, ...]:
     """Values separated by white space or commas."""
     return tuple(w for w in value.replace(",", " ").split() if w)
@@ -192,6 +212,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_associations": (_count, 64),
     "min_free_space": (_megabytes, 0),
     "shutdown_grace": (_grace, 10.0),
+    # Compression on ingest (docs/user-guide.md).
+    "store_transfer_syntax": (_store_syntax, None),
     # Access control (docs/security.md).
     "require_called_aet": (_boolean, False),
     "allowed_calling_aets": (access.parse_ae_titles, None),
@@ -239,6 +261,9 @@ class Config:
     min_free_space: int = 0
     #: Seconds running associations get to finish at shutdown.
     shutdown_grace: float = 10.0
+    #: A lossless syntax to store uncompressed instances in (None: as
+    #: received).
+    store_transfer_syntax: str | None = None
     #: Refuse a called AE title other than ``ae_title`` (reason 7).
     require_called_aet: bool = False
     #: Only these calling AE titles may associate (None: anyone; reason 3).

@@ -93,6 +93,10 @@ class Options(usage.Options):
         ["tls-cert", None, None, "our certificate (PEM) for ssl: listeners without"
                                  " certKey=, and for TLS move destinations"],
         ["tls-key", None, None, "the private key (PEM) of --tls-cert"],
+        ["store-transfer-syntax", None, None, "store uncompressed instances compressed in"
+                                              " this lossless syntax: rle, jpeg-ls,"
+                                              " jpeg-lossless, jpeg-2000 or a UID"
+                                              " (default: as received)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
@@ -116,6 +120,7 @@ class Options(usage.Options):
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
         "http": "http",
+        "store-transfer-syntax": "store_transfer_syntax",
     }
 
     def __init__(self) -> None:
@@ -164,6 +169,14 @@ class Options(usage.Options):
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
         if cfg.http is not None:
             _check_http(cfg)
+        if cfg.store_transfer_syntax is not None:
+            from dicomtwist import codec
+
+            if cfg.store_transfer_syntax not in codec.LOSSLESS_TARGETS:
+                raise usage.UsageError(
+                    f"store_transfer_syntax {cfg.store_transfer_syntax}: no encoder installed"
+                    " for it (JPEG Lossless SV1 needs the gdcm extra: pip install"
+                    " '.[gdcm]')")
         for description in listen_descriptions(cfg):
             try:
                 # Builds the TLS contexts too: a missing or bad file is
@@ -252,15 +265,17 @@ class ArchiveService(service.Service):
         os.makedirs(settings.instance_location, exist_ok=True)
         from dicomtwist.storage.index import Index
         self.index = Index(settings.database_location)
-        self.factory = build_factory(settings, reactor, self.pool, self.index)
-        #: The HTTP site (DICOMweb), with ``http`` set; its pixel-codec pool.
+        #: Pixel codecs (transcoding, rendering) hold the CPU: their own
+        #: pool, one thread a core, started empty.
+        self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
+                                     name="dicomtwist-pixels")
+        self.factory = build_factory(settings, reactor, self.pool, self.index, self.pixel_pool)
+        #: The HTTP site (DICOMweb), with ``http`` set.
         self.site = None
-        self.render_pool = None
         if settings.http is not None:
-            from dicomtwist.web.site import build_site, render_pool
+            from dicomtwist.web.site import build_site
 
-            self.render_pool = render_pool()
-            self.site = build_site(settings, reactor, self.pool, self.render_pool,
+            self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store)
 
     def startService(self) -> None:
@@ -279,8 +294,7 @@ class ArchiveService(service.Service):
         gc.collect()
         gc.freeze()
         self.pool.start()
-        if self.render_pool is not None:
-            self.render_pool.start()
+        self.pixel_pool.start()
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -312,8 +326,7 @@ class ArchiveService(service.Service):
         def done(_: Any) -> None:
             if timer.active():
                 timer.cancel()
-            if self.render_pool is not None:
-                self.render_pool.stop()
+            self.pixel_pool.stop()
             self.pool.stop()
             self.index.close()
 
@@ -322,8 +335,11 @@ class ArchiveService(service.Service):
 
 
 def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool,
-                  index: Any) -> AcceptorFactory:
-    """The acceptor factory with every service of the archive."""
+                  index: Any, pixel_pool: ThreadPool | None = None) -> AcceptorFactory:
+    """The acceptor factory with every service of the archive.
+
+    :param pixel_pool: where transcoding runs (default: ``pool``).
+    """
     from dicomtwist import sopclasses
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
@@ -336,11 +352,11 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
 
     store = ArchiveStore(reactor, pool, settings.instance_location, index,
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
-                         describe=describe)
+                         describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
     from dicomtwist.services.qr import QueryRetrieve
 
-    qr = QueryRetrieve(reactor, pool, index, settings)
+    qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,

@@ -7,7 +7,9 @@ result set never stalls the reactor; the index hands each identifier over
 already encoded in the presentation context's transfer syntax.  C-MOVE
 opens associations to the configured destination and C-GET uses the
 requestor's own association; both send stored files as they are (no
-decoding) whenever the peer accepted the stored transfer syntax, report
+decoding) whenever the peer accepted the stored transfer syntax, and
+otherwise a copy converted to the best syntax it accepted
+(:mod:`dicomtwist.codec`, in a pool of its own); they report
 pending counts after each sub-operation, and honour C-CANCEL between
 sub-operations.
 """
@@ -26,7 +28,7 @@ from dicomtwist import log as dlog
 from dicomtwist.association import Association, Response, ServiceRequest, associate, file_dataset
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
-from dicomtwist.storage.files import real_directory
+from dicomtwist.storage.files import real_directory, scratch_file
 
 #: SOP class -> information model name used by the index.
 FIND_MODELS = {
@@ -82,11 +84,15 @@ class QueryRetrieve:
 
     log = dlog.logger()
 
-    def __init__(self, reactor: Any, pool: ThreadPool, index: Any, settings: Any) -> None:
+    def __init__(self, reactor: Any, pool: ThreadPool, index: Any, settings: Any,
+                 codec_pool: ThreadPool | None = None) -> None:
         self.reactor = reactor
         self.pool = pool
         self.index = index
         self.settings = settings
+        #: Where conversions run (pixel codecs hold the CPU): a pool sized
+        #: to the cores, apart from the index and fsync work.
+        self.codec_pool = codec_pool or pool
 
     def _thread(self, f: Any, *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -170,13 +176,16 @@ class QueryRetrieve:
     async def _move_runs(self, request: ServiceRequest, destination: Any, records: list[Any],
                          progress: "_Progress") -> AsyncIterator[Response]:
         originator = (request.association.peer_ae_title, request.message.message_id)
-        for batch in _batches(records):
+        lossy = getattr(destination, "lossy", False)
+        order = getattr(destination, "preference", DEFAULT_ORDER)
+        for batch in _batches(records, lossy, order):
             if request.cancelled:
                 return
             try:
                 assoc = await associate(
                     self.reactor, destination.address, destination.port,
-                    contexts=_contexts(batch), called_ae_title=destination.ae_title,
+                    contexts=_contexts(batch, lossy, order),
+                    called_ae_title=destination.ae_title,
                     calling_ae_title=self.settings.ae_title, max_pdu=self.settings.max_pdu,
                     acse_timeout=self.settings.acse_timeout or 30.0,
                     dimse_timeout=self.settings.dimse_timeout,
@@ -194,7 +203,8 @@ class QueryRetrieve:
                 for record in batch:
                     if request.cancelled:
                         return
-                    status = await self._store(assoc, record, originator)
+                    status = await self._store(assoc, record, originator, lossy=lossy,
+                                               order=order)
                     progress.done(record, status)
                     yield progress.pending()
             finally:
@@ -235,21 +245,54 @@ class QueryRetrieve:
             yield progress.pending()
 
     async def _store(self, assoc: Association, record: Any,
-                     originator: tuple[str, int] | None, get: bool = False) -> int:
-        """One C-STORE sub-operation; returns its status (failure on error)."""
+                     originator: tuple[str, int] | None, get: bool = False,
+                     lossy: bool = False, order: tuple[str, ...] = None) -> int:
+        """One C-STORE sub-operation; returns its status (failure on error).
+
+        The instance goes in the best transfer syntax the peer accepted for
+        its SOP class (``order``: as stored, lossless compressed,
+        uncompressed by default); anything but the stored one is a copy
+        converted in the codec pool (:func:`dicomtwist.codec.transcode`),
+        sent, then deleted.  The stored file never changes.
+        """
+        converted = None
         try:
-            source = file_dataset(self._path(record))
-            if get:
-                context = assoc.context_for(record.sop_class_uid, source.transfer_syntax)
-                if not context.scp_role:
-                    raise ValueError("the C-GET SCU did not take the SCP role for"
-                                     f" {record.sop_class_uid}")
+            path = self._path(record)
+            source = file_dataset(path)
+            accepted = [c.transfer_syntax for c in assoc.negotiated.contexts.values()
+                        if c.abstract_syntax == record.sop_class_uid
+                        and (c.scp_role or not get)] if assoc.negotiated else []
+            if get and not accepted and any(
+                    c.abstract_syntax == record.sop_class_uid
+                    for c in assoc.negotiated.contexts.values()):
+                raise ValueError("the C-GET SCU did not take the SCP role for"
+                                 f" {record.sop_class_uid}")
+            codec = _codec()
+            chosen = codec.preference(source.transfer_syntax, accepted, allow_lossy=lossy,
+                                      order=order or DEFAULT_ORDER)
+            if not chosen:
+                raise ValueError(f"no accepted transfer syntax for {record.sop_class_uid}"
+                                 f" stored as {source.transfer_syntax}"
+                                 + (f" (peer accepted {', '.join(accepted)})" if accepted
+                                    else ""))
+            target = chosen[0]
+            if target != source.transfer_syntax:
+                converted = scratch_file(real_directory(self.settings.instance_location))
+                await deferToThreadPool(self.reactor, self.codec_pool, codec.transcode, path,
+                                        target, converted, allow_lossy=lossy)
+                source = file_dataset(converted)
             rsp = await assoc.store(source, move_originator=originator)
             return rsp.status
         except Exception as e:
             self.log.warn("Sub-operation for {uid} failed: {error}",
                           uid=record.sop_instance_uid, error=str(e))
             return Status.UNABLE_TO_PROCESS
+        finally:
+            if converted is not None:
+                try:
+                    os.unlink(converted)
+                except OSError:
+                    pass
 
     def _path(self, record: Any) -> str:
         # Indexed paths are bare file names: anything else (a separator, a
@@ -307,29 +350,54 @@ class _Progress:
         return Response(Status.SUCCESS, None, self._counts(False))
 
 
-def _contexts(records: Iterable[Any]) -> list[tuple[str, list[str]]]:
-    """Presentation contexts for sending ``records`` as they are stored."""
-    contexts: dict[tuple[str, str], list[str]] = {}
+def _codec() -> Any:
+    """:mod:`dicomtwist.codec`, imported on first use: its pixel back ends
+    (numpy, the codec libraries) cost a daemon that never converts
+    nothing."""
+    from dicomtwist import codec
+
+    return codec
+
+
+#: The default order of transfer syntax preference for a destination.
+DEFAULT_ORDER = ("stored", "lossless", "uncompressed")
+
+
+def _candidates(stored: str, lossy: bool, order: tuple[str, ...]) -> list[str]:
+    """The transfer syntaxes proposed for an instance stored in ``stored``,
+    best first: each one it can be converted to (Deflated and Big Endian
+    left out: nobody needs them that cannot take Little Endian)."""
+    codec = _codec()
+    proposable = (stored, *codec.LOSSLESS_TARGETS, *UNCOMPRESSED,
+                  *(codec.LOSSY_TARGETS if lossy else ()))
+    return codec.preference(stored, proposable, allow_lossy=lossy, order=order)
+
+
+def _contexts(records: Iterable[Any], lossy: bool = False,
+              order: tuple[str, ...] = DEFAULT_ORDER) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for sending ``records``: for each SOP class and
+    stored syntax, one context per transfer syntax it can be sent in, so
+    that the destination says which of them it takes and the best accepted
+    one is used (PS3.8 allows several contexts of one abstract syntax)."""
+    contexts: dict[tuple[str, str], None] = {}
     for record in records:
-        key = (record.sop_class_uid, record.transfer_syntax_uid)
-        if key not in contexts:
-            syntaxes = [record.transfer_syntax_uid]
-            if record.transfer_syntax_uid in UNCOMPRESSED:
-                syntaxes = list(dict.fromkeys([record.transfer_syntax_uid, *UNCOMPRESSED]))
-            contexts[key] = syntaxes
-    return [(sop_class, syntaxes) for (sop_class, _), syntaxes in contexts.items()]
+        for syntax in _candidates(record.transfer_syntax_uid, lossy, order):
+            contexts.setdefault((record.sop_class_uid, syntax), None)
+    return [(sop_class, [syntax]) for sop_class, syntax in contexts]
 
 
-def _batches(records: list[Any]) -> Iterator[list[Any]]:
+def _batches(records: list[Any], lossy: bool = False,
+             order: tuple[str, ...] = DEFAULT_ORDER) -> Iterator[list[Any]]:
     """Split records so that each batch needs at most MAX_CONTEXTS contexts."""
     batch: list[Any] = []
     keys: set[tuple[str, str]] = set()
     for record in records:
-        key = (record.sop_class_uid, record.transfer_syntax_uid)
-        if key not in keys and len(keys) == MAX_CONTEXTS:
+        wanted = {(record.sop_class_uid, syntax)
+                  for syntax in _candidates(record.transfer_syntax_uid, lossy, order)}
+        if batch and len(keys | wanted) > MAX_CONTEXTS:
             yield batch
             batch, keys = [], set()
-        keys.add(key)
+        keys |= wanted
         batch.append(record)
     if batch:
         yield batch

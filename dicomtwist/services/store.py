@@ -45,7 +45,9 @@ from dicomtwist.storage.files import (
     fsync_file,
     instance_path,
     is_valid_uid,
+    dataset_offset,
     part10_header,
+    scratch_file,
     write_temporary,
 )
 from dicomtwist.storage.header import scan, scan_file
@@ -144,6 +146,9 @@ class ArchiveStore:
         the metadata the index keeps with each instance (DICOMweb's, built
         by the layer that serves it); called in the worker, before the
         commit.  None: no metadata is kept.
+    :param store_as: a lossless transfer syntax to compress uncompressed
+        instances to before they are committed (:mod:`dicomtwist.codec`, in
+        the worker; Success still only once the compressed file is durable).
     """
 
     log = dlog.logger()
@@ -151,9 +156,13 @@ class ArchiveStore:
     def __init__(self, reactor: IReactorThreads, pool: ThreadPool, directory: str,
                  index: Any, min_free_bytes: int = 0, memory_limit: int = MEMORY_LIMIT,
                  memory_budget: int = MEMORY_BUDGET,
-                 describe: Callable[[Any, str], bytes] | None = None) -> None:
+                 describe: Callable[[Any, str], bytes] | None = None,
+                 store_as: str | None = None) -> None:
         self.reactor = reactor
         self.describe = describe
+        #: A lossless syntax uncompressed instances are stored in (None:
+        #: everything as received).
+        self.store_as = store_as
         self.pool = pool
         self.directory = os.path.realpath(directory)
         self.index = index
@@ -324,14 +333,20 @@ class ArchiveStore:
                 return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                         f"Study Instance UID {found_study} is not {study}"[:64])
             final = instance_path(self.directory, uid)
+            compress = self._compress_to(transfer_syntax)
             if temp is None:
-                metadata = self._describe(raw, transfer_syntax)
+                metadata = None if compress else self._describe(raw, transfer_syntax)
                 temp = write_temporary(self.directory, data.header, raw)
                 size = len(data.header) + len(raw)
             else:
-                metadata = self._describe_file(temp, len(data.header), transfer_syntax)
+                metadata = (None if compress else
+                            self._describe_file(temp, len(data.header), transfer_syntax))
                 size = os.path.getsize(temp)
-                fsync_file(temp)
+                if not compress:
+                    fsync_file(temp)
+            if compress:
+                transfer_syntax, size, metadata = self._compress(temp, transfer_syntax,
+                                                                 compress, uid)
             prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size, metadata)
             temp = None
             return prepared
@@ -341,6 +356,41 @@ class ArchiveStore:
         finally:
             if temp is not None:
                 _unlink(temp)
+
+    def _compress_to(self, transfer_syntax: str) -> str | None:
+        """The syntax to store an instance received in ``transfer_syntax``
+        in (``store_as``, for uncompressed data sets), or None."""
+        if self.store_as is None or transfer_syntax == self.store_as:
+            return None
+        if transfer_syntax not in _UNCOMPRESSED_SYNTAXES:
+            return None
+        return self.store_as
+
+    def _compress(self, temp: str, transfer_syntax: str, target: str,
+                  uid: str) -> tuple[str, int, bytes | None]:
+        """In the worker: replace the temporary file by a copy compressed to
+        ``target`` (fsynced), keeping it as received when the codec cannot
+        (logged).
+
+        :returns: the stored syntax, the file size and its metadata.
+        """
+        from dicomtwist import codec
+
+        converted = scratch_file(self.directory)
+        try:
+            codec.transcode(temp, target, converted)
+            fsync_file(converted)
+            os.replace(converted, temp)
+            transfer_syntax = target
+        except codec.CodecError as e:
+            self.log.warn("Storing {uid} as received: cannot compress it to {target}: {error}",
+                          uid=uid, target=target, error=str(e))
+            fsync_file(temp)
+        finally:
+            _unlink(converted)
+        size = os.path.getsize(temp)
+        offset = file_dataset_offset(temp)
+        return transfer_syntax, size, self._describe_file(temp, offset, transfer_syntax)
 
     def _describe(self, data: Any, transfer_syntax: str) -> bytes | None:
         """The metadata to keep, or None (not kept, or it failed: the data
@@ -416,6 +466,20 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+
+#: Syntaxes ``store_as`` compresses (uncompressed and Deflated).
+_UNCOMPRESSED_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                    "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+
+
+def file_dataset_offset(path: str) -> int:
+    """Where the data set starts in a Part 10 file we wrote."""
+    with open(path, "rb") as fp:
+        offset = dataset_offset(fp.read(65536))
+    if offset is None:
+        raise OSError(f"{path}: no File Meta Information Group Length")
+    return offset
 
 
 #: SOP Instance, SOP Class, Study Instance and Series Instance UID.

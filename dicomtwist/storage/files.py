@@ -152,10 +152,34 @@ def free_bytes(directory: str) -> int:
 
 
 def temporary_files(directory: str) -> list[str]:
-    """Leftover temporary files (from a crash) in ``directory``."""
+    """Leftover temporary files (from a crash) in ``directory``: spooled
+    stores, and everything in its scratch directory."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return [os.path.join(directory, n) for n in names
-            if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)]
+    found = [os.path.join(directory, n) for n in names
+             if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)]
+    scratch = os.path.join(directory, SCRATCH)
+    if os.path.isdir(scratch) and not os.path.islink(scratch):
+        found += [os.path.join(scratch, n) for n in os.listdir(scratch)
+                  if os.path.isfile(os.path.join(scratch, n))]
+    return found
+
+
+#: The instance directory's subdirectory for short-lived files (converted
+#: copies of instances being sent); emptied at every start.
+SCRATCH = ".scratch"
+
+
+def scratch_file(directory: str, suffix: str = ".dcm") -> str:
+    """A new empty file in the instance directory's scratch directory.
+
+    The caller removes it when done; a crash's leftovers go at the next
+    start (:func:`temporary_files`).
+    """
+    scratch = os.path.join(directory, SCRATCH)
+    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=scratch, suffix=suffix)
+    os.close(fd)
+    return path

@@ -25,13 +25,7 @@ from dicomtwist.web.dicomweb.service import DicomWebService
 from dicomtwist.web.dicomweb.stow import body_sink_for
 from dicomtwist.web.server import Limits, build_site as _site
 
-__all__ = ["build_site", "render_pool", "static_mounts"]
-
-
-def render_pool() -> ThreadPool:
-    """The pool for pixel codecs: as many threads as cores (they hold the CPU)."""
-    return ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
-                      name="dicomtwist-render")
+__all__ = ["build_site", "static_mounts"]
 
 
 def static_mounts(value: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -117,7 +111,7 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     """The Site of the archive's HTTP endpoint.
 
     :param settings: the archive configuration (``http_*`` keys).
-    :param renderers: the pool for pixel codecs (see :func:`render_pool`).
+    :param renderers: the pool for pixel codecs (rendering, transcoding).
     :raises ValueError: the users or tokens file is malformed.
     """
     credentials = auth.load(settings.http_users, settings.http_tokens)

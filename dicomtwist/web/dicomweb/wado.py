@@ -31,7 +31,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from dicomtwist.association import NATIVE_SYNTAXES, file_dataset
-from dicomtwist.storage.files import part10_header
+from dicomtwist.storage.files import scratch_file
 from dicomtwist.storage.index import StoredInstance
 from dicomtwist.web.dicomweb import media, multipart
 from dicomtwist.web.dicomweb.dicomjson import (
@@ -62,9 +62,14 @@ _LITTLE_ENDIAN = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
 def convertible(stored: str, wanted: str) -> bool:
-    """Whether a stored syntax can be sent in another: today between the
-    uncompressed ones (and Deflated), re-encoded by pydicom."""
-    return stored in NATIVE_SYNTAXES and wanted in NATIVE_SYNTAXES
+    """Whether a stored syntax can be sent in another (the codec layer's
+    conversions, lossless targets only: a client asking for a lossy
+    syntax gets 406)."""
+    if stored == wanted:
+        return True
+    from dicomtwist import codec
+
+    return codec.can_convert(stored, wanted)
 
 
 def describe(data: Any, transfer_syntax: str) -> bytes:
@@ -360,30 +365,48 @@ async def retrieve(context: DicomWebContext, request: server.Request, study: str
                                  f" {record.transfer_syntax_uid})")
         plans.append((record, chosen[1] or record.transfer_syntax_uid))
     parts: list[Part] = []
-    for record, syntax in plans:
-        path = stored_path(context, record)
-        if syntax != record.transfer_syntax_uid:
-            data = await context.run(_converted, path, syntax)
-            part = Part(f"application/dicom; transfer-syntax={syntax}", data=data)
-        else:
+    scratch: list[str] = []
+    try:
+        for record, syntax in plans:
+            path = stored_path(context, record)
+            if syntax != record.transfer_syntax_uid:
+                path = await converted(context, path, syntax, scratch)
             try:
                 size = os.path.getsize(path)
             except OSError:
                 raise HttpError(404, f"instance {record.sop_instance_uid} is not on disk")
-            part = Part(f"application/dicom; transfer-syntax={syntax}", path=path, length=size)
-        parts.append(part)
-    await send_multipart(request, "application/dicom", parts)
+            parts.append(Part(f"application/dicom; transfer-syntax={syntax}", path=path,
+                              length=size))
+        await send_multipart(request, "application/dicom", parts)
+    finally:
+        for path in scratch:
+            _unlink(path)
 
 
-def _converted(path: str, transfer_syntax: str) -> bytes:
-    """A stored file re-encoded in another uncompressed syntax (Part 10)."""
-    from pydicom import dcmread
+async def converted(context: DicomWebContext, path: str, transfer_syntax: str,
+                    scratch: list[str]) -> str:
+    """A copy of a stored file in another transfer syntax, made in the
+    pixel pool into the instance directory's scratch space (its path is
+    added to ``scratch`` for the caller to delete).
 
-    from dicomtwist.dimse.codec import encode_dataset
+    :raises HttpError: 406 when the codec cannot convert this instance.
+    """
+    from dicomtwist import codec
 
-    ds = dcmread(path, force=True)
-    body = encode_dataset(ds, transfer_syntax)
-    return part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), transfer_syntax) + body
+    target = scratch_file(context.directory)
+    scratch.append(target)
+    try:
+        await context.render(codec.transcode, path, transfer_syntax, target)
+    except codec.CodecError as e:
+        raise HttpError(406, f"cannot convert to {transfer_syntax}: {e}")
+    return target
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 # Metadata
