@@ -659,12 +659,28 @@ class WadoTests(WebTestCase):
         self.assertEqual(dataset_json(sent, bulk_threshold=1 << 30),
                          dataset_json(self.dose, bulk_threshold=1 << 30))
 
-    def test_retrieve_jpeg2000_not_acceptable(self) -> None:
-        """A JPEG 2000 instance asked for in the default syntax is 406 (no codec
-        conversion)."""
+    def test_retrieve_jpeg2000_converted(self) -> None:
+        """A JPEG 2000 instance asked for in the default syntax is decoded to
+        Explicit VR Little Endian: the same pixels, the same UIDs; a lossy
+        syntax is not acceptable (406); the stored file is unchanged and no
+        scratch copy is left."""
+        stored = file_bytes(self.stored_path(self.j2k.SOPInstanceUID))
         response = self.get(self.path_of(self.j2k))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.length, len(response.body))
+        [(headers, data)] = response.parts()
+        self.assertEqual(headers["content-type"],
+                         "application/dicom; transfer-syntax=1.2.840.10008.1.2.1")
+        sent = dcmread(io.BytesIO(data))
+        self.assertEqual(sent.SOPInstanceUID, self.j2k.SOPInstanceUID)
+        self.assertEqual(sent.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian)
+        self.assertEqual(sent.pixel_array.tolist(), self.j2k.pixel_array.tolist())
+        response = self.get(self.path_of(self.j2k), accept='multipart/related; '
+                            'type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50')
         self.assertEqual(response.code, 406)
-        self.assertIn(JPEG2000_LOSSLESS, response.json()["error"])
+        self.assertEqual(file_bytes(self.stored_path(self.j2k.SOPInstanceUID)), stored)
+        scratch = os.path.join(self.directory, ".scratch")
+        self.assertEqual(os.listdir(scratch) if os.path.isdir(scratch) else [], [])
 
     def test_retrieve_study_and_series(self) -> None:
         """A study and a series are retrieved as one part per instance."""
