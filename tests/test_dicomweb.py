@@ -894,6 +894,17 @@ class WadoTests(WebTestCase):
         self.assertEqual(headers["content-type"],
                          f"application/octet-stream; transfer-syntax={JPEG2000_LOSSLESS}")
 
+    def test_frames_of_jpeg2000_decoded(self) -> None:
+        """A JPEG 2000 frame asked for as plain octet-stream (Explicit VR
+        Little Endian by default) is the decoded frame."""
+        response = self.frames(self.j2k, "1", Accept="multipart/related;"
+                               ' type="application/octet-stream"')
+        self.assertEqual(response.code, 200)
+        [(headers, data)] = response.parts()
+        self.assertEqual(headers["content-type"],
+                         "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1")
+        self.assertEqual(data, self.j2k.pixel_array.tobytes())
+
     def rendered(self, path: str, **headers: Any) -> Image.Image:
         """The image a rendered or thumbnail path answers (checked to be 200)."""
         response = self.get(path, **headers)

@@ -544,18 +544,30 @@ async def frames(context: DicomWebContext, request: server.Request, study: str, 
     native = stored in NATIVE_SYNTAXES
     part_types = (["application/octet-stream"] if native else
                   [_media_type_of(stored), "application/octet-stream"])
+
+    def as_is(wanted: str | None) -> bool:
+        # Uncompressed frames are the same octets in either little endian
+        # syntax: an Implicit VR file serves Explicit VR frames as it is.
+        return wanted in (None, stored) or (
+            native and stored != "1.2.840.10008.1.2.2" and wanted in _LITTLE_ENDIAN)
+
     chosen = media.choose_multipart(accept_of(request), part_types, stored,
-                                    lambda a, b: a == b or (native and b in _LITTLE_ENDIAN))
+                                    lambda a, b: as_is(b) or convertible(a, b))
     if chosen is None:
         raise HttpError(406, f"frames stored as {stored} cannot be sent as asked")
     part_type, syntax = chosen
-    if native and syntax not in (None, stored) + _LITTLE_ENDIAN:
-        raise HttpError(406, f"frames stored as {stored} cannot be sent in {syntax}")
-    if native and stored == "1.2.840.10008.1.2.2":
-        raise HttpError(406, "frames of big endian data are not converted")
-    path = stored_path(context, record)
-    _, octets = await context.run(_read_frames, path, numbers)
     syntax = syntax or stored
+    path = stored_path(context, record)
+    scratch: list[str] = []
+    try:
+        if not as_is(syntax):
+            # Decoded (or re-encoded) by the codec into a scratch copy,
+            # whose frames are then read as stored ones are.
+            path = await converted(context, path, syntax, scratch)
+        _, octets = await context.run(_read_frames, path, numbers)
+    finally:
+        for name in scratch:
+            _unlink(name)
     content_type = f"{part_type}; transfer-syntax={syntax}"
     parts = [Part(content_type, data=frame) for frame in octets]
     await send_multipart(request, part_type, parts)
