@@ -212,6 +212,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_associations": (_count, 64),
     "min_free_space": (_megabytes, 0),
     "shutdown_grace": (_grace, 10.0),
+    # Processes behind the listening ports (docs/scaling.md).
+    "workers": (_count, 1),
     # Compression on ingest (docs/user-guide.md).
     "store_transfer_syntax": (_store_syntax, None),
     # Access control (docs/security.md).
@@ -261,6 +263,8 @@ class Config:
     min_free_space: int = 0
     #: Seconds running associations get to finish at shutdown.
     shutdown_grace: float = 10.0
+    #: Archive processes behind the same listening ports (PostgreSQL only).
+    workers: int = 1
     #: A lossless syntax to store uncompressed instances in (None: as
     #: received).
     store_transfer_syntax: str | None = None

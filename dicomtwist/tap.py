@@ -97,6 +97,8 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["workers", None, None, "run N archive processes behind the same listening"
+                                " ports (needs a PostgreSQL index; default 1)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
@@ -121,6 +123,7 @@ class Options(usage.Options):
         "tls-key": "tls_key",
         "http": "http",
         "store-transfer-syntax": "store_transfer_syntax",
+        "workers": "workers",
     }
 
     def __init__(self) -> None:
@@ -137,7 +140,9 @@ class Options(usage.Options):
         """Accept the spec's single-dash long options too."""
         if options is None:
             options = sys.argv[1:]
-        super().parseOptions(expand_short_forms(list(options)))
+        #: The archive options as given (``--workers`` passes them on).
+        self["argv"] = expand_short_forms(list(options))
+        super().parseOptions(self["argv"])
 
     def opt_version(self) -> None:
         """print version information and exit"""
@@ -162,13 +167,16 @@ class Options(usage.Options):
         except (DicomError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         cfg.instance_location = os.path.abspath(cfg.instance_location)
-        cfg.database_location = os.path.abspath(cfg.database_location)
+        if not cfg.database_location.startswith(("postgresql://", "postgres://")):
+            cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
         if cfg.http is not None:
             _check_http(cfg)
+        if cfg.workers > 1:
+            _check_workers(cfg)
         if cfg.store_transfer_syntax is not None:
             from dicomtwist import codec
 
@@ -186,6 +194,25 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
+
+
+def _check_workers(cfg: configuration.Config) -> None:
+    """``--workers N`` needs a shared index and ``tcp:`` listeners.
+
+    :raises usage.UsageError: naming what stands in the way.
+    """
+    from dicomtwist import workers
+
+    if not cfg.database_location.startswith(("postgresql://", "postgres://")):
+        raise usage.UsageError(
+            f"--workers {cfg.workers} needs a PostgreSQL index (--database-location"
+            " postgresql://...): with sqlite each process would keep its own"
+            " counts and caches of the same file")
+    for description in [*listen_descriptions(cfg), *([cfg.http] if cfg.http else [])]:
+        try:
+            workers.parse_tcp(description)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _check_http(cfg: configuration.Config) -> None:
@@ -255,12 +282,15 @@ class ArchiveService(service.Service):
     log = dlog.logger()
 
     def __init__(self, settings: configuration.Config, reactor: Any,
-                 handle_signals: bool = False) -> None:
+                 handle_signals: bool = False, recover: bool = True) -> None:
         self.settings = settings
         self.reactor = reactor
         #: Install :func:`_stop_on_signals` once the reactor runs (the
         #: daemon's entry points; not a service built around a test reactor).
         self.handle_signals = handle_signals
+        #: Run start-up recovery (a ``--workers`` supervisor runs it once,
+        #: its workers do not).
+        self.recover = recover
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dicomtwist")
         os.makedirs(settings.instance_location, exist_ok=True)
         from dicomtwist.storage.index import Index
@@ -282,12 +312,9 @@ class ArchiveService(service.Service):
         """Recover, then start the worker threads."""
         from dicomtwist.storage.recovery import recover
 
-        report = recover(self.settings.instance_location, self.index)
-        if report.temporary_removed or report.rows_dropped or report.files_indexed:
-            self.log.warn("Recovery: removed {temp} temporary file(s), dropped {rows} row(s)"
-                          " without a file, indexed {files} file(s) without a row",
-                          temp=report.temporary_removed, rows=report.rows_dropped,
-                          files=report.files_indexed)
+        if self.recover:
+            report = recover(self.settings.instance_location, self.index)
+            log_recovery(report)
         super().startService()
         # Everything loaded so far (pydicom's dictionaries, Twisted) lives
         # as long as the process: keep it out of every full collection.
@@ -332,6 +359,15 @@ class ArchiveService(service.Service):
 
         waiting.addBoth(done)
         return waiting
+
+
+def log_recovery(report: Any) -> None:
+    """One warning when start-up recovery found anything to do."""
+    if report.temporary_removed or report.rows_dropped or report.files_indexed:
+        _access_log.warn("Recovery: removed {temp} temporary file(s), dropped {rows} row(s)"
+                         " without a file, indexed {files} file(s) without a row",
+                         temp=report.temporary_removed, rows=report.rows_dropped,
+                         files=report.files_indexed)
 
 
 def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool,
@@ -443,8 +479,22 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if options["reindex"]:
         sys.exit(reindex(settings))
     top = service.MultiService()
-    archive = ArchiveService(settings, reactor, handle_signals=daemon)
+    from dicomtwist import workers
+
+    inherited = workers.adopted()
+    if inherited is None and settings.workers > 1:
+        return _supervisor(options, settings, reactor, daemon)
+    archive = ArchiveService(settings, reactor, handle_signals=daemon,
+                             recover=inherited is None)
     archive.setServiceParent(top)
+    if inherited is not None:
+        # A worker of --workers: accept on the supervisor's sockets.
+        factories = [archive.factory] * len(listen_descriptions(settings))
+        if archive.site is not None:
+            factories.append(archive.site)
+        for (fd, family), factory in zip(inherited, factories):
+            workers.AdoptedPortService(reactor, fd, family, factory).setServiceParent(top)
+        return top
     for description in listen_descriptions(settings):
         endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
         listener = StreamServerEndpointService(endpoint, archive.factory)
@@ -457,6 +507,39 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         web._raiseSynchronously = True
         web.setServiceParent(top)
     return top
+
+
+def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
+                daemon: bool) -> service.MultiService:
+    """``--workers N``: bind the listening sockets, recover once, and run N
+    workers on them (:mod:`dicomtwist.workers`)."""
+    from dicomtwist import workers
+    from dicomtwist.storage.recovery import recover
+
+    descriptions = [*listen_descriptions(settings), *([settings.http] if settings.http else [])]
+    sockets = [workers.bind(workers.parse_tcp(d)) for d in descriptions]
+    os.makedirs(settings.instance_location, exist_ok=True)
+    index = open_index(settings.database_location)
+    try:
+        log_recovery(recover(settings.instance_location, index))
+    finally:
+        index.close()
+    top = service.MultiService()
+    argv = [a for a in options["argv"]]
+    supervisor = workers.WorkerSupervisor(reactor, settings.workers, sockets,
+                                          workers.worker_argv(argv))
+    supervisor.setServiceParent(top)
+    if daemon:
+        reactor.callWhenRunning(_stop_on_signals, reactor)
+    return top
+
+
+def open_index(location: str) -> Any:
+    """The index at ``location`` (sqlite path or PostgreSQL URI)."""
+    from dicomtwist.storage import index as indexes
+
+    opener = getattr(indexes, "open_index", None)
+    return opener(location) if opener is not None else indexes.Index(location)
 
 
 def clean(settings: configuration.Config, assume_yes: bool = False,
