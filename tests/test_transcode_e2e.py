@@ -495,6 +495,36 @@ class DestinationTests(TranscodeCase):
         self.assertUntouched(before)
 
     @inline
+    async def test_compressed_to_another_compressed_syntax(self) -> None:
+        """JPEG Baseline colour and RLE instances reach a JPEG-LS-only
+        destination as JPEG-LS: the RLE one exactly, the Baseline one as
+        dcmdjpeg decodes it and still marked lossy."""
+        output, ports = await self.scp(JPEGLS=ts.JPEG_LS_LOSSLESS)
+        self.write_config(JPEGLS=self.destination(ports["JPEGLS"]))
+        by_name = {how.name: how for how in COMPRESSIONS}
+        instances = [await self.compressed(by_name["jpeg-baseline-rgb"]),
+                     await self.compressed(by_name["rle"])]
+        await self.start_archive()
+        await self.store(instances)
+        before = digests(self.instances)
+        moved = await self.move("JPEGLS")
+        self.assertIn("0x0000: Success", final_response(moved), moved)
+        directory = os.path.join(output, "JPEGLS")
+        received = self.received(directory, "*.dcm")
+        self.assertEqual(sorted(received), sorted(i.uid for i in instances))
+        for instance in instances:
+            ds = received[instance.uid]
+            self.assertEqual(ds.file_meta.TransferSyntaxUID, ts.JPEG_LS_LOSSLESS)
+            decoded = np.load(os.path.join(directory, instance.uid + ".npy"))
+            self.assertLessEqual(max_error(decoded, instance.reference), instance.tolerance,
+                                 instance.name)
+            self.assertEqual(ds.PhotometricInterpretation, instance.photometric)
+            self.assertEqual(ds.get("LossyImageCompression"),
+                             "01" if instance.lossy else None, instance.name)
+            self.assertAsStored(ds, self.stored(instance))
+        self.assertUntouched(before)
+
+    @inline
     async def test_lossy_only_destination(self) -> None:
         """A destination accepting only JPEG Baseline fails the sub-operations
         unless configured ``lossy: yes``, and then gets the 8-bit instance
@@ -647,13 +677,19 @@ class IngestTests(TranscodeCase):
     async def test_store_as_jpeg_ls(self) -> None:
         """Uncompressed instances are stored as JPEG-LS Lossless, found by
         C-FIND and got back by an uncompressed-only getscu exactly; 32-bit
-        and 1-bit images are stored as received, with a warning."""
+        and 1-bit images are stored as received, with a warning, and JPEG
+        Baseline as it came."""
         self.write_config("store_transfer_syntax: jpeg-ls\n")
         compressible = [self.uncompressed(name, **image)
                         for name, image in UNCOMPRESSED_IMAGES.items()]
         refused = [self.unencodable("bits32", 32), self.unencodable("bits1", 1)]
+        baseline = await self.compressed(COMPRESSIONS[0])
         archive = await self.start_archive()
         await self.tool("storescu", files=[i.path for i in compressible + refused])
+        await self.store([baseline])
+        stored = read(self.stored(baseline))
+        self.assertEqual(stored.file_meta.TransferSyntaxUID, ts.JPEG_BASELINE)
+        self.assertEqual(stored.PixelData, read(baseline.path).PixelData)
 
         for instance in compressible:
             ds = pydicom.dcmread(self.stored(instance), stop_before_pixels=True)
@@ -675,7 +711,7 @@ class IngestTests(TranscodeCase):
                                  "-k", "SOPInstanceUID")
         self.assertEqual(sorted(ds.SOPInstanceUID for ds in
                                 map(read, glob.glob(os.path.join(found, "rsp*.dcm")))),
-                         sorted(i.uid for i in compressible + refused), output)
+                         sorted(i.uid for i in compressible + refused + [baseline]), output)
 
         before = digests(self.instances)
         got = os.path.join(self.work, "got")
@@ -685,7 +721,9 @@ class IngestTests(TranscodeCase):
                                  "-k", f"PatientID={self.patient_id}")
         self.assertIn("Received C-GET Response (Success)", output)
         received = self.received(got)
-        self.assertEqual(sorted(received), sorted(i.uid for i in compressible + refused))
+        self.assertEqual(sorted(received),
+                         sorted(i.uid for i in compressible + refused + [baseline]))
+        self.assertDecoded({baseline.uid: received.pop(baseline.uid)}, [baseline])
         for instance in compressible + refused:
             ds = received[instance.uid]
             self.assertIn(ds.file_meta.TransferSyntaxUID, UNCOMPRESSED, instance.name)
