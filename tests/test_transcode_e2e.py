@@ -610,8 +610,8 @@ class BadInputTests(TranscodeCase):
     @inline
     async def test_corrupt_and_truncated_streams(self) -> None:
         """A corrupt and a truncated JPEG-LS stream moved with good instances
-        to an uncompressed-only storescp fail (counted and listed), the
-        others arrive and the daemon still answers C-ECHO."""
+        to an uncompressed-only storescp (or got by getscu) fail, counted and
+        listed, the others arrive and the daemon still answers C-ECHO."""
         jls = Compression("jpeg-ls", ts.JPEG_LS_LOSSLESS, {"frames": 2}, ("dcmcjpls",),
                           ("dcmdjpls",))
         good = await self.compressed(jls)
@@ -647,6 +647,16 @@ class BadInputTests(TranscodeCase):
         self.assertDecoded(self.received(received), [good, plain])
         for bad in (corrupt, truncated):
             await archive.wait_for_output(f"Sub-operation for {bad.uid} failed".encode())
+        got = os.path.join(self.work, "got")
+        os.makedirs(got)
+        output = await self.tool("getscu", "-d", "-P", "+x=", "-od", got,
+                                 "-k", "QueryRetrieveLevel=PATIENT",
+                                 "-k", f"PatientID={self.patient_id}", expect=None)
+        self.assertIn("Number of Completed Suboperations : 2", output)
+        self.assertIn("Number of Failed Suboperations    : 2", output)
+        # getscu does not print (nor read) the final response's identifier.
+        self.assertIn("0xb000", output)
+        self.assertDecoded(self.received(got), [good, plain])
         echo = await self.tool("echoscu", "-v")
         self.assertIn("Received Echo Response (Success)", echo)
         self.assertUntouched(before)
