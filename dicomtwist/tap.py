@@ -293,8 +293,11 @@ class ArchiveService(service.Service):
         self.recover = recover
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dicomtwist")
         os.makedirs(settings.instance_location, exist_ok=True)
-        from dicomtwist.storage.index import Index
-        self.index = Index(settings.database_location)
+        from dicomtwist.storage.index import IndexUnavailable, open_index
+        try:
+            self.index = open_index(settings.database_location)
+        except IndexUnavailable as e:
+            raise SystemExit(f"dicomqr: {e}") from None
         #: Pixel codecs (transcoding, rendering) hold the CPU: their own
         #: pool, one thread a core, started empty.
         self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
@@ -563,10 +566,14 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
             print("Cleaning aborted")
             return 1
     from dicomtwist.storage.files import is_valid_uid, temporary_files
-    from dicomtwist.storage.index import Index
+    from dicomtwist.storage.index import IndexUnavailable, open_index
 
     root = os.path.realpath(settings.instance_location)
-    index = Index(settings.database_location)
+    try:
+        index = open_index(settings.database_location)
+    except IndexUnavailable as e:
+        print(f"dicomqr: {e}", file=sys.stderr)
+        return 1
     removed = 0
     for relative in index.paths():
         path = os.path.realpath(os.path.join(root, relative))
@@ -602,10 +609,14 @@ def reindex(settings: configuration.Config) -> int:
     :returns: the exit status (1 if some files could not be read).
     """
     from dicomtwist.storage import recovery
-    from dicomtwist.storage.index import Index
+    from dicomtwist.storage.index import IndexUnavailable, open_index
 
     os.makedirs(settings.instance_location, exist_ok=True)
-    index = Index(settings.database_location)
+    try:
+        index = open_index(settings.database_location)
+    except IndexUnavailable as e:
+        print(f"dicomqr: {e}", file=sys.stderr)
+        return 1
     report = recovery.reindex(settings.instance_location, index)
     index.close()
     print(f"Indexed {report.files_indexed} instance(s);"

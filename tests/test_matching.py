@@ -199,7 +199,7 @@ class ConditionTests(SynchronousTestCase):
 
     def test_any_of_empty(self):
         """An empty alternative matches nothing."""
-        self.assertEqual(Condition.any_of([]).sql, "0")
+        self.assertEqual(Condition.any_of([]).sql, "FALSE")
 
     def test_glob_pattern_escapes_bracket(self):
         """Only '[' needs escaping for GLOB; '%' and '_' are literal already."""

@@ -6,6 +6,13 @@ parameters; values are never interpolated into the SQL text) or into a
 Python predicate over a stored value, so the index and the tests share one
 reading of the rules.
 
+There is one builder for both index backends; what differs between sqlite
+and PostgreSQL is kept in a :class:`Dialect` (``SQLITE``, ``POSTGRES``):
+the wild card operator and the placeholder style.  Everything else the
+builder writes (``=``, ``IN``, ``>=``/``<=`` on text, ``IS NULL``, ``TRUE``
+and ``FALSE``) means the same on both, given that PostgreSQL compares text
+columns in the ``"C"`` collation (byte order, as sqlite's ``BINARY``).
+
 Stored values (see ``dicomtwist.storage.index``) are decoded Python ``str``;
 multi-valued attributes are joined with ``\\``. Some VRs need a *match key*
 kept next to the value, computed by ``match_key``:
@@ -26,8 +33,10 @@ Rules, in the order of PS3.4 C.2.2.2:
 - universal matching (C.2.2.2.3): an empty value (or a lone ``*``) matches
   everything; the key is only a return key.
 - wild card matching (C.2.2.2.4): ``*`` and ``?`` for AE, CS, LO, LT, PN,
-  SH, ST, UC, UR and UT, translated to SQL ``GLOB`` with ``[`` escaped, so
-  ``%``, ``_`` and ``[`` match literally. Other VRs take ``*``/``?`` as
+  SH, ST, UC, UR and UT, translated by the SQL dialect: ``GLOB`` with ``[``
+  escaped on sqlite, ``LIKE ... ESCAPE`` with ``%``, ``_`` and ``\\``
+  escaped on PostgreSQL, so ``%``, ``_`` and ``[`` match literally on both
+  and the match is case-sensitive on both. Other VRs take ``*``/``?`` as
   ordinary characters.
 - range matching (C.2.2.2.5): ``A-B``, ``-B``, ``A-`` for DA, TM and DT.
   When both Study Date and Study Time are given they are matched
@@ -54,10 +63,14 @@ from dicomtwist.status import Status
 
 __all__ = [
     "Condition",
+    "Dialect",
+    "POSTGRES",
+    "SQLITE",
     "QueryError",
     "WILDCARD_VRS",
     "condition",
     "glob_pattern",
+    "like_pattern",
     "is_universal",
     "match_key",
     "predicate",
@@ -107,7 +120,7 @@ class Condition:
     def any_of(cls, conditions: Sequence[Condition]) -> Condition:
         """Join conditions with ``OR``; an empty list matches nothing."""
         if not conditions:
-            return cls("0")
+            return cls("FALSE")
         if len(conditions) == 1:
             return conditions[0]
         sql = " OR ".join(f"({c.sql})" for c in conditions)
@@ -202,6 +215,51 @@ def glob_pattern(text: str) -> str:
     return text.replace("[", "[[]")
 
 
+def like_pattern(text: str) -> str:
+    """Translate a DICOM wild card value to an SQL ``LIKE`` pattern with
+    ``ESCAPE '\\'``: ``\\``, ``%`` and ``_`` are escaped, then ``*`` becomes
+    ``%`` and ``?`` becomes ``_``."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+class Dialect:
+    """What differs between the SQL of the index backends (this class:
+    sqlite; ``name`` says which)."""
+
+    name = "sqlite"
+
+    def wildcard(self, column: str, text: str) -> Condition:
+        """``column`` matches the DICOM wild card value ``text`` (``*``, ``?``),
+        case-sensitively, every other character literally."""
+        return Condition(f"{column} GLOB ?", (glob_pattern(text),))
+
+    def sql(self, text: str) -> str:
+        """The statement with this dialect's placeholders (``?`` here)."""
+        return text
+
+
+class _Postgres(Dialect):
+    """PostgreSQL: ``LIKE`` with an escape character, ``%s`` placeholders."""
+
+    name = "postgresql"
+
+    def wildcard(self, column: str, text: str) -> Condition:
+        return Condition(f"{column} LIKE ? ESCAPE '\\'", (like_pattern(text),))
+
+    def sql(self, text: str) -> str:
+        # psycopg's placeholders are %s, so a literal % is %%; the builder
+        # writes no '?' other than placeholders (values are parameters).
+        return text.replace("%", "%%").replace("?", "%s")
+
+
+SQLITE = Dialect()
+"""sqlite: ``GLOB``, ``?`` placeholders."""
+
+POSTGRES = _Postgres()
+"""PostgreSQL: ``LIKE ... ESCAPE``, ``%s`` placeholders."""
+
+
 def range_bounds(text: str, vr: str) -> tuple[str | None, str | None]:
     """The inclusive bounds of a range (or single) DA, TM or DT value.
 
@@ -235,7 +293,8 @@ def range_bounds(text: str, vr: str) -> tuple[str | None, str | None]:
     return (_pad_datetime(low, "0") if low else None, _pad_datetime(high, "9") if high else None)
 
 
-def _single_condition(column: str, key_column: str, text: str, vr: str) -> Condition:
+def _single_condition(column: str, key_column: str, text: str, vr: str,
+                      dialect: Dialect) -> Condition:
     if text == EMPTY_VALUE:
         return Condition(f"({column} IS NULL OR {column} = '')")
     if vr in RANGE_VRS and (vr != "DA" or "-" in text):
@@ -251,25 +310,24 @@ def _single_condition(column: str, key_column: str, text: str, vr: str) -> Condi
         return Condition(" AND ".join(parts), tuple(params))
     if vr == "PN":
         target = _normalise_pn(text).casefold()
-        pattern = glob_pattern(target)
         if "=" in target:
-            return Condition(f"{key_column} GLOB ?", (pattern,))
+            return dialect.wildcard(key_column, target)
         # A name without '=' may also match the first (alphabetic) group of
         # a name that has ideographic and phonetic groups (PS3.5 6.2.1.2).
-        return Condition(f"({key_column} GLOB ? OR {key_column} GLOB ?)",
-                         (pattern, pattern + "=*"))
+        return Condition.any_of([dialect.wildcard(key_column, target),
+                                 dialect.wildcard(key_column, target + "=*")])
     if vr in NUMERIC_VRS:
         try:
             return Condition(f"{column} = ?", (int(text),))
         except ValueError:
             raise QueryError(comment=f"Invalid {vr} value {text!r}") from None
     if has_wildcard(text, vr):
-        return Condition(f"{column} GLOB ?", (glob_pattern(text),))
+        return dialect.wildcard(column, text)
     return Condition(f"{column} = ?", (text,))
 
 
-def condition(column: str, value: object, vr: str,
-              key_column: str | None = None) -> Condition | None:
+def condition(column: str, value: object, vr: str, key_column: str | None = None,
+              dialect: Dialect = SQLITE) -> Condition | None:
     """The SQL condition for one identifier element (PS3.4 C.2.2.2).
 
     :param column: the SQL expression of the stored value.
@@ -277,6 +335,7 @@ def condition(column: str, value: object, vr: str,
     :param vr: the element's VR.
     :param key_column: the SQL expression of the stored ``match_key`` (PN,
         TM, DT); defaults to ``column``.
+    :param dialect: the SQL dialect of the index (sqlite by default).
     :returns: the condition, or ``None`` for universal matching.
     :raises QueryError: for a value the rules cannot read (a bad range).
     """
@@ -291,7 +350,7 @@ def condition(column: str, value: object, vr: str,
         marks = ", ".join("?" for _ in values)
         return Condition(f"{column} IN ({marks})", tuple(values))
     return Condition.any_of(
-        [_single_condition(column, key_column, v, vr) for v in values]
+        [_single_condition(column, key_column, v, vr, dialect) for v in values]
     )
 
 

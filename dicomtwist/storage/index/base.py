@@ -1,10 +1,13 @@
-"""The archive index: patients, studies, series and instances in sqlite.
+"""What both index backends share: the layout, row decoding and the SQL.
 
-``Index`` is plain synchronous Python, safe to share between the threads of
+The index is plain synchronous Python, safe to share between the threads of
 a pool: the service layer calls it through ``deferToThreadPool`` and never
-on the reactor thread. One sqlite connection (WAL, ``synchronous=NORMAL``)
-is guarded by a lock; queries take the lock for one batch of rows at a time,
-never across a ``yield``.
+on the reactor thread.  :class:`SqlIndex` holds everything that does not
+depend on the database (planning a C-FIND, reading the rows, removing,
+recounting); ``sqlite.py`` and ``postgres.py`` hold connections,
+transactions, the schema's SQL types and the ``add`` path.  Statements are
+written once with ``?`` placeholders; ``matching.Dialect.sql`` gives each
+database its own.
 
 Layout, one table per Query/Retrieve level (PS3.4 C.6):
 
@@ -14,6 +17,9 @@ Layout, one table per Query/Retrieve level (PS3.4 C.6):
   share one row.
 - ``study``, ``series``, ``instance``: keyed by their UIDs, each holding the
   integer key of its parent.
+- ``metadata``: each instance's DICOMweb metadata, apart from the narrow
+  rows C-FIND scans.
+- ``schema_version``: one row, the layout's version (:data:`SCHEMA_VERSION`).
 
 Values are stored decoded to ``str`` as pydicom gives them after applying
 the data set's Specific Character Set (PS3.5 6.1, PS3.3 C.12.1.1.2); PN
@@ -31,20 +37,25 @@ Study) are matched against their whole stored value.
 Derived attributes (Number of Patient/Study/Series Related ..., Modalities
 in Study, SOP Classes in Study) are columns recomputed for the rows an
 ``add`` or ``remove`` touches, in the same transaction.
+
+Schema versions (:data:`SCHEMA_VERSION`): version 1 is the layout without a
+version record (dicomtwist up to the PostgreSQL backend; some such files
+lack the ``metadata`` table); version 2 adds ``schema_version``.  Opening
+an index creates the schema in an empty database, upgrades an older one
+automatically in one transaction (each step only adds: tables, indexes),
+and refuses a newer one (:class:`IndexUnavailable`), so that an older
+daemon never writes a layout it does not know.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-import sqlite_utils
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -59,12 +70,14 @@ __all__ = [
     "ATTRIBUTES",
     "Attribute",
     "BATCH_SIZE",
-    "Index",
+    "IndexUnavailable",
     "InstanceRecord",
-    "StoredInstance",
     "LEVELS",
     "MODELS",
     "QueryError",
+    "SCHEMA_VERSION",
+    "SqlIndex",
+    "StoredInstance",
     "UNIQUE_KEYS",
     "unsupported_keys",
 ]
@@ -205,10 +218,6 @@ _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
 _WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr)
                                  for a in _ADDED if a.table == table)
                     for table in ("patient", "study", "series", "instance")}
-#: A parent row known to be unchanged (see ``Index._parent``).
-_SAME = object()
-#: Parent rows remembered before the memory is cleared.
-_KNOWN_LIMIT = 4096
 #: The tags ``add`` reads from a data set (with Specific Character Set).
 INDEXED_TAGS = frozenset([a.tag for a in _ADDED] + [_SPECIFIC_CHARACTER_SET])
 _BY_KEYWORD = {a.keyword: a for a in ATTRIBUTES}
@@ -469,125 +478,187 @@ def unsupported_keys(identifier: Dataset) -> list[str]:
     return found
 
 
-class Index:
-    """The sqlite index of an archive, shared between threads.
+SCHEMA_VERSION = 2
+"""The layout this code writes: 1 had no version record, 2 records it."""
 
-    :param path: the database file; created with its schema if needed.
-    :param batch_size: rows fetched per lock acquisition by ``find``.
+_PARENTS = {"study": ("patient_pk", "patient"), "series": ("study_pk", "study"),
+            "instance": ("series_pk", "series")}
+
+#: ``(table, columns, unique)``: the indexes of the layout (sqlite-utils
+#: named them ``idx_<table>_<columns>`` in version 1; so do we).
+INDEXES = (
+    ("patient", ("patient_id", "issuer_of_patient_id"), True),
+    ("patient", ("patient_name_key",), False),
+    ("patient", ("patient_birth_date",), False),
+    ("study", ("study_instance_uid",), True),
+    ("study", ("patient_pk",), False),
+    ("study", ("study_date",), False),
+    ("study", ("accession_number",), False),
+    ("study", ("study_id",), False),
+    ("series", ("series_instance_uid",), True),
+    ("series", ("study_pk",), False),
+    ("series", ("modality",), False),
+    ("instance", ("sop_instance_uid",), True),
+    ("instance", ("series_pk",), False),
+    ("instance", ("sop_class_uid",), False),
+)
+
+
+def columns(table: str) -> dict[str, type]:
+    """The columns of a level's table and their Python types (``int``,
+    ``str``), in the order of the layout."""
+    found: dict[str, type] = {"pk": int}
+    if table in _PARENTS:
+        found[_PARENTS[table][0]] = int
+    for attribute in ATTRIBUTES:
+        if attribute.table == table:
+            found[attribute.column] = attribute.sql_type
+            if attribute.key_column:
+                found[attribute.key_column] = str
+    if table == "instance":
+        found.update(path=str, size=int, specific_character_set=str)
+    return found
+
+
+class IndexUnavailable(Exception):
+    """The index cannot be opened: an unreachable database, a file that is
+    not an sqlite database, a schema newer than this code.  The message is
+    one line naming the location (without a password)."""
+
+
+@dataclass(frozen=True)
+class SqlTypes:
+    """The SQL types of a backend's layout."""
+
+    primary_key: str
+    integer: str
+    text: str
+    blob: str
+
+
+def create_statements(types: SqlTypes) -> list[str]:
+    """``CREATE TABLE`` and ``CREATE INDEX`` statements of the layout, each
+    ``IF NOT EXISTS`` (so an upgrade may run them over an older layout)."""
+    statements = []
+    for table in ("patient", "study", "series", "instance"):
+        parts = []
+        for column, kind in columns(table).items():
+            if column == "pk":
+                parts.append(f"pk {types.primary_key}")
+                continue
+            sql = f"{column} {types.integer if kind is int else types.text}"
+            if table == "patient" and column in ("patient_id", "issuer_of_patient_id"):
+                sql += " NOT NULL"
+            parts.append(sql)
+        if table in _PARENTS:
+            column, other = _PARENTS[table]
+            parts.append(f"FOREIGN KEY ({column}) REFERENCES {other} (pk)")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(parts)})")
+    for table, names, unique in INDEXES:
+        statements.append(
+            f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS "
+            f"idx_{table}_{'_'.join(names)} ON {table} ({', '.join(names)})")
+    # Each instance's DICOMweb metadata (PS3.18 F.2 JSON, zlib), kept
+    # apart from the narrow rows that C-FIND scans.
+    statements.append("CREATE TABLE IF NOT EXISTS metadata ("
+                      f"sop_instance_uid {types.text} PRIMARY KEY, json {types.blob} NOT NULL)")
+    statements.append("CREATE TABLE IF NOT EXISTS schema_version "
+                      f"(version {types.integer} NOT NULL)")
+    return statements
+
+
+class SqlIndex:
+    """The index over one SQL database; a backend supplies the connections.
+
+    Subclasses provide :meth:`transaction`, :meth:`_reading` (a statement
+    runner for a few reads, inside the current transaction if there is
+    one), :meth:`_execute` (a statement in the current transaction),
+    :meth:`_add`, :meth:`_lock_instance`, :meth:`close`, ``dialect`` and
+    ``types``.
+
+    :ivar batch_size: rows fetched per trip to the database by ``find``.
+    :ivar location: where the index is, safe to log (no password).
     """
 
-    def __init__(self, path: str, batch_size: int = BATCH_SIZE) -> None:
-        # isolation_level=None: transactions are our SAVEPOINTs, not the
-        # sqlite3 module's implicit BEGINs.
-        self._conn = sqlite3.connect(path, check_same_thread=False,
-                                     isolation_level=None, timeout=30)
-        self._db = sqlite_utils.Database(self._conn)
-        self._lock = threading.RLock()
-        self._depth = 0
-        #: Parent rows as this connection last wrote them:
-        #: ``(table, key) -> (pk, values)``, and the SOP classes of studies.
-        #: A parent whose values are unchanged needs no upsert.  Forgotten
-        #: on any rollback, removal or recount.
-        self._known: dict[tuple, tuple[int, tuple]] = {}
-        self._study_classes: dict[int, set[str]] = {}
-        self._sql: dict[tuple, str] = {}
-        self.batch_size = batch_size
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            # One transaction for all the DDL: one commit, not one per statement.
-            with self.transaction():
-                self._create_schema()
+    dialect: matching.Dialect = matching.SQLITE
+    types: SqlTypes
+    batch_size: int = BATCH_SIZE
+    location: str = ""
 
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._conn.close()
+    # Backend hooks
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:  # pragma: no cover - abstract
+        """Group writes in one transaction; blocks nest as savepoints."""
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def _reading(self) -> Iterator[Callable[..., Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _execute(self, sql: str, params: Iterable = ()) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _add(self, row: dict, extra: dict[str, object]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _lock_instance(self, sop_instance_uid: str) -> tuple | None:  # pragma: no cover
+        """``(pk, path, series_pk, study_pk, patient_pk)`` of an instance,
+        its rows locked for removal, or None."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        """Release the database connections."""
+        raise NotImplementedError
+
+    def _table_names(self) -> set[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # Raw access (tests, tools)
+
+    def _sql(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        """Run one statement in a transaction of its own; its rows."""
+        with self.transaction():
+            cursor = self._execute(sql, tuple(params))
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def _rows(self, sql: str, params: Iterable = ()) -> list[dict[str, Any]]:
+        """As :meth:`_sql`, each row as a dict by column name."""
+        with self._reading() as execute:
+            cursor = execute(sql, tuple(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     # Schema
 
-    def _columns(self, table: str) -> dict[str, type]:
-        columns: dict[str, type] = {"pk": int}
-        parent = {"study": "patient_pk", "series": "study_pk", "instance": "series_pk"}
-        if table in parent:
-            columns[parent[table]] = int
-        for attribute in ATTRIBUTES:
-            if attribute.table == table:
-                columns[attribute.column] = attribute.sql_type
-                if attribute.key_column:
-                    columns[attribute.key_column] = str
-        if table == "instance":
-            columns.update(path=str, size=int, specific_character_set=str)
-        return columns
+    def _prepare_schema(self) -> int:
+        """Create, check or upgrade the schema, inside a transaction.
 
-    def _create_schema(self) -> None:
-        db = self._db
-        parents = {"study": ("patient_pk", "patient"), "series": ("study_pk", "study"),
-                   "instance": ("series_pk", "series")}
-        for table in ("patient", "study", "series", "instance"):
-            foreign_keys = []
-            if table in parents:
-                column, other = parents[table]
-                foreign_keys = [(column, other, "pk")]
-            not_null = {"patient_id", "issuer_of_patient_id"} if table == "patient" else set()
-            db[table].create(self._columns(table), pk="pk", foreign_keys=foreign_keys,
-                             not_null=not_null, if_not_exists=True)
-        indexes = [
-            ("patient", ["patient_id", "issuer_of_patient_id"], True),
-            ("patient", ["patient_name_key"], False),
-            ("patient", ["patient_birth_date"], False),
-            ("study", ["study_instance_uid"], True),
-            ("study", ["patient_pk"], False),
-            ("study", ["study_date"], False),
-            ("study", ["accession_number"], False),
-            ("study", ["study_id"], False),
-            ("series", ["series_instance_uid"], True),
-            ("series", ["study_pk"], False),
-            ("series", ["modality"], False),
-            ("instance", ["sop_instance_uid"], True),
-            ("instance", ["series_pk"], False),
-            ("instance", ["sop_class_uid"], False),
-        ]
-        for table, columns, unique in indexes:
-            db[table].create_index(columns, unique=unique, if_not_exists=True)
-        # Each instance's DICOMweb metadata (PS3.18 F.2 JSON, zlib), kept
-        # apart from the narrow rows that C-FIND scans.
-        self._conn.execute("CREATE TABLE IF NOT EXISTS metadata ("
-                           "sop_instance_uid TEXT PRIMARY KEY, json BLOB NOT NULL)")
-
-    # Transactions
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes in one transaction (group commit for the store pipeline).
-
-        ``add`` and ``remove`` inside the block are each a savepoint: one that
-        fails rolls back alone and raises, the others stay. Everything is
-        durable when the block exits; answer a store only after that. Blocks
-        nest. The lock is held for the whole block, so queries see committed
-        data only.
+        :returns: the version the database had (0 for an empty database).
+        :raises IndexUnavailable: for a schema newer than :data:`SCHEMA_VERSION`.
         """
-        with self._lock:
-            self._depth += 1
-            name = f"sp{self._depth}"
-            try:
-                self._conn.execute(f"SAVEPOINT {name}")
-                try:
-                    yield
-                except BaseException:
-                    self._forget()
-                    self._conn.execute(f"ROLLBACK TO {name}")
-                    self._conn.execute(f"RELEASE {name}")
-                    raise
-                try:
-                    self._conn.execute(f"RELEASE {name}")
-                except BaseException:
-                    self._forget()
-                    if self._depth == 1 and self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            finally:
-                self._depth -= 1
+        tables = self._table_names()
+        if "schema_version" in tables:
+            row = self._execute("SELECT MAX(version) FROM schema_version").fetchone()
+            found = row[0] if row and row[0] is not None else 1
+        elif "instance" in tables:
+            found = 1  # the layout before versions: detected by its tables
+        else:
+            found = 0
+        if found > SCHEMA_VERSION:
+            raise IndexUnavailable(f"index schema version {found} is newer than this"
+                                   f" dicomtwist ({SCHEMA_VERSION}) at {self.location}")
+        if found < SCHEMA_VERSION:
+            # Every step so far only adds (version 1 -> 2: the metadata
+            # table where it is missing, schema_version): the statements
+            # of the current layout, IF NOT EXISTS, are the upgrade.
+            for statement in create_statements(self.types):
+                self._execute(statement)
+            self._execute("DELETE FROM schema_version")
+            self._execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        return found
 
     # Writing
 
@@ -604,11 +675,11 @@ class Index:
         :param path: the file, relative to the instance directory.
         :param transfer_syntax: the Transfer Syntax UID of the file.
         :param size: the file size in bytes.
-        :param metadata: the instance's metadata as :meth:`metadata` gives
+        :param metadata: the instance's metadata as :meth:`instances` gives
             it back (compressed JSON); None forgets any earlier one.
         :raises ValueError: if a UID the index needs is missing.
-        :raises sqlite3.Error: if the database write fails; nothing of this
-            instance is kept, so the caller can delete the file.
+        :raises Exception: the database's error if the write fails; nothing
+            of this instance is kept, so the caller can delete the file.
         """
         row = _row(ds)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -622,18 +693,21 @@ class Index:
             "size": size,
             "specific_character_set": _character_set(ds),
         }
+        self._add_row(row, extra, metadata)
+
+    def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None) -> None:
         with self.transaction():
             self._add(row, extra)
-            if metadata is None:
-                self._conn.execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
-                                   (row["SOPInstanceUID"],))
-            else:
-                self._conn.execute("INSERT OR REPLACE INTO metadata (sop_instance_uid, json) "
-                                   "VALUES (?, ?)", (row["SOPInstanceUID"], metadata))
+            self._set_metadata(row["SOPInstanceUID"], metadata)
 
-    def _forget(self) -> None:
-        self._known.clear()
-        self._study_classes.clear()
+    def _set_metadata(self, sop_instance_uid: str, metadata: bytes | None) -> None:
+        if metadata is None:
+            self._execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
+                          (sop_instance_uid,))
+        else:
+            self._execute("INSERT INTO metadata (sop_instance_uid, json) VALUES (?, ?) "
+                          "ON CONFLICT (sop_instance_uid) DO UPDATE SET json = excluded.json",
+                          (sop_instance_uid, metadata))
 
     @staticmethod
     def _table_values(table: str, row: dict) -> dict[str, object]:
@@ -645,141 +719,10 @@ class Index:
                 values[key_column] = matching.match_key(value, vr)
         return values
 
-    def _upsert(self, table: str, values: dict[str, object], conflict: Iterable[str],
-                keep: bool = False) -> int:
-        # Parents keep their known values when a new instance lacks them;
-        # the instance row is replaced outright.
-        columns = tuple(values)
-        conflict = tuple(conflict)
-        sql = self._sql.get((table, columns, conflict, keep))
-        if sql is None:
-            updates = ", ".join(
-                f"{c} = COALESCE(excluded.{c}, {c})" if keep else f"{c} = excluded.{c}"
-                for c in columns if c not in conflict)
-            sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-                   f"VALUES ({', '.join('?' for _ in columns)}) "
-                   f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates} RETURNING pk")
-            self._sql[(table, columns, conflict, keep)] = sql
-        return self._conn.execute(sql, list(values.values())).fetchone()[0]
-
-    def _parent(self, table: str, key: tuple, values: dict[str, object],
-                conflict: tuple[str, ...], where_parent: str | None) -> tuple[int, object]:
-        """Upsert a parent row unless this connection wrote it with these
-        values already.
-
-        :returns: ``(pk, previous parent)``: the previous parent is
-            ``_SAME`` when the row was known unchanged, None for a new row,
-            or the parent pk the row had (``where_parent``'s column).
-        """
-        state = tuple(values.values())
-        known = self._known.get((table, key))
-        if known is not None and known[1] == state:
-            return known[0], _SAME
-        previous = None
-        if where_parent is not None:
-            found = self._conn.execute(where_parent, key).fetchone()
-            previous = found[0] if found is not None else None
-        pk = self._upsert(table, values, conflict, keep=True)
-        if len(self._known) > _KNOWN_LIMIT:
-            self._forget()
-        self._known[(table, key)] = (pk, state)
-        return pk, previous
-
-    def _add(self, row: dict, extra: dict[str, object]) -> None:
-        execute = self._conn.execute
-        values = self._table_values("patient", row)
-        patient_pk, _ = self._parent(
-            "patient", (values["patient_id"], values["issuer_of_patient_id"]), values,
-            ("patient_id", "issuer_of_patient_id"), None)
-        values = self._table_values("study", row)
-        values["patient_pk"] = patient_pk
-        study_pk, old_study = self._parent(
-            "study", (row["StudyInstanceUID"],), values, ("study_instance_uid",),
-            "SELECT patient_pk FROM study WHERE study_instance_uid = ?")
-        values = self._table_values("series", row)
-        values["study_pk"] = study_pk
-        series_pk, old_series = self._parent(
-            "series", (row["SeriesInstanceUID"],), values, ("series_instance_uid",),
-            "SELECT study_pk FROM series WHERE series_instance_uid = ?")
-        values = self._table_values("instance", row)
-        values["series_pk"] = series_pk
-        values.update(extra)
-        columns = tuple(values)
-        sql = self._sql.get(("instance-new", columns))
-        if sql is None:
-            sql = (f"INSERT INTO instance ({', '.join(columns)}) "
-                   f"VALUES ({', '.join('?' for _ in columns)}) "
-                   "ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING pk")
-            self._sql[("instance-new", columns)] = sql
-        if execute(sql, list(values.values())).fetchone() is not None and (
-                old_series in (_SAME, None, study_pk) and old_study in (_SAME, None, patient_pk)):
-            # A new instance that moved nothing: bump the derived counts
-            # instead of recounting (a recount is O(instances) per add, so
-            # O(n^2) over a bulk load).
-            self._count_new(series_pk, study_pk, patient_pk, new_series=old_series is None,
-                            new_study=old_study is None, series_changed=old_series is not _SAME,
-                            sop_class=row.get("SOPClassUID"))
-            return
-        # A replaced instance, or a series or study that changed parent:
-        # recount every row touched, old and new.
-        old = execute(
-            "SELECT i.series_pk, se.study_pk, st.patient_pk FROM instance i "
-            "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
-            "WHERE i.sop_instance_uid = ?", (row["SOPInstanceUID"],)).fetchone()
-        self._upsert("instance", values, ["sop_instance_uid"])
-        series = {series_pk}
-        studies = {study_pk}
-        patients = {patient_pk}
-        if old is not None:
-            series.add(old[0])
-            studies.add(old[1])
-            patients.add(old[2])
-        if isinstance(old_series, int):
-            studies.add(old_series)
-        if isinstance(old_study, int):
-            patients.add(old_study)
-        self._tidy(series, studies, patients)
-
-    def _count_new(self, series_pk: int, study_pk: int, patient_pk: int, new_series: bool,
-                   new_study: bool, series_changed: bool, sop_class: object) -> None:
-        """Derived attributes after adding one new instance (PS3.4 C.3.4)."""
-        execute = self._conn.execute
-        execute("UPDATE series SET number_of_series_related_instances = "
-                "COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = ?", (series_pk,))
-        classes = self._study_classes.get(study_pk)
-        if classes is None:
-            stored = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
-                             (study_pk,)).fetchone()[0]
-            classes = self._study_classes[study_pk] = set(stored.split("\\")) if stored else set()
-        assignments = ["number_of_study_related_series = "
-                       "COALESCE(number_of_study_related_series, 0) + ?",
-                       "number_of_study_related_instances = "
-                       "COALESCE(number_of_study_related_instances, 0) + 1"]
-        params: list[object] = [int(new_series)]
-        if sop_class and str(sop_class) not in classes:
-            classes.add(str(sop_class))
-            assignments.append("sop_classes_in_study = ?")
-            params.append("\\".join(sorted(classes)))
-        if series_changed:
-            modalities = [r[0] for r in execute(
-                "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
-                "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (study_pk,))]
-            assignments.append("modalities_in_study = ?")
-            params.append("\\".join(modalities) or None)
-        execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?", (*params, study_pk))
-        execute("UPDATE patient SET number_of_patient_related_studies = "
-                "COALESCE(number_of_patient_related_studies, 0) + ?, "
-                "number_of_patient_related_series = "
-                "COALESCE(number_of_patient_related_series, 0) + ?, "
-                "number_of_patient_related_instances = "
-                "COALESCE(number_of_patient_related_instances, 0) + 1 WHERE pk = ?",
-                (int(new_study), int(new_series), patient_pk))
-
     def _tidy(self, series: set[int], studies: set[int], patients: set[int]) -> None:
         """Delete emptied parents and recompute the derived attributes."""
-        self._forget()
-        execute = self._conn.execute
-        for pk in series:
+        execute = self._execute
+        for pk in sorted(series):
             if execute("SELECT 1 FROM instance WHERE series_pk = ? LIMIT 1", (pk,)).fetchone():
                 count = execute("SELECT COUNT(*) FROM instance WHERE series_pk = ?",
                                 (pk,)).fetchone()[0]
@@ -787,7 +730,7 @@ class Index:
                         "WHERE pk = ?", (count, pk))
             else:
                 execute("DELETE FROM series WHERE pk = ?", (pk,))
-        for pk in studies:
+        for pk in sorted(studies):
             n_series = execute("SELECT COUNT(*) FROM series WHERE study_pk = ?",
                                (pk,)).fetchone()[0]
             if not n_series:
@@ -796,19 +739,12 @@ class Index:
             n_instances = execute(
                 "SELECT COUNT(*) FROM instance i JOIN series se ON se.pk = i.series_pk "
                 "WHERE se.study_pk = ?", (pk,)).fetchone()[0]
-            modalities = [r[0] for r in execute(
-                "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
-                "AND modality IS NOT NULL AND modality != '' ORDER BY modality", (pk,))]
-            classes = [r[0] for r in execute(
-                "SELECT DISTINCT i.sop_class_uid FROM instance i "
-                "JOIN series se ON se.pk = i.series_pk WHERE se.study_pk = ? "
-                "AND i.sop_class_uid IS NOT NULL ORDER BY i.sop_class_uid", (pk,))]
             execute("UPDATE study SET number_of_study_related_series = ?, "
                     "number_of_study_related_instances = ?, modalities_in_study = ?, "
                     "sop_classes_in_study = ? WHERE pk = ?",
-                    (n_series, n_instances, "\\".join(modalities) or None,
-                     "\\".join(classes) or None, pk))
-        for pk in patients:
+                    (n_series, n_instances, self._modalities(pk),
+                     self._sop_classes(pk), pk))
+        for pk in sorted(patients):
             n_studies = execute("SELECT COUNT(*) FROM study WHERE patient_pk = ?",
                                 (pk,)).fetchone()[0]
             if not n_studies:
@@ -824,46 +760,55 @@ class Index:
                     "number_of_patient_related_instances = ? WHERE pk = ?",
                     (n_studies, n_series, n_instances, pk))
 
+    def _modalities(self, study_pk: int) -> str | None:
+        """Modalities in Study as stored: the distinct modalities, sorted."""
+        return "\\".join(r[0] for r in self._execute(
+            "SELECT DISTINCT modality FROM series WHERE study_pk = ? "
+            "AND modality IS NOT NULL AND modality != '' ORDER BY modality",
+            (study_pk,))) or None
+
+    def _sop_classes(self, study_pk: int) -> str | None:
+        """SOP Classes in Study as stored: the distinct classes, sorted."""
+        return "\\".join(r[0] for r in self._execute(
+            "SELECT DISTINCT i.sop_class_uid FROM instance i "
+            "JOIN series se ON se.pk = i.series_pk WHERE se.study_pk = ? "
+            "AND i.sop_class_uid IS NOT NULL ORDER BY i.sop_class_uid", (study_pk,))) or None
+
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance, and the series, study and patient it empties.
 
         :returns: the instance's path, or ``None`` if it was not indexed.
         """
         with self.transaction():
-            row = self._conn.execute(
-                "SELECT i.pk, i.path, i.series_pk, se.study_pk, st.patient_pk "
-                "FROM instance i JOIN series se ON se.pk = i.series_pk "
-                "JOIN study st ON st.pk = se.study_pk WHERE i.sop_instance_uid = ?",
-                (sop_instance_uid,)).fetchone()
+            row = self._lock_instance(sop_instance_uid)
             if row is None:
                 return None
             pk, path, series_pk, study_pk, patient_pk = row
-            self._conn.execute("DELETE FROM instance WHERE pk = ?", (pk,))
-            self._conn.execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
-                               (sop_instance_uid,))
+            self._execute("DELETE FROM instance WHERE pk = ?", (pk,))
+            self._execute("DELETE FROM metadata WHERE sop_instance_uid = ?",
+                          (sop_instance_uid,))
             self._tidy({series_pk}, {study_pk}, {patient_pk})
             return path
 
     def clear(self) -> None:
         """Remove every row."""
         with self.transaction():
-            self._forget()
             for table in ("metadata", "instance", "series", "study", "patient"):
-                self._conn.execute(f"DELETE FROM {table}")
+                self._execute(f"DELETE FROM {table}")
 
     # Reading
 
     def get_path(self, sop_instance_uid: str) -> str | None:
         """The path of an instance, or ``None`` if it is not indexed."""
-        with self._lock:
-            row = self._conn.execute("SELECT path FROM instance WHERE sop_instance_uid = ?",
-                                     (sop_instance_uid,)).fetchone()
+        with self._reading() as execute:
+            row = execute("SELECT path FROM instance WHERE sop_instance_uid = ?",
+                          (sop_instance_uid,)).fetchone()
         return None if row is None else row[0]
 
     def paths(self) -> list[str]:
         """The paths of all indexed instances."""
-        with self._lock:
-            return [r[0] for r in self._conn.execute("SELECT path FROM instance ORDER BY pk")]
+        with self._reading() as execute:
+            return [r[0] for r in execute("SELECT path FROM instance ORDER BY pk").fetchall()]
 
     def count(self, level: str) -> int:
         """The number of patients, studies, series or instances.
@@ -874,9 +819,8 @@ class Index:
         table = TABLES.get(level, level)
         if table not in _DEPTH:
             raise ValueError(f"unknown level {level!r}")
-        with self._lock:
-            return self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-
+        with self._reading() as execute:
+            return execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     # C-FIND
 
     def find(self, identifier: Dataset, model: str) -> Iterator[Dataset]:
@@ -979,34 +923,32 @@ class Index:
         # already (hierarchical search requires them).
         alias = _ALIASES[table]
         expressions = [f"{alias}.pk"] + [k.expression for k in keys if k.expression]
-        where = " AND ".join(f"({c.sql})" for c in conditions) or "1"
+        where = " AND ".join(f"({c.sql})" for c in conditions) or "TRUE"
         sql = (f"SELECT {', '.join(expressions)} FROM {_FROM[table]} "
                f"WHERE {where} AND {alias}.pk > ? ORDER BY {alias}.pk LIMIT ?")
         params = tuple(p for c in conditions for p in c.params)
         return _Plan(level, table, tuple(keys), sql, params,
                      identifier.get("SpecificCharacterSet"))
 
-    @staticmethod
-    def _condition(attribute: Attribute, value: object) -> Condition | None:
+    def _condition(self, attribute: Attribute, value: object) -> Condition | None:
         if attribute.keyword in _DERIVED_MATCH:
             template, column, vr = _DERIVED_MATCH[attribute.keyword]
-            found = matching.condition(column, value, vr)
+            found = matching.condition(column, value, vr, dialect=self.dialect)
             if found is None:
                 return None
             return Condition(template.format(cond=found.sql), found.params)
         alias = _ALIASES[attribute.table]
         key_column = f"{alias}.{attribute.key_column}" if attribute.key_column else None
         return matching.condition(f"{alias}.{attribute.column}", value, attribute.vr,
-                                  key_column)
+                                  key_column, dialect=self.dialect)
 
     def _run(self, plan: _Plan, respond: Callable[[tuple], _T], skip: int = 0) -> Iterator[_T]:
         """``respond`` to each matching row after the first ``skip``,
         ``batch_size`` rows per lock."""
         last = 0
         while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    plan.sql, plan.params + (last, self.batch_size)).fetchall()
+            with self._reading() as execute:
+                rows = execute(plan.sql, plan.params + (last, self.batch_size)).fetchall()
             for row in rows:
                 if skip:
                     skip -= 1
@@ -1066,25 +1008,25 @@ class Index:
                f"JOIN study st ON st.pk = se.study_pk{join} "
                f"WHERE {' AND '.join(conditions)} "
                "ORDER BY se.pk, i.instance_number, i.pk")
-        with self._lock:
-            return [StoredInstance(*r) for r in self._conn.execute(sql, params)]
+        with self._reading() as execute:
+            return [StoredInstance(*r) for r in execute(sql, tuple(params)).fetchall()]
 
     def locate(self, sop_instance_uid: str) -> tuple[str, str] | None:
         """The Study and Series Instance UIDs of an instance, or None."""
-        with self._lock:
-            return self._conn.execute(
+        with self._reading() as execute:
+            found = execute(
                 "SELECT st.study_instance_uid, se.series_instance_uid FROM instance i "
                 "JOIN series se ON se.pk = i.series_pk JOIN study st ON st.pk = se.study_pk "
                 "WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return None if found is None else (found[0], found[1])
 
     def set_metadata(self, sop_instance_uid: str, metadata: bytes) -> None:
         """Keep the metadata of an instance indexed without it (an older
         index, a recovered file); nothing if the instance is gone."""
         with self.transaction():
-            if self._conn.execute("SELECT 1 FROM instance WHERE sop_instance_uid = ?",
-                                  (sop_instance_uid,)).fetchone():
-                self._conn.execute("INSERT OR REPLACE INTO metadata (sop_instance_uid, json) "
-                                   "VALUES (?, ?)", (sop_instance_uid, metadata))
+            if self._execute("SELECT 1 FROM instance WHERE sop_instance_uid = ?",
+                             (sop_instance_uid,)).fetchone():
+                self._set_metadata(sop_instance_uid, metadata)
 
     # C-MOVE and C-GET
 
@@ -1111,7 +1053,7 @@ class Index:
             attribute = _BY_KEYWORD[UNIQUE_KEYS[name]]
             column = f"{_ALIASES[attribute.table]}.{attribute.column}"
             conditions.append(matching.condition(column, identifier[attribute.tag].value,
-                                                 attribute.vr))
+                                                 attribute.vr, dialect=self.dialect))
         issuer = identifier.get("IssuerOfPatientID")
         if "PATIENT" in levels[:levels.index(level) + 1] and issuer:
             conditions.append(Condition("p.issuer_of_patient_id = ?", (str(issuer),)))
@@ -1119,7 +1061,7 @@ class Index:
         sql = ("SELECT i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.path "
                f"FROM {_FROM['instance']} WHERE {where} "
                "ORDER BY st.pk, se.pk, i.instance_number, i.pk")
-        with self._lock:
-            rows = self._conn.execute(sql, tuple(p for c in conditions for p in c.params))
-            return [InstanceRecord(*r) for r in rows]
+        with self._reading() as execute:
+            rows = execute(sql, tuple(p for c in conditions for p in c.params)).fetchall()
+        return [InstanceRecord(*r) for r in rows]
 
