@@ -595,3 +595,130 @@ class Destination:
                 self.process.wait()
             self.process = None
             self._log.close()
+
+
+#: Orthanc's GDCM plugin (Debian's ``orthanc-gdcm``): decoder and transcoder.
+ORTHANC_GDCM = "/usr/share/orthanc/plugins/libOrthancGdcm.so"
+#: JPEG-LS Lossless (PS3.5 A.4.3), the compressed syntax of the transcoding
+#: benchmark (``benchmarks/transcode.py``).
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+
+
+class OrthancGdcm(Orthanc):
+    """:class:`Orthanc` with its GDCM plugin, converting what it sends.
+
+    Transcoding options, explicit though most are Orthanc 1.10's defaults:
+    ``TranscodeDicomProtocol`` true (a C-STORE sub-operation is converted
+    when the destination does not accept the stored syntax);
+    ``BuiltinDecoderTranscoderOrder`` ``"After"`` (plugins first, so GDCM
+    decodes and encodes, DCMTK only if GDCM declines; :meth:`set_builtin_order`
+    changes it); no ``IngestTranscoding`` (instances are stored as
+    received); GDCM enabled without throttling or syntax restriction.
+    Not a default:
+    ``DicomScuPreferredTransferSyntax`` is JPEG-LS Lossless, the syntax
+    Orthanc converts to when the destination accepts neither the stored
+    one nor an uncompressed one (its default, Explicit VR Little Endian,
+    leaves Orthanc nothing to offer a JPEG-LS-only destination).
+    """
+
+    label = "Orthanc + GDCM"
+    #: Orthanc's default: plugins (GDCM) first.
+    builtin_order: str = "After"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """Orthanc and the plugin must exist."""
+        why = super().available()
+        if why is None and not os.path.exists(ORTHANC_GDCM):
+            why = (f"Orthanc's GDCM plugin not installed ({ORTHANC_GDCM}):"
+                   " apt-get install -y orthanc-gdcm")
+        return why
+
+    def configure(self) -> None:
+        """:meth:`Orthanc.configure` plus the plugin and the transcoding options."""
+        super().configure()
+        path = os.path.join(self.root, "orthanc.json")
+        with open(path) as fp:
+            config = json.load(fp)
+        config.update({
+            "Plugins": [ORTHANC_GDCM],
+            "Gdcm": {"Enable": True},
+            "TranscodeDicomProtocol": True,
+            "BuiltinDecoderTranscoderOrder": self.builtin_order,
+            "DicomScuPreferredTransferSyntax": JPEG_LS_LOSSLESS,
+        })
+        with open(path, "w") as fp:
+            json.dump(config, fp, indent=2)
+
+    def set_builtin_order(self, order: str) -> None:
+        """Set ``BuiltinDecoderTranscoderOrder`` (``"Before"``: DCMTK first,
+        ``"After"``: GDCM first, ``"Disabled"``: GDCM only) in the
+        configuration file; it takes effect at the next :meth:`restart`."""
+        self.builtin_order = order
+        path = os.path.join(self.root, "orthanc.json")
+        with open(path) as fp:
+            config = json.load(fp)
+        config["BuiltinDecoderTranscoderOrder"] = order
+        with open(path, "w") as fp:
+            json.dump(config, fp, indent=2)
+
+
+#: The transcoding benchmark's servers.
+TRANSCODE_SERVERS: dict[str, type[Server]] = {"ours": Ours, "orthanc": OrthancGdcm}
+
+
+class SyntaxDestination:
+    """A C-MOVE destination accepting only the given transfer syntaxes: DCMTK
+    ``storescp`` with an association profile (``--config-file``), writing
+    what it receives into :attr:`out` as received (``+t=``).
+
+    Restartable on the same port with other syntaxes (:meth:`start` after
+    :meth:`stop`), so every archive keeps one configured destination.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.out = os.path.join(root, "out")
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, syntaxes: tuple[str, ...], sop_classes: tuple[str, ...]) -> None:
+        """Listen as ``STORESCP``, accepting ``sop_classes`` in ``syntaxes`` only."""
+        os.makedirs(self.out, exist_ok=True)
+        config = os.path.join(self.root, "storescp.cfg")
+        lines = ["[[TransferSyntaxes]]", "[Only]"]
+        lines += [f"TransferSyntax{i} = {uid}" for i, uid in enumerate(syntaxes, 1)]
+        lines += ["", "[[PresentationContexts]]", "[Contexts]"]
+        lines += [f"PresentationContext{i} = {uid}\\Only" for i, uid in enumerate(sop_classes, 1)]
+        lines += ["", "[[Profiles]]", "[Bench]", "PresentationContexts = Contexts", ""]
+        with open(config, "w") as fp:
+            fp.write("\n".join(lines))
+        self._log = open(os.path.join(self.root, "destination.log"), "ab")
+        self.process = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", MOVE_DESTINATION, "-xf", config, "Bench",
+             "-od", self.out, str(self.port)],
+            cwd=self.root, env=dict(os.environ, TCP_NODELAY="1"), stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process)
+
+    def received(self) -> list[str]:
+        """The files received so far."""
+        return sorted(os.path.join(self.out, name) for name in os.listdir(self.out))
+
+    def clear(self) -> None:
+        """Delete the received files."""
+        for path in self.received():
+            os.unlink(path)
+
+    def stop(self) -> None:
+        """Terminate and reap."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+            self._log.close()
