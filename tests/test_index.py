@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import threading
 import warnings
+from contextlib import contextmanager
 from io import BytesIO
 
 import pydicom.data
-import sqlite_utils
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -21,6 +20,7 @@ from dicomtwist.status import Status
 from dicomtwist.storage.files import part10_header
 from dicomtwist.storage.index import UNIQUE_KEYS, Index, InstanceRecord, unsupported_keys
 from dicomtwist.storage.matching import QueryError
+from tests.backends import both
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -121,55 +121,56 @@ def archive(index: Index) -> None:
     add(round_trip(japanese), "4/4.1.1.1.dcm", ExplicitVRLittleEndian, 100)
 
 
-class IndexTestCase(SynchronousTestCase):
-    """Gives each test a fresh index in a temporary directory."""
+class IndexTestCase:
+    """Gives each test a fresh index (a mixin: :func:`tests.backends.both`
+    runs it on each backend)."""
 
     def setUp(self):
-        directory = self.mktemp()
-        os.makedirs(directory)
-        self.db_path = os.path.join(directory, "index.sqlite")
-        self.index = Index(self.db_path)
-        self.addCleanup(self.index.close)
+        self.index = self.make_index()
 
     def uids(self, identifier: Dataset, model: str, keyword: str) -> set[str]:
         """The values of ``keyword`` in the responses to ``identifier``."""
         return {str(r.get(keyword)) for r in self.index.find(identifier, model)}
 
     def row(self, table: str, **where) -> dict:
-        """One row of the database, read with a separate connection."""
-        db = sqlite_utils.Database(self.db_path)
-        try:
-            rows = list(db[table].rows_where(
-                " AND ".join(f"{k} = ?" for k in where), list(where.values())))
-        finally:
-            db.conn.close()
+        """One row of the database."""
+        rows = self.index._rows(f"SELECT * FROM {table} WHERE "
+                                + " AND ".join(f"{k} = ?" for k in where), where.values())
         self.assertEqual(len(rows), 1)
         return rows[0]
 
+    def sql(self, sql: str, params=()) -> list[tuple]:
+        """Run one statement in the index's database; its rows."""
+        return self.index._sql(sql, params)
 
-class SchemaTests(IndexTestCase):
-    """The database file."""
+
+class SqliteFileTests(SynchronousTestCase):
+    """The sqlite database file."""
 
     def test_wal_mode(self):
         """The database is in WAL mode."""
-        db = sqlite3.connect(self.db_path)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "index.sqlite")
+        Index(path).close()
+        db = sqlite3.connect(path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+
+class SchemaTests(IndexTestCase):
+    """The database."""
 
     def test_reopen(self):
         """Opening an existing database keeps its rows."""
         self.index.add(instance("9.9"), "a.dcm", ExplicitVRLittleEndian, 1)
         self.index.close()
-        again = Index(self.db_path)
-        self.addCleanup(again.close)
+        again = self.open_index(self.location)
         self.assertEqual(again.paths(), ["a.dcm"])
 
     def test_indexes(self):
         """The keys people query by are indexed."""
-        db = sqlite_utils.Database(self.db_path)
-        self.addCleanup(db.conn.close)
-        indexed = {(t, tuple(i.columns)) for t in ("patient", "study", "series", "instance")
-                   for i in db[t].indexes}
+        indexed = self.indexed_columns(self.index)
         for expected in [("patient", ("patient_id", "issuer_of_patient_id")),
                          ("patient", ("patient_name_key",)),
                          ("study", ("study_date",)), ("study", ("accession_number",)),
@@ -311,10 +312,10 @@ class WriteTests(IndexTestCase):
         self.index.add(instance("1.1.1.1"), "a", ExplicitVRLittleEndian, 1)
 
         def broken(*args, **kwargs):
-            raise sqlite3.OperationalError("disk I/O error")
+            raise OSError("disk I/O error")
         self.patch(self.index, "_tidy", broken)
         self.patch(self.index, "_count_new", broken)
-        self.assertRaises(sqlite3.OperationalError, self.index.add,
+        self.assertRaises(OSError, self.index.add,
                           instance("2.1.1.1", series="2.1.1", study="2.1", patient="P2"),
                           "b", ExplicitVRLittleEndian, 1)
         self.assertEqual([self.index.count(level) for level in
@@ -623,28 +624,13 @@ for _case in INVALID_QUERIES:
 class StreamingTests(IndexTestCase):
     """Large results are read in batches."""
 
-    template: list[str] = []
-
     def setUp(self):
-        # Index 1203 instances once, then give each test a copy of the file.
-        if not self.template:
-            directory = self.mktemp()
-            os.makedirs(directory)
-            path = os.path.join(directory, "template.sqlite")
-            index = Index(path)
-            with index.transaction():
-                for n in range(1203):
-                    index.add(instance(f"7.1.1.{n}", series="7.1.1", study="7.1",
-                                       patient="P7", InstanceNumber=n),
-                              f"7/{n}", ExplicitVRLittleEndian, 1)
-            index.close()
-            self.template.append(path)
-        directory = self.mktemp()
-        os.makedirs(directory)
-        self.db_path = os.path.join(directory, "index.sqlite")
-        shutil.copyfile(self.template[0], self.db_path)
-        self.index = Index(self.db_path)
-        self.addCleanup(self.index.close)
+        super().setUp()
+        with self.index.transaction():
+            for n in range(1203):
+                self.index.add(instance(f"7.1.1.{n}", series="7.1.1", study="7.1",
+                                        patient="P7", InstanceNumber=n),
+                               f"7/{n}", ExplicitVRLittleEndian, 1)
 
     def test_all_results(self):
         """An image-level query yields all 1203 instances, each once."""
@@ -657,16 +643,17 @@ class StreamingTests(IndexTestCase):
         """Rows are fetched batch_size at a time, not all at once."""
         self.index.batch_size = 100
         fetched = []
-        real = self.index._conn
+        real = self.index._reading
 
-        class Recorder:
-            def execute(self, sql, params=()):
-                cursor = real.execute(sql, params)
-                rows = cursor.fetchall()
-                fetched.append(len(rows))
-                return _Rows(rows)
-        self.index._conn = Recorder()
-        self.addCleanup(setattr, self.index, "_conn", real)
+        @contextmanager
+        def recording():
+            with real() as execute:
+                def recorded(sql, params=()):
+                    rows = execute(sql, params).fetchall()
+                    fetched.append(len(rows))
+                    return _Rows(rows)
+                yield recorded
+        self.patch(self.index, "_reading", recording)
         results = self.index.find(query("IMAGE", StudyInstanceUID="7.1",
                                         SeriesInstanceUID="7.1.1"), "STUDY")
         next(results)
@@ -806,13 +793,13 @@ for _case in INVALID_RETRIEVES:
 del _case
 
 
-class DerivedCountTests(SynchronousTestCase):
+class DerivedCountTests:
     """Derived counts kept incrementally agree with a full recount."""
 
     def test_incremental_counts_match_recount(self):
         """After many adds, replacements and a removal, every derived value
         equals what a recount gives."""
-        index = Index(self.mktemp())
+        index = self.make_index()
         for n in range(60):
             index.add(instance(f"9.{n}", series=f"9.{n % 6}", study=f"9.{n % 3}",
                                patient=f"P{n % 2}", Modality="CT" if n % 6 else "MR",
@@ -822,32 +809,15 @@ class DerivedCountTests(SynchronousTestCase):
                   ExplicitVRLittleEndian, 1)
         index.remove("9.7")
 
-        def snapshot():
-            conn = index._conn
-            return (conn.execute("SELECT pk, number_of_series_related_instances FROM series"
-                                 " ORDER BY pk").fetchall(),
-                    conn.execute("SELECT pk, number_of_study_related_series,"
-                                 " number_of_study_related_instances, modalities_in_study,"
-                                 " sop_classes_in_study FROM study ORDER BY pk").fetchall(),
-                    conn.execute("SELECT pk, number_of_patient_related_studies,"
-                                 " number_of_patient_related_series,"
-                                 " number_of_patient_related_instances FROM patient"
-                                 " ORDER BY pk").fetchall())
-
-        incremental = snapshot()
-        conn = index._conn
-        with index.transaction():
-            index._tidy({r[0] for r in conn.execute("SELECT pk FROM series")},
-                        {r[0] for r in conn.execute("SELECT pk FROM study")},
-                        {r[0] for r in conn.execute("SELECT pk FROM patient")})
-        self.assertEqual(incremental, snapshot())
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
 
     def test_known_parents_forgotten_on_rollback(self):
         """A parent first written in a rolled-back transaction is written
         again by the next add (the index's memory of written parents does
         not outlive a rollback)."""
-        index = Index(self.mktemp())
-        self.addCleanup(index.close)
+        index = self.make_index()
         with self.assertRaises(RuntimeError):
             with index.transaction():
                 index.add(instance("8.1", series="8.1", study="8", patient="P8"), "a",
@@ -858,28 +828,51 @@ class DerivedCountTests(SynchronousTestCase):
                   ExplicitVRLittleEndian, 1)
         self.assertEqual([index.count(level) for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")],
                          [1, 1, 1, 1])
-        study = index._conn.execute(
+        study = index._sql(
             "SELECT number_of_study_related_series, number_of_study_related_instances"
-            " FROM study").fetchone()
-        self.assertEqual(study, (1, 1))
+            " FROM study")
+        self.assertEqual(study, [(1, 1)])
 
     def test_changed_parent_values_are_written(self):
         """A later instance with a different Modality or Patient Name updates
         its series and patient, and Modalities in Study follows."""
-        index = Index(self.mktemp())
-        self.addCleanup(index.close)
+        index = self.make_index()
         index.add(instance("7.1", series="7.1", study="7", patient="P7", Modality="CT",
                            PatientName="Old^Name"), "a", ExplicitVRLittleEndian, 1)
         index.add(instance("7.2", series="7.1", study="7", patient="P7", Modality="CT",
                            PatientName="Old^Name"), "b", ExplicitVRLittleEndian, 1)
         index.add(instance("7.3", series="7.1", study="7", patient="P7", Modality="MR",
                            PatientName="New^Name"), "c", ExplicitVRLittleEndian, 1)
-        conn = index._conn
-        self.assertEqual(conn.execute("SELECT modalities_in_study,"
-                                      " number_of_study_related_instances FROM study").fetchone(),
-                         ("MR", 3))
-        self.assertEqual(conn.execute("SELECT patient_name FROM patient").fetchone(),
-                         ("New^Name",))
+        self.assertEqual(index._sql("SELECT modalities_in_study,"
+                                    " number_of_study_related_instances FROM study"),
+                         [("MR", 3)])
+        self.assertEqual(index._sql("SELECT patient_name FROM patient"), [("New^Name",)])
+
+
+def snapshot(index) -> tuple:
+    """Every derived value of the index, by row."""
+    return (index._sql("SELECT pk, number_of_series_related_instances FROM series"
+                       " ORDER BY pk"),
+            index._sql("SELECT pk, number_of_study_related_series,"
+                       " number_of_study_related_instances, modalities_in_study,"
+                       " sop_classes_in_study FROM study ORDER BY pk"),
+            index._sql("SELECT pk, number_of_patient_related_studies,"
+                       " number_of_patient_related_series,"
+                       " number_of_patient_related_instances FROM patient ORDER BY pk"))
+
+
+def recount(index) -> None:
+    """Recompute every derived value from the rows."""
+    with index.transaction():
+        index._tidy({r[0] for r in index._execute("SELECT pk FROM series").fetchall()},
+                    {r[0] for r in index._execute("SELECT pk FROM study").fetchall()},
+                    {r[0] for r in index._execute("SELECT pk FROM patient").fetchall()})
+
+
+for _suite in (SchemaTests, WriteTests, CharacterSetTests, FindTests, StreamingTests,
+               RetrieveTests, DerivedCountTests):
+    both(_suite)
+del _suite
 
 
 class FastRowTests(SynchronousTestCase):
@@ -956,7 +949,7 @@ class FastRowTests(SynchronousTestCase):
     def test_common_values_skip_pydicom(self):
         """Latin-1 and UTF-8 text, UIDs, dates and US values are decoded
         without pydicom's conversion."""
-        from dicomtwist.storage import index as index_module
+        from dicomtwist.storage.index import base as index_module
         for charset in ("ISO_IR 100", "ISO_IR 192", None):
             ds = instance("5.1", series="5.1", study="5.1", PatientName="Müller^Jörg",
                           Rows=512, StudyDescription="Schädel")

@@ -1,20 +1,24 @@
 """Tests for dicomtwist.storage.matching: PS3.4 C.2.2.2 matching rules.
 
 Each row of ``CASES`` becomes one test that checks the SQL condition (run
-against sqlite) and the Python predicate give the expected answer.
+against sqlite, and against PostgreSQL) and the Python predicate give the
+expected answer.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from hypothesis import given, settings
+import threading
+
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist.status import Status
 from dicomtwist.storage import matching
 from dicomtwist.storage.matching import Condition, QueryError
+from tests import pg
 
 JAPANESE = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 
@@ -150,6 +154,34 @@ def _sql_matches(vr: str, query: str, stored: str | None) -> bool:
         db.close()
 
 
+_pg_lock = threading.Lock()
+_pg_connection: list = []
+
+
+def _postgres_matches(vr: str, query: str, stored: str | None) -> bool:
+    """Run ``matching.condition`` in PostgreSQL's dialect over one row with
+    the index's column types (``TEXT COLLATE "C"``, ``BIGINT``)."""
+    import psycopg
+
+    with _pg_lock:
+        if not _pg_connection:
+            _pg_connection.append(psycopg.connect(pg.create_database(), autocommit=True))
+        conn = _pg_connection[0]
+        kind = "bigint" if vr in matching.NUMERIC_VRS else "text"
+        collate = "" if vr in matching.NUMERIC_VRS else ' COLLATE "C"'
+        value: object = stored
+        if stored is not None and vr in matching.NUMERIC_VRS:
+            value = int(stored)
+        found = matching.condition("v", query, vr, key_column="k", dialect=matching.POSTGRES)
+        if found is None:
+            return True
+        sql = (f"SELECT COUNT(*) FROM (SELECT CAST(%s AS {kind}){collate} AS v, "
+               'CAST(%s AS text) COLLATE "C" AS k) AS t WHERE ')
+        return conn.execute(sql + matching.POSTGRES.sql(found.sql),
+                            (value, matching.match_key(stored, vr)) + found.params
+                            ).fetchone()[0] == 1
+
+
 def _predicate_matches(vr: str, query: str, stored: str | None) -> bool:
     """Run ``matching.predicate`` on the stored value."""
     test = matching.predicate(query, vr)
@@ -157,13 +189,21 @@ def _predicate_matches(vr: str, query: str, stored: str | None) -> bool:
 
 
 class MatchingRuleTests(SynchronousTestCase):
-    """One generated test per row of ``CASES``."""
+    """One generated test per row of ``CASES`` (sqlite)."""
+
+    sql_matches = staticmethod(_sql_matches)
+
+
+class MatchingRuleTestsPostgres(SynchronousTestCase):
+    """One generated test per row of ``CASES`` (PostgreSQL)."""
+
+    sql_matches = staticmethod(_postgres_matches)
 
 
 def _make_case(name, rule, vr, query, stored, expected):
     def test(self):
         self.assertEqual(
-            (_sql_matches(vr, query, stored), _predicate_matches(vr, query, stored)),
+            (self.sql_matches(vr, query, stored), _predicate_matches(vr, query, stored)),
             (expected, expected))
     verb = "matches" if expected else "does not match"
     test.__doc__ = f"{rule} matching: {vr} {query!r} {verb} {stored!r}."
@@ -173,6 +213,7 @@ def _make_case(name, rule, vr, query, stored, expected):
 
 for _case in CASES:
     setattr(MatchingRuleTests, f"test_{_case[0]}", _make_case(*_case))
+    setattr(MatchingRuleTestsPostgres, f"test_{_case[0]}", _make_case(*_case))
 del _case
 
 
@@ -204,6 +245,13 @@ class ConditionTests(SynchronousTestCase):
     def test_glob_pattern_escapes_bracket(self):
         """Only '[' needs escaping for GLOB; '%' and '_' are literal already."""
         self.assertEqual(matching.glob_pattern("a[b]%_*?"), "a[[]b]%_*?")
+
+    def test_like_pattern_escapes(self):
+        """For LIKE, '\\', '%' and '_' are escaped before '*' and '?' become '%' and '_'."""
+        self.assertEqual(matching.like_pattern("a\\b%_*?["), "a\\\\b\\%\\_%_[")
+        self.assertEqual(matching.POSTGRES.wildcard("v", "A*"),
+                         Condition("v LIKE ? ESCAPE '\\'", ("A%",)))
+        self.assertEqual(matching.POSTGRES.sql("v IN (?, ?)"), "v IN (%s, %s)")
 
     def test_invalid_range(self):
         """A range that is not a date raises QueryError with 0xA900."""
@@ -256,19 +304,37 @@ _PATTERN = st.text(alphabet="aAb%_[]*?^=ü", max_size=8)
 _STORED = st.text(alphabet="aAb%_[]^=ü", max_size=8)
 
 
-class AgreementTests(SynchronousTestCase):
+_STORED_PG = st.text(alphabet="aAb%_[]^=ü\\", max_size=8)
+
+
+class AgreementTests:
     """The SQL conditions and the Python predicates agree on any value."""
 
-    @settings(max_examples=300, deadline=None)
-    @given(query=_PATTERN, stored=_STORED, vr=st.sampled_from(["LO", "CS", "UI"]))
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.differing_executors])
+    @given(query=_PATTERN, stored=_STORED_PG, vr=st.sampled_from(["LO", "CS", "UI"]))
     def test_case_sensitive(self, query, stored, vr):
-        """For case-sensitive VRs, GLOB with '[' escaped matches like a regex."""
-        self.assertEqual(_sql_matches(vr, query, stored or None),
+        """For case-sensitive VRs, the wild card operator (GLOB with '['
+        escaped; LIKE with '%', '_' and '\\' escaped) matches like a regex."""
+        self.assertEqual(self.sql_matches(vr, query, stored or None),
                          _predicate_matches(vr, query, stored or None))
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.differing_executors])
     @given(query=_PATTERN, stored=_STORED)
     def test_person_name(self, query, stored):
         """For PN, the match key column and the predicate agree."""
-        self.assertEqual(_sql_matches("PN", query, stored or None),
+        self.assertEqual(self.sql_matches("PN", query, stored or None),
                          _predicate_matches("PN", query, stored or None))
+
+
+class AgreementTestsSqlite(AgreementTests, SynchronousTestCase):
+    """The sqlite conditions agree with the predicates."""
+
+    sql_matches = staticmethod(_sql_matches)
+
+
+class AgreementTestsPostgres(AgreementTests, SynchronousTestCase):
+    """The PostgreSQL conditions agree with the predicates."""
+
+    sql_matches = staticmethod(_postgres_matches)
