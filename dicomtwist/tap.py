@@ -565,7 +565,12 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
         if answer.strip().lower() != "yes":
             print("Cleaning aborted")
             return 1
-    from dicomtwist.storage.files import is_valid_uid, temporary_files
+    from dicomtwist.storage.files import (
+        remove_empty_buckets,
+        stored_file,
+        stored_instances,
+        temporary_files,
+    )
     from dicomtwist.storage.index import IndexUnavailable, open_index
 
     root = os.path.realpath(settings.instance_location)
@@ -576,28 +581,21 @@ def clean(settings: configuration.Config, assume_yes: bool = False,
         return 1
     removed = 0
     for relative in index.paths():
-        path = os.path.realpath(os.path.join(root, relative))
-        if os.path.dirname(path) != root:
-            continue
         try:
-            os.unlink(path)
+            # Only the two forms the archive writes, never a symbolic link.
+            os.unlink(stored_file(root, relative))
             removed += 1
-        except FileNotFoundError:
+        except (ValueError, FileNotFoundError):
             pass
     for path in temporary_files(root):
         os.unlink(path)
     # Orphans: instance files whose row never made it (a crash between the
-    # rename and the index); named as the archive names files, so ours.
-    try:
-        names = os.listdir(root)
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        path = os.path.join(root, name)
-        if (name.endswith(".dcm") and is_valid_uid(name[:-len(".dcm")])
-                and os.path.isfile(path) and not os.path.islink(path)):
-            os.unlink(path)
-            removed += 1
+    # rename and the index), in either layout; named as the archive names
+    # files, so ours.  Then the buckets this left empty.
+    for _, relative in list(stored_instances(root)):
+        os.unlink(os.path.join(root, *relative.split("/")))
+        removed += 1
+    remove_empty_buckets(root)
     index.clear()
     print(f"Removed {removed} instance(s) and emptied the database")
     return 0

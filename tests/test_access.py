@@ -17,6 +17,7 @@ from dicomtwist.association import AcceptorFactory, associate
 from dicomtwist.errors import AssociationRejected
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.status import Status
+from dicomtwist.storage.files import instance_path
 from dicomtwist.ul.pdu import RejectReason
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, VERIFICATION, connect_in_memory, \
@@ -366,8 +367,8 @@ class DaemonTests(TestCase):
         output, code = await tool("storescu", "-v", "-aet", "STORESCU", "-aec", "QRSCP",
                                   files=(path,))
         self.assertIn("Status: 0x124", output)
-        self.assertFalse(os.path.exists(os.path.join(cwd, "instances",
-                                                     f"{ds.SOPInstanceUID}.dcm")))
+        self.assertFalse(os.path.exists(instance_path(os.path.join(cwd, "instances"),
+                                                      ds.SOPInstanceUID)))
         log = archive.output()
         self.assertIn("Refusing association from ECHOSCU at 127.0.0.1", log)
         self.assertIn("Refusing association from INTRUDER at 127.0.0.1", log)

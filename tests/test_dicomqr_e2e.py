@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 import dicomtwist
+from dicomtwist.storage.files import instance_path, stored_instances
 from dicomtwist.storage.index import Index
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, ct_dataset, free_port
@@ -237,12 +238,12 @@ class BasicTests(DicomqrCase):
 
     @inline
     async def test_store_writes_instances(self) -> None:
-        """storescu's 26 instances land in instances/<uid>.dcm, equal to the originals."""
+        """storescu's 26 instances land in instances/ab/cd/<uid>.dcm, equal to the originals."""
         archive = await self.start_archive()
         await self.store_all()
-        self.assertEqual(sorted(os.listdir(archive.instances)),
-                         sorted(uid + ".dcm" for uid in self.originals))
-        self.assertReceived(glob.glob(os.path.join(archive.instances, "*.dcm")),
+        self.assertEqual(sorted(uid for uid, _ in stored_instances(archive.instances)),
+                         sorted(self.originals))
+        self.assertReceived([instance_path(archive.instances, uid) for uid in self.originals],
                             list(self.originals))
 
     @inline

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from dicomtwist.config import Config
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
-from dicomtwist.storage.files import TEMP_PREFIX
+from dicomtwist.storage.files import TEMP_PREFIX, instance_path
 from dicomtwist.storage.index import Index
 from dicomtwist.web.dicomweb import wado
 from dicomtwist.web.dicomweb.dicomjson import dataset_json
@@ -307,7 +307,7 @@ class WebTestCase(SynchronousTestCase):
 
     def stored_path(self, sop_instance_uid: str) -> str:
         """The stored file of an instance."""
-        return os.path.join(self.directory, sop_instance_uid + ".dcm")
+        return instance_path(self.directory, sop_instance_uid)
 
     def leftovers(self) -> list[str]:
         """Temporary files left in the instance directory."""
@@ -844,7 +844,8 @@ class WadoTests(WebTestCase):
                           SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
                           PixelData=b"\x00\x01\x02\x03")
         data = part10(ds)
-        with open(self.stored_path(ds.SOPInstanceUID), "wb") as fp:
+        # A file of the earlier flat layout, indexed by its name.
+        with open(os.path.join(self.directory, ds.SOPInstanceUID + ".dcm"), "wb") as fp:
             fp.write(data)
         self.index.add(ds, ds.SOPInstanceUID + ".dcm", ExplicitVRLittleEndian, len(data))
         [record] = self.index.instances(ds.StudyInstanceUID, metadata=True)

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from dicomtwist.status import Status
+from dicomtwist.storage.files import instance_path
 from dicomtwist.web.dicomweb import multipart
 from tests import peers
 from tests.helpers import ct_dataset, free_port
@@ -121,7 +122,7 @@ class DicomWebCase(TestCase):
 
     def stored_file(self, uid: str) -> str:
         """The archive's file of an instance."""
-        return os.path.join(self.cwd, "instances", f"{uid}.dcm")
+        return instance_path(os.path.join(self.cwd, "instances"), uid)
 
     async def curl(self, *args: str) -> tuple[bytes, bytes, int]:
         """Run curl (127.0.0.1 only)."""

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from twisted.internet import reactor
 
+from dicomtwist.storage.files import stored_instances
 from tests.browser import ohif_dist, start_browser
 from tests.orthanc import start_orthanc
 from tests.test_dicomweb_e2e import DicomWebCase, generated, inline, same_dataset
@@ -46,8 +47,7 @@ class OrthancClientTests(DicomWebCase):
             answer = await source.upload(path)
             studies.add(answer["ParentStudy"])
         await source.stow(*sorted(studies))
-        stored = sorted(name[:-len(".dcm")]
-                        for name in os.listdir(os.path.join(self.cwd, "instances")))
+        stored = sorted(uid for uid, _ in stored_instances(os.path.join(self.cwd, "instances")))
         self.assertEqual(stored, sorted(originals))
         found = await source.qido("/studies", PatientID="WEB-P1")
         self.assertEqual([s["0020000D"]["Value"][0] for s in found],

@@ -1,9 +1,14 @@
-"""Group commit: concurrent stores share one transaction and one fsync."""
+"""Group commit: concurrent stores share one transaction and one fsync
+round, and new bucket directories are durable before Success."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
+import threading
 
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -12,9 +17,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from dicomtwist.dimse.assembly import Spooled
 from dicomtwist.dimse.codec import encode_dataset
 from dicomtwist.dimse.messages import CStoreRQ
+from dicomtwist.services import store as store_module
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
-from dicomtwist.storage.files import part10_header
+from dicomtwist.storage.files import (
+    bucket,
+    flat_name,
+    instance_path,
+    part10_header,
+    relative_path,
+)
 from dicomtwist.storage.index import Index
 from tests.helpers import ct_dataset
 from tests.test_store import InlineReactor
@@ -107,7 +119,7 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(self.batches, [1, 3])
         self.assertEqual(self.index.count("IMAGE"), 4)
         for ds in [first_ds] + [ds for ds, _, _ in rest]:
-            self.assertTrue(os.path.exists(os.path.join(self.root, ds.SOPInstanceUID + ".dcm")))
+            self.assertTrue(os.path.exists(instance_path(self.root, ds.SOPInstanceUID)))
         self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
         self.assertFalse(self.store._committing)
 
@@ -169,6 +181,186 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual([status for status, _ in results],
                          [Status.SUCCESS, Status.OUT_OF_RESOURCES, Status.SUCCESS])
         self.assertEqual(self.index.count("IMAGE"), 2)
-        self.assertFalse(os.path.exists(os.path.join(self.root, bad_uid + ".dcm")))
+        self.assertFalse(os.path.exists(instance_path(self.root, bad_uid)))
         self.assertEqual([n for n in os.listdir(self.root) if n.endswith(".part")], [])
         self.flushLoggedErrors(RuntimeError)
+
+
+def uid_in(wanted, start: int = 1) -> str:
+    """A SOP Instance UID whose bucket satisfies ``wanted(bucket)``."""
+    n = start
+    while not wanted(bucket(f"1.2.826.0.1.3680043.9.7.{n}")):
+        n += 1
+    return f"1.2.826.0.1.3680043.9.7.{n}"
+
+
+class DurabilityTests(SynchronousTestCase):
+    """A new bucket directory is durable in its parent before Success.
+
+    ``fsync_directory`` is replaced by a recorder that notes, at each
+    call, the directory (relative to the instance directory), whether the
+    instance files are in place and whether the index rows are committed
+    (seen from another sqlite connection).
+    """
+
+    def setUp(self) -> None:
+        self.base = os.path.abspath(self.mktemp())
+        self.root = os.path.join(self.base, "instances")
+        os.makedirs(self.root)
+        self.database = os.path.join(self.base, "index.sqlite")
+        self.index = Index(self.database)
+        self.addCleanup(self.index.close)
+        self.events = []
+        self.lock = threading.Lock()
+        #: Instances whose file must be in place at every fsync ...
+        self.watched = []
+        #: ... and those whose (first) row must not be committed yet.
+        self.new_rows = []
+        self.patch(store_module, "fsync_directory", self.fsync)
+        self.store = self.new_store()
+
+    def new_store(self) -> ArchiveStore:
+        """An ArchiveStore on the directory (as after a restart)."""
+        return ArchiveStore(InlineReactor(), QueuedPool(), self.root, self.index)
+
+    def fsync(self, directory: str) -> None:
+        """Record a directory fsync and what is durable-to-be at that moment."""
+        reader = sqlite3.connect(self.database)
+        try:
+            committed = {row[0] for row in reader.execute(
+                "SELECT sop_instance_uid FROM instance")}
+        finally:
+            reader.close()
+        with self.lock:  # the fsyncs of a batch run in several threads
+            self.events.append(("fsync", os.path.relpath(directory, self.root)))
+        for uid in self.watched:
+            self.assertTrue(os.path.exists(instance_path(self.root, uid)), uid)
+        for uid in self.new_rows:
+            self.assertNotIn(uid, committed, "row committed before the fsync")
+
+    def store_uid(self, uid: str, store: ArchiveStore | None = None) -> tuple[int, str]:
+        """Store an instance with ``uid`` at once; record the answer."""
+        ds = ct_dataset(SOPInstanceUID=uid)
+        header = part10_header(ds.SOPClassUID, uid, ExplicitVRLittleEndian)
+        data = encode_dataset(ds, ExplicitVRLittleEndian)
+        spooled = Spooled(header, [memoryview(data)], None, len(data))
+        self.watched = [uid]
+        self.new_rows = [uid] if self.index.get_path(uid) is None else []
+        result = (store or self.store).store(CStoreRQ(1, ds.SOPClassUID, uid),
+                                             ExplicitVRLittleEndian, spooled, Deferred())
+        self.events.append(("answer", result))
+        return result
+
+    def prepared(self, uid: str):
+        """An instance prepared for :meth:`ArchiveStore.commit_batch`."""
+        ds = ct_dataset(SOPInstanceUID=uid)
+        header = part10_header(ds.SOPClassUID, uid, ExplicitVRLittleEndian)
+        data = encode_dataset(ds, ExplicitVRLittleEndian)
+        return self.store.prepare(CStoreRQ(1, ds.SOPClassUID, uid), ExplicitVRLittleEndian,
+                                  Spooled(header, [memoryview(data)], None, len(data)))
+
+    def test_new_bucket_and_parents_fsynced_before_answer(self):
+        """The first store into a new bucket fsyncs the bucket (file in
+        place, row not yet committed), its parent and the instance
+        directory, deepest first, and only then is answered Success."""
+        uid = uid_in(lambda b: True)
+        first, second = bucket(uid)
+        self.assertEqual(self.store_uid(uid), (Status.SUCCESS, ""))
+        self.assertEqual(self.events, [("fsync", f"{first}/{second}"), ("fsync", first),
+                                       ("fsync", "."), ("answer", (Status.SUCCESS, ""))])
+        self.assertEqual(self.index.get_path(uid), relative_path(uid))
+
+    def test_known_bucket_fsyncs_only_itself(self):
+        """A bucket this process made durable is fsynced alone next time; a
+        new bucket under a known parent still fsyncs the parent chain."""
+        uid = uid_in(lambda b: True)
+        first, second = bucket(uid)
+        self.store_uid(uid)
+        self.events.clear()
+        again = uid_in(lambda b: b == (first, second), start=2)
+        self.assertEqual(self.store_uid(again), (Status.SUCCESS, ""))
+        self.assertEqual(self.events, [("fsync", f"{first}/{second}"),
+                                       ("answer", (Status.SUCCESS, ""))])
+        self.events.clear()
+        sibling = uid_in(lambda b: b[0] == first and b[1] != second, start=2)
+        self.assertEqual(self.store_uid(sibling), (Status.SUCCESS, ""))
+        self.assertEqual(self.events, [("fsync", "/".join(bucket(sibling))), ("fsync", first),
+                                       ("fsync", "."), ("answer", (Status.SUCCESS, ""))])
+
+    def test_restart_fsyncs_existing_buckets_again(self):
+        """After a restart an existing bucket is fsynced with its parents once
+        more: the process that made it may have died before its fsync."""
+        uid = uid_in(lambda b: True)
+        self.store_uid(uid)
+        self.events.clear()
+        again = uid_in(lambda b: b == bucket(uid), start=2)
+        self.assertEqual(self.store_uid(again, self.new_store()), (Status.SUCCESS, ""))
+        first, second = bucket(uid)
+        self.assertEqual(self.events, [("fsync", f"{first}/{second}"), ("fsync", first),
+                                       ("fsync", "."), ("answer", (Status.SUCCESS, ""))])
+
+    def test_batch_fsyncs_each_directory_once(self):
+        """A batch fsyncs every bucket it renamed into once, and each new
+        bucket's parent and the instance directory once, before its commit."""
+        one = uid_in(lambda b: True)
+        same = uid_in(lambda b: b == bucket(one), start=2)
+        other = uid_in(lambda b: b[0] != bucket(one)[0], start=2)
+        items = [self.prepared(uid) for uid in (one, same, other)]
+        self.watched = self.new_rows = [one, same, other]
+        results = self.store.commit_batch(items)
+        self.assertEqual(results, [(Status.SUCCESS, "")] * 3)
+        # The fsyncs of one level run at once, so in any order among them.
+        self.assertEqual(sorted(self.events[:2]), sorted([("fsync", "/".join(bucket(one))),
+                                                          ("fsync", "/".join(bucket(other)))]))
+        self.assertEqual(sorted(self.events[2:4]), sorted([("fsync", bucket(one)[0]),
+                                                           ("fsync", bucket(other)[0])]))
+        self.assertEqual(self.events[4:], [("fsync", ".")])
+
+    def test_failed_fsync_fails_the_batch(self):
+        """An fsync error answers the batch with a failure, and the bucket is
+        fsynced again by the next store."""
+        def broken(directory):
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(store_module, "fsync_directory", broken)
+        uid = uid_in(lambda b: True)
+        status, _ = self.store_uid(uid)
+        self.assertEqual(status, Status.OUT_OF_RESOURCES)
+        self.assertIsNone(self.index.get_path(uid))
+        self.flushLoggedErrors(OSError)
+        self.patch(store_module, "fsync_directory", self.fsync)
+        self.events.clear()
+        self.assertEqual(self.store_uid(uid), (Status.SUCCESS, ""))
+        self.assertEqual(len([e for e in self.events if e[0] == "fsync"]), 3)
+
+    def test_bucket_removed_while_running_is_made_again(self):
+        """A bucket removed by hand while the archive runs is made again and
+        fsynced with its parents."""
+        uid = uid_in(lambda b: True)
+        self.store_uid(uid)
+        leaf = os.path.dirname(instance_path(self.root, uid))
+        os.unlink(instance_path(self.root, uid))
+        os.rmdir(leaf)
+        self.events.clear()
+        self.assertEqual(self.store_uid(uid), (Status.SUCCESS, ""))
+        self.assertTrue(os.path.exists(instance_path(self.root, uid)))
+        self.assertEqual(len([e for e in self.events if e[0] == "fsync"]), 3)
+
+    def test_flat_file_replaced_and_removed_after_commit(self):
+        """Storing again an instance kept in the flat layout writes it nested,
+        indexes the nested path and removes the flat file only after the
+        commit (it is still there at every fsync)."""
+        uid = uid_in(lambda b: True)
+        ds = ct_dataset(SOPInstanceUID=uid, PatientID="FLAT")
+        flat = os.path.join(os.path.realpath(self.root), flat_name(uid))
+        ds.save_as(flat, enforce_file_format=True)
+        self.index.add(ds, flat_name(uid), ExplicitVRLittleEndian, os.path.getsize(flat))
+        seen = []
+        recorder = self.fsync
+        self.patch(store_module, "fsync_directory",
+                   lambda d: (seen.append(os.path.exists(flat)), recorder(d)))
+        self.assertEqual(self.store_uid(uid), (Status.SUCCESS, ""))
+        self.assertEqual(seen, [True, True, True])
+        self.assertFalse(os.path.exists(flat))
+        self.assertEqual(self.index.get_path(uid), relative_path(uid))
+        self.assertNotEqual(dcmread(instance_path(self.root, uid)).PatientID, "FLAT")

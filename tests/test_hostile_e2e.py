@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 from dicomtwist.association import associate
 from dicomtwist.errors import AssociationRejected
 from dicomtwist.status import Status
+from dicomtwist.storage.files import instance_path, relative_path, stored_instances
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, VERIFICATION, ct_dataset, free_port
 
@@ -162,7 +163,8 @@ class TraversalTests(HostileCase):
         rsp = await assoc.store(ds)
         self.assertEqual(rsp.status, Status.SUCCESS)
         await assoc.release()
-        self.assertEqual(os.listdir(self.instances()), [ds.SOPInstanceUID + ".dcm"])
+        self.assertEqual([relative for _, relative in stored_instances(self.instances())],
+                         [relative_path(ds.SOPInstanceUID)])
         self.assertFalse(os.path.exists(os.path.join(self.cwd, "..", "evil")))
 
 
@@ -237,7 +239,7 @@ class KillTests(HostileCase):
         db.close()
         self.assertEqual(acknowledged - indexed, set())
         for uid in acknowledged:
-            self.assertTrue(os.path.exists(os.path.join(self.instances(), uid + ".dcm")), uid)
+            self.assertTrue(os.path.exists(instance_path(self.instances(), uid)), uid)
         leftovers = [n for n in os.listdir(self.instances()) if n.endswith(".part")]
         self.assertEqual(leftovers, [])
 
@@ -260,7 +262,7 @@ class ShutdownTests(HostileCase):
         self.assertFalse(process.exited.called)
         await assoc.release()
         await process.exited
-        self.assertTrue(os.path.exists(os.path.join(self.instances(), ds.SOPInstanceUID + ".dcm")))
+        self.assertTrue(os.path.exists(instance_path(self.instances(), ds.SOPInstanceUID)))
 
     async def test_second_sigterm_while_stopping_is_quiet(self):
         """A second SIGTERM during the grace period changes nothing and logs

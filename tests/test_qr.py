@@ -25,6 +25,7 @@ from dicomtwist import config as configuration
 from dicomtwist import tap
 from dicomtwist.association import AcceptorFactory, associate, file_dataset
 from dicomtwist.status import Status
+from dicomtwist.storage.files import instance_path
 from dicomtwist.storage.index import Index
 from tests.helpers import CT_IMAGE_STORAGE, connect_in_memory, ct_dataset, policy
 from tests.test_store import InlinePool, InlineReactor
@@ -123,7 +124,7 @@ class QueryRetrieveTestCase(SynchronousTestCase):
 
     def stored_data_set(self, sop_instance_uid: str) -> bytes:
         """The data set part (after the File Meta Information) of a stored file."""
-        source = file_dataset(os.path.join(self.instances, sop_instance_uid + ".dcm"))
+        source = file_dataset(instance_path(self.instances, sop_instance_uid))
         with open(source.path, "rb") as fp:
             fp.seek(source.offset)
             return fp.read()

@@ -6,10 +6,28 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from dicomtwist.storage.files import instance_path
+from dicomtwist.storage.files import (
+    bucket,
+    flat_name,
+    instance_path,
+    relative_path,
+    stored_instances,
+)
 from dicomtwist.storage.index import Index
 from dicomtwist.storage.recovery import recover, reindex
 from tests.helpers import ct_dataset
+
+
+def write(root: str, ds, flat: bool = False) -> str:
+    """Save ``ds`` where the archive keeps it: nested (making its bucket),
+    or in the earlier flat layout; returns the path."""
+    if flat:
+        path = os.path.join(os.path.realpath(root), flat_name(ds.SOPInstanceUID))
+    else:
+        path = instance_path(root, ds.SOPInstanceUID)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 class RecoveryTests(SynchronousTestCase):
@@ -20,13 +38,14 @@ class RecoveryTests(SynchronousTestCase):
         os.makedirs(self.root)
         self.index = Index(os.path.join(self.root, "..", "index.sqlite"))
 
-    def store(self, index: bool = True, **values):
+    def store(self, index: bool = True, flat: bool = False, **values):
+        """Write an instance file as the archive does (nested), or as it
+        did before (``flat``), and index it by its relative path."""
         ds = ct_dataset(**values)
-        path = instance_path(self.root, ds.SOPInstanceUID)
-        ds.save_as(path, enforce_file_format=True)
+        path = write(self.root, ds, flat)
         if index:
-            self.index.add(ds, os.path.basename(path), str(ds.file_meta.TransferSyntaxUID),
-                           os.path.getsize(path))
+            self.index.add(ds, os.path.relpath(path, os.path.realpath(self.root)),
+                           str(ds.file_meta.TransferSyntaxUID), os.path.getsize(path))
         return ds, path
 
     def test_leftover_temporary_files_removed(self):
@@ -71,7 +90,7 @@ class RecoveryTests(SynchronousTestCase):
         with open(path, "r+b") as fp:
             fp.truncate(os.path.getsize(path) - 100)
         report = recover(self.root, self.index)
-        self.assertEqual(report.unreadable, [os.path.basename(path)])
+        self.assertEqual(report.unreadable, [relative_path(ds.SOPInstanceUID)])
         self.assertEqual(report.files_indexed, 0)
         self.assertEqual(self.index.count("IMAGE"), 0)
         self.assertTrue(os.path.exists(path))
@@ -92,8 +111,7 @@ class RecoveryTests(SynchronousTestCase):
         for syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian):
             ds = ct_dataset()
             ds.file_meta.TransferSyntaxUID = syntax
-            path = instance_path(self.root, ds.SOPInstanceUID)
-            ds.save_as(path, enforce_file_format=True)
+            path = write(self.root, ds)
             check_complete(path, syntax)
             with open(path, "r+b") as fp:
                 fp.truncate(os.path.getsize(path) - 1)
@@ -116,6 +134,113 @@ class RecoveryTests(SynchronousTestCase):
             fp.truncate(os.path.getsize(path) // 2)
         report = reindex(self.root, self.index)
         self.assertEqual(report.files_indexed, 1)
-        self.assertEqual(report.unreadable, [os.path.basename(path)])
+        self.assertEqual(report.unreadable, [relative_path(cut.SOPInstanceUID)])
         self.assertIsNotNone(self.index.get_path(whole.SOPInstanceUID))
         self.assertIsNone(self.index.get_path(cut.SOPInstanceUID))
+
+
+class LayoutRecoveryTests(SynchronousTestCase):
+    """Recovery and ``--reindex`` handle the nested layout and the earlier
+    flat one side by side."""
+
+    def setUp(self):
+        self.root = os.path.realpath(self.mktemp())
+        os.makedirs(self.root)
+        self.index = Index(os.path.join(self.root, "..", "index.sqlite"))
+        self.addCleanup(self.index.close)
+
+    def write(self, flat: bool, index: str | None = None, **values):
+        """An instance file in one layout, indexed by ``index`` if given."""
+        ds = ct_dataset(**values)
+        path = write(self.root, ds, flat)
+        if index is not None:
+            self.index.add(ds, index, str(ds.file_meta.TransferSyntaxUID),
+                           os.path.getsize(path))
+        return ds, path
+
+    def test_both_layouts_found_and_indexed(self):
+        """Unindexed files of both layouts are indexed, each by its own
+        relative path; indexed ones of both layouts cost nothing."""
+        flat, _ = self.write(flat=True)
+        nested, _ = self.write(flat=False)
+        kept_flat, _ = self.write(flat=True, index=None)
+        self.index.add(kept_flat, flat_name(kept_flat.SOPInstanceUID), "1.2.840.10008.1.2.1", 1)
+        kept_nested, _ = self.write(flat=False)
+        self.index.add(kept_nested, relative_path(kept_nested.SOPInstanceUID),
+                       "1.2.840.10008.1.2.1", 1)
+        report = recover(self.root, self.index)
+        self.assertEqual((report.files_indexed, report.rows_dropped), (2, 0))
+        self.assertEqual(self.index.get_path(flat.SOPInstanceUID), flat_name(flat.SOPInstanceUID))
+        self.assertEqual(self.index.get_path(nested.SOPInstanceUID),
+                         relative_path(nested.SOPInstanceUID))
+
+    def test_reindex_indexes_both_layouts(self):
+        """--reindex indexes flat and nested files alike."""
+        flat, _ = self.write(flat=True)
+        nested, _ = self.write(flat=False)
+        report = reindex(self.root, self.index)
+        self.assertEqual(report.files_indexed, 2)
+        self.assertEqual(sorted(self.index.paths()),
+                         sorted([flat_name(flat.SOPInstanceUID),
+                                 relative_path(nested.SOPInstanceUID)]))
+
+    def test_nested_copy_supersedes_flat(self):
+        """An instance with a flat and a nested file (stored again, crash
+        before the flat one was removed) keeps the nested one, indexed, and
+        the flat copy goes; whichever the row named."""
+        for row in ("nested", "flat", None):
+            ds, flat = self.write(flat=True, PatientID="OLD")
+            nested = write(self.root, ct_dataset(SOPInstanceUID=ds.SOPInstanceUID,
+                                                 PatientID="NEW"))
+            if row is not None:
+                self.index.add(ds, relative_path(ds.SOPInstanceUID) if row == "nested"
+                               else flat_name(ds.SOPInstanceUID), "1.2.840.10008.1.2.1", 1)
+            report = recover(self.root, self.index)
+            self.assertEqual(report.superseded_removed, 1, row)
+            self.assertFalse(os.path.exists(flat), row)
+            self.assertTrue(os.path.exists(nested), row)
+            self.assertEqual(self.index.get_path(ds.SOPInstanceUID),
+                             relative_path(ds.SOPInstanceUID), row)
+
+    def test_damaged_nested_copy_falls_back_to_flat(self):
+        """If the nested file of an instance is damaged, its flat file is
+        indexed instead and kept; the damaged one is reported."""
+        ds, flat = self.write(flat=True)
+        nested = instance_path(self.root, ds.SOPInstanceUID)
+        os.makedirs(os.path.dirname(nested))
+        with open(nested, "wb") as fp:
+            fp.write(b"not dicom")
+        report = recover(self.root, self.index)
+        self.assertEqual(report.unreadable, [relative_path(ds.SOPInstanceUID)])
+        self.assertEqual(self.index.get_path(ds.SOPInstanceUID), flat_name(ds.SOPInstanceUID))
+        self.assertTrue(os.path.exists(flat))
+        self.flushLoggedErrors()
+
+    def test_row_with_another_path_reindexed(self):
+        """A row naming a path of neither form (or the other layout's) for
+        an instance whose file exists is replaced by the file's path."""
+        ds, _ = self.write(flat=False, index="elsewhere/x.dcm")
+        report = recover(self.root, self.index)
+        self.assertEqual(report.files_indexed, 1)
+        self.assertEqual(self.index.get_path(ds.SOPInstanceUID), relative_path(ds.SOPInstanceUID))
+
+    def test_only_the_layouts_are_instances(self):
+        """Files elsewhere -- a wrong bucket, deeper down, the scratch
+        directory, a symbolic link, a part file in a bucket -- are not instances."""
+        ds = ct_dataset()
+        uid = ds.SOPInstanceUID
+        first, second = bucket(uid)
+        wrong = "00" if first != "00" else "01"
+        places = [os.path.join(self.root, wrong, second, flat_name(uid)),
+                  os.path.join(self.root, first, second, "ab", flat_name(uid)),
+                  os.path.join(self.root, ".scratch", flat_name(uid))]
+        for place in places:
+            os.makedirs(os.path.dirname(place), exist_ok=True)
+            ds.save_as(place, enforce_file_format=True)
+        os.symlink(places[0], os.path.join(self.root, flat_name(uid)))
+        part = os.path.join(self.root, first, ".incoming-x.part")
+        open(part, "wb").close()
+        report = recover(self.root, self.index)
+        self.assertEqual((report.files_indexed, report.unreadable), (0, []))
+        self.assertEqual(self.index.count("IMAGE"), 0)
+        self.assertEqual(list(stored_instances(self.root)), [])

@@ -29,7 +29,12 @@ from dicomtwist.services import store as store_module
 from dicomtwist.storage import files as files_module
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
-from dicomtwist.storage.files import instance_path, is_valid_uid
+from dicomtwist.storage.files import (
+    instance_path,
+    is_valid_uid,
+    relative_path,
+    stored_instances,
+)
 from dicomtwist.storage.index import Index
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, connect_in_memory, ct_dataset, policy
 
@@ -139,6 +144,10 @@ class StoreTestCase(SynchronousTestCase):
             found += [os.path.relpath(os.path.join(root, f), self.base) for f in files]
         return sorted(found)
 
+    def instance_files(self) -> list[str]:
+        """The instance files in the instance directory, relative to it, sorted."""
+        return sorted(relative for _, relative in stored_instances(self.directory))
+
     def index_files(self) -> list[str]:
         """The index's own files (sqlite and its WAL companions)."""
         return [f for f in self.tree() if f.startswith("index.sqlite")]
@@ -154,13 +163,15 @@ class StoreSuccessTests(StoreTestCase):
     """Instances that are stored."""
 
     def test_store_writes_part10_file_and_indexes(self) -> None:
-        """A stored CT lands at instances/<uid>.dcm as a Part 10 file equal to it, and is indexed."""
+        """A stored CT lands at instances/ab/cd/<uid>.dcm as a Part 10 file equal to it, and is indexed."""
         ds = ct_dataset(4096, PatientID="STORE1")
         rsp = self.store_dataset(ds, [(CT_IMAGE_STORAGE, [ExplicitVRLittleEndian])])
         self.assertEqual((rsp.status, rsp.affected_sop_instance_uid),
                          (Status.SUCCESS, ds.SOPInstanceUID))
-        path = os.path.join(self.directory, ds.SOPInstanceUID + ".dcm")
-        self.assertEqual(os.listdir(self.directory), [ds.SOPInstanceUID + ".dcm"])
+        path = instance_path(self.directory, ds.SOPInstanceUID)
+        self.assertEqual(self.instance_files(), [relative_path(ds.SOPInstanceUID)])
+        self.assertEqual(os.path.relpath(path, os.path.realpath(self.directory)),
+                         relative_path(ds.SOPInstanceUID))
         stored = dcmread(path)
         self.assertEqual(stored, ds)
         meta = stored.file_meta
@@ -171,8 +182,8 @@ class StoreSuccessTests(StoreTestCase):
              IMPLEMENTATION_CLASS_UID))
         with open(path, "rb") as fp:
             self.assertEqual(fp.read(132)[128:], b"DICM")
-        self.assertEqual(self.index.paths(), [ds.SOPInstanceUID + ".dcm"])
-        self.assertEqual(self.index.get_path(ds.SOPInstanceUID), ds.SOPInstanceUID + ".dcm")
+        self.assertEqual(self.index.paths(), [relative_path(ds.SOPInstanceUID)])
+        self.assertEqual(self.index.get_path(ds.SOPInstanceUID), relative_path(ds.SOPInstanceUID))
         self.assertEqual(self.index.count("IMAGE"), 1)
 
     def test_stored_as_received(self) -> None:
@@ -181,7 +192,7 @@ class StoreSuccessTests(StoreTestCase):
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         rsp = self.store_dataset(ds, [(CT_IMAGE_STORAGE, [ImplicitVRLittleEndian])])
         self.assertEqual(rsp.status, Status.SUCCESS)
-        path = os.path.join(self.directory, ds.SOPInstanceUID + ".dcm")
+        path = instance_path(self.directory, ds.SOPInstanceUID)
         stored = dcmread(path)
         self.assertEqual(stored.file_meta.TransferSyntaxUID, ImplicitVRLittleEndian)
         with open(path, "rb") as fp:
@@ -197,11 +208,11 @@ class StoreSuccessTests(StoreTestCase):
                             SeriesInstanceUID=first.SeriesInstanceUID,
                             PatientName="Second^Version")
         self.assertEqual(self.store_dataset(second).status, Status.SUCCESS)
-        self.assertEqual(os.listdir(self.directory), [first.SOPInstanceUID + ".dcm"])
-        stored = dcmread(os.path.join(self.directory, first.SOPInstanceUID + ".dcm"))
+        self.assertEqual(self.instance_files(), [relative_path(first.SOPInstanceUID)])
+        stored = dcmread(instance_path(self.directory, first.SOPInstanceUID))
         self.assertEqual(stored, second)
         self.assertEqual(self.index.count("IMAGE"), 1)
-        self.assertEqual(self.index.paths(), [first.SOPInstanceUID + ".dcm"])
+        self.assertEqual(self.index.paths(), [relative_path(first.SOPInstanceUID)])
 
     def test_many_on_one_association(self) -> None:
         """Several stores on one association each get Success and their own file."""
@@ -210,8 +221,8 @@ class StoreSuccessTests(StoreTestCase):
         ds = [client.store(d) for d in datasets]
         pump.flush()
         self.assertEqual([self.successResultOf(d).status for d in ds], [Status.SUCCESS] * 5)
-        self.assertEqual(sorted(os.listdir(self.directory)),
-                         sorted(d.SOPInstanceUID + ".dcm" for d in datasets))
+        self.assertEqual(self.instance_files(),
+                         sorted(relative_path(d.SOPInstanceUID) for d in datasets))
         self.assertEqual(self.index.count("IMAGE"), 5)
 
 
@@ -268,9 +279,9 @@ class InvalidUIDTests(StoreTestCase):
             self.assertFalse(is_valid_uid(uid), case)
 
     def test_instance_path(self) -> None:
-        """instance_path is <directory>/<uid>.dcm and refuses invalid UIDs."""
+        """instance_path is <directory>/ab/cd/<uid>.dcm and refuses invalid UIDs."""
         self.assertEqual(instance_path(self.directory, "1.2.3"),
-                         os.path.join(os.path.realpath(self.directory), "1.2.3.dcm"))
+                         os.path.join(os.path.realpath(self.directory), "c4", "7f", "1.2.3.dcm"))
         for case, uid in INVALID_UIDS.items():
             self.assertRaises(ValueError, instance_path, self.directory, uid)
 
@@ -366,8 +377,7 @@ class IndexFailureTests(StoreTestCase):
         self.assertEqual(rsp.status, Status.OUT_OF_RESOURCES)
         self.flushLoggedErrors(RuntimeError)
         # Files and rows agree: whatever is indexed exists, whatever exists is indexed.
-        files = sorted(os.listdir(self.directory))
-        self.assertEqual(files, sorted(self.index.paths()))
+        self.assertEqual(self.instance_files(), sorted(self.index.paths()))
 
     def test_index_add_raises_keeps_previous_instance(self) -> None:
         """A failed replacement store leaves the previously stored instance in place."""
@@ -383,9 +393,9 @@ class IndexFailureTests(StoreTestCase):
                             SeriesInstanceUID=first.SeriesInstanceUID)
         self.assertEqual(self.store_dataset(second).status, Status.OUT_OF_RESOURCES)
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(self.index.get_path(first.SOPInstanceUID), first.SOPInstanceUID + ".dcm")
-        self.assertEqual(dcmread(os.path.join(self.directory, first.SOPInstanceUID + ".dcm")),
-                         first)
+        self.assertEqual(self.index.get_path(first.SOPInstanceUID),
+                         relative_path(first.SOPInstanceUID))
+        self.assertEqual(dcmread(instance_path(self.directory, first.SOPInstanceUID)), first)
 
 
 class OutOfSpaceTests(StoreTestCase):

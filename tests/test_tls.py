@@ -28,6 +28,7 @@ from dicomtwist import tls
 from dicomtwist.association import associate
 from dicomtwist.errors import TLSError
 from dicomtwist.status import Status
+from dicomtwist.storage.files import instance_path
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, UNCOMPRESSED, VERIFICATION, ct_dataset, free_port
 from tests.test_dicomqr_e2e import SOURCE_TREE, TWISTD, inline
@@ -178,7 +179,7 @@ class ArchiveTLSTests(TLSCase):
         output, code = await self.dcmtk("storescu", "-v", *self.client_tls(), "-aec", "QRSCP",
                                         "127.0.0.1", str(self.tls_port), path)
         self.assertEqual(code, 0, output)
-        stored = os.path.join(self.cwd, "instances", f"{uid}.dcm")
+        stored = instance_path(os.path.join(self.cwd, "instances"), uid)
         self.assertTrue(os.path.exists(stored), output)
         self.assertEqual(dcmread(stored).PixelData, dcmread(path).PixelData)
 

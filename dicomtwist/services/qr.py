@@ -28,7 +28,7 @@ from dicomtwist import log as dlog
 from dicomtwist.association import Association, Response, ServiceRequest, associate, file_dataset
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
-from dicomtwist.storage.files import real_directory, scratch_file
+from dicomtwist.storage.files import real_directory, scratch_file, stored_file
 
 #: SOP class -> information model name used by the index.
 FIND_MODELS = {
@@ -295,12 +295,9 @@ class QueryRetrieve:
                     pass
 
     def _path(self, record: Any) -> str:
-        # Indexed paths are bare file names: anything else (a separator, a
-        # dot name) is refused rather than resolved.
-        name = record.path
-        if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
-            raise ValueError(f"indexed path {name!r} is outside the instance directory")
-        return os.path.join(real_directory(self.settings.instance_location), name)
+        # Only the two forms the archive writes (flat, nested) are read, and
+        # no symbolic link: anything else is refused rather than resolved.
+        return stored_file(self.settings.instance_location, record.path)
 
 
 class _Progress:

@@ -6,8 +6,11 @@ reactor thread does no file system work for ordinary instances.  Then, in
 one hop to a worker thread: scan the header (:mod:`dicomtwist.storage.header`),
 check the UIDs, write the temporary file -- a Part 10 header, then the data
 set as received -- and fsync it; then a *group commit* indexes and renames
-every instance ready at that moment in one sqlite transaction with one
-directory fsync -- and only then is each answered Success.  The first
+every instance ready at that moment into its bucket directory
+(``ab/cd/<uid>.dcm``, :func:`dicomtwist.storage.files.relative_path`) in
+one sqlite transaction, fsyncs the bucket directories it renamed into (and,
+the first time this process uses a bucket, the bucket's parents, so that a
+new subdirectory is durable too) -- and only then is each answered Success.  The first
 worker to find no commit running commits its own instance at once; the
 instances that become ready meanwhile are committed together by the next
 one.  Any failure answers a failure status and leaves neither the file nor
@@ -21,6 +24,7 @@ import io
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +44,8 @@ from dicomtwist.dimse.messages import CStoreRQ, Message
 from dicomtwist.status import Status
 from dicomtwist.storage.files import (
     TEMP_PREFIX,
+    bucket,
+    flat_name,
     free_bytes,
     fsync_directory,
     fsync_file,
@@ -47,6 +53,7 @@ from dicomtwist.storage.files import (
     is_valid_uid,
     dataset_offset,
     part10_header,
+    relative_path,
     scratch_file,
     write_temporary,
 )
@@ -172,6 +179,10 @@ class ArchiveStore:
         self._lock = threading.Lock()
         self._queue: list[tuple[_Prepared, Deferred]] = []
         self._committing = False
+        #: One flag per bucket (``ab/cd`` as 0xabcd): its directory and
+        #: its parents' entries for it are known durable, made so by a
+        #: commit of this process.  Only the committer touches it.
+        self._durable_buckets = bytearray(_BUCKETS)
 
     def spool(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> DataSink:
         """A sink for one instance's data set, as a C-STORE's is spooled.
@@ -425,19 +436,29 @@ class ArchiveStore:
 
     def commit_batch(self, items: list["_Prepared"]) -> list[tuple[int, str]]:
         """In a worker thread: index and rename several prepared instances in
-        one transaction with one directory fsync (group commit).
+        one transaction, fsyncing each directory renamed into once (group
+        commit).
 
         Each instance is indexed, then renamed into place, inside its own
         savepoint: if either step fails, that instance alone rolls back and
         a previously stored instance of its UID keeps its file and row.
+        Once the transaction is committed, a flat-layout file an instance
+        replaced is removed.
         """
         results: list[tuple[int, str]] = []
         try:
             with self.index.transaction():
                 for item in items:
                     results.append(self._commit_one(item))
-                if any(status == Status.SUCCESS for status, _ in results):
-                    fsync_directory(self.directory)
+                self._sync_directories([item for item, (status, _) in zip(items, results)
+                                        if status == Status.SUCCESS])
+            for item, (status, _) in zip(items, results):
+                if status == Status.SUCCESS:
+                    # The old file of an instance stored before the nested
+                    # layout; only now, once its new file and row are
+                    # durable (a crash before this leaves both files:
+                    # recovery keeps the nested one).
+                    _unlink(os.path.join(self.directory, flat_name(item.uid)))
         except Exception as e:
             self.log.failure("Group commit of {count} instance(s) failed", count=len(items))
             comment = f"cannot commit the instance: {e}"[:64]
@@ -448,16 +469,55 @@ class ArchiveStore:
                     _unlink(item.temp)
         return results
 
+    def _sync_directories(self, items: list["_Prepared"]) -> None:
+        """fsync every bucket directory the committed ``items`` were renamed
+        into, once each; for a bucket not yet known durable, also its parent
+        and the instance directory (the entries of a new subdirectory),
+        deepest first.
+
+        :raises OSError: an fsync failed; the batch is then not answered
+            Success.
+        """
+        leaves: dict[str, None] = {}
+        parents: dict[str, None] = {}
+        new: list[int] = []
+        for item in items:
+            leaf = os.path.dirname(item.final)
+            leaves[leaf] = None
+            number = _bucket_number(item.uid)
+            if not self._durable_buckets[number]:
+                new.append(number)
+                parents[os.path.dirname(leaf)] = None
+        # Level by level, deepest first; the directories of one level at
+        # once (a batch's instances land in as many buckets as there are
+        # instances, and concurrent fsyncs share the file system's journal
+        # commit, where one after another each waits for its own).
+        _fsync_all(list(leaves))
+        _fsync_all([d for d in parents if d != self.directory])
+        if new:
+            fsync_directory(self.directory)
+        for number in new:
+            self._durable_buckets[number] = 1
+
     def _commit_one(self, item: "_Prepared") -> tuple[int, str]:
         try:
             with self.index.transaction():
+                if not self._durable_buckets[_bucket_number(item.uid)]:
+                    os.makedirs(os.path.dirname(item.final), exist_ok=True)
                 if item.metadata is None:
-                    self.index.add(item.ds, os.path.basename(item.final), item.transfer_syntax,
+                    self.index.add(item.ds, relative_path(item.uid), item.transfer_syntax,
                                    item.size)
                 else:
-                    self.index.add(item.ds, os.path.basename(item.final), item.transfer_syntax,
+                    self.index.add(item.ds, relative_path(item.uid), item.transfer_syntax,
                                    item.size, metadata=item.metadata)
-                os.replace(item.temp, item.final)
+                try:
+                    os.replace(item.temp, item.final)
+                except FileNotFoundError:
+                    # The bucket went (removed by hand while running):
+                    # make it again, and fsync it and its parents.
+                    self._durable_buckets[_bucket_number(item.uid)] = 0
+                    os.makedirs(os.path.dirname(item.final), exist_ok=True)
+                    os.replace(item.temp, item.final)
             item.temp = ""
             return Status.SUCCESS, ""
         except OSError as e:
@@ -466,6 +526,44 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+
+#: How many buckets the nested layout has (two levels of 256).
+_BUCKETS = 256 * 256
+
+
+#: At most this many directory fsyncs of a batch run at once.
+FSYNC_CONCURRENCY = 16
+_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsync_all(directories: list[str]) -> None:
+    """fsync ``directories``, concurrently when there are several (in a
+    small pool of its own: the caller is a worker of the store pool, which
+    it must not wait on).
+
+    :raises OSError: the first fsync that failed (after all have ended).
+    """
+    global _fsync_pool
+    if len(directories) <= 1:
+        for directory in directories:
+            fsync_directory(directory)
+        return
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = ThreadPoolExecutor(FSYNC_CONCURRENCY,
+                                             thread_name_prefix="dicomtwist-fsync")
+    futures = [_fsync_pool.submit(fsync_directory, d) for d in directories]
+    wait(futures)
+    for future in futures:
+        future.result()
+
+
+def _bucket_number(sop_instance_uid: str) -> int:
+    """An instance's bucket, ``ab/cd`` as 0xabcd."""
+    first, second = bucket(sop_instance_uid)
+    return int(first + second, 16)
 
 
 #: Syntaxes ``store_as`` compresses (uncompressed and Deflated).

@@ -4,16 +4,27 @@ A file path is never built from peer-supplied text without validation:
 only a syntactically valid UID (PS3.5 9.1: digits and dots, at most 64
 characters, no empty or zero-led components) becomes a file name, and the
 resulting path is checked to lie inside the instance directory.
+
+The layout of the instance directory: a new instance goes to
+``<aa>/<bb>/<SOP Instance UID>.dcm``, where ``aabb`` are the first four hex
+digits of the SHA-256 of the UID (:func:`relative_path`): 65,536 buckets
+of about 150 files each at 10 million instances, whatever the UIDs look
+like.  Files of the earlier flat layout, ``<SOP Instance UID>.dcm`` at the
+top, are still read, found and removed; nothing else is an instance.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
+
+from collections.abc import Iterator
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -35,19 +46,154 @@ def real_directory(directory: str) -> str:
     return os.path.realpath(directory)
 
 
-def instance_path(directory: str, sop_instance_uid: str) -> str:
-    """The file for an instance: ``<directory>/<SOP Instance UID>.dcm``.
+#: What an instance file's name ends with.
+SUFFIX = ".dcm"
+_BUCKET = re.compile(r"[0-9a-f]{2}")
 
-    :raises ValueError: the UID is not valid, or the path would not lie
-        directly inside ``directory``.
+
+def bucket(sop_instance_uid: str) -> tuple[str, str]:
+    """The two directory levels of an instance in the nested layout: the
+    first four hex digits of the SHA-256 of its (valid) UID, as ``("ab",
+    "cd")``.  Part of the on-disk format: never change it."""
+    digest = hashlib.sha256(sop_instance_uid.encode("ascii")).hexdigest()
+    return digest[:2], digest[2:4]
+
+
+def relative_path(sop_instance_uid: str) -> str:
+    """Where a new instance goes, relative to the instance directory (and
+    as the index keeps it): ``ab/cd/<SOP Instance UID>.dcm``.
+
+    :raises ValueError: the UID is not valid.
     """
     if not is_valid_uid(sop_instance_uid):
         raise ValueError(f"invalid SOP Instance UID {sop_instance_uid!r}")
-    root = real_directory(directory)
-    path = os.path.join(root, sop_instance_uid + ".dcm")
-    if os.path.dirname(path) != root:
-        raise ValueError(f"SOP Instance UID {sop_instance_uid!r} leaves the instance directory")
+    first, second = bucket(sop_instance_uid)
+    return f"{first}/{second}/{sop_instance_uid}{SUFFIX}"
+
+
+def flat_name(sop_instance_uid: str) -> str:
+    """An instance's file name in the earlier flat layout (read, never
+    written): ``<SOP Instance UID>.dcm`` at the top of the directory."""
+    return sop_instance_uid + SUFFIX
+
+
+def instance_path(directory: str, sop_instance_uid: str) -> str:
+    """The file a new instance is written to (its directories may not
+    exist yet): ``<directory>/ab/cd/<SOP Instance UID>.dcm``.
+
+    :raises ValueError: the UID is not valid.
+    """
+    return os.path.join(real_directory(directory), *relative_path(sop_instance_uid).split("/"))
+
+
+def uid_of(relative: str) -> str | None:
+    """The SOP Instance UID a relative path of either layout names, or
+    None if it is neither ``<uid>.dcm`` nor ``ab/cd/<uid>.dcm`` with the
+    right bucket."""
+    if not isinstance(relative, str):
+        return None
+    parts = relative.split("/")
+    name = parts[-1]
+    if not name.endswith(SUFFIX):
+        return None
+    uid = name[:-len(SUFFIX)]
+    if not is_valid_uid(uid):
+        return None
+    if len(parts) == 1 or (len(parts) == 3 and tuple(parts[:2]) == bucket(uid)):
+        return uid
+    return None
+
+
+def stored_file(directory: str, relative: object) -> str:
+    """The file an indexed path names, for reading or removing it.
+
+    The one check every reader of ``index.path`` goes through: ``relative``
+    must be exactly a flat name ``<uid>.dcm`` or the nested
+    ``ab/cd/<uid>.dcm`` of its UID (so no ``..``, no absolute path, no
+    other separator can pass), and what exists of it on disk must be what
+    the archive makes: bucket directories and a regular file, none of them
+    a symbolic link.
+
+    :returns: the path; it may not exist (opening it then fails as for any
+        missing file).
+    :raises ValueError: the path is not one of the two forms, or a part of
+        it is a symbolic link or not what it should be.
+    """
+    if not isinstance(relative, str) or uid_of(relative) is None:
+        raise ValueError(f"indexed path {relative!r} is not an instance file")
+    path = real_directory(directory)
+    parts = relative.split("/")
+    for n, part in enumerate(parts):
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return os.path.join(path, *parts[n + 1:])
+        wanted = stat.S_ISREG(mode) if n == len(parts) - 1 else stat.S_ISDIR(mode)
+        if not wanted:
+            raise ValueError(f"indexed path {relative!r}: {part} is a link or of the wrong type")
     return path
+
+
+def stored_instances(directory: str) -> Iterator[tuple[str, str]]:
+    """``(SOP Instance UID, relative path)`` of every instance file in
+    ``directory``, in either layout (a UID may come twice: flat and nested).
+
+    Walks the top and the two bucket levels only, never deeper, and never
+    follows a symbolic link; ``.scratch``, temporary files and anything
+    not named as the archive names files are skipped.
+    """
+    root = real_directory(directory)
+    buckets = []
+    for entry in _entries(root):
+        if _BUCKET.fullmatch(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                buckets.append(entry.name)
+        elif uid_of(entry.name) is not None and entry.is_file(follow_symlinks=False):
+            yield entry.name[:-len(SUFFIX)], entry.name
+    for first in sorted(buckets):
+        for second in _subdirectories(os.path.join(root, first)):
+            leaf = os.path.join(root, first, second)
+            for entry in _entries(leaf):
+                relative = f"{first}/{second}/{entry.name}"
+                uid = uid_of(relative)
+                if uid is not None and entry.is_file(follow_symlinks=False):
+                    yield uid, relative
+
+
+def _entries(directory: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _subdirectories(directory: str) -> list[str]:
+    """The bucket-named subdirectories (not symbolic links) of ``directory``."""
+    return sorted(e.name for e in _entries(directory)
+                  if _BUCKET.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+
+
+def remove_empty_buckets(directory: str) -> int:
+    """Remove the nested layout's bucket directories left empty; returns
+    how many went.  A bucket holding anything stays."""
+    root = real_directory(directory)
+    removed = 0
+    for first in _subdirectories(root):
+        top = os.path.join(root, first)
+        for second in _subdirectories(top):
+            try:
+                os.rmdir(os.path.join(top, second))
+                removed += 1
+            except OSError:
+                pass
+        try:
+            os.rmdir(top)
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 _SHORT = struct.Struct("<HH2sH")

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from dicomtwist.association import NATIVE_SYNTAXES, file_dataset
-from dicomtwist.storage.files import scratch_file
+from dicomtwist.storage.files import scratch_file, stored_file
 from dicomtwist.storage.index import StoredInstance
 from dicomtwist.web.dicomweb import media, multipart
 from dicomtwist.web.dicomweb.dicomjson import (
@@ -341,11 +341,12 @@ async def find(context: DicomWebContext, study: str, series: str | None = None,
 
 
 def stored_path(context: DicomWebContext, record: StoredInstance) -> str:
-    """The file of an indexed instance; only ever inside the instance directory."""
-    path = os.path.join(context.directory, record.path)
-    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(context.directory):
-        raise HttpError(404, "no such instance")
-    return path
+    """The file of an indexed instance; only ever inside the instance
+    directory (:func:`dicomtwist.storage.files.stored_file`)."""
+    try:
+        return stored_file(context.directory, record.path)
+    except ValueError:
+        raise HttpError(404, "no such instance") from None
 
 
 # Retrieve
