@@ -36,7 +36,9 @@ values are dropped on ``add``.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -53,7 +55,7 @@ from dicomtwist.storage.index.base import BATCH_SIZE, IndexUnavailable, SqlIndex
 __all__ = ["PostgresIndex"]
 
 #: Savepoint retries of an ``add`` or ``remove`` chosen as a deadlock victim.
-_RETRIES = 5
+_RETRIES = 10
 #: Serialises schema creation and upgrade between daemons starting at once.
 _SCHEMA_LOCK = 0x6469636F6D  # "dicom"
 
@@ -202,6 +204,8 @@ class PostgresIndex(SqlIndex):
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == _RETRIES:
                     raise
+                # Let the winner finish before trying again.
+                time.sleep(random.uniform(0, 0.02 * attempt))
         raise AssertionError("unreachable")
 
     # Writing
