@@ -17,15 +17,24 @@ sub-operations.
 from __future__ import annotations
 
 import os
+from collections import deque
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
 from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from dicomtwist import log as dlog
-from dicomtwist.association import Association, Response, ServiceRequest, associate, file_dataset
+from dicomtwist.association import (
+    Association,
+    FileDataSet,
+    Response,
+    ServiceRequest,
+    associate,
+    file_dataset,
+)
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
 from dicomtwist.storage.files import real_directory, scratch_file, stored_file
@@ -200,11 +209,10 @@ class QueryRetrieve:
                 yield progress.pending()
                 continue
             try:
-                for record in batch:
+                for record, prepared in self._pipeline(assoc, batch, False, lossy, order):
                     if request.cancelled:
                         return
-                    status = await self._store(assoc, record, originator, lossy=lossy,
-                                               order=order)
+                    status = await self._send(assoc, record, prepared, originator)
                     progress.done(record, status)
                     yield progress.pending()
             finally:
@@ -237,50 +245,88 @@ class QueryRetrieve:
     async def _get_run(self, request: ServiceRequest, records: list[Any],
                        progress: "_Progress") -> AsyncIterator[Response]:
         assoc = request.association
-        for record in records:
+        for record, prepared in self._pipeline(assoc, records, True, False, None):
             if request.cancelled or assoc.machine.is_closed:
                 return
-            status = await self._store(assoc, record, None, get=True)
+            status = await self._send(assoc, record, prepared, None)
             progress.done(record, status)
             yield progress.pending()
 
-    async def _store(self, assoc: Association, record: Any,
-                     originator: tuple[str, int] | None, get: bool = False,
-                     lossy: bool = False, order: tuple[str, ...] = None) -> int:
-        """One C-STORE sub-operation; returns its status (failure on error).
+    def _pipeline(self, assoc: Association, records: list[Any], get: bool, lossy: bool,
+                  order: tuple[str, ...] | None) -> Iterator[tuple[Any, Deferred]]:
+        """``(record, preparation)`` for each record, with the conversions of
+        the next ones already running in the codec pool (as many ahead as
+        it has threads), so that converting overlaps sending."""
+        ahead = max(1, getattr(self.codec_pool, "max", 1))
+        pending: deque[tuple[Any, Deferred]] = deque()
+        remaining = iter(records)
 
-        The instance goes in the best transfer syntax the peer accepted for
-        its SOP class (``order``: as stored, lossless compressed,
-        uncompressed by default); anything but the stored one is a copy
-        converted in the codec pool (:func:`dicomtwist.codec.transcode`),
-        sent, then deleted.  The stored file never changes.
+        def fill() -> None:
+            while len(pending) <= ahead:
+                record = next(remaining, None)
+                if record is None:
+                    return
+                pending.append((record, Deferred.fromCoroutine(
+                    self._prepare(assoc, record, get, lossy, order))))
+
+        fill()
+        try:
+            while pending:
+                record, prepared = pending.popleft()
+                fill()
+                yield record, prepared
+        finally:
+            # Stopped early (cancel, abort): conversions still running are
+            # deleted when they finish.
+            for _, prepared in pending:
+                prepared.addCallbacks(lambda ready: _discard(ready[1]), lambda failure: None)
+
+    async def _prepare(self, assoc: Association, record: Any, get: bool, lossy: bool,
+                       order: tuple[str, ...] | None) -> tuple[FileDataSet, str | None]:
+        """What to send for one record: the stored file if the peer accepted
+        its syntax, else a copy converted (in the codec pool) to the best
+        syntax it accepted for the SOP class (``order``: as stored, lossless
+        compressed, uncompressed by default).  The stored file never changes.
+
+        :returns: the data set to send, and the converted copy to delete
+            afterwards (or None).
         """
+        path = self._path(record)
+        source = file_dataset(path)
+        contexts = assoc.negotiated.contexts.values() if assoc.negotiated else ()
+        accepted = [c.transfer_syntax for c in contexts
+                    if c.abstract_syntax == record.sop_class_uid and (c.scp_role or not get)]
+        if get and not accepted and any(c.abstract_syntax == record.sop_class_uid
+                                        for c in contexts):
+            raise ValueError("the C-GET SCU did not take the SCP role for"
+                             f" {record.sop_class_uid}")
+        if source.transfer_syntax in accepted and (order or DEFAULT_ORDER)[0] == "stored":
+            return source, None
+        codec = _codec()
+        chosen = codec.preference(source.transfer_syntax, accepted, allow_lossy=lossy,
+                                  order=order or DEFAULT_ORDER)
+        if not chosen:
+            raise ValueError(f"no accepted transfer syntax for {record.sop_class_uid}"
+                             f" stored as {source.transfer_syntax}"
+                             + (f" (peer accepted {', '.join(accepted)})" if accepted else ""))
+        if chosen[0] == source.transfer_syntax:
+            return source, None
+        converted = scratch_file(real_directory(self.settings.instance_location))
+        try:
+            await deferToThreadPool(self.reactor, self.codec_pool, codec.transcode, path,
+                                    chosen[0], converted, allow_lossy=lossy)
+            return file_dataset(converted), converted
+        except BaseException:
+            _discard(converted)
+            raise
+
+    async def _send(self, assoc: Association, record: Any, prepared: Deferred,
+                    originator: tuple[str, int] | None) -> int:
+        """One C-STORE sub-operation of a prepared record; returns its status
+        (a failure, logged in one line, on any error)."""
         converted = None
         try:
-            path = self._path(record)
-            source = file_dataset(path)
-            accepted = [c.transfer_syntax for c in assoc.negotiated.contexts.values()
-                        if c.abstract_syntax == record.sop_class_uid
-                        and (c.scp_role or not get)] if assoc.negotiated else []
-            if get and not accepted and any(
-                    c.abstract_syntax == record.sop_class_uid
-                    for c in assoc.negotiated.contexts.values()):
-                raise ValueError("the C-GET SCU did not take the SCP role for"
-                                 f" {record.sop_class_uid}")
-            codec = _codec()
-            chosen = codec.preference(source.transfer_syntax, accepted, allow_lossy=lossy,
-                                      order=order or DEFAULT_ORDER)
-            if not chosen:
-                raise ValueError(f"no accepted transfer syntax for {record.sop_class_uid}"
-                                 f" stored as {source.transfer_syntax}"
-                                 + (f" (peer accepted {', '.join(accepted)})" if accepted
-                                    else ""))
-            target = chosen[0]
-            if target != source.transfer_syntax:
-                converted = scratch_file(real_directory(self.settings.instance_location))
-                await deferToThreadPool(self.reactor, self.codec_pool, codec.transcode, path,
-                                        target, converted, allow_lossy=lossy)
-                source = file_dataset(converted)
+            source, converted = await prepared
             rsp = await assoc.store(source, move_originator=originator)
             return rsp.status
         except Exception as e:
@@ -288,16 +334,21 @@ class QueryRetrieve:
                           uid=record.sop_instance_uid, error=str(e))
             return Status.UNABLE_TO_PROCESS
         finally:
-            if converted is not None:
-                try:
-                    os.unlink(converted)
-                except OSError:
-                    pass
+            _discard(converted)
 
     def _path(self, record: Any) -> str:
         # Only the two forms the archive writes (flat, nested) are read, and
         # no symbolic link: anything else is refused rather than resolved.
         return stored_file(self.settings.instance_location, record.path)
+
+
+def _discard(path: str | None) -> None:
+    """Delete a converted copy (if any)."""
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 class _Progress:
