@@ -329,7 +329,7 @@ class ArchiveService(service.Service):
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
-                      db=self.settings.database_location)
+                      db=self.index.location)
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
@@ -538,11 +538,18 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
 
 
 def open_index(location: str) -> Any:
-    """The index at ``location`` (sqlite path or PostgreSQL URI)."""
-    from dicomtwist.storage import index as indexes
+    """The index at ``location`` (sqlite path or PostgreSQL URI).
 
-    opener = getattr(indexes, "open_index", None)
-    return opener(location) if opener is not None else indexes.Index(location)
+    :raises SystemExit: it cannot be opened (one line naming it, no
+        traceback).
+    """
+    from dicomtwist.storage.index import IndexUnavailable
+    from dicomtwist.storage.index import open_index as opener
+
+    try:
+        return opener(location)
+    except IndexUnavailable as e:
+        raise SystemExit(f"dicomqr: {e}") from None
 
 
 def clean(settings: configuration.Config, assume_yes: bool = False,
