@@ -1,0 +1,382 @@
+"""End to end: past one process: several nodes on one PostgreSQL index,
+``--workers``, and the database or a node going away.
+
+Every node is a real ``twistd -n dicomqr`` child process (this Python, the
+source tree on ``PYTHONPATH``) on a free 127.0.0.1 port, stopped with
+SIGTERM in the test's cleanup.  The index is a fresh database in the test
+process's throwaway PostgreSQL cluster (:mod:`tests.pg`); nodes of one
+test share it and one instance directory.  The peers are DCMTK's tools
+from /usr/bin and pynetdicom scripts (``tests/peer_scripts``).  Waits are
+bounded: on process exit, on a line of output, or polling with a limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import signal
+import sys
+import time
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from dicomtwist.storage.files import instance_path, stored_instances, temporary_files
+from tests import peers, pg
+from tests.helpers import ct_dataset, free_port
+
+#: Root of the generated UIDs.
+ROOT = "1.2.826.0.1.3680043.9.7433.77"
+#: Data Set Trailing Padding, which DCMTK may drop.
+TRAILING_PADDING = 0xFFFCFFFC
+
+
+def inline(method):
+    """Run an ``async def`` test method as a Deferred (trial waits for it)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        return Deferred.fromCoroutine(method(self, *args, **kwargs))
+    return run
+
+
+def sql(uri: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one query against a test database; its rows."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as conn:
+        return [tuple(row) for row in conn.execute(statement, params).fetchall()]
+
+
+def children(pid: int) -> set[int]:
+    """The live (not zombie) child processes of ``pid``, from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fp:
+                stat = fp.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (exists and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fp:
+            return fp.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def established(pid: int, port: int) -> set[int]:
+    """The remote ports of the established TCP connections to local
+    ``port`` whose sockets process ``pid`` holds (/proc/<pid>/fd against
+    /proc/<pid>/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    remote = set()
+    with open(f"/proc/{pid}/net/tcp") as fp:
+        for line in fp.readlines()[1:]:
+            fields = line.split()
+            local, peer, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if state == "01" and int(local.split(":")[1], 16) == port and inode in inodes:
+                remote.add(int(peer.split(":")[1], 16))
+    return remote
+
+
+async def until(condition, what: str, timeout: float = 20.0, interval: float = 0.1):
+    """Poll ``condition()`` (a value, or a Deferred of one) until it is true;
+    its value.
+
+    :raises AssertionError: still false after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if isinstance(value, Deferred):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, interval, lambda: None)
+
+
+def gather(coroutines: list) -> Deferred[list]:
+    """Run ``coroutines`` at once; fire with their results in order (the
+    first failure fails it)."""
+    from twisted.internet.defer import gatherResults
+
+    return gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
+
+
+class Node:
+    """A running ``twistd -n dicomqr`` node."""
+
+    def __init__(self, ae_title: str, port: int, process: peers.PeerProcess) -> None:
+        self.ae_title = ae_title
+        self.port = port
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        return self.process.transport.pid
+
+
+class ScaleoutCase(TestCase):
+    """Base: a fresh database, a shared instance directory, test data and
+    helpers to start nodes and drive them with DCMTK."""
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.work = os.path.abspath(self.mktemp())
+        self.cwd = os.path.join(self.work, "node")
+        self.data = os.path.join(self.work, "data")
+        self.instances = os.path.join(self.work, "shared-instances")
+        for directory in (self.cwd, self.data):
+            os.makedirs(directory)
+        self.uri = pg.create_database()
+        self.addCleanup(pg.drop_database, self.uri)
+        self.storescp_port = free_port()
+        self.config = os.path.join(self.work, "qrscp.ini")
+        with open(self.config, "w") as fp:
+            fp.write("[DEFAULT]\nae_title: NODE\nbind_address: 127.0.0.1\n"
+                     f"[STORESCP]\naddress: 127.0.0.1\nport: {self.storescp_port}\n")
+        self.originals: dict[str, Dataset] = {}
+
+    def generate(self, name: str, count: int, study: str, series: str,
+                 modality: str = "CT", first: int = 1, **values) -> list[str]:
+        """Write ``count`` small CT instances of one series; their paths."""
+        paths = []
+        for number in range(first, first + count):
+            uid = f"{series}.{number}"
+            ds = ct_dataset(16, PatientID=values.pop("PatientID", "SCALE-1"),
+                            PatientName="Scale^Out", StudyInstanceUID=study,
+                            SeriesInstanceUID=series, SOPInstanceUID=uid,
+                            Modality=modality, StudyDate="20240102", StudyTime="101500",
+                            AccessionNumber="ACC" + study.rsplit(".", 1)[1],
+                            SeriesNumber=int(series.rsplit(".", 1)[1]),
+                            InstanceNumber=number, **values)
+            path = os.path.join(self.data, f"{name}-{number}.dcm")
+            ds.save_as(path, enforce_file_format=True)
+            self.originals[uid] = dcmread(path)
+            paths.append(path)
+        return paths
+
+    def node_args(self, ae_title: str, port: int, *extra: str) -> list[str]:
+        """The full command line of a node."""
+        return [*peers.TWISTD, "-n", "--pidfile=", "dicomqr", "-c", self.config,
+                "--ae-title", ae_title, "--port", str(port),
+                "--database-location", self.uri, "--instance-location", self.instances,
+                *extra]
+
+    async def start_node(self, ae_title: str, port: int | None = None,
+                         *extra: str) -> Node:
+        """Start a node and wait until it accepts connections."""
+        port = port or free_port()
+        process = peers.PeerProcess(reactor, f"twistd dicomqr {ae_title}")
+        argv = self.node_args(ae_title, port, *extra)
+        reactor.spawnProcess(process, argv[0], argv, env=peers.daemon_env(), path=self.cwd)
+        self.addCleanup(process.stop)
+        await peers.wait_for_port(reactor, port, process, attempts=400)
+        return Node(ae_title, port, process)
+
+    async def run_daemon(self, *args: str, timeout: float = 30) -> tuple[int, str]:
+        """Run ``twistd -n dicomqr`` with ``args`` until it exits; (code, output)."""
+        process = peers.PeerProcess(reactor, "twistd dicomqr " + " ".join(args))
+        argv = [*peers.TWISTD, "-n", "--pidfile=", "dicomqr", *args]
+        reactor.spawnProcess(process, argv[0], argv, env=peers.daemon_env(), path=self.cwd)
+        self.addCleanup(process.stop)
+        process.transport.closeStdin()
+        code = await process.exited.addTimeout(timeout, reactor)
+        return code, process.output()
+
+    async def tool(self, name: str, node: Node, *args: str, files=(),
+                   expect: int | None = 0, timeout: float = 30) -> str:
+        """Run a DCMTK tool against ``node``; returns its output.
+
+        :param expect: the exit code it must have (None: any).
+        """
+        out, err, code = await peers.run_tool(
+            reactor, peers.dcmtk(name),
+            ["-aet", name.upper(), "-aec", node.ae_title, *args, peers.LOCALHOST,
+             str(node.port), *files], timeout=timeout)
+        output = (out + err).decode("utf-8", "replace")
+        if expect is not None:
+            self.assertEqual(code, expect, output)
+        return output
+
+    async def findscu(self, node: Node, *keys: str, expect_success: bool = True
+                      ) -> list[Dataset]:
+        """Study Root findscu ``-X``: the response identifiers, read back."""
+        out = os.path.abspath(self.mktemp())
+        os.makedirs(out)
+        args = ["-v", "-S", "-X", "-od", out]
+        for key in keys:
+            args += ["-k", key]
+        output = await self.tool("findscu", node, *args)
+        self.assertEqual("Received Final Find Response (Success)" in output, expect_success,
+                         output)
+        return [dcmread(path) for path in sorted(glob.glob(os.path.join(out, "rsp*.dcm")))]
+
+    async def image_uids(self, node: Node, study: str, series: str) -> list[str]:
+        """The SOP Instance UIDs C-FIND finds in one series through ``node``."""
+        found = await self.findscu(node, "QueryRetrieveLevel=IMAGE",
+                                   f"StudyInstanceUID={study}",
+                                   f"SeriesInstanceUID={series}", "SOPInstanceUID")
+        return sorted(str(ds.SOPInstanceUID) for ds in found)
+
+    def indexed_rows(self) -> list[tuple[str, int]]:
+        """``(SOP Instance UID, rows)`` for every instance in the index."""
+        return sql(self.uri, "SELECT sop_instance_uid, count(*) FROM instance "
+                             "GROUP BY sop_instance_uid ORDER BY sop_instance_uid")
+
+    def stored_files(self) -> list[str]:
+        """The SOP Instance UIDs of the instance files in the shared directory."""
+        return sorted(uid for uid, _ in stored_instances(self.instances))
+
+    def assertSameDataset(self, received: Dataset, original: Dataset) -> None:
+        """Same elements with the same VRs and values (trailing padding aside)."""
+        def tags(ds):
+            return sorted(tag for tag in ds.keys() if tag != TRAILING_PADDING)
+
+        self.assertEqual(tags(received), tags(original))
+        for element in original:
+            if element.tag != TRAILING_PADDING:
+                other = received[element.tag]
+                self.assertEqual((other.VR, other.value), (element.VR, element.value),
+                                 f"{element.tag} {element.name}")
+
+    def assertReceived(self, paths: list[str], expected_uids: list[str]) -> None:
+        """The files at ``paths`` are exactly the originals with ``expected_uids``."""
+        received = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, paths)}
+        self.assertEqual(sorted(received), sorted(expected_uids))
+        for uid, ds in received.items():
+            self.assertSameDataset(ds, self.originals[uid])
+
+
+class TwoNodeTests(ScaleoutCase):
+    """Two nodes on one database and one instance directory."""
+
+    @inline
+    async def test_store_through_one_retrieve_through_other(self) -> None:
+        """What storescu stored through node A, node B finds at once (exact
+        values) and moves and gets equal to the originals."""
+        a = await self.start_node("NODEA")
+        b = await self.start_node("NODEB")
+        s1, s2 = f"{ROOT}.1", f"{ROOT}.2"
+        files = (self.generate("s1a", 3, s1, f"{s1}.1")
+                 + self.generate("s1b", 3, s1, f"{s1}.2")
+                 + self.generate("s2a", 4, s2, f"{s2}.1", modality="MR"))
+        output = await self.tool("storescu", a, "-v", files=files)
+        self.assertEqual(output.count("Received Store Response (Success)"), 10, output)
+
+        studies = await self.findscu(b, "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                     "PatientID", "PatientName", "AccessionNumber",
+                                     "StudyDate", "ModalitiesInStudy",
+                                     "NumberOfStudyRelatedSeries",
+                                     "NumberOfStudyRelatedInstances")
+        self.assertEqual(
+            sorted((ds.StudyInstanceUID, ds.PatientID, str(ds.PatientName), ds.AccessionNumber,
+                    ds.StudyDate, ds.ModalitiesInStudy, ds.NumberOfStudyRelatedSeries,
+                    ds.NumberOfStudyRelatedInstances) for ds in studies),
+            [(s1, "SCALE-1", "Scale^Out", "ACC1", "20240102", "CT", 2, 6),
+             (s2, "SCALE-1", "Scale^Out", "ACC2", "20240102", "MR", 1, 4)])
+        series = await self.findscu(b, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={s1}",
+                                    "SeriesInstanceUID", "Modality", "SeriesNumber",
+                                    "NumberOfSeriesRelatedInstances")
+        self.assertEqual(sorted((ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber,
+                                 ds.NumberOfSeriesRelatedInstances) for ds in series),
+                         [(f"{s1}.1", "CT", 1, 3), (f"{s1}.2", "CT", 2, 3)])
+        images = await self.findscu(b, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={s2}",
+                                    f"SeriesInstanceUID={s2}.1", "SOPInstanceUID",
+                                    "SOPClassUID", "InstanceNumber")
+        self.assertEqual(sorted((ds.SOPInstanceUID, ds.SOPClassUID, ds.InstanceNumber)
+                                for ds in images),
+                         [(f"{s2}.1.{i}", "1.2.840.10008.5.1.4.1.1.2", i) for i in (1, 2, 3, 4)])
+
+        received = os.path.join(self.work, "moved")
+        os.makedirs(received)
+        storescp = peers.start_peer(self, reactor, peers.dcmtk("storescp"),
+                                    ["-aet", "STORESCP", "-od", received,
+                                     str(self.storescp_port)], "storescp")
+        await peers.wait_for_port(reactor, self.storescp_port, storescp)
+        output = await self.tool("movescu", b, "-v", "-S", "-aem", "STORESCP",
+                                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={s1}")
+        self.assertIn("Received Final Move Response (Success)", output)
+        self.assertReceived(glob.glob(os.path.join(received, "*")),
+                            [f"{s1}.{se}.{i}" for se in (1, 2) for i in (1, 2, 3)])
+
+        got = os.path.join(self.work, "got")
+        os.makedirs(got)
+        output = await self.tool("getscu", b, "-v", "-S", "-od", got,
+                                 "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={s2}",
+                                 "-k", f"SeriesInstanceUID={s2}.1")
+        self.assertIn("Received C-GET Response (Success)", output)
+        self.assertIn("Number of Completed Suboperations : 4", output)
+        self.assertReceived(glob.glob(os.path.join(got, "*")),
+                            [f"{s2}.1.{i}" for i in (1, 2, 3, 4)])
+
+    @inline
+    async def test_concurrent_stores_same_study(self) -> None:
+        """Four associations through both nodes at once, storing the same
+        instances (and some of their own) into one study, leave one row and
+        one file per instance and exact derived counts on both nodes."""
+        a = await self.start_node("NODEA")
+        b = await self.start_node("NODEB")
+        study = f"{ROOT}.3"
+        shared = (self.generate("ct", 10, study, f"{study}.1")
+                  + self.generate("pt", 10, study, f"{study}.2", modality="PT"))
+        only_a = self.generate("ct-a", 6, study, f"{study}.1", first=11)
+        only_b = self.generate("mr-b", 6, study, f"{study}.3", modality="MR")
+        streams = [(a, shared + only_a), (b, list(reversed(shared)) + only_b),
+                   (a, shared[10:] + shared[:10]), (b, shared[5:] + shared[:5])]
+        outputs = await gather([self.tool("storescu", node, "-v", files=files, timeout=60)
+                                for node, files in streams])
+        for (_, files), output in zip(streams, outputs):
+            self.assertEqual(output.count("Received Store Response (Success)"), len(files),
+                             output)
+
+        expected = sorted(self.originals)
+        self.assertEqual(len(expected), 32)
+        self.assertEqual(self.indexed_rows(), [(uid, 1) for uid in expected])
+        self.assertEqual(self.stored_files(), expected)
+        self.assertEqual(temporary_files(self.instances), [])
+        for node in (a, b):
+            studies = await self.findscu(node, "QueryRetrieveLevel=STUDY",
+                                         f"StudyInstanceUID={study}", "ModalitiesInStudy",
+                                         "NumberOfStudyRelatedSeries",
+                                         "NumberOfStudyRelatedInstances")
+            self.assertEqual([(list(ds.ModalitiesInStudy), ds.NumberOfStudyRelatedSeries,
+                               ds.NumberOfStudyRelatedInstances) for ds in studies],
+                             [(["CT", "MR", "PT"], 3, 32)])
+            series = await self.findscu(node, "QueryRetrieveLevel=SERIES",
+                                        f"StudyInstanceUID={study}", "SeriesInstanceUID",
+                                        "Modality", "NumberOfSeriesRelatedInstances")
+            self.assertEqual(sorted((ds.SeriesInstanceUID, ds.Modality,
+                                     ds.NumberOfSeriesRelatedInstances) for ds in series),
+                             [(f"{study}.1", "CT", 16), (f"{study}.2", "PT", 10),
+                              (f"{study}.3", "MR", 6)])
+            self.assertEqual(await self.image_uids(node, study, f"{study}.2"),
+                             sorted(f"{study}.2.{i}" for i in range(1, 11)))
