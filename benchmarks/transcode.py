@@ -211,12 +211,24 @@ def file_syntaxes(directory: str) -> dict[str, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """``utime + stime`` of a process (all its threads, live or ended), in s."""
-    with open(f"/proc/{pid}/stat", "rb") as fp:
-        stat = fp.read()
-    fields = stat[stat.rfind(b")") + 2:].split()
-    # Fields 14 and 15 of proc(5), counted from 1 with pid and comm first.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a server: ``utime + stime`` of the process and of every
+    live descendant (all their threads), plus ``cutime + cstime`` (the
+    children it has waited for): codec worker processes count."""
+    from benchmarks.servers import process_tree
+
+    total = 0
+    for n, member in enumerate(process_tree(pid)):
+        try:
+            with open(f"/proc/{member}/stat", "rb") as fp:
+                stat = fp.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        # Fields 14 to 17 of proc(5), counted from 1 with pid and comm first.
+        total += int(fields[11]) + int(fields[12])
+        if n == 0:
+            total += int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pixel_digest(path: str, work: str, compressed: bool, timeout: float) -> str:

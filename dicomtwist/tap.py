@@ -358,6 +358,8 @@ class ArchiveService(service.Service):
                 timer.cancel()
             self.pixel_pool.stop()
             self.pool.stop()
+            if "dicomtwist.codec.processes" in sys.modules:
+                sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
 
         waiting.addBoth(done)

@@ -313,7 +313,9 @@ class QueryRetrieve:
             return source, None
         converted = scratch_file(real_directory(self.settings.instance_location))
         try:
-            await deferToThreadPool(self.reactor, self.codec_pool, codec.transcode, path,
+            from dicomtwist.codec import processes
+
+            await deferToThreadPool(self.reactor, self.codec_pool, processes.transcode, path,
                                     chosen[0], converted, allow_lossy=lossy)
             return file_dataset(converted), converted
         except BaseException:

@@ -386,10 +386,11 @@ class ArchiveStore:
         :returns: the stored syntax, the file size and its metadata.
         """
         from dicomtwist import codec
+        from dicomtwist.codec import processes
 
         converted = scratch_file(self.directory)
         try:
-            codec.transcode(temp, target, converted)
+            processes.transcode(temp, target, converted)
             fsync_file(converted)
             os.replace(converted, temp)
             transfer_syntax = target

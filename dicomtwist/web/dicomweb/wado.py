@@ -393,11 +393,12 @@ async def converted(context: DicomWebContext, path: str, transfer_syntax: str,
     :raises HttpError: 406 when the codec cannot convert this instance.
     """
     from dicomtwist import codec
+    from dicomtwist.codec import processes
 
     target = scratch_file(context.directory)
     scratch.append(target)
     try:
-        await context.render(codec.transcode, path, transfer_syntax, target)
+        await context.render(processes.transcode, path, transfer_syntax, target)
     except codec.CodecError as e:
         raise HttpError(406, f"cannot convert to {transfer_syntax}: {e}")
     return target
