@@ -119,9 +119,19 @@ class AdoptedPortService(service.Service):
 
     def privilegedStartService(self) -> None:
         """Adopt the socket (it is already bound and listening)."""
-        self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
-        os.close(self.fd)
+        self._adopt()
         super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Adopt the socket unless :meth:`privilegedStartService` did: a
+        worker runs ``tap.run``, which only calls ``startService``."""
+        self._adopt()
+        super().startService()
+
+    def _adopt(self) -> None:
+        if self.port is None:
+            self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+            os.close(self.fd)
 
     def stopService(self) -> Any:
         """Stop accepting."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import inspect
 import json
 import os
 import signal
@@ -104,15 +105,15 @@ def established(pid: int, port: int) -> set[int]:
 
 
 async def until(condition, what: str, timeout: float = 20.0, interval: float = 0.1):
-    """Poll ``condition()`` (a value, or a Deferred of one) until it is true;
-    its value.
+    """Poll ``condition()`` (a value, or a Deferred or coroutine giving one)
+    until it is true; its value.
 
     :raises AssertionError: still false after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if isinstance(value, Deferred):
+        if isinstance(value, Deferred) or inspect.iscoroutine(value):
             value = await value
         if value:
             return value
@@ -380,3 +381,192 @@ class TwoNodeTests(ScaleoutCase):
                               (f"{study}.3", "MR", 6)])
             self.assertEqual(await self.image_uids(node, study, f"{study}.2"),
                              sorted(f"{study}.2.{i}" for i in range(1, 11)))
+
+
+class NodeKilledTests(ScaleoutCase):
+    """kill -9 of one node while it stores and the other serves."""
+
+    timeout = 120
+
+    @inline
+    async def test_kill_during_stores(self) -> None:
+        """Every instance node A answered Success before its kill -9 is on disk
+        and found through node B, which served stores and queries throughout;
+        A restarted recovers: no temporary files, index and files agree."""
+        peers.require_pynetdicom()
+        a = await self.start_node("NODEA")
+        b = await self.start_node("NODEB")
+        study = f"{ROOT}.4"
+        stream_files = self.generate("stream", 200, study, f"{study}.1")
+        b_files = self.generate("b", 30, study, f"{study}.2", modality="MR")
+        stream = peers.start_script_peer(
+            self, reactor, "pynetdicom_store_stream.py",
+            [peers.LOCALHOST, str(a.port), *stream_files, "--called", a.ae_title])
+
+        def acknowledged() -> list[str]:
+            return [line.split()[2] for line in bytes(stream.out).decode().splitlines()
+                    if line.startswith("STORED 0x0000 ")]
+
+        # Node B stores and answers queries while A is busy.
+        output = await self.tool("storescu", b, "-v", files=b_files[:15])
+        self.assertEqual(output.count("Received Store Response (Success)"), 15, output)
+        await until(lambda: len(acknowledged()) >= 40, "40 stores through node A")
+        self.assertEqual(await self.image_uids(b, study, f"{study}.2"),
+                         sorted(f"{study}.2.{i}" for i in range(1, 16)))
+
+        a.process.transport.signalProcess("KILL")
+        self.assertEqual(await a.process.exited.addTimeout(20, reactor), -signal.SIGKILL)
+        await stream.wait_for_output(b"END ", timeout=30)
+        await stream.exited.addTimeout(20, reactor)
+        stored = acknowledged()
+        self.assertGreaterEqual(len(stored), 40)
+        self.assertLess(len(stored), 200, "node A was killed before the end of the stream")
+        self.assertEqual(stored, [f"{study}.1.{i}" for i in range(1, len(stored) + 1)])
+
+        # Node B keeps serving: echo, store, and every acknowledged instance
+        # is found and on disk.
+        self.assertIn("Received Echo Response (Success)", await self.tool("echoscu", b, "-v"))
+        output = await self.tool("storescu", b, "-v", files=b_files[15:])
+        self.assertEqual(output.count("Received Store Response (Success)"), 15, output)
+        found = await self.image_uids(b, study, f"{study}.1")
+        self.assertEqual(sorted(set(stored) - set(found)), [])
+        for uid in stored:
+            self.assertSameDataset(dcmread(instance_path(self.instances, uid)),
+                                   self.originals[uid])
+        self.assertEqual(await self.image_uids(b, study, f"{study}.2"),
+                         sorted(f"{study}.2.{i}" for i in range(1, 31)))
+
+        # A restarted recovers: no temporary file, one row per file and one
+        # file per row, exact counts; what it answered is still there.
+        a = await self.start_node("NODEA", a.port)
+        self.assertEqual(temporary_files(self.instances), [])
+        files = self.stored_files()
+        self.assertEqual(self.indexed_rows(), [(uid, 1) for uid in files])
+        found = await self.image_uids(a, study, f"{study}.1")
+        self.assertEqual(found, sorted(uid for uid in files if uid.startswith(f"{study}.1.")))
+        self.assertEqual(sorted(set(stored) - set(found)), [])
+        series = await self.findscu(a, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}",
+                                    "SeriesInstanceUID", "NumberOfSeriesRelatedInstances")
+        self.assertEqual(sorted((ds.SeriesInstanceUID, ds.NumberOfSeriesRelatedInstances)
+                                for ds in series),
+                         [(f"{study}.1", len(found)), (f"{study}.2", 30)])
+        output = await self.tool("storescu", a, "-v", files=stream_files[len(found):])
+        self.assertEqual(output.count("Received Store Response (Success)"),
+                         200 - len(found), output)
+        self.assertEqual(await self.image_uids(b, study, f"{study}.1"),
+                         sorted(f"{study}.1.{i}" for i in range(1, 201)))
+
+
+class DatabaseRestartTests(ScaleoutCase):
+    """The PostgreSQL server stopping and starting under a running node."""
+
+    timeout = 120
+
+    @inline
+    async def test_pg_restart(self) -> None:
+        """While PostgreSQL is down C-ECHO answers Success and C-STORE, C-FIND
+        and C-MOVE answer failures within their bounds; once it is back the
+        node stores and finds again without a restart."""
+        node = await self.start_node("NODE")
+        study = f"{ROOT}.5"
+        files = self.generate("pg", 3, study, f"{study}.1")
+        output = await self.tool("storescu", node, "-v", files=files[:1])
+        self.assertIn("Received Store Response (Success)", output)
+        cluster = pg.cluster()
+        await deferToThread(cluster.stop, False)
+        try:
+            self.assertIn("Received Echo Response (Success)",
+                          await self.tool("echoscu", node, "-v"))
+            started = time.monotonic()
+            store, find, move = await gather([
+                self.tool("storescu", node, "-v", files=files[1:2], expect=None, timeout=40),
+                self.tool("findscu", node, "-v", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                          "-k", "StudyInstanceUID", expect=None, timeout=40),
+                self.tool("movescu", node, "-v", "-S", "-aem", "STORESCP",
+                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                          expect=None, timeout=40)])
+            elapsed = time.monotonic() - started
+            self.assertIn("Received Echo Response (Success)",
+                          await self.tool("echoscu", node, "-v"))
+        finally:
+            await deferToThread(cluster.start)
+        self.assertLess(elapsed, 35, (store, find, move))
+        self.assertRegex(store, r"Received Store Response \((?!Success)", store)
+        self.assertNotIn("Received Store Response (Success)", store)
+        self.assertRegex(find, r"Received Final Find Response \((?!Success)", find)
+        self.assertNotIn("Received Final Find Response (Success)", find)
+        self.assertRegex(move, r"Received Final Move Response \((?!Success)", move)
+        self.assertNotIn("Received Final Move Response (Success)", move)
+        self.assertEqual(self.indexed_rows(), [(f"{study}.1.1", 1)])
+
+        async def stored() -> bool:
+            output = await self.tool("storescu", node, "-v", files=files[1:], expect=None)
+            return output.count("Received Store Response (Success)") == 2
+
+        await until(stored, "a store after PostgreSQL restarted", timeout=40, interval=0.5)
+        self.assertEqual(await self.image_uids(node, study, f"{study}.1"),
+                         [f"{study}.1.{i}" for i in (1, 2, 3)])
+        self.assertEqual(self.indexed_rows(), [(f"{study}.1.{i}", 1) for i in (1, 2, 3)])
+        self.assertEqual(self.stored_files(), [f"{study}.1.{i}" for i in (1, 2, 3)])
+
+
+class WorkersTests(ScaleoutCase):
+    """``--workers 2`` on PostgreSQL: a supervisor and two worker processes."""
+
+    timeout = 120
+
+    @inline
+    async def test_workers(self) -> None:
+        """The supervisor runs two workers that share 16 concurrent
+        associations; a worker killed is replaced while the port answers;
+        SIGTERM to the supervisor ends every process."""
+        peers.require_pynetdicom()
+        node = await self.start_node("WORKERS", None, "--workers", "2", "-v")
+        supervisor = node.pid
+        workers = await until(lambda: len(children(supervisor)) == 2 and children(supervisor),
+                              "two worker processes")
+        # Each worker logs this once, as it adopts the listening socket.
+        started = "Archive WORKERS: instances in"
+        await until(lambda: node.process.output().count(started) == 2, "two workers started")
+        self.assertIn("Received Echo Response (Success)", await self.tool("echoscu", node, "-v"))
+
+        hold = peers.start_script_peer(self, reactor, "pynetdicom_hold.py",
+                                       [peers.LOCALHOST, str(node.port), "--count", "16",
+                                        "--called", node.ae_title])
+        first = json.loads(await hold.wait_for_output(b'"ready"', timeout=40))
+        self.assertEqual((first["ready"], first["echo"]), (16, [0] * 16), hold.output())
+        by_worker = {pid: established(pid, node.port) for pid in workers}
+        self.assertEqual(sorted(port for ports in by_worker.values() for port in ports),
+                         sorted(first["ports"]))
+        self.assertEqual(established(supervisor, node.port), set())
+        for pid, ports in by_worker.items():
+            self.assertTrue(ports, f"worker {pid} holds none of the 16 associations:"
+                                   f" {by_worker}")
+        hold.transport.closeStdin()
+        await hold.exited.addTimeout(30, reactor)
+        last = json.loads(bytes(hold.out).decode().strip().splitlines()[-1])
+        self.assertEqual(last, {"echo": [0] * 16, "released": 16})
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replaced = await until(
+            lambda: (not alive(victim) and len(children(supervisor)) == 2
+                     and children(supervisor)), "a replacement worker")
+        self.assertEqual(len(replaced - workers), 1)
+        self.assertIn(max(workers), replaced)
+        await until(lambda: node.process.output().count(started) == 3,
+                    "the replacement worker started")
+        self.assertIn("exited (code None, signal 9)", node.process.output())
+        outputs = await gather([self.tool("echoscu", node, "-v") for _ in range(8)])
+        for output in outputs:
+            self.assertIn("Received Echo Response (Success)", output)
+        files = self.generate("w", 8, f"{ROOT}.6", f"{ROOT}.6.1")
+        output = await self.tool("storescu", node, "-v", files=files)
+        self.assertEqual(output.count("Received Store Response (Success)"), 8, output)
+        self.assertEqual(self.indexed_rows(), [(f"{ROOT}.6.1.{i}", 1) for i in range(1, 9)])
+
+        node.process.transport.signalProcess("TERM")
+        code = await node.process.exited.addTimeout(40, reactor)
+        self.assertIn(code, (0, -signal.SIGTERM), node.process.output())
+        await until(lambda: not any(map(alive, replaced)), "the workers to exit", timeout=10)
+        self.assertEqual(children(supervisor), set())
