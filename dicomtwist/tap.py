@@ -292,7 +292,11 @@ class ArchiveService(service.Service):
         #: its workers do not).
         self.recover = recover
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dicomtwist")
-        os.makedirs(settings.instance_location, exist_ok=True)
+        try:
+            os.makedirs(settings.instance_location, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"dicomqr: cannot create the instance directory"
+                             f" {settings.instance_location}: {e.strerror}") from None
         from dicomtwist.storage.index import IndexUnavailable, open_index
         try:
             self.index = open_index(settings.database_location)
@@ -522,8 +526,17 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
     from dicomtwist.storage.recovery import recover
 
     descriptions = [*listen_descriptions(settings), *([settings.http] if settings.http else [])]
-    sockets = [workers.bind(workers.parse_tcp(d)) for d in descriptions]
-    os.makedirs(settings.instance_location, exist_ok=True)
+    sockets = []
+    for description in descriptions:
+        try:
+            sockets.append(workers.bind(workers.parse_tcp(description)))
+        except OSError as e:
+            raise SystemExit(f"dicomqr: cannot listen on {description}: {e.strerror}") from None
+    try:
+        os.makedirs(settings.instance_location, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"dicomqr: cannot create the instance directory"
+                         f" {settings.instance_location}: {e.strerror}") from None
     index = open_index(settings.database_location)
     try:
         log_recovery(recover(settings.instance_location, index))

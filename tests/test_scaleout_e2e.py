@@ -570,3 +570,64 @@ class WorkersTests(ScaleoutCase):
         self.assertIn(code, (0, -signal.SIGTERM), node.process.output())
         await until(lambda: not any(map(alive, replaced)), "the workers to exit", timeout=10)
         self.assertEqual(children(supervisor), set())
+
+
+class StartFailureTests(ScaleoutCase):
+    """An index that cannot be opened at start: one line, no traceback."""
+
+    def assertOneLine(self, code: int, output: str, location: str) -> None:
+        """A non-zero exit with exactly one line of output, naming ``location``."""
+        self.assertNotEqual(code, 0, output)
+        self.assertNotIn("Traceback", output)
+        lines = output.strip().splitlines()
+        self.assertEqual(len(lines), 1, output)
+        self.assertIn(location, lines[0])
+
+    @inline
+    async def test_unreachable_database(self) -> None:
+        """A PostgreSQL server nobody listens for: the daemon (and a --workers
+        supervisor) exits non-zero with one line naming it, without its password."""
+        port = free_port()
+        uri = f"postgresql://someone:secret@127.0.0.1:{pg._free_port()}/archive"
+        for extra in ([], ["--workers", "2"]):
+            code, output = await self.run_daemon("-c", self.config, "--port", str(port),
+                                                 "--database-location", uri, *extra)
+            self.assertOneLine(code, output, "postgresql://someone@127.0.0.1:")
+            self.assertNotIn("secret", output)
+
+    @inline
+    async def test_sqlite_cannot_open(self) -> None:
+        """An sqlite location under a regular file: the daemon exits non-zero
+        with one line naming it."""
+        blocker = os.path.join(self.work, "not-a-directory")
+        with open(blocker, "w") as fp:
+            fp.write("a file")
+        location = os.path.join(blocker, "sub", "index.sqlite")
+        code, output = await self.run_daemon("-c", self.config, "--port", str(free_port()),
+                                             "--database-location", location)
+        self.assertOneLine(code, output, location)
+
+    @inline
+    async def test_instance_directory_cannot_be_made(self) -> None:
+        """An instance directory under a regular file: the daemon (and a
+        --workers supervisor) exits non-zero with one line naming it."""
+        blocker = os.path.join(self.work, "not-a-directory")
+        with open(blocker, "w") as fp:
+            fp.write("a file")
+        location = os.path.join(blocker, "instances")
+        for database, extra in ((os.path.join(self.work, "index.sqlite"), []),
+                                (self.uri, ["--workers", "2"])):
+            code, output = await self.run_daemon(
+                "-c", self.config, "--port", str(free_port()), "--database-location",
+                database, "--instance-location", location, *extra)
+            self.assertOneLine(code, output, location)
+
+    @inline
+    async def test_workers_port_in_use(self) -> None:
+        """A --workers supervisor whose port is taken exits non-zero with one
+        line naming the listener."""
+        node = await self.start_node("NODE")
+        code, output = await self.run_daemon("-c", self.config, "--port", str(node.port),
+                                             "--database-location", self.uri,
+                                             "--workers", "2")
+        self.assertOneLine(code, output, f"tcp:{node.port}:interface=127.0.0.1")
