@@ -18,7 +18,6 @@ import inspect
 import json
 import os
 import signal
-import sys
 import time
 
 from pydicom import dcmread
@@ -202,6 +201,11 @@ class ScaleoutCase(TestCase):
         self.addCleanup(process.stop)
         await peers.wait_for_port(reactor, port, process, attempts=400)
         return Node(ae_title, port, process)
+
+    async def stop_node(self, node: Node) -> None:
+        """SIGTERM a node and wait until it has exited cleanly."""
+        code = await node.process.stop()
+        self.assertIn(code, (0, -signal.SIGTERM), node.process.output())
 
     async def run_daemon(self, *args: str, timeout: float = 30) -> tuple[int, str]:
         """Run ``twistd -n dicomqr`` with ``args`` until it exits; (code, output)."""
@@ -631,3 +635,35 @@ class StartFailureTests(ScaleoutCase):
                                              "--database-location", self.uri,
                                              "--workers", "2")
         self.assertOneLine(code, output, f"tcp:{node.port}:interface=127.0.0.1")
+
+
+class RestartWhileOtherStoresTests(ScaleoutCase):
+    """A node restarting (and recovering) while another node stores."""
+
+    timeout = 120
+
+    @inline
+    async def test_restart_during_other_nodes_stores(self) -> None:
+        """Every instance node B answered Success while node A restarted
+        three times (each time running start-up recovery) keeps its row and
+        its file."""
+        peers.require_pynetdicom()
+        a = await self.start_node("NODEA")
+        b = await self.start_node("NODEB")
+        study = f"{ROOT}.7"
+        files = self.generate("r", 300, study, f"{study}.1")
+        stream = peers.start_script_peer(
+            self, reactor, "pynetdicom_store_stream.py",
+            [peers.LOCALHOST, str(b.port), *files, "--called", b.ae_title])
+        for _ in range(3):
+            await self.stop_node(a)
+            a = await self.start_node("NODEA", a.port)
+        await stream.wait_for_output(b"END ", timeout=60)
+        lines = bytes(stream.out).decode().splitlines()
+        statuses = [line.split()[1] for line in lines if line.startswith("STORED ")]
+        stored = [line.split()[2] for line in lines if line.startswith("STORED 0x0000 ")]
+        self.assertEqual(len(statuses), 300, stream.output())
+        rows = {uid for uid, _ in self.indexed_rows()}
+        self.assertEqual(sorted(set(stored) - rows), [])
+        self.assertEqual(sorted(set(stored) - set(self.stored_files())), [])
+        self.assertEqual(statuses, ["0x0000"] * 300)
