@@ -131,7 +131,10 @@ def recover(directory: str, index: Any) -> Report:
     root = os.path.realpath(directory)
     report = Report()
     _remove_temporary(root, report)
-    files = _stored_files(root)
+    # The index first, then the files: another node sharing the directory
+    # renames a file into place before it commits its row, so every row
+    # read here has its file in the listing that follows (the reverse
+    # order could drop the row of an instance committed in between).
     indexed = {}
     for relative in index.paths():
         uid = uid_of(relative)
@@ -139,6 +142,7 @@ def recover(directory: str, index: Any) -> Report:
             name = os.path.basename(relative)
             uid = name[:-4] if name.endswith(".dcm") else name
         indexed[uid] = relative
+    files = _stored_files(root)
     for uid in indexed.keys() - files.keys():
         index.remove(uid)
         report.rows_dropped += 1
