@@ -319,6 +319,9 @@ class ArchiveService(service.Service):
         """Recover, then start the worker threads."""
         from dicomtwist.storage.recovery import recover
 
+        # Temporary files carry this node's name (nodes may share the
+        # instance directory): recovery removes only its own.
+        set_node(node_name(self.settings))
         if self.recover:
             report = recover(self.settings.instance_location, self.index)
             log_recovery(report)
@@ -362,12 +365,29 @@ class ArchiveService(service.Service):
                 timer.cancel()
             self.pixel_pool.stop()
             self.pool.stop()
+            set_node("")
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
 
         waiting.addBoth(done)
         return waiting
+
+
+def node_name(settings: configuration.Config) -> str:
+    """This archive node's name among those sharing an instance directory:
+    host, AE title and first listen description (the workers of one
+    supervisor share it)."""
+    import socket
+
+    return f"{socket.gethostname()}-{settings.ae_title}-{listen_descriptions(settings)[0]}"
+
+
+def set_node(name: str) -> None:
+    """Name this node's temporary files (:func:`dicomtwist.storage.files.set_node`)."""
+    from dicomtwist.storage import files
+
+    files.set_node(name)
 
 
 def log_recovery(report: Any) -> None:
@@ -525,6 +545,7 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
     from dicomtwist import workers
     from dicomtwist.storage.recovery import recover
 
+    set_node(node_name(settings))
     descriptions = [*listen_descriptions(settings), *([settings.http] if settings.http else [])]
     sockets = []
     for description in descriptions:

@@ -680,7 +680,7 @@ class WadoTests(WebTestCase):
         self.assertEqual(response.code, 406)
         self.assertEqual(file_bytes(self.stored_path(self.j2k.SOPInstanceUID)), stored)
         scratch = os.path.join(self.directory, ".scratch")
-        self.assertEqual(os.listdir(scratch) if os.path.isdir(scratch) else [], [])
+        self.assertEqual([name for _, _, names in os.walk(scratch) for name in names], [])
 
     def test_retrieve_study_and_series(self) -> None:
         """A study and a series are retrieved as one part per instance."""

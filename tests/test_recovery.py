@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,6 +56,31 @@ class RecoveryTests(SynchronousTestCase):
         report = recover(self.root, self.index)
         self.assertFalse(os.path.exists(leftover))
         self.assertEqual(report.temporary_removed, 1)
+
+    def test_only_this_nodes_temporary_files(self):
+        """With nodes sharing the directory, a node's recovery removes its own
+        temporary and scratch files and other nodes' stale ones, never the
+        fresh ones of a node still storing."""
+        from dicomtwist.storage import files
+
+        files.set_node("node-a")
+        self.addCleanup(files.set_node, "")
+        own = os.path.join(self.root, ".incoming-node-a-x1.part")
+        fresh = os.path.join(self.root, ".incoming-node-b-x2.part")
+        stale = os.path.join(self.root, ".incoming-node-b-x3.part")
+        own_scratch = files.scratch_file(self.root)
+        other = os.path.join(self.root, ".scratch", "node-b")
+        os.makedirs(other)
+        other_scratch = os.path.join(other, "x.dcm")
+        for path in (own, fresh, stale, other_scratch):
+            open(path, "wb").write(b"partial")
+        old = time.time() - files.STALE_AFTER - 60
+        os.utime(stale, (old, old))
+        report = recover(self.root, self.index)
+        self.assertEqual([os.path.exists(p) for p in (own, fresh, stale, own_scratch,
+                                                      other_scratch)],
+                         [False, True, False, False, True])
+        self.assertEqual(report.temporary_removed, 3)
 
     def test_unindexed_file_indexed(self):
         """A stored file with no row (crash before commit) is indexed."""

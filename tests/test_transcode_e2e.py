@@ -376,7 +376,7 @@ class TranscodeCase(TestCase):
         left in the scratch directory."""
         self.assertEqual(digests(self.instances), before)
         scratch = os.path.join(self.instances, ".scratch")
-        self.assertEqual(os.listdir(scratch) if os.path.isdir(scratch) else [], [])
+        self.assertEqual([name for _, _, names in os.walk(scratch) for name in names], [])
 
 
 class DecompressTests(TranscodeCase):

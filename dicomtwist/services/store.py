@@ -43,7 +43,7 @@ from dicomtwist.dimse.assembly import DataSink, MemoryBudget, Spooled, SpoolSink
 from dicomtwist.dimse.messages import CStoreRQ, Message
 from dicomtwist.status import Status
 from dicomtwist.storage.files import (
-    TEMP_PREFIX,
+    temp_prefix,
     bucket,
     flat_name,
     free_bytes,
@@ -200,7 +200,7 @@ class ArchiveStore:
             return RefusingSink(*_fields(_refusal_for(e)))
         except (ValueError, TypeError) as e:
             return RefusingSink(Status.STORE_CANNOT_UNDERSTAND, str(e)[:64])
-        return GuardedSink(SpoolSink(self.directory, header, prefix=TEMP_PREFIX,
+        return GuardedSink(SpoolSink(self.directory, header, prefix=temp_prefix(),
                                      memory_limit=self.memory_limit, budget=self.budget))
 
     async def store_spooled(self, sop_class_uid: str, sop_instance_uid: str,

@@ -262,7 +262,7 @@ def write_temporary(directory: str, header: bytes, data: bytes) -> str:
 
     :raises OSError: nothing is left behind.
     """
-    fd, path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=temp_prefix(), suffix=TEMP_SUFFIX)
     try:
         try:
             # A small instance goes out in one write; a big one is not copied.
@@ -297,34 +297,82 @@ def free_bytes(directory: str) -> int:
     return shutil.disk_usage(directory).free
 
 
+#: This process's node name (:func:`set_node`), in the names of its
+#: temporary files; empty: a lone archive (or a tool), whose temporary
+#: files are all of them.
+_NODE = ""
+#: Another node's temporary files older than this (seconds) are a crash's
+#: leftovers, removed by anyone's recovery.
+STALE_AFTER = 24 * 3600.0
+
+
+def set_node(name: str) -> None:
+    """Name this archive node (several may share one instance directory):
+    its temporary files carry the name, and its start-up recovery removes
+    only its own (and other nodes' stale ones), never those of a node still
+    storing."""
+    global _NODE
+    _NODE = re.sub(r"[^A-Za-z0-9_.]", "_", name)[:64]
+
+
+def temp_prefix() -> str:
+    """The prefix of this node's temporary store files."""
+    return f"{TEMP_PREFIX}{_NODE}-" if _NODE else TEMP_PREFIX
+
+
+def _leftover(path: str, own: bool, now: float) -> bool:
+    if own:
+        return True
+    try:
+        return now - os.stat(path).st_mtime > STALE_AFTER
+    except OSError:
+        return False
+
+
 def temporary_files(directory: str) -> list[str]:
     """Leftover temporary files (from a crash) in ``directory``: spooled
-    stores, and everything in its scratch directory."""
+    stores and scratch files of this node (:func:`set_node`; of every node
+    when none is named), and other nodes' that are :data:`STALE_AFTER` old."""
+    import time
+
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
+    now = time.time()
     found = [os.path.join(directory, n) for n in names
-             if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)]
+             if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)
+             and _leftover(os.path.join(directory, n), n.startswith(temp_prefix()), now)]
     scratch = os.path.join(directory, SCRATCH)
     if os.path.isdir(scratch) and not os.path.islink(scratch):
-        found += [os.path.join(scratch, n) for n in os.listdir(scratch)
-                  if os.path.isfile(os.path.join(scratch, n))]
+        for name in os.listdir(scratch):
+            path = os.path.join(scratch, name)
+            if os.path.islink(path):
+                continue
+            if os.path.isfile(path):
+                found.append(path)
+            elif os.path.isdir(path):
+                own = not _NODE or name == _NODE
+                found += [os.path.join(path, n) for n in os.listdir(path)
+                          if os.path.isfile(os.path.join(path, n))
+                          and _leftover(os.path.join(path, n), own, now)]
     return found
 
 
 #: The instance directory's subdirectory for short-lived files (converted
-#: copies of instances being sent); emptied at every start.
+#: copies of instances being sent), one subdirectory a node; emptied at
+#: every start.
 SCRATCH = ".scratch"
 
 
 def scratch_file(directory: str, suffix: str = ".dcm") -> str:
-    """A new empty file in the instance directory's scratch directory.
+    """A new empty file in this node's scratch directory, inside the
+    instance directory.
 
     The caller removes it when done; a crash's leftovers go at the next
     start (:func:`temporary_files`).
     """
-    scratch = os.path.join(directory, SCRATCH)
+    scratch = os.path.join(directory, SCRATCH, _NODE or "local")
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     fd, path = tempfile.mkstemp(dir=scratch, suffix=suffix)
     os.close(fd)
