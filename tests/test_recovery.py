@@ -63,13 +63,13 @@ class RecoveryTests(SynchronousTestCase):
         fresh ones of a node still storing."""
         from dicomtwist.storage import files
 
-        files.set_node("node-a")
+        files.set_node("nodea")
         self.addCleanup(files.set_node, "")
-        own = os.path.join(self.root, ".incoming-node-a-x1.part")
-        fresh = os.path.join(self.root, ".incoming-node-b-x2.part")
-        stale = os.path.join(self.root, ".incoming-node-b-x3.part")
+        own = os.path.join(self.root, ".incoming-nodea-x1.part")
+        fresh = os.path.join(self.root, ".incoming-nodeb-x2.part")
+        stale = os.path.join(self.root, ".incoming-nodeb-x3.part")
         own_scratch = files.scratch_file(self.root)
-        other = os.path.join(self.root, ".scratch", "node-b")
+        other = os.path.join(self.root, ".scratch", "nodeb")
         os.makedirs(other)
         other_scratch = os.path.join(other, "x.dcm")
         for path in (own, fresh, stale, other_scratch):
