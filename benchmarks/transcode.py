@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/transcode.py                 # the default run (~3 minutes)
-    python benchmarks/transcode.py --quick         # scaled down (~1 minute)
+    python benchmarks/transcode.py                 # the default run (~1 minute)
+    python benchmarks/transcode.py --quick         # scaled down (~30 s)
     python benchmarks/transcode.py --smoke         # seconds; only checks it works (CI)
     python benchmarks/transcode.py --reps 7 --out /tmp/results --ours-commit HEAD
 
