@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import ClassVar
 
@@ -722,3 +723,229 @@ class SyntaxDestination:
                 self.process.wait()
             self.process = None
             self._log.close()
+
+
+# -- PostgreSQL and workers (benchmarks/scaleout.py) --------------------------
+#: Orthanc's PostgreSQL index plugin (Debian's ``orthanc-postgresql``).
+ORTHANC_POSTGRESQL = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+
+
+def postgres_bin() -> str | None:
+    """The newest Debian PostgreSQL's ``bin`` directory (or ``initdb`` on PATH)."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster for the benchmark, durable as shipped.
+
+    ``initdb`` into ``root`` (as ``postgres`` when we are root: initdb
+    refuses root), 127.0.0.1 on a free port, trust authentication, and the
+    server's defaults otherwise: ``fsync``, ``synchronous_commit`` and
+    ``full_page_writes`` stay on (unlike the tests' cluster), so a commit
+    costs what it costs in production; only ``max_connections`` is raised
+    (workers and Orthanc each hold a pool).
+    """
+
+    def __init__(self, parent: str) -> None:
+        self.bin = postgres_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql")
+        # A directory of its own (the server's user must reach it), in
+        # ``parent`` so that it is on the same disk as the instances.
+        self.root = tempfile.mkdtemp(prefix="dicomtwist-bench-pg-", dir=parent)
+        self.data = os.path.join(self.root, "data")
+        self.port = 0
+        self.user: str | None = None
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = [os.path.join(self.bin, tool), *args]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
+        if check and done.returncode:
+            raise RuntimeError(f"PostgreSQL's {tool} failed ({done.returncode}):"
+                               f" {(done.stderr or done.stdout).strip()[-500:]}")
+        return done
+
+    def start(self) -> None:
+        """``initdb`` and ``pg_ctl start``; wait until it accepts connections."""
+        import pwd
+
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--locale=C.UTF-8")
+        self.port = free_port()
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                       f"unix_socket_directories = '{self.root}'\n"
+                       "max_connections = 300\n")
+        self._run("pg_ctl", "-D", self.data, "-w", "-t", "60", "-l",
+                  os.path.join(self.root, "log"), "start")
+
+    def stop(self) -> None:
+        """Fast shutdown; remove the cluster's files."""
+        if self.port:
+            self._run("pg_ctl", "-D", self.data, "-w", "-m", "fast", "stop", check=False)
+            self.port = 0
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def uri(self, database: str = "postgres") -> str:
+        """The connection URI of one of the cluster's databases."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> list[tuple]:
+        """Run one statement (autocommit); its rows."""
+        import psycopg
+
+        with psycopg.connect(self.uri(database), autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def recreate(self, database: str) -> None:
+        """Drop ``database`` if it exists (closing its sessions) and create it empty."""
+        self.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        self.sql(f"CREATE DATABASE {database}")
+
+    def drop(self, database: str) -> None:
+        """Drop ``database`` (closing its sessions)."""
+        if self.port:
+            self.sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+    def version(self) -> str:
+        """``server_version``."""
+        return str(self.sql("SHOW server_version")[0][0])
+
+
+class _OnPostgres:
+    """A server whose index is a database of :attr:`cluster`, made empty at
+    each :meth:`start` and dropped by :meth:`wipe`."""
+
+    #: Set by the benchmark before any server starts.
+    cluster: ClassVar[PostgresCluster | None] = None
+
+    @property
+    def database(self) -> str:
+        """This server's database: ``bench_`` and its name."""
+        return "bench_" + self.name.replace("-", "_")
+
+    def create_database(self) -> None:
+        """An empty database for this server."""
+        if self.cluster is None:
+            raise RuntimeError(f"{self.name}: no PostgreSQL cluster configured")
+        self.cluster.recreate(self.database)
+
+    def wipe(self) -> None:
+        """Delete the data directory and the database."""
+        super().wipe()
+        if self.cluster is not None:
+            self.cluster.drop(self.database)
+
+
+class OursSqlite(Ours):
+    """:class:`Ours` (sqlite index, one process) under its own name."""
+
+    name = "ours-sqlite"
+    label = "dicomtwist + sqlite"
+
+
+class OursPostgres(_OnPostgres, Ours):
+    """:class:`Ours` with its index in PostgreSQL and ``--workers`` processes
+    (``--database-location`` and ``--workers`` on the command line, the rest
+    of :class:`Ours`'s configuration unchanged)."""
+
+    name = "ours-pg"
+    label = "dicomtwist + PostgreSQL"
+    workers: ClassVar[int] = 1
+
+    def configure(self) -> None:
+        """An empty database."""
+        self.create_database()
+
+    def command(self) -> list[str]:
+        """:meth:`Ours.command` plus the index location and the workers."""
+        return [*super().command(), "--database-location", self.cluster.uri(self.database),
+                "--workers", str(self.workers)]
+
+    def wait_ready(self) -> None:
+        """Until a C-ECHO is answered: with ``--workers`` the supervisor
+        listens before its workers accept (the kernel queues the
+        connections meanwhile); then a few seconds for the other workers."""
+        from benchmarks import rawclient
+
+        wait_for_port(self.port, self.process)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                rawclient.echo_once(self.port, self.ae_title,
+                                    rawclient.associate_rq(self.ae_title), timeout=5)
+                break
+            except (OSError, rawclient.PeerError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("no C-ECHO answered") from None
+        if self.workers > 1:
+            time.sleep(3)
+
+    @property
+    def forks(self) -> bool:  # type: ignore[override]
+        """With workers, memory is summed over the process tree."""
+        return self.workers > 1
+
+
+class OursPostgres2(OursPostgres):
+    """:class:`OursPostgres` with ``--workers 2``."""
+
+    name = "ours-pg-w2"
+    label = "dicomtwist + PostgreSQL, 2 workers"
+    workers = 2
+
+
+class OrthancPostgres(_OnPostgres, Orthanc):
+    """:class:`Orthanc` with its index in PostgreSQL (the ``orthanc-postgresql``
+    index plugin; files stay in the storage directory): the plugin's
+    defaults but for the connection (``EnableIndex`` true, ``EnableStorage``
+    false, ``Lock`` false so a restart does not wait for a stale lock;
+    ``IndexConnectionsCount`` left at its default, 1)."""
+
+    name = "orthanc-pg"
+    label = "Orthanc + PostgreSQL"
+
+    @classmethod
+    def available(cls) -> str | None:
+        """Orthanc and the plugin must exist."""
+        why = super().available()
+        if why is None and not os.path.exists(ORTHANC_POSTGRESQL):
+            why = (f"Orthanc's PostgreSQL plugin not installed ({ORTHANC_POSTGRESQL}):"
+                   " apt-get install -y orthanc-postgresql")
+        return why
+
+    def configure(self) -> None:
+        """:meth:`Orthanc.configure` plus the plugin and an empty database."""
+        super().configure()
+        self.create_database()
+        path = os.path.join(self.root, "orthanc.json")
+        with open(path) as fp:
+            config = json.load(fp)
+        config.update({
+            "Plugins": [ORTHANC_POSTGRESQL],
+            "PostgreSQL": {"EnableIndex": True, "EnableStorage": False,
+                           "Host": "127.0.0.1", "Port": self.cluster.port,
+                           "Database": self.database, "Username": "postgres",
+                           "Password": "", "Lock": False},
+        })
+        with open(path, "w") as fp:
+            json.dump(config, fp, indent=2)
+
+
+#: The scale-out benchmark's servers.
+SCALEOUT_SERVERS: dict[str, type[Server]] = {
+    cls.name: cls for cls in (OursSqlite, OursPostgres, OursPostgres2, OrthancPostgres)}
