@@ -515,11 +515,13 @@ def markdown(results: dict) -> str:
               f" {scale.get('reps', '?')} repetitions (min–max)."]
     if meta.get("rows_per_second"):
         rates = ", ".join(f"{LABELS[k]} {v:,}/s" for k, v in meta["rows_per_second"].items())
-        lines.append(f"The {meta.get('sizes', {}).get('big')} level: index rows added by"
-                     f" the index's own add() while the daemon ran ({rates}); not taken"
-                     f" there: {', '.join(LABELS[p] for p in meta.get('not_at_big', []))}"
+        line = (f"The {meta.get('sizes', {}).get('big')} level: index rows added by the"
+                f" index's own add() while the daemon ran ({rates}).")
+        if meta.get("not_at_big"):
+            line += (f" Not taken there: {', '.join(LABELS[p] for p in meta['not_at_big'])}"
                      " (Orthanc: no such path, and the DIMSE stores do not fit in the run;"
                      " dicomtwist + PG: without --million-pg).")
+        lines.append(line)
     lines += ["", "| Measure | unit | " + " | ".join(LABELS[p] for p in peers) + " |",
               "|---|---|" + "---:|" * len(peers)]
     notes = []
