@@ -264,6 +264,17 @@ class StoredInstance(NamedTuple):
     metadata: bytes | None
 
 
+#: The patient's derived counts after one new instance (parameters: new
+#: study 0/1, new series 0/1, patient pk), the same on both backends.
+COUNT_NEW_PATIENT = (
+    "UPDATE patient SET number_of_patient_related_studies = "
+    "COALESCE(number_of_patient_related_studies, 0) + ?, "
+    "number_of_patient_related_series = "
+    "COALESCE(number_of_patient_related_series, 0) + ?, "
+    "number_of_patient_related_instances = "
+    "COALESCE(number_of_patient_related_instances, 0) + 1 WHERE pk = ?")
+
+
 class InstanceRecord(NamedTuple):
     """One stored instance to send for a C-MOVE or C-GET.
 

@@ -55,7 +55,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from dicomtwist.storage import matching
-from dicomtwist.storage.index.base import BATCH_SIZE, IndexUnavailable, SqlIndex, SqlTypes
+from dicomtwist.storage.index.base import (
+    BATCH_SIZE,
+    COUNT_NEW_PATIENT,
+    IndexUnavailable,
+    SqlIndex,
+    SqlTypes,
+)
 
 __all__ = ["PostgresIndex"]
 
@@ -364,10 +370,4 @@ class PostgresIndex(SqlIndex):
                 "ORDER BY modality) FROM series WHERE study_pk = ? "
                 "AND modality IS NOT NULL AND modality != '') WHERE pk = ?",
                 (int(new_series), str(sop_class) if sop_class else None, study_pk, study_pk))
-        execute("UPDATE patient SET number_of_patient_related_studies = "
-                "COALESCE(number_of_patient_related_studies, 0) + ?, "
-                "number_of_patient_related_series = "
-                "COALESCE(number_of_patient_related_series, 0) + ?, "
-                "number_of_patient_related_instances = "
-                "COALESCE(number_of_patient_related_instances, 0) + 1 WHERE pk = ?",
-                (int(new_study), int(new_series), patient_pk))
+        execute(COUNT_NEW_PATIENT, (int(new_study), int(new_series), patient_pk))

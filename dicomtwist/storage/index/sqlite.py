@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dicomtwist.storage.index.base import (
+    COUNT_NEW_PATIENT,
     BATCH_SIZE,
     IndexUnavailable,
     SqlIndex,
@@ -277,10 +278,4 @@ class SqliteIndex(SqlIndex):
             assignments.append("modalities_in_study = ?")
             params.append(self._modalities(study_pk))
         execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?", (*params, study_pk))
-        execute("UPDATE patient SET number_of_patient_related_studies = "
-                "COALESCE(number_of_patient_related_studies, 0) + ?, "
-                "number_of_patient_related_series = "
-                "COALESCE(number_of_patient_related_series, 0) + ?, "
-                "number_of_patient_related_instances = "
-                "COALESCE(number_of_patient_related_instances, 0) + 1 WHERE pk = ?",
-                (int(new_study), int(new_series), patient_pk))
+        execute(COUNT_NEW_PATIENT, (int(new_study), int(new_series), patient_pk))

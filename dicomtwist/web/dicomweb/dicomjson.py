@@ -45,7 +45,20 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from dicomtwist.storage.header import HeaderError, MAX_DEPTH, _sequence_end, _undefined_end
+from dicomtwist.storage.header import (  # the scanner's encoding vocabulary
+    _ITEM,
+    _ITEM_DELIMITATION,
+    _LUT_DATA,
+    _LUT_DESCRIPTOR,
+    _PIXEL_REPRESENTATION,
+    _SEQUENCE_DELIMITATION,
+    _SPECIFIC_CHARACTER_SET,
+    _UNDEFINED,
+    MAX_DEPTH,
+    HeaderError,
+    _sequence_end,
+    _undefined_end,
+)
 
 __all__ = [
     "BULK_THRESHOLD",
@@ -61,14 +74,6 @@ BULK_THRESHOLD = 1024
 #: The prefix of every BulkDataURI we write, relative to the instance's URL.
 BULK_PREFIX = "bulkdata/"
 
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_DELIMITATION = 0xFFFEE00D
-_SEQUENCE_DELIMITATION = 0xFFFEE0DD
-_SPECIFIC_CHARACTER_SET = 0x00080005
-_PIXEL_REPRESENTATION = 0x00280103
-_LUT_DESCRIPTOR = 0x00283002
-_LUT_DATA = 0x00283006
 _PIXEL_DATA = 0x7FE00010
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
