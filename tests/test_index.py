@@ -313,8 +313,17 @@ class WriteTests(IndexTestCase):
 
         def broken(*args, **kwargs):
             raise OSError("disk I/O error")
-        self.patch(self.index, "_tidy", broken)
-        self.patch(self.index, "_count_new", broken)
+        if self.backend == "postgresql":
+            # The add is one statement: it fails once the server has run it.
+            execute = self.index._execute
+
+            def executed_then_broken(*args, **kwargs):
+                execute(*args, **kwargs)
+                broken()
+            self.patch(self.index, "_execute", executed_then_broken)
+        else:
+            self.patch(self.index, "_tidy", broken)
+            self.patch(self.index, "_count_new", broken)
         self.assertRaises(OSError, self.index.add,
                           instance("2.1.1.1", series="2.1.1", study="2.1", patient="P2"),
                           "b", ExplicitVRLittleEndian, 1)
