@@ -97,6 +97,9 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["worklist-location", None, None, "answer Modality Worklist queries from the"
+                                          " *.wl files in this directory (default: no"
+                                          " worklist records)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
@@ -123,6 +126,7 @@ class Options(usage.Options):
         "tls-key": "tls_key",
         "http": "http",
         "store-transfer-syntax": "store_transfer_syntax",
+        "worklist-location": "worklist_location",
         "workers": "workers",
     }
 
@@ -170,9 +174,13 @@ class Options(usage.Options):
         if not cfg.database_location.startswith(("postgresql://", "postgres://")):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
-        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
+        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
+                    "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
+            raise usage.UsageError(f"--worklist-location/worklist_location"
+                                   f" {cfg.worklist_location!r}: not a directory")
         if cfg.http is not None:
             _check_http(cfg)
         if cfg.workers > 1:
@@ -423,6 +431,11 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    if settings.worklist_location is not None:
+        from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
+
+        worklist = Worklist(reactor, pool, settings.worklist_location)
+        handlers["find"] = by_sop_class(qr.handle_find, {WORKLIST_FIND: worklist.handle_find})
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),
@@ -446,6 +459,15 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
 
 
 _access_log = dlog.logger()
+
+
+def by_sop_class(default: Any, handlers: dict[str, Any]) -> Any:
+    """One service's handler that hands each request to the handler of its
+    Affected SOP Class UID (``default`` for the others)."""
+    def route(request: Any) -> Any:
+        return handlers.get(request.message.affected_sop_class_uid, default)(request)
+
+    return route
 
 
 def authorized(rules: AccessRules, service: str, handler: Any) -> Any:

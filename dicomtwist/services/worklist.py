@@ -660,9 +660,21 @@ def read_item(path: str) -> Dataset:
 
 
 def _decode_all(container: Dataset) -> None:
-    # pydicom decodes values on first access: touch them all now, so that
-    # a corrupt file fails here (and is skipped), not in a later query.
-    for element in container:
+    """Decode every value now (pydicom decodes on first access), so that a
+    corrupt file fails here and is skipped, not in a later query; a value
+    cut short by the end of the file (which pydicom reads without
+    complaint) is an error too, as it is for DCMTK.
+
+    :raises ValueError: a value is cut short.
+    """
+    for tag in list(container.keys()):
+        raw = container.get_item(tag)
+        length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+        if (isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF
+                and len(value) < length):
+            raise ValueError(f"the value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) is cut"
+                             " short by the end of the file")
+        element = container[tag]
         if element.VR == "SQ":
             for entry in element.value:
                 _decode_all(entry)
