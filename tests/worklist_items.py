@@ -129,3 +129,144 @@ def query(top: dict | None = None, step: dict | None = None,
             setattr(entry, keyword, value)
         ds.ScheduledProcedureStepSequence = Sequence([entry])
     return ds
+
+
+#: DCMTK's example items (``wlistdb/OFFIS/wklist1..10.dump``), for when
+#: Debian's documentation (where they live) is not installed: accession,
+#: name, ID, birth date, medical alerts, allergies, study UID, requesting
+#: physician, requested procedure description, modality, contrast agent,
+#: station AE titles, start date, start time, performing physician, step
+#: description, step ID, station name, location, requested procedure ID,
+#: priority.
+DCMTK_ITEMS = [
+    ("00000", "VIVALDI^ANTONIO", "AV35674", "16780304", "METASTASIS", "TANTAL",
+     "1.2.276.0.7230010.3.2.101", "SMITH", "EXAM6", "MR", "BARIUMSULFAT", "AA32\\AA33",
+     "19951015", "085607", "JOHNSON", "EXAM74", "SPD3445", "STN456", "B34F56", "RP454G234",
+     "LOW"),
+    ("00002", "VIVALDI^ANTONIO", "AV35674", "16780304", "ABZESS", "BARIUMSULFAT",
+     "1.2.276.0.7230010.3.2.102", "NEWMAN", "EXAM5464", "CT", "", "AB45", "19960406",
+     "160700", "ROSS", "EXAM04", "SPD1342", "STNAB89", "B67F66", "RP488M9439", "HIGH"),
+    ("00003", "VIVALDI^ANTONIO", "AV35674", "16780304", "LEUKEMIA", "WISMUT",
+     "1.2.276.0.7230010.3.2.103", "FALK", "EXAM567", "CR", "", "CC56\\NN77", "19960123",
+     "135558", "CONARD", "EXAM5656", "SPD4564", "STN899", "B76F67", "RP56567", "HIGH"),
+    ("00004", "HAYDN^FRANZ^JOSEPH", "HF", "17320331", "ABZESS", "TANTAL",
+     "1.2.276.0.7230010.3.2.104", "MILLER", "EXAM67", "US", "", "AA32", "19960103", "165709",
+     "MEYER", "EXAM98", "SPD73843", "STN34723", "B04F57", "RP634265", "LOW"),
+    ("00005", "HAYDN^FRANZ^JOSEPH", "HF", "17320331", "ABZESS", "THORIUM",
+     "1.2.276.0.7230010.3.2.105", "NEWMAN", "EXAM8759", "CR", "", "AB45\\DD56", "19951206",
+     "094500", "COOPER", "EXAM567", "SPD1234", "STN8903", "B95F66", "RP4734734", "LOW"),
+    ("00006", "HAYDN^FRANZ^JOSEPH", "HF", "17320331", "ABZESS", "BARIUMSULFAT",
+     "1.2.276.0.7230010.3.2.106", "FALK", "EXAM758", "CT", "", "FG56\\ER67\\JJ56\\TZ77",
+     "19930606", "153600", "ROSS", "EXAM9584", "SPD9478", "STN8987", "B67F55", "RP57463",
+     "LOW"),
+    ("00007", "BEETHOVEN^LUDWIG^VAN", "BLV734623", "18270326", "METASTASIS", "WISMUT",
+     "1.2.76.0.7230010.3.2.107", "ROSS", "EXAM8", "NM", "THORIUM", "AZ01", "19960502",
+     "140956", "JOHNSON", "EXAM98", "SPD43645", "STN9483", "B56F56", "RP44580", "HIGH"),
+    ("00008", "BEETHOVEN^LUDWIG^VAN", "BLV734623", "18270326", "METASTASIS", "THORIUM",
+     "1.2.276.0.7230010.3.2.108", "CLARK", "EXAM857", "CT", "", "DS45\\NN77\\GH67",
+     "19960423", "110856", "ROSS", "EXAM5596", "SPD8265", "STN656", "B05F07", "RP472", "LOW"),
+    ("00009", "MOZART^WOLFGANG^AMADEUS", "MWA484763", "17911205", "ABZESS", "BARIUMSULFAT",
+     "1.2.276.0.7230010.3.2.109", "MEIER", "EXAM78", "CT", "", "AA67", "19931204", "075644",
+     "JOHNSON", "EXAM56", "SPD57584", "STN345", "B55F56", "RP34734H328", "HIGH"),
+    ("00001", "MOZART^WOLFGANG^AMADEUS", "MWA484763", "17911205", "ABZESS", "BARIUMSULFAT",
+     "1.2.276.0.7230010.3.2.110", "MILLER", "EXAM8", "MR", "", "TT67", "19960805", "175609",
+     "BROWN", "EXAM46", "SPD4548", "STN94594", "B58F56", "RP4474", "LOW"),
+]
+
+
+def dcmtk_items() -> dict[str, Dataset]:
+    """DCMTK's ten example items, as ``wklist<N>.wl``."""
+    items = {}
+    for number, row in enumerate(DCMTK_ITEMS, 1):
+        (accession, name, patient_id, birth, alerts, allergies, study, requesting,
+         requested, modality, contrast, stations, start_date, start_time, performing,
+         description, step_id, station, location, procedure_id, priority) = row
+        ds = Dataset()
+        ds.AccessionNumber = accession
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = name
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = birth
+        ds.PatientSex = "M"
+        ds.MedicalAlerts = alerts
+        ds.Allergies = allergies
+        ds.StudyInstanceUID = study
+        ds.RequestingPhysician = requesting
+        ds.RequestedProcedureDescription = requested
+        step = Dataset()
+        step.Modality = modality
+        step.RequestedContrastAgent = contrast
+        step.ScheduledStationAETitle = stations.split("\\")
+        step.ScheduledProcedureStepStartDate = start_date
+        step.ScheduledProcedureStepStartTime = start_time
+        step.ScheduledPerformingPhysicianName = performing
+        step.ScheduledProcedureStepDescription = description
+        step.ScheduledProcedureStepID = step_id
+        step.ScheduledStationName = station
+        step.ScheduledProcedureStepLocation = location
+        step.PreMedication = ""
+        step.CommentsOnTheScheduledProcedureStep = ""
+        ds.ScheduledProcedureStepSequence = Sequence([step])
+        ds.RequestedProcedureID = procedure_id
+        ds.RequestedProcedurePriority = priority
+        items[f"wklist{number}.wl"] = ds
+    return items
+
+
+#: Every key of DCMTK's fullest example query (wlistqry1/2/7/11).
+_FULL_TOP = ("AccessionNumber", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+             "MedicalAlerts", "Allergies", "StudyInstanceUID", "RequestingPhysician",
+             "RequestedProcedureDescription", "RequestedProcedureID",
+             "RequestedProcedurePriority")
+_FULL_STEP = ("Modality", "RequestedContrastAgent", "ScheduledStationAETitle",
+              "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
+              "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription",
+              "ScheduledProcedureStepID", "ScheduledStationName",
+              "ScheduledProcedureStepLocation", "PreMedication",
+              "CommentsOnTheScheduledProcedureStep")
+
+
+def _empty(*keywords: str, **values: str) -> dict[str, str]:
+    keys = {keyword: "" for keyword in keywords}
+    keys.update(values)
+    return keys
+
+
+def dcmtk_queries() -> dict[str, Dataset]:
+    """DCMTK's thirteen example queries (``wlistqry<N>.dump``), as
+    ``wlistqry<N>``."""
+    codes = Dataset()
+    codes.CodeValue = ""
+    codes.CodingSchemeDesignator = ""
+    codes.CodeMeaning = ""
+    qry0 = query({"PatientName": ""})
+    qry0.RequestedProcedureCodeSequence = Sequence([codes])
+    qry10 = query({"PatientName": "", "RequestedProcedureID": ""},
+                  {"Modality": "", "ScheduledProcedureStepLocation": ""})
+    qry10.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = Sequence(
+        [codes.copy()])
+    return {
+        "wlistqry0": qry0,
+        "wlistqry1": query(_empty(*_FULL_TOP), empty_step=True),
+        "wlistqry2": query(_empty(*_FULL_TOP), _empty(
+            *_FULL_STEP, ScheduledStationAETitle="AA2", ScheduledStationName="A2")),
+        "wlistqry3": query({"PatientName": ""}, empty_step=True),
+        "wlistqry4": query({"PatientName": ""}, {"Modality": "DD"}),
+        "wlistqry5": query({"PatientName": ""}, _empty(
+            "Modality", "ScheduledProcedureStepStartDate", "ScheduledPerformingPhysicianName",
+            "ScheduledProcedureStepID", ScheduledProcedureStepStartTime="120000-")),
+        "wlistqry6": query({"PatientName": ""}, {"Modality": "", "ScheduledStationAETitle": "AA2"}),
+        "wlistqry7": query(_empty(*_FULL_TOP), _empty(*_FULL_STEP, ScheduledStationAETitle="AA2")),
+        "wlistqry8": query({"PatientName": ""}, {"Modality": "", "ScheduledStationAETitle": "AA2",
+                                                 "ScheduledStationName": "A2"}),
+        "wlistqry9": query(_empty("PatientName", "RequestedProcedureID",
+                                  "RequestedProcedurePriority"), _empty(
+            "Modality", "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
+            "ScheduledPerformingPhysicianName", "ScheduledProcedureStepLocation",
+            ScheduledStationAETitle="AA2", ScheduledStationName="A2")),
+        "wlistqry10": qry10,
+        "wlistqry11": query(_empty(*_FULL_TOP), _empty(*_FULL_STEP)),
+        "wlistqry12": query({"PatientName": ""}, {
+            "Modality": "", "ScheduledStationAETitle": "AA4", "ScheduledStationName": "A2",
+            "CommentsOnTheScheduledProcedureStep": "*"}),
+    }
