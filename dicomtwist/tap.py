@@ -372,15 +372,18 @@ class ArchiveService(service.Service):
                       db=self.index.location)
         if self.audit is not None:
             self.audit.start()
-        events.bus.publish(events.ApplicationStarted(
-            self.settings.ae_title, node_name(self.settings),
-            tuple(listen_descriptions(self.settings))))
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStarted(
+                self.settings.ae_title, node_name(self.settings),
+                tuple(listen_descriptions(self.settings))
+                + ((self.settings.http,) if self.settings.http else ())))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
-        events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
-                                                     node_name(self.settings)))
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
+                                                         node_name(self.settings)))
         from twisted.internet import defer
 
         associations = list(self.factory.associations)

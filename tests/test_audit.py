@@ -574,9 +574,10 @@ class TrailTests(SynchronousTestCase):
                           for p in participants(begin)],
                          [("QRSCP", "false", "110153"), ("STORESCP", "false", "110152"),
                           ("MOVESCU", "true", None)])
+        # Sub-operations go over an association of their own (id 12).
         for uid, status in (("1.1", 0), ("1.2", 0xA700)):
             self.bus.publish(events.InstanceSent("dimse", "STORESCP", "192.0.2.9", CT, uid,
-                                                 STUDY, "PID-1", 100, status, 11))
+                                                 "", "", 100, status, 12))
         self.bus.publish(events.RetrieveEnded("dimse", "move", "192.0.2.8", "MOVESCU",
                                               "STORESCP", "192.0.2.9", (STUDY,), ("PID-1",),
                                               1, 1, 0, 0xB000, association_id=11))

@@ -12,7 +12,8 @@
 * ``QueryPerformed`` into Query;
 * ``RetrieveStarted`` into Begin Transferring DICOM Instances and
   ``RetrieveEnded`` into DICOM Instances Transferred (action Read), with the
-  SOP classes and instances its ``InstanceSent`` events named.
+  SOP classes and instances its ``InstanceSent`` events named (for a
+  retrieve of one study).
 
 It runs on the reactor and never waits: a message is built, framed and put
 in a bounded :class:`~dicomtwist.audit.syslog.MessageQueue`, which its
@@ -93,10 +94,9 @@ class _StoredStudy:
 
 @dataclass
 class _Retrieve:
-    """The instances a running retrieve has sent, by study and SOP class."""
+    """The instances a running retrieve has sent, by SOP class."""
 
-    sent: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    failed: int = 0
+    sent: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _success(status: int) -> bool:
@@ -284,22 +284,22 @@ class AuditTrail:
                    tuple((pid, "") for pid in event.patient_ids), requestor)
 
     def _instance_sent(self, event: events.InstanceSent) -> None:
-        record = self._retrieves.get((event.association_id, event.destination_ae))
-        if record is None or event.association_id is None:
-            return
-        if not _success(event.status):
-            record.failed += 1
-            return
-        classes = record.sent.setdefault(event.study_instance_uid, {})
-        classes.setdefault(event.sop_class_uid, []).append(event.sop_instance_uid)
+        # A C-MOVE sends over an association of its own: the instance goes
+        # to the latest running retrieve to the same destination.
+        record = None
+        for (_, destination), running in self._retrieves.items():
+            if destination == event.destination_ae:
+                record = running
+        if record is not None and _success(event.status):
+            record.sent.setdefault(event.sop_class_uid, []).append(event.sop_instance_uid)
 
     def _retrieve_ended(self, event: events.RetrieveEnded) -> None:
         record = self._retrieves.pop((event.association_id, event.destination_ae), None)
-        sent = record.sent if record is not None else {}
-        uids = list(event.study_instance_uids)
-        uids += [uid for uid in sent if uid not in uids]
-        studies = tuple(m.Study(uid, {c: tuple(i) for c, i in sent.get(uid, {}).items()})
-                        for uid in uids)
+        # The instances sent are known by SOP class, not by study: they are
+        # described only under a retrieve's one study.
+        sent = record.sent if record is not None and len(event.study_instance_uids) == 1 else {}
+        studies = tuple(m.Study(uid, {c: tuple(i) for c, i in sent.items()})
+                        for uid in event.study_instance_uids)
         failed = event.failed > 0 or not _success(event.status)
         words = ""
         if failed:
