@@ -416,6 +416,19 @@ class TLSSenderTests(SynchronousTestCase):
         client.resumeProducing()
         self.assertEqual(transport.value(), b"4 held")
 
+    def test_stop_unregisters_the_producer(self) -> None:
+        """Stopping writes what waits and unregisters from the transport (a
+        TLS transport closes only without a producer)."""
+        self.sender.start()
+        client = syslog._OctetCountingClient(self.sender)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        client.pauseProducing()
+        self.queue.put(b"last")
+        client.paused = False
+        self.sender.stop()
+        self.assertEqual((transport.value(), transport.producer), (b"4 last", None))
+
     def test_lost_connection_queues_again(self) -> None:
         """After the connection is lost, messages wait again."""
         self.sender.start()

@@ -257,6 +257,9 @@ class TLSSender:
         """Write what is queued if connected, then disconnect."""
         self.flush()
         self.queue.on_put(lambda: None)
+        if self._client is not None:
+            # A TLS transport closes only once no producer is registered.
+            self._client.transport.unregisterProducer()
         return self.service.stopService()
 
 
