@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 import dicomtwist
 from dicomtwist import config as configuration
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist import logs
 from dicomtwist import tls
@@ -337,10 +338,18 @@ class ArchiveService(service.Service):
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.index.location)
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStarted(
+                self.settings.ae_title, node_name(self.settings),
+                tuple(listen_descriptions(self.settings))
+                + ((self.settings.http,) if self.settings.http else ())))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
+                                                         node_name(self.settings)))
         from twisted.internet import defer
 
         associations = list(self.factory.associations)
