@@ -478,11 +478,11 @@ def _normalized_services(settings: configuration.Config, reactor: Any, pool: Thr
         "n-get": {}, "n-delete": {}, "n-event-report": {},
     }
     handlers = {}
-    for service, by_class in routes.items():
+    for name, by_class in routes.items():
         if settings.peers:
             by_class = {uid: (permission, authorized(policy.access, permission, handler))
                         for uid, (permission, handler) in by_class.items()}
-        handlers[service] = by_sop_class({uid: h for uid, (_, h) in by_class.items()})
+        handlers[name] = by_sop_class({uid: h for uid, (_, h) in by_class.items()})
     return commitment, handlers
 
 

@@ -43,6 +43,7 @@ import io
 import os
 import re
 import tempfile
+from copy import deepcopy
 from typing import Any, Iterable
 
 from pydicom import dcmread, dcmwrite
@@ -320,7 +321,9 @@ def _charset(ds: Dataset) -> str | None:
 
 
 def _decoded(ds: Dataset) -> Dataset:
-    copy = Dataset(ds)
+    """A copy of ``ds`` with its text decoded (``Dataset(ds)`` would share
+    its elements)."""
+    copy = deepcopy(ds)
     copy.decode()
     return copy
 
@@ -344,7 +347,7 @@ class MppsStore:
         meta.MediaStorageSOPClassUID = MPPS
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset(ds)
+        ds = deepcopy(ds)
         ds.file_meta = meta
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
