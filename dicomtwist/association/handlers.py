@@ -86,6 +86,7 @@ class ServiceRequest:
     :ivar data: the data set as received: ``bytes`` from the default sink,
         or whatever a custom sink returned (e.g. a temporary file's path).
     :ivar cancelled: set when a C-CANCEL-RQ for this request arrives.
+    :ivar received: when the request was complete (``time.monotonic()``).
     """
 
     association: "Association"
@@ -93,6 +94,7 @@ class ServiceRequest:
     context: PresentationContext
     data: Any = None
     cancelled: bool = False
+    received: float = 0.0
 
     def dataset(self) -> Dataset:
         """Decode the request's data set (identifier or SOP instance).
