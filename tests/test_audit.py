@@ -502,6 +502,7 @@ class TrailTests(SynchronousTestCase):
         self.trail = AuditTrail(self.clock, SOURCE, RecordingSender, queue_limit=100,
                                 hostname="archive", procid="42", bus=self.bus)
         self.trail.start()
+        self.addCleanup(self.trail.stop)
 
     def sent(self) -> list[ET.Element]:
         """The messages queued so far (validated), and empty the queue."""

@@ -330,21 +330,20 @@ class AuditTrail:
                 family.add_metric([], trail.dropped)
                 yield family
 
+        collector = DroppedCollector()
         try:
-            REGISTRY.register(DroppedCollector())
+            REGISTRY.register(collector)
         except ValueError:
             # Another trail (or the metrics module) registered it already.
             return
-        self._collector = DroppedCollector
+        self._collector = collector
 
     def _unregister_metric(self) -> None:
         if self._collector is None:
             return
         from prometheus_client import REGISTRY
 
-        for collector in list(getattr(REGISTRY, "_collector_to_names", {})):
-            if isinstance(collector, self._collector):
-                REGISTRY.unregister(collector)
+        REGISTRY.unregister(self._collector)
         self._collector = None
 
 
