@@ -313,7 +313,8 @@ class ArchiveService(service.Service):
             from dicomtwist.web.site import build_site
 
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store)
+                                   self.index, self.factory.store,
+                                   associations=lambda: len(self.factory.associations))
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""

@@ -184,7 +184,11 @@ class QueryRetrieve:
 
     async def _move_runs(self, request: ServiceRequest, destination: Any, records: list[Any],
                          progress: "_Progress") -> AsyncIterator[Response]:
-        originator = (request.association.peer_ae_title, request.message.message_id)
+        # A send started from the web page (dicomtwist.web.api) has no
+        # requesting association, hence no Move Originator (PS3.7 9.1.1.1).
+        requestor = request.association
+        originator = (None if requestor is None
+                      else (requestor.peer_ae_title, request.message.message_id))
         lossy = getattr(destination, "lossy", False)
         order = getattr(destination, "preference", DEFAULT_ORDER)
         for batch in _batches(records, lossy, order):
