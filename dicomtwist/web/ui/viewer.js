@@ -38,8 +38,14 @@ export function closeViewer() {
 /** Show a series in `container`. */
 export async function showSeries(container, study, series, picker) {
   closeViewer();
-  const found = await api.search(`studies/${study}/series/${series}/instances`,
-                                 { includefield: ['00200013', '00280008'] });
+  const [found, about] = await Promise.all([
+    api.search(`studies/${study}/series/${series}/instances`,
+               { includefield: ['00200013', '00280008'] }),
+    api.search(`studies/${study}/series`, { SeriesInstanceUID: series, includefield: '0008103E' }),
+  ]);
+  const title = about[0]
+    ? `${api.value(about[0], '00080060')} ${api.value(about[0], '00200011')}: ${api.value(about[0], '0008103E')}`
+    : '';
   const instances = found.map((i) => ({
     uid: api.value(i, '00080018'),
     number: Number(api.value(i, '00200013') || 0),
@@ -57,6 +63,7 @@ export async function showSeries(container, study, series, picker) {
   container.replaceChildren(
     element('div', { class: 'bar' },
       element('a', { href: `#/study/${study}` }, '← Series of the study'),
+      element('h2', { id: 'series-title' }, title),
       element('span', { class: 'spacer' }), ...picker(study, series)),
     element('div', { id: 'viewer' }, frame,
       element('aside', {},
