@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 import dicomtwist
 from dicomtwist import config as configuration
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist import logs
 from dicomtwist import tls
@@ -102,6 +103,9 @@ class Options(usage.Options):
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
+        ["audit", None, None, "send DICOM audit messages (PS3.15 A.5) to udp:HOST:PORT or"
+                              " tls:HOST:PORT (syslog), or append them to file:PATH"
+                              " (default: no audit trail)"],
     ]
 
     #: Option name -> Config attribute.
@@ -124,6 +128,7 @@ class Options(usage.Options):
         "http": "http",
         "store-transfer-syntax": "store_transfer_syntax",
         "workers": "workers",
+        "audit": "audit",
     }
 
     def __init__(self) -> None:
@@ -170,9 +175,12 @@ class Options(usage.Options):
         if not cfg.database_location.startswith(("postgresql://", "postgres://")):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
-        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
+        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.audit is not None:
+            _check_audit(cfg)
         if cfg.http is not None:
             _check_http(cfg)
         if cfg.workers > 1:
@@ -194,6 +202,24 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
+
+
+def _check_audit(cfg: configuration.Config) -> None:
+    """Check the audit trail's destination (and TLS files) now.
+
+    :raises usage.UsageError: naming ``audit`` and what is wrong.
+    """
+    from dicomtwist.audit.trail import parse_destination
+
+    try:
+        destination = parse_destination(cfg.audit)
+        if destination.kind == "file":
+            cfg.audit = "file:" + os.path.abspath(destination.path)
+        elif destination.kind == "tls":
+            tls.client_options(destination.host, cfg.audit_tls_ca, cfg.audit_tls_cert,
+                               cfg.audit_tls_key)
+    except ValueError as e:
+        raise usage.UsageError(f"--audit/audit {cfg.audit!r}: {e}") from None
 
 
 def _check_workers(cfg: configuration.Config) -> None:
@@ -315,6 +341,13 @@ class ArchiveService(service.Service):
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store,
                                    associations=lambda: len(self.factory.associations))
+        #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
+        #: its ``dropped`` counts the messages it lost.
+        self.audit = None
+        if settings.audit is not None:
+            from dicomtwist.audit import trail
+
+            self.audit = trail.build(reactor, settings)
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -338,10 +371,20 @@ class ArchiveService(service.Service):
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.index.location)
+        if self.audit is not None:
+            self.audit.start()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStarted(
+                self.settings.ae_title, node_name(self.settings),
+                tuple(listen_descriptions(self.settings))
+                + ((self.settings.http,) if self.settings.http else ())))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
+                                                         node_name(self.settings)))
         from twisted.internet import defer
 
         associations = list(self.factory.associations)
@@ -370,6 +413,9 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.audit is not None:
+                return self.audit.stop()
+            return None
 
         waiting.addBoth(done)
         return waiting

@@ -249,6 +249,26 @@ class SendTests(ApiTestCase):
         self.assertEqual((job["state"], job["completed"], job["status"]),
                          ("cancelled", 2, "FE00"))
 
+    def test_send_through_the_move_pipeline(self) -> None:
+        """A send runs the C-MOVE SCP's own retrieve: its RetrieveStarted
+        event names the study, the destination, and HTTP as the way in."""
+        from dicomtwist import events
+
+        seen: list[Any] = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        ct = self.ingest_file(CT)
+        response = self.api_request(
+            "POST", f"/api/studies/{ct.StudyInstanceUID}/send?destination=STORESCP")
+        self.assertEqual(response.code, 202)
+        (started,) = [e for e in seen if isinstance(e, events.RetrieveStarted)]
+        self.assertEqual((started.via, started.service, started.destination_ae,
+                          started.destination_host, started.study_instance_uids,
+                          started.count, started.association_id),
+                         ("http", "move", "STORESCP", "127.0.0.1",
+                          (str(ct.StudyInstanceUID),), 1, None))
+        # The sub-operation association is being opened to the destination.
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("127.0.0.1", 1))
+
     def test_unknown_destination(self) -> None:
         """A destination that is not configured, or none, is 400 and no job."""
         mover = self.script()

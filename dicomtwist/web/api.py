@@ -78,6 +78,7 @@ class Job:
     series: str | None
     user: str | None
     started: float
+    peer_host: str = ""
     state: str = "running"
     total: int | None = None
     remaining: int | None = None
@@ -133,6 +134,9 @@ class _PageRequest:
     def __init__(self, job: Job) -> None:
         self.message = _Message(job.destination)
         self._job = job
+        #: Who asked (the events of the retrieve name them).
+        self.peer_host = job.peer_host
+        self.user = job.user
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "SERIES" if job.series else "STUDY"
         identifier.StudyInstanceUID = job.study
@@ -175,10 +179,13 @@ class Jobs:
         return list(reversed(self._jobs.values()))
 
     def start(self, destination: str, study: str, series: str | None,
-              user: str | None) -> Job:
-        """Start sending; the job runs on its own (its Deferred is kept
-        by the reactor, its end logged)."""
-        job = Job(str(next(self._ids)), destination, study, series, user, self.clock.seconds())
+              user: str | None, peer_host: str = "") -> Job:
+        """Start sending; the job runs on its own (its end is logged).
+
+        :param peer_host: the address of the HTTP client that asked.
+        """
+        job = Job(str(next(self._ids)), destination, study, series, user,
+                  self.clock.seconds(), peer_host)
         self._jobs[job.id] = job
         self._forget_old()
         self.log.info("Sending {what} {uid} to {aet} (web job {id}, {user})",
@@ -388,8 +395,10 @@ class ApiResource(Resource):
         if destination not in self.settings.destinations:
             known = ", ".join(sorted(self.settings.destinations)) or "none"
             raise HttpError(400, f"unknown destination {destination!r} (configured: {known})")
+        client = request.getClientAddress()
         job = self.jobs.start(destination, study, series,
-                              principal.name if principal is not None else None)
+                              principal.name if principal is not None else None,
+                              getattr(client, "host", ""))
         self._job(request, job, 202)
 
     def _job(self, request: server.Request, job: Job, code: int) -> None:
