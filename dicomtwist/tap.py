@@ -342,7 +342,8 @@ class ArchiveService(service.Service):
             from dicomtwist.web.site import build_site
 
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store)
+                                   self.index, self.factory.store,
+                                   associations=lambda: len(self.factory.associations))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
         self.audit = None
