@@ -237,6 +237,13 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "http_max_header": (_header_bytes, 16384),
     "http_max_parts": (_positive, 10000),
     "http_idle_timeout": (_grace, 60.0),
+    # The audit trail (docs/operations.md "Audit trail").
+    "audit": (_optional_text, None),
+    "audit_queue": (_positive, 1000),
+    "audit_source_id": (_optional_text, None),
+    "audit_tls_ca": (_optional_text, None),
+    "audit_tls_cert": (_optional_text, None),
+    "audit_tls_key": (_optional_text, None),
 }
 
 #: Keys of a peer (move destination) section.
@@ -303,6 +310,18 @@ class Config:
     http_max_parts: int = 10000
     #: Seconds an HTTP connection may stay idle.
     http_idle_timeout: float = 60.0
+    #: Where audit messages go: ``udp:HOST:PORT``, ``tls:HOST:PORT`` or
+    #: ``file:PATH`` (None: no audit trail).
+    audit: str | None = None
+    #: Audit messages waiting for the collector; more are dropped (counted).
+    audit_queue: int = 1000
+    #: The AuditSourceID of the messages (None: ``AE_TITLE@HOST``).
+    audit_source_id: str | None = None
+    #: For ``tls:``: the collector's CA certificates (None: the platform's
+    #: trust store), and our client certificate and key, if it wants one.
+    audit_tls_ca: str | None = None
+    audit_tls_cert: str | None = None
+    audit_tls_key: str | None = None
     destinations: dict[str, Destination] = field(default_factory=dict)
     #: Access rules of the peers that have a ``permissions`` or
     #: ``host_check`` key, by AE title.

@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 import dicomtwist
 from dicomtwist import config as configuration
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist import logs
 from dicomtwist import tls
@@ -105,6 +106,9 @@ class Options(usage.Options):
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
+        ["audit", None, None, "send DICOM audit messages (PS3.15 A.5) to udp:HOST:PORT or"
+                              " tls:HOST:PORT (syslog), or append them to file:PATH"
+                              " (default: no audit trail)"],
     ]
 
     #: Option name -> Config attribute.
@@ -128,6 +132,7 @@ class Options(usage.Options):
         "store-transfer-syntax": "store_transfer_syntax",
         "worklist-location": "worklist_location",
         "workers": "workers",
+        "audit": "audit",
     }
 
     def __init__(self) -> None:
@@ -175,12 +180,14 @@ class Options(usage.Options):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
-                    "worklist_location"):
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
         if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
             raise usage.UsageError(f"--worklist-location/worklist_location"
                                    f" {cfg.worklist_location!r}: not a directory")
+        if cfg.audit is not None:
+            _check_audit(cfg)
         if cfg.http is not None:
             _check_http(cfg)
         if cfg.workers > 1:
@@ -202,6 +209,24 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
+
+
+def _check_audit(cfg: configuration.Config) -> None:
+    """Check the audit trail's destination (and TLS files) now.
+
+    :raises usage.UsageError: naming ``audit`` and what is wrong.
+    """
+    from dicomtwist.audit.trail import parse_destination
+
+    try:
+        destination = parse_destination(cfg.audit)
+        if destination.kind == "file":
+            cfg.audit = "file:" + os.path.abspath(destination.path)
+        elif destination.kind == "tls":
+            tls.client_options(destination.host, cfg.audit_tls_ca, cfg.audit_tls_cert,
+                               cfg.audit_tls_key)
+    except ValueError as e:
+        raise usage.UsageError(f"--audit/audit {cfg.audit!r}: {e}") from None
 
 
 def _check_workers(cfg: configuration.Config) -> None:
@@ -255,11 +280,13 @@ def supported_contexts() -> dict[str, list[str]]:
     """Every abstract syntax we accept and its transfer syntaxes.
 
     Storage and Verification take all sixteen transfer syntaxes of the
-    spec (data sets are stored as received); the query/retrieve, worklist
-    and UPS classes take the uncompressed ones.
+    spec (data sets are stored as received); the query/retrieve, worklist,
+    UPS, Storage Commitment and MPPS classes take the uncompressed ones.
     """
     from dicomtwist import sopclasses
     from dicomtwist.services import qr
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT
+    from dicomtwist.services.mpps import MPPS
 
     # Explicit VR Little Endian first: it keeps the VRs of private elements.
     explicit = "1.2.840.10008.1.2.1"
@@ -270,7 +297,8 @@ def supported_contexts() -> dict[str, list[str]]:
     for uid in sopclasses.STORAGE_SOP_CLASSES:
         contexts[uid] = storage
     contexts[sopclasses.VERIFICATION] = storage
-    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND):
+    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND,
+                STORAGE_COMMITMENT, MPPS):
         contexts[uid] = uncompressed
     return contexts
 
@@ -321,7 +349,15 @@ class ArchiveService(service.Service):
             from dicomtwist.web.site import build_site
 
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store)
+                                   self.index, self.factory.store,
+                                   associations=lambda: len(self.factory.associations))
+        #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
+        #: its ``dropped`` counts the messages it lost.
+        self.audit = None
+        if settings.audit is not None:
+            from dicomtwist.audit import trail
+
+            self.audit = trail.build(reactor, settings)
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -340,16 +376,32 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
+        # Storage commitment requests left outstanding are reported now.
+        self.factory.commitment.start().addErrback(
+            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                       " requests", f))
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.index.location)
+        if self.audit is not None:
+            self.audit.start()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStarted(
+                self.settings.ae_title, node_name(self.settings),
+                tuple(listen_descriptions(self.settings))
+                + ((self.settings.http,) if self.settings.http else ())))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
+                                                         node_name(self.settings)))
         from twisted.internet import defer
+
+        self.factory.commitment.stop()
 
         associations = list(self.factory.associations)
         if associations:
@@ -377,6 +429,9 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.audit is not None:
+                return self.audit.stop()
+            return None
 
         waiting.addBoth(done)
         return waiting
@@ -427,6 +482,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    from dicomtwist.services import qr as qr_module
     from dicomtwist.services.qr import QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
@@ -435,7 +491,9 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
 
         worklist = Worklist(reactor, pool, settings.worklist_location)
-        handlers["find"] = by_sop_class(qr.handle_find, {WORKLIST_FIND: worklist.handle_find})
+        finds = {uid: qr.handle_find for uid in (*qr_module.FIND_MODELS, *qr_module.EMPTY_FIND)}
+        finds[WORKLIST_FIND] = worklist.handle_find
+        handlers["find"] = by_sop_class(finds)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),
@@ -448,6 +506,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
                     for service, handler in handlers.items()}
+    commitment, normalized = _normalized_services(settings, reactor, pool, index, policy)
+    handlers.update(normalized)
     factory = AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
                               acse_timeout=settings.acse_timeout or 30.0,
                               dimse_timeout=settings.dimse_timeout,
@@ -455,19 +515,58 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                               max_associations=settings.max_associations)
     #: The store pipeline, shared with STOW-RS.
     factory.store = store
+    #: The Storage Commitment SCP (started and stopped with the archive).
+    factory.commitment = commitment
     return factory
 
 
-_access_log = dlog.logger()
+def _normalized_services(settings: configuration.Config, reactor: Any, pool: ThreadPool,
+                         index: Any, policy: AcceptorPolicy) -> tuple[Any, dict[str, Any]]:
+    """The DIMSE-N services: Storage Commitment (N-ACTION) and MPPS
+    (N-CREATE, N-SET), by handler name, each routed by SOP class; a peer's
+    ``permissions`` name them ``commitment`` and ``mpps``.
+
+    :returns: the Storage Commitment service and the handlers.
+    """
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT, StorageCommitment
+    from dicomtwist.services.mpps import MPPS, ModalityPerformedProcedureStep
+
+    commitment = StorageCommitment(reactor, pool, index, settings, settings.instance_location)
+    mpps = ModalityPerformedProcedureStep(reactor, pool, settings.instance_location)
+    routes: dict[str, dict[str, Any]] = {
+        "n-action": {STORAGE_COMMITMENT: ("commitment", commitment.handle_action)},
+        "n-create": {MPPS: ("mpps", mpps.handle_create)},
+        "n-set": {MPPS: ("mpps", mpps.handle_set)},
+        "n-get": {}, "n-delete": {}, "n-event-report": {},
+    }
+    handlers = {}
+    for name, by_class in routes.items():
+        if settings.peers:
+            by_class = {uid: (permission, authorized(policy.access, permission, handler))
+                        for uid, (permission, handler) in by_class.items()}
+        handlers[name] = by_sop_class({uid: h for uid, (_, h) in by_class.items()})
+    return commitment, handlers
 
 
-def by_sop_class(default: Any, handlers: dict[str, Any]) -> Any:
-    """One service's handler that hands each request to the handler of its
-    Affected SOP Class UID (``default`` for the others)."""
+def by_sop_class(handlers: dict[str, Any]) -> Any:
+    """One handler for a DIMSE-N service that the SOP class's own handler
+    serves; a SOP class that does not offer the operation (an N-GET of
+    MPPS, any N-EVENT-REPORT to the archive) gets 0x0211 "Unrecognized
+    Operation" (PS3.7 Annex C)."""
     def route(request: Any) -> Any:
-        return handlers.get(request.message.affected_sop_class_uid, default)(request)
+        message = request.message
+        sop_class = (getattr(message, "affected_sop_class_uid", None)
+                     or getattr(message, "requested_sop_class_uid", None))
+        handler = handlers.get(sop_class)
+        if handler is None:
+            raise DIMSEServiceError(Status.UNRECOGNIZED_OPERATION,
+                                    f"{message.NAME[:-3]} not offered for {sop_class}"[:64])
+        return handler(request)
 
     return route
+
+
+_access_log = dlog.logger()
 
 
 def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
