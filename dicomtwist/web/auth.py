@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["PERMISSIONS", "Credentials", "Principal", "hash_password", "load"]
 
-#: What a user or token may be permitted.
-PERMISSIONS = frozenset({"query", "retrieve", "store"})
+#: What a user or token may be permitted (``metrics``: read ``/metrics``).
+PERMISSIONS = frozenset({"query", "retrieve", "store", "metrics"})
 _ITERATIONS = 200_000
 
 
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
     import getpass
 
     if not argv:
-        print("usage: python -m dicomtwist.web.auth NAME [query,retrieve,store]",
+        print("usage: python -m dicomtwist.web.auth NAME [query,retrieve,store,metrics]",
               file=sys.stderr)
         return 2
     name = argv[0]
