@@ -273,11 +273,13 @@ def supported_contexts() -> dict[str, list[str]]:
     """Every abstract syntax we accept and its transfer syntaxes.
 
     Storage and Verification take all sixteen transfer syntaxes of the
-    spec (data sets are stored as received); the query/retrieve, worklist
-    and UPS classes take the uncompressed ones.
+    spec (data sets are stored as received); the query/retrieve, worklist,
+    UPS, Storage Commitment and MPPS classes take the uncompressed ones.
     """
     from dicomtwist import sopclasses
     from dicomtwist.services import qr
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT
+    from dicomtwist.services.mpps import MPPS
 
     # Explicit VR Little Endian first: it keeps the VRs of private elements.
     explicit = "1.2.840.10008.1.2.1"
@@ -288,7 +290,8 @@ def supported_contexts() -> dict[str, list[str]]:
     for uid in sopclasses.STORAGE_SOP_CLASSES:
         contexts[uid] = storage
     contexts[sopclasses.VERIFICATION] = storage
-    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND):
+    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND,
+                STORAGE_COMMITMENT, MPPS):
         contexts[uid] = uncompressed
     return contexts
 
@@ -365,6 +368,10 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
+        # Storage commitment requests left outstanding are reported now.
+        self.factory.commitment.start().addErrback(
+            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                       " requests", f))
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -385,6 +392,8 @@ class ArchiveService(service.Service):
             events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
                                                          node_name(self.settings)))
         from twisted.internet import defer
+
+        self.factory.commitment.stop()
 
         associations = list(self.factory.associations)
         if associations:
@@ -481,6 +490,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
                     for service, handler in handlers.items()}
+    commitment, normalized = _normalized_services(settings, reactor, pool, index, policy)
+    handlers.update(normalized)
     factory = AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
                               acse_timeout=settings.acse_timeout or 30.0,
                               dimse_timeout=settings.dimse_timeout,
@@ -488,7 +499,55 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                               max_associations=settings.max_associations)
     #: The store pipeline, shared with STOW-RS.
     factory.store = store
+    #: The Storage Commitment SCP (started and stopped with the archive).
+    factory.commitment = commitment
     return factory
+
+
+def _normalized_services(settings: configuration.Config, reactor: Any, pool: ThreadPool,
+                         index: Any, policy: AcceptorPolicy) -> tuple[Any, dict[str, Any]]:
+    """The DIMSE-N services: Storage Commitment (N-ACTION) and MPPS
+    (N-CREATE, N-SET), by handler name, each routed by SOP class; a peer's
+    ``permissions`` name them ``commitment`` and ``mpps``.
+
+    :returns: the Storage Commitment service and the handlers.
+    """
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT, StorageCommitment
+    from dicomtwist.services.mpps import MPPS, ModalityPerformedProcedureStep
+
+    commitment = StorageCommitment(reactor, pool, index, settings, settings.instance_location)
+    mpps = ModalityPerformedProcedureStep(reactor, pool, settings.instance_location)
+    routes: dict[str, dict[str, Any]] = {
+        "n-action": {STORAGE_COMMITMENT: ("commitment", commitment.handle_action)},
+        "n-create": {MPPS: ("mpps", mpps.handle_create)},
+        "n-set": {MPPS: ("mpps", mpps.handle_set)},
+        "n-get": {}, "n-delete": {}, "n-event-report": {},
+    }
+    handlers = {}
+    for name, by_class in routes.items():
+        if settings.peers:
+            by_class = {uid: (permission, authorized(policy.access, permission, handler))
+                        for uid, (permission, handler) in by_class.items()}
+        handlers[name] = by_sop_class({uid: h for uid, (_, h) in by_class.items()})
+    return commitment, handlers
+
+
+def by_sop_class(handlers: dict[str, Any]) -> Any:
+    """One handler for a DIMSE-N service that the SOP class's own handler
+    serves; a SOP class that does not offer the operation (an N-GET of
+    MPPS, any N-EVENT-REPORT to the archive) gets 0x0211 "Unrecognized
+    Operation" (PS3.7 Annex C)."""
+    def route(request: Any) -> Any:
+        message = request.message
+        sop_class = (getattr(message, "affected_sop_class_uid", None)
+                     or getattr(message, "requested_sop_class_uid", None))
+        handler = handlers.get(sop_class)
+        if handler is None:
+            raise DIMSEServiceError(Status.UNRECOGNIZED_OPERATION,
+                                    f"{message.NAME[:-3]} not offered for {sop_class}"[:64])
+        return handler(request)
+
+    return route
 
 
 _access_log = dlog.logger()

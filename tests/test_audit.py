@@ -502,6 +502,7 @@ class TrailTests(SynchronousTestCase):
         self.trail = AuditTrail(self.clock, SOURCE, RecordingSender, queue_limit=100,
                                 hostname="archive", procid="42", bus=self.bus)
         self.trail.start()
+        self.addCleanup(self.trail.stop)
 
     def sent(self) -> list[ET.Element]:
         """The messages queued so far (validated), and empty the queue."""
@@ -644,6 +645,28 @@ class TrailTests(SynchronousTestCase):
         for _ in range(150):
             self.bus.publish(events.ApplicationStarted("QRSCP", "node"))
         self.assertEqual((len(self.trail.queue), self.trail.dropped), (100, 50))
+
+    def test_drop_count_metric(self) -> None:
+        """register_metrics exports the drop count as the Prometheus counter
+        dicomtwist_audit_messages_dropped_total, read at each scrape."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        registry = CollectorRegistry()
+        self.trail.register_metrics(registry)
+
+        def dropped() -> float:
+            text = generate_latest(registry).decode()
+            (family,) = text_string_to_metric_families(text)
+            (sample,) = family.samples
+            self.assertEqual((family.type, sample.name),
+                             ("counter", "dicomtwist_audit_messages_dropped_total"))
+            return sample.value
+
+        self.assertEqual(dropped(), 0.0)
+        for _ in range(103):
+            self.bus.publish(events.ApplicationStarted("QRSCP", "node"))
+        self.assertEqual(dropped(), 3.0)
 
     def test_stop_unsubscribes(self) -> None:
         """After stop, events give no messages and the sender is stopped."""

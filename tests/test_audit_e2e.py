@@ -283,6 +283,23 @@ class AuditTrailTests(TestCase):
         self.assertEqual([event_type(start[1]), event_type(stop[1])], ["110120", "110121"])
 
     @inline
+    async def test_tls_collector_comes_up_later(self) -> None:
+        """Messages queued while the TLS collector is down are delivered, in
+        order, once it is up (the sender reconnects)."""
+        self.write_config(f"audit: tls:127.0.0.1:{self.collector.tls_port}\n"
+                          f"audit_tls_ca: {self.pki['ca.crt']}\n")
+        archive = await peers.start_dicomqr(self, reactor, self.cwd, self.config, self.port)
+        out, err, code = await peers.run_tool(reactor, peers.dcmtk("echoscu"), [
+            "-aec", "WRONG", "127.0.0.1", str(self.port)])
+        self.assertNotEqual(code, 0)
+        await self.collector.start()
+        await self.collector.wait_for(1, "110113", attempts=600)
+        self.assertEqual([event_id(r) for _, r in self.collector.messages()],
+                         ["110100", "110113"])
+        await self.stop(archive)
+        await self.collector.wait_for(2, "110100")
+
+    @inline
     async def test_file_and_collector_down(self) -> None:
         """With file: every message is a line of the file; a TLS collector
         that is down slows nothing: echoes are answered and the daemon stops

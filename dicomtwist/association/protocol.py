@@ -574,7 +574,15 @@ class Association(Requestor, DicomProtocol):
             "status": int(response.status),
         }
         names = field_names(rsp_class)
-        for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
+        for name, requested in (("affected_sop_class_uid", "requested_sop_class_uid"),
+                                ("affected_sop_instance_uid", "requested_sop_instance_uid")):
+            # DIMSE-N responses name the SOP instance the request named,
+            # affected or requested (PS3.7 10.3); a handler may override it
+            # (N-CREATE without a UID: the one the SCP made).
+            value = getattr(message, name, None) or getattr(message, requested, None)
+            if name in names and value is not None:
+                kwargs[name] = value
+        for name in ("action_type_id", "event_type_id"):
             if name in names and getattr(message, name, None) is not None:
                 kwargs[name] = getattr(message, name)
         for name, value in response.fields.items():
