@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred, succeed
@@ -35,6 +35,10 @@ from dicomtwist import log as dlog
 from dicomtwist.status import Category, Status, category
 
 __all__ = ["ArchiveMetrics", "status_label", "LEVELS_TTL"]
+
+# The ``*_created`` series (a timestamp per counter and label set) double
+# the exposition and tell a scraper nothing it does not know.
+disable_created_metrics()
 
 #: Seconds the index counts and the free space are kept between refreshes.
 LEVELS_TTL = 10.0

@@ -203,10 +203,11 @@ class ReadyResource(Resource):
 
 
 def mount(root: Resource, metrics: Any, checks: ReadinessChecks,
-          credentials: Credentials | None = None) -> None:
+          credentials: Credentials | None = None) -> Resource:
     """Put ``/metrics`` (when ``metrics`` is given), ``/healthz`` and
-    ``/readyz`` under ``root``."""
+    ``/readyz`` under ``root``; returns ``root``."""
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics, credentials))
     root.putChild(b"healthz", HealthResource())
     root.putChild(b"readyz", ReadyResource(checks))
+    return root

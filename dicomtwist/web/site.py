@@ -5,6 +5,7 @@ configuration) is given; nothing listens otherwise.  The tree:
 
 - the DICOMweb service root (``http_root``, ``/dicom-web`` by default):
   :class:`~dicomtwist.web.dicomweb.resource.DicomWebResource`;
+- ``/metrics``, ``/healthz``, ``/readyz`` (:mod:`dicomtwist.web.ops`);
 - ``http_static`` directories, served as they are (a viewer such as OHIF
   on the archive's own origin), with ``index.html`` for paths that name no
   file and have no extension (the viewer's own routes).
@@ -19,7 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import server, static
 from twisted.web.resource import NoResource, Resource
 
-from dicomtwist.web import auth
+from dicomtwist.web import auth, ops
 from dicomtwist.web.dicomweb.resource import DicomWebContext, DicomWebResource, HttpError
 from dicomtwist.web.dicomweb.service import DicomWebService
 from dicomtwist.web.dicomweb.stow import body_sink_for
@@ -107,11 +108,14 @@ def _place(root: Resource, path: str, leaf: Resource) -> Resource:
 
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
-               index: Any, store: Any) -> server.Site:
+               index: Any, store: Any, metrics: Any = None) -> server.Site:
     """The Site of the archive's HTTP endpoint.
 
     :param settings: the archive configuration (``http_*`` keys).
     :param renderers: the pool for pixel codecs (rendering, transcoding).
+    :param metrics: the archive's :class:`~dicomtwist.metrics.ArchiveMetrics`
+        for ``/metrics`` (None: not served); ``/healthz`` and ``/readyz``
+        are always served (:mod:`dicomtwist.web.ops`).
     :raises ValueError: the users or tokens file is malformed.
     """
     credentials = auth.load(settings.http_users, settings.http_tokens)
@@ -129,6 +133,9 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     for path, directory in static_mounts(settings.http_static):
         root = _place(root, path, StaticFiles(directory))
     root = _place(root, context.root, dicomweb)
+    floor = max(getattr(settings, "min_free_disk", 0), settings.min_free_space)
+    checks = ops.ReadinessChecks(reactor, pool, index, context.directory, floor * 1024 * 1024)
+    root = ops.mount(root, metrics, checks, credentials)
 
     def authorize(header: str | None) -> HttpError | None:
         try:
