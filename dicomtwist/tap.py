@@ -358,7 +358,8 @@ class ArchiveService(service.Service):
                 directory=settings.instance_location, reactor=reactor, pool=self.pool,
                 active=lambda: len(factory.active))
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store, metrics=self.metrics)
+                                   self.index, self.factory.store, metrics=self.metrics,
+                                   associations=lambda: len(self.factory.associations))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
         self.audit = None
