@@ -5,7 +5,8 @@
 * ``ApplicationStarted`` / ``ApplicationStopped`` into Application Activity;
 * ``AssociationRejected`` and a failed TLS handshake (``AuthenticationFailed``
   by DIMSE) into Security Alert (Node Authentication); refused HTTP
-  credentials into User Authentication (Login, failed);
+  credentials into User Authentication (Login, failed), an HTTP request the
+  user may not make into Security Alert (Use of Restricted Function);
 * ``InstanceStored`` into DICOM Instances Transferred (action Create), one
   message for each study of an association, sent when it ends (instances
   stored by HTTP: one message each);
@@ -206,6 +207,12 @@ class AuditTrail:
                    event.peer_host, words)
 
     def _authentication_failed(self, event: events.AuthenticationFailed) -> None:
+        if event.via == "http" and event.reason.startswith("not permitted"):
+            # Authenticated, but the user may not do this (HTTP 403).
+            performer = m.Participant(event.user or "-", True, None, (), event.peer_host)
+            self._emit(m.security_alert, m.MINOR_FAILURE, m.USE_OF_RESTRICTED_FUNCTION,
+                       performer, event.peer_host, f"{event.user}: {event.reason}")
+            return
         if event.via == "http":
             user = m.Participant(event.user or "-", True, None, (), event.peer_host)
             self._emit(m.user_authentication, m.MINOR_FAILURE, user,
