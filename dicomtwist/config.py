@@ -195,6 +195,22 @@ def _header_bytes(value: str) -> int:
     return number
 
 
+def _ae_titles(value: str) -> tuple[str, ...]:
+    """AE titles separated by white space or commas."""
+    return tuple(_ae_title(w) for w in _words(value))
+
+
+#: The values of ``log_format``.
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(value: str) -> str:
+    value = value.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 #: The [DEFAULT] keys, their parsers and defaults.
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ae_title": (_ae_title, "QRSCP"),
@@ -242,6 +258,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "audit_tls_ca": (_optional_text, None),
     "audit_tls_cert": (_optional_text, None),
     "audit_tls_key": (_optional_text, None),
+    # Operations: metrics, readiness, log format (docs/operations.md).
+    "metrics_ae_titles": (_ae_titles, ()),
+    "min_free_disk": (_megabytes, 0),
+    "log_format": (_log_format, "text"),
 }
 
 #: Keys of a peer (move destination) section.
@@ -317,6 +337,14 @@ class Config:
     audit_tls_ca: str | None = None
     audit_tls_cert: str | None = None
     audit_tls_key: str | None = None
+    #: Calling AE titles that get a metrics label value of their own
+    #: (others count as ``other``).
+    metrics_ae_titles: tuple[str, ...] = ()
+    #: Megabytes of free disk space below which ``/readyz`` answers 503
+    #: (the floor is the larger of this and ``min_free_space``).
+    min_free_disk: int = 0
+    #: ``text`` (the console format) or ``json`` (one object a line).
+    log_format: str = "text"
     destinations: dict[str, Destination] = field(default_factory=dict)
     #: Access rules of the peers that have a ``permissions`` or
     #: ``host_check`` key, by AE title.

@@ -100,6 +100,8 @@ class Options(usage.Options):
                                               " (default: as received)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
+        ["log-format", None, None, "text (the console format, default) or json (one"
+                                   " JSON object a line, for log shippers)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
@@ -126,6 +128,7 @@ class Options(usage.Options):
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
         "http": "http",
+        "log-format": "log_format",
         "store-transfer-syntax": "store_transfer_syntax",
         "workers": "workers",
         "audit": "audit",
@@ -336,13 +339,26 @@ class ArchiveService(service.Service):
         self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
                                      name="dicomtwist-pixels")
         self.factory = build_factory(settings, reactor, self.pool, self.index, self.pixel_pool)
-        #: The HTTP site (DICOMweb), with ``http`` set.
+        #: The Prometheus metrics (:mod:`dicomtwist.metrics`), kept only
+        #: when they are served (``http`` set): otherwise nobody listens
+        #: to the event bus.
+        self.metrics = None
+        #: The HTTP site (DICOMweb, /metrics, /healthz, /readyz), with
+        #: ``http`` set.
         self.site = None
         if settings.http is not None:
+            from dicomtwist.metrics import ArchiveMetrics
             from dicomtwist.web.site import build_site
 
+            factory = self.factory
+            self.metrics = ArchiveMetrics(
+                ae_titles=settings.metrics_ae_titles,
+                pools={"store": self.pool, "pixels": self.pixel_pool},
+                store=factory.store, index=self.index,
+                directory=settings.instance_location, reactor=reactor, pool=self.pool,
+                active=lambda: len(factory.active))
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store,
+                                   self.index, self.factory.store, metrics=self.metrics,
                                    associations=lambda: len(self.factory.associations))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
@@ -351,6 +367,8 @@ class ArchiveService(service.Service):
             from dicomtwist.audit import trail
 
             self.audit = trail.build(reactor, settings)
+            if self.metrics is not None:
+                self.metrics.audit = self.audit
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -380,6 +398,8 @@ class ArchiveService(service.Service):
                       db=self.index.location)
         if self.audit is not None:
             self.audit.start()
+        if self.metrics is not None:
+            self.metrics.subscribe()
         if events.bus.observed:
             events.bus.publish(events.ApplicationStarted(
                 self.settings.ae_title, node_name(self.settings),
@@ -422,6 +442,8 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.metrics is not None:
+                self.metrics.unsubscribe()
             if self.audit is not None:
                 return self.audit.stop()
             return None

@@ -5,6 +5,7 @@ configuration) is given; nothing listens otherwise.  The tree:
 
 - the DICOMweb service root (``http_root``, ``/dicom-web`` by default):
   :class:`~dicomtwist.web.dicomweb.resource.DicomWebResource`;
+- ``/metrics``, ``/healthz``, ``/readyz`` (:mod:`dicomtwist.web.ops`);
 - ``http_static`` directories, served as they are (a viewer such as OHIF
   on the archive's own origin), with ``index.html`` for paths that name no
   file and have no extension (the viewer's own routes);
@@ -24,7 +25,7 @@ from typing import Callable
 from twisted.web import server, static
 from twisted.web.resource import NoResource, Resource
 
-from dicomtwist.web import auth
+from dicomtwist.web import auth, ops
 from dicomtwist.web.api import ApiResource
 from dicomtwist.web.ui import PageRoot
 from dicomtwist.web.dicomweb.resource import DicomWebContext, DicomWebResource, HttpError
@@ -114,12 +115,15 @@ def _place(root: Resource, path: str, leaf: Resource) -> Resource:
 
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
-               index: Any, store: Any,
+               index: Any, store: Any, metrics: Any = None,
                associations: Callable[[], int] | None = None) -> server.Site:
     """The Site of the archive's HTTP endpoint.
 
     :param settings: the archive configuration (``http_*`` keys).
     :param renderers: the pool for pixel codecs (rendering, transcoding).
+    :param metrics: the archive's :class:`~dicomtwist.metrics.ArchiveMetrics`
+        for ``/metrics`` (None: not served); ``/healthz`` and ``/readyz``
+        are always served (:mod:`dicomtwist.web.ops`).
     :param associations: the number of active associations (the web
         page's status panel).
     :raises ValueError: the users or tokens file is malformed.
@@ -144,6 +148,9 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     root = _place(root, "/api", ApiResource(context, dicomweb.authorize, settings, sender,
                                             associations))
     root = _place(root, context.root, dicomweb)
+    floor = max(getattr(settings, "min_free_disk", 0), settings.min_free_space)
+    checks = ops.ReadinessChecks(reactor, pool, index, context.directory, floor * 1024 * 1024)
+    root = ops.mount(root, metrics, checks, credentials)
 
     def authorize(header: str | None) -> HttpError | None:
         try:
