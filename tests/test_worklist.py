@@ -500,6 +500,32 @@ class DirectoryTests(SynchronousTestCase):
         self.write("no-step.wl", ITEM)
         self.assertEqual(self.names(), ["good.wl", "no-step.wl"])
 
+    def test_write_lock_waited_for(self) -> None:
+        """A writer's lock on DCMTK's ``lockfile`` is waited for, boundedly:
+        past the wait the items are read anyway and the lock reported."""
+        import subprocess
+        import sys
+
+        self.write("a.wl", ITEM)
+        lockfile = os.path.join(self.path, "lockfile")
+        open(lockfile, "w").close()
+        self.assertEqual(self.names(), ["a.wl"])
+        writer = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'r+');"
+             " fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True);"
+             " sys.stdin.read()", lockfile],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(writer.wait)
+        self.addCleanup(writer.stdin.close)
+        self.assertEqual(writer.stdout.readline().strip(), "locked")
+        self.patch(worklist, "LOCK_WAIT", 0.1)
+        items, problems = self.directory.items()
+        self.assertEqual([name for name, _ in items], ["a.wl"])
+        self.assertEqual([name for name, _ in problems], ["lockfile"])
+        writer.stdin.close()
+        writer.wait()
+        self.assertEqual(self.names(), ["a.wl"])
+
     def test_missing_directory(self) -> None:
         """A directory that went away is an OSError for the caller."""
         os.rmdir(self.path)

@@ -45,6 +45,7 @@ import errno
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, AsyncIterator
@@ -67,6 +68,8 @@ WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 ITEM_SUFFIX = ".wl"
 #: DCMTK's lock file: read-locked while the items are read, if present.
 LOCKFILE = "lockfile"
+#: Seconds a query waits for a writer's lock on :data:`LOCKFILE`.
+LOCK_WAIT = 10.0
 
 
 def _tag(keyword: str) -> int:
@@ -715,7 +718,10 @@ class WorklistDirectory:
         :raises OSError: the directory cannot be listed.
         """
         problems: list[tuple[str, str]] = []
-        with self._lock, _ReadLock(os.path.join(self.path, LOCKFILE)):
+        with self._lock, _ReadLock(os.path.join(self.path, LOCKFILE)) as lock:
+            if lock.locked is False:
+                problems.append((LOCKFILE, f"stays write-locked (waited {LOCK_WAIT:g} s);"
+                                           " the items were read without the lock"))
             names = sorted(name for name in os.listdir(self.path) if name.endswith(ITEM_SUFFIX))
             entries: dict[str, _Entry] = {}
             for name in names:
@@ -757,11 +763,19 @@ class WorklistDirectory:
 
 class _ReadLock:
     """A shared lock on DCMTK's lock file while the items are read, when
-    the directory has one (``wlmscpfs`` takes the same lock)."""
+    the directory has one (``wlmscpfs`` takes the same lock).
 
-    def __init__(self, path: str) -> None:
+    A writer holding its write lock is waited for, at most
+    :data:`LOCK_WAIT` seconds (``wlmscpfs`` waits for ever; a pool thread
+    must not): then the items are read without the lock.
+    """
+
+    def __init__(self, path: str, wait: float | None = None) -> None:
         self.path = path
+        self.wait = LOCK_WAIT if wait is None else wait
         self.fd: int | None = None
+        #: Whether the lock could be taken (None: there is no lock file).
+        self.locked: bool | None = None
 
     def __enter__(self) -> "_ReadLock":
         import fcntl
@@ -772,8 +786,20 @@ class _ReadLock:
             if e.errno not in (errno.ENOENT, errno.EACCES, errno.EISDIR):
                 raise
             return self
-        fcntl.lockf(self.fd, fcntl.LOCK_SH)
-        return self
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    self.locked = False
+                    return self
+                time.sleep(0.05)
+            else:
+                self.locked = True
+                return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
@@ -838,8 +864,12 @@ class Worklist:
             raise DIMSEServiceError(Status.UNABLE_TO_PROCESS,
                                     "worklist directory cannot be read") from e
         for name, problem in answers.problems:
-            self.log.warn("Worklist file {name} skipped: it {problem}", name=name,
-                          problem=problem)
+            if name == LOCKFILE:
+                self.log.warn("Worklist lock file in {path} {problem}",
+                              path=self.directory.path, problem=problem)
+            else:
+                self.log.warn("Worklist file {name} skipped: it {problem}", name=name,
+                              problem=problem)
         status = Status.PENDING_WARNING if answers.unsupported else Status.PENDING
         for answer in answers.datasets:
             if request.cancelled:
