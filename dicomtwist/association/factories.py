@@ -1,0 +1,134 @@
+"""The factories: one acceptor :class:`Association` per incoming connection,
+and :func:`associate`, which connects a requestor."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory, Factory
+from twisted.python.failure import Failure
+
+from dicomtwist import acse
+from dicomtwist import log as dlog
+from dicomtwist.acse import AcceptorPolicy
+from dicomtwist.association.handlers import Handler
+from dicomtwist.association.protocol import Association
+from dicomtwist.dimse.assembly import SinkFactory, memory_sink
+from dicomtwist.ul.pdu import AAssociateRJ, RejectReason, RejectResult, RejectSource
+
+
+class AcceptorFactory(Factory):
+    """Builds an acceptor :class:`Association` per incoming connection.
+
+    :param reactor: clock for the associations' timers.
+    :param policy: AE title, supported contexts and access rules.
+    :param handlers: service name -> handler (see :class:`Association`).
+    :param sink_for: where incoming data sets go (C-STORE to disk).
+    """
+
+    log = dlog.logger()
+    noisy = False
+
+    def __init__(self, reactor: IReactorTime, policy: AcceptorPolicy,
+                 handlers: Mapping[str, Handler], *, sink_for: SinkFactory = memory_sink,
+                 acse_timeout: float = 30.0, dimse_timeout: float | None = 30.0,
+                 network_timeout: float | None = None,
+                 max_associations: int | None = None) -> None:
+        self.reactor = reactor
+        self.max_associations = max_associations
+        #: Associations past negotiation (they count against the limit;
+        #: connections still awaiting their A-ASSOCIATE-RQ do not, and are
+        #: dropped by ARTIM).
+        self.active: set[Association] = set()
+        self.policy = policy
+        self.handlers = dict(handlers)
+        self.sink_for = sink_for
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+        self.associations: set[Association] = set()
+
+    def buildProtocol(self, addr: Any) -> Association:
+        """A new acceptor association with our policy and handlers."""
+        assoc = Association(self.reactor, handlers=self.handlers, sink_for=self.sink_for,
+                            policy=self.policy, max_pdu=self.policy.max_pdu,
+                            acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
+                            network_timeout=self.network_timeout)
+        assoc.factory = self
+        assoc.peer_address = addr
+        self.associations.add(assoc)
+
+        def forget(_: Any) -> None:
+            self.associations.discard(assoc)
+            self.active.discard(assoc)
+
+        assoc.closed.addBoth(forget)
+        return assoc
+
+    def admit(self, assoc: Association) -> AAssociateRJ | None:
+        """Count an association that sent its A-ASSOCIATE-RQ; refuse it at
+        once, transiently, past ``max_associations`` (PS3.8 Table 9-21:
+        presentation provider, local limit exceeded)."""
+        if self.max_associations is not None and len(self.active) >= self.max_associations:
+            self.log.warn("Refusing association from {peer}: {count} associations already"
+                          " (max_associations)", peer=assoc.peer_description,
+                          count=len(self.active))
+            return AAssociateRJ(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                                RejectReason.LOCAL_LIMIT_EXCEEDED)
+        self.active.add(assoc)
+        return None
+
+
+class RequestorFactory(ClientFactory):
+    """Connects one requestor :class:`Association` (used by :func:`associate`)."""
+
+    noisy = False
+
+    def __init__(self, association: Association) -> None:
+        self.association = association
+
+    def buildProtocol(self, addr: Any) -> Association:
+        """Hand out the prepared association."""
+        self.association.factory = self
+        return self.association
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        """Fail ``established`` with the connection error."""
+        self.association._settle(reason)
+
+
+def associate(reactor: IReactorTCP, host: str, port: int, *,
+              contexts: Sequence[tuple[str, Sequence[str]]], called_ae_title: str = "ANY-SCP",
+              calling_ae_title: str = "DICOMTWIST", max_pdu: int = acse.DEFAULT_MAX_PDU,
+              scp_role_classes: Iterable[str] = (), extended: Mapping[str, bytes] | None = None,
+              handlers: Mapping[str, Handler] | None = None,
+              sink_for: SinkFactory = memory_sink, acse_timeout: float = 30.0,
+              dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
+              connect_timeout: float = 30.0, tls: Any = None,
+              roles: Mapping[str, tuple[bool, bool]] | None = None) -> Deferred[Association]:
+    """Connect to ``host:port`` and negotiate an association.
+
+    :param contexts: ``(abstract syntax, [transfer syntaxes])`` to propose.
+    :param roles: role proposals, SOP class -> ``(scu, scp)`` (see
+        :func:`dicomtwist.acse.build_rq`).
+    :param tls: connect over TLS with this client connection creator
+        (``IOpenSSLClientConnectionCreator``, see
+        :func:`dicomtwist.tls.client_options`) through ``connectSSL``;
+        a failed handshake fails the Deferred with ``TLSError``.
+    :returns: a Deferred firing with the established :class:`Association`,
+        or failing with ``AssociationRejected``, ``AssociationAborted`` or
+        the connection error.
+    """
+    rq = acse.build_rq(called_ae_title, calling_ae_title, contexts, max_pdu,
+                       scp_role_classes, extended, roles)
+    assoc = Association(reactor, handlers=handlers, sink_for=sink_for, max_pdu=max_pdu,
+                        acse_timeout=acse_timeout, dimse_timeout=dimse_timeout,
+                        network_timeout=network_timeout)
+    assoc.associate_rq = rq
+    if tls is None:
+        reactor.connectTCP(host, port, RequestorFactory(assoc), timeout=connect_timeout)
+    else:
+        reactor.connectSSL(host, port, RequestorFactory(assoc), tls, timeout=connect_timeout)
+    return assoc.established

@@ -1,0 +1,658 @@
+"""One association: ACSE negotiation and DIMSE messaging on top of the Upper Layer.
+
+:class:`Association` is the DICOM *service user* of an Upper Layer
+connection (:class:`dicomtwist.ul.protocol.DicomProtocol`).  It negotiates
+with :mod:`dicomtwist.acse`, reassembles incoming DIMSE messages with
+:class:`dicomtwist.dimse.assembly.MessageAssembler`, sends messages in
+P-DATA-TF fragments no larger than the peer's maximum, and dispatches
+requests to service handlers; the requests it sends itself (and their
+responses) are :class:`~dicomtwist.association.requestor.Requestor`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from types import CoroutineType
+from typing import Any, Mapping
+
+from pydicom.dataset import Dataset
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from dicomtwist import acse
+from dicomtwist import events
+from dicomtwist import log as dlog
+from dicomtwist.acse import AcceptorPolicy, Negotiated, PresentationContext
+from dicomtwist.association.files import FileDataSet, FileProducer
+from dicomtwist.association.handlers import (
+    LOG_NAMES,
+    MULTI_RESPONSE,
+    RESPONSE_FOR,
+    SERVICE_FOR,
+    Handler,
+    Response,
+    ServiceRequest,
+    as_response,
+    field_names,
+)
+from dicomtwist.association.requestor import Requestor, _Outstanding
+from dicomtwist.dimse import messages as m
+from dicomtwist.dimse.assembly import MessageAssembler, SinkFactory, memory_sink
+from dicomtwist.dimse.codec import encode_command, encode_dataset, fragment
+from dicomtwist.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    DIMSEDecodeError,
+    DIMSEServiceError,
+    InvalidEventError,
+    TLSError,
+)
+from dicomtwist.status import Category, Status, category, status_name
+from dicomtwist.ul.pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AbortReason,
+    AbortSource,
+    RejectReason,
+)
+from dicomtwist.ul.protocol import DicomProtocol
+
+#: Association ids: unique in the process, in the order connections came.
+_association_ids = itertools.count(1)
+#: The events' words for the access rules' reject reasons (bounded).
+_REJECT_REASONS = {
+    RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED: "application-context",
+    RejectReason.CALLING_AE_NOT_RECOGNIZED: "calling-ae",
+    RejectReason.CALLED_AE_NOT_RECOGNIZED: "called-ae",
+}
+
+
+class Association(Requestor, DicomProtocol):
+    """One DICOM association, as requestor or acceptor.
+
+    :param clock: reactor (time) for every timer.
+    :param handlers: service name (``"echo"``, ``"store"``, ``"find"``,
+        ``"get"``, ``"move"``, ``"n-..."``) -> handler.
+    :param sink_for: where incoming data sets go (default: memory).
+    :param policy: the acceptor's policy; None for a requestor.
+    :param acse_timeout: seconds to wait for A-ASSOCIATE and A-RELEASE
+        answers (also the ARTIM timeout).
+    :param dimse_timeout: seconds to wait for each DIMSE response.
+    :param network_timeout: seconds of silence before aborting.
+    """
+
+    log = dlog.logger()
+
+    def __init__(self, clock: IReactorTime, *, handlers: Mapping[str, Handler] | None = None,
+                 sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
+                 max_pdu: int = acse.DEFAULT_MAX_PDU, acse_timeout: float = 30.0,
+                 dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
+                 yield_every: int = 32) -> None:
+        super().__init__(clock, max_pdu=max_pdu, artim_timeout=acse_timeout,
+                         network_timeout=network_timeout)
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.sink_for = sink_for
+        self.policy = policy
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.yield_every = yield_every
+        self.negotiated: Negotiated | None = None
+        #: This association's id in the process (log lines and events).
+        self.association_id = next(_association_ids)
+        #: Structured fields of its log events (see :meth:`_log_fields`).
+        self.log_fields: dict[str, Any] = {"association_id": self.association_id}
+        self.ae_title = policy.ae_title if policy else ""
+        self.peer_ae_title = ""
+        #: The A-ASSOCIATE-RQ received (acceptor).
+        self._received_rq: AAssociateRQ | None = None
+        # ``established`` is made when first asked for (see the property);
+        # how establishment ended: None (not yet), True, or the failure.
+        self._established: Deferred[Association] | None = None
+        self._establishment: Any = None
+        self._establishment_observed = False
+        self.closed: Deferred[None] = Deferred()
+        self._assembler: MessageAssembler | None = None
+        self._outstanding: dict[int, _Outstanding] = {}
+        self._serving: dict[int, ServiceRequest] = {}
+        self._message_id = 0
+        self._send_queue: list[tuple[m.Message, int, Any, Deferred]] = []
+        self._sending = False
+        self._acse_timer: Any = None
+        self._abort_cause: str | None = None
+        self._released = False
+        self._busy = 0
+
+    # -- association establishment -----------------------------------------
+    @property
+    def established(self) -> Deferred[Association]:
+        """Fires with this association once it is established, or fails with
+        why it was not (rejection, abort, connection error).
+
+        Made when first asked for: nobody asks for most acceptors' one, and a
+        Deferred holding its association as result would keep the association
+        in a reference cycle, left to the cyclic garbage collector.
+        """
+        d = self._established
+        if d is None:
+            d = self._established = Deferred()
+            if self._establishment is not None:
+                self._fire_established(d)
+        return d
+
+    def _settle(self, outcome: Any, observed: bool = False) -> None:
+        """Record how establishment ended (once) and fire ``established``.
+
+        :param outcome: True (established) or the error.
+        :param observed: the failure needs no listener (an acceptor's
+            connection that never associated): listeners added later get
+            None, and none at all is no "Unhandled error in Deferred".
+        """
+        if self._establishment is not None:
+            return
+        self._establishment = outcome
+        self._establishment_observed = observed
+        if self._established is not None:
+            self._fire_established(self._established)
+
+    def _fire_established(self, d: Deferred) -> None:
+        if self._establishment is True:
+            d.callback(self)
+            return
+        d.errback(self._establishment)
+        if self._establishment_observed:
+            d.addErrback(lambda _: None)
+
+    def connectionMade(self) -> None:
+        """Start the ACSE timer (requestor) and the Upper Layer flow."""
+        if self.associate_rq is not None:
+            self.ae_title = self.associate_rq.calling_ae_title
+            self.peer_ae_title = self.associate_rq.called_ae_title
+            self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
+            self.log.info("Requesting Association", **self._log_fields(self.associate_rq))
+        super().connectionMade()
+        if self.associate_rq is None:
+            self.log.info("Association received from {peer}", peer=self.peer_description,
+                          association_id=self.association_id)
+
+    def on_associate_rq(self, rq: AAssociateRQ) -> None:
+        """Acceptor: negotiate from the policy and answer AC or RJ."""
+        self.peer_ae_title = rq.calling_ae_title
+        self._received_rq = rq
+        self.log.debug("{text}", text=_Lines(rq))
+        assert self.policy is not None
+        rj = None
+        refusal = acse.explain_unacceptable(rq, self.policy, self.peer_host())
+        if refusal is not None:
+            # Access control and application context: one line naming the
+            # peer, at warning level, so an operator sees who was refused.
+            self.log.warn("Refusing association from {calling} at {peer} (called {called}):"
+                          " {why}", calling=rq.calling_ae_title, peer=self.peer_description,
+                          called=rq.called_ae_title, why=refusal.explanation,
+                          **self._log_fields(rq))
+            rj = refusal.reject()
+            reason = ("address" if "(host_check)" in refusal.explanation
+                      else _REJECT_REASONS.get(refusal.reason, "other"))
+            detail = refusal.explanation
+        else:
+            # Only acceptable associations count against max_associations.
+            admit = getattr(getattr(self, "factory", None), "admit", None)
+            rj = admit(self) if admit is not None else None
+            reason, detail = "limit", "max_associations reached"
+        if rj is not None:
+            self.log.info("Association Rejected: calling {calling} from {peer}, reason {reason}",
+                          calling=rq.calling_ae_title, peer=self.peer_description,
+                          reason=rj.reason, **self._log_fields(rq))
+            self.associate_response(rj)
+            if events.bus.observed:
+                events.bus.publish(events.AssociationRejected(
+                    self.association_id, self.peer_host() or "", rq.calling_ae_title,
+                    rq.called_ae_title, reason, detail))
+            return
+        ac, negotiated = acse.negotiate_acceptor(rq, self.policy)
+        self._start(negotiated)
+        self.associate_response(ac)
+        self.log.info("Association Accepted: calling {calling} from {peer},"
+                      " {count} presentation context(s) accepted",
+                      calling=rq.calling_ae_title, peer=self.peer_description,
+                      count=len(negotiated.contexts), **self._log_fields(rq))
+        self._settle(True)
+        if events.bus.observed:
+            events.bus.publish(events.AssociationAccepted(
+                self.association_id, self.peer_host() or "", self._peer_port(),
+                rq.calling_ae_title, rq.called_ae_title))
+
+    def _log_fields(self, rq: AAssociateRQ) -> dict[str, Any]:
+        """The structured fields of this association's log events (the JSON
+        log shows them), kept for its later events: ``association_id``,
+        ``peer_host``, ``calling_ae``, ``called_ae``."""
+        self.log_fields = {"association_id": self.association_id,
+                           "peer_host": self.peer_host() or "",
+                           "calling_ae": rq.calling_ae_title, "called_ae": rq.called_ae_title}
+        return self.log_fields
+
+    def _peer_port(self) -> int:
+        peer = self.peer_address
+        if peer is None and self.transport is not None:
+            peer = self.transport.getPeer()
+        return int(getattr(peer, "port", 0) or 0)
+
+    def peer_host(self) -> str | None:
+        """The address the connection comes from, if known."""
+        if self.transport is None:
+            return None
+        peer = self.peer_address if self.peer_address is not None else self.transport.getPeer()
+        return getattr(peer, "host", None)
+
+    def on_associate_ac(self, ac: AAssociateAC) -> None:
+        """Requestor: the peer accepted."""
+        self._cancel_acse_timer()
+        self.log.debug("{text}", text=_Lines(ac))
+        assert self.associate_rq is not None
+        self._start(acse.interpret_ac(self.associate_rq, ac))
+        self.log.info("Association Accepted")
+        self._settle(True)
+
+    def on_associate_rj(self, rj: AAssociateRJ) -> None:
+        """Requestor: the peer rejected."""
+        self._cancel_acse_timer()
+        self.log.info("Association Rejected: result {result}, source {source}, reason {reason}",
+                      result=rj.result, source=rj.source, reason=rj.reason)
+        self._settle(AssociationRejected(rj.result, rj.source, rj.reason))
+
+    def _start(self, negotiated: Negotiated) -> None:
+        self.negotiated = negotiated
+        self._assembler = MessageAssembler(negotiated.contexts, self.sink_for)
+
+    # -- release and abort --------------------------------------------------
+    def release(self) -> Deferred[None]:
+        """A-RELEASE: ask the peer to release; fires when the connection closed.
+
+        :raises InvalidEventError: (in the Deferred) when not established.
+        """
+        self.log.info("Releasing Association")
+        self._released = True
+        try:
+            self.release_request()
+        except InvalidEventError as e:
+            return defer.fail(e)
+        self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
+        return self._when_closed()
+
+    def abort(self) -> Deferred[None]:
+        """A-ABORT (service-user source); fires when the connection closed."""
+        self.log.info("Aborting Association")
+        self._abort_cause = "aborted by us"
+        self.abort_request()
+        return self._when_closed()
+
+    def _when_closed(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+
+        def fire(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self.closed.addBoth(fire)
+        return d
+
+    def on_release_rq(self, payload: Any) -> None:
+        """The peer releases: answer (PS3.8 AR-2)."""
+        self.log.info("Association Released by {peer}", peer=self.peer_ae_title or self.peer_description,
+                      **self.log_fields)
+        self._released = True
+        self.release_response()
+
+    def on_release_rp(self, payload: Any) -> None:
+        """Our release was confirmed."""
+        self._cancel_acse_timer()
+        self.log.info("Association Released", **self.log_fields)
+
+    def on_abort(self, abort: AAbort) -> None:
+        """The peer aborted."""
+        self._abort_cause = f"A-ABORT from peer (source {abort.source}, reason {abort.reason})"
+        self.log.info("Association Aborted by peer (source {source}, reason {reason})",
+                      source=abort.source, reason=abort.reason, **self.log_fields)
+
+    def on_p_abort(self, payload: Any) -> None:
+        """The provider aborted (bad PDU, timer, connection lost)."""
+        if isinstance(payload, AAbort):
+            self._abort_cause = (f"A-ABORT from peer's provider (source {payload.source},"
+                                 f" reason {payload.reason})")
+        elif payload is None:
+            self._abort_cause = self._abort_cause or "ARTIM timer expired"
+        elif isinstance(payload, Failure):
+            self._abort_cause = self._abort_cause or "connection closed by peer"
+        else:
+            self._abort_cause = self._abort_cause or f"protocol error: {payload}"
+        self.log.info("Association Aborted ({cause})", cause=self._abort_cause, **self.log_fields)
+
+    def on_connection_lost(self, reason: Failure | None) -> None:
+        """Fail what is outstanding, drop partial data, fire ``closed``."""
+        self._cancel_acse_timer()
+        if self._assembler is not None:
+            self._assembler.discard()
+        cause = self._abort_cause or ("released" if self._released else "connection closed")
+        tls_error = _tls_error(reason)
+        if tls_error is not None:
+            cause = f"TLS error: {tls_error}"
+            if self._establishment is None:
+                self.log.warn("TLS handshake with {peer} failed: {error}",
+                              peer=self.peer_description, error=tls_error, **self.log_fields)
+                if events.bus.observed and self.policy is not None:
+                    events.bus.publish(events.AuthenticationFailed(
+                        "dimse", self.peer_host() or "", "", f"TLS handshake: {tls_error}"))
+        if self._establishment is None:
+            error_class = TLSError if tls_error is not None else AssociationAborted
+            # An acceptor's ``established`` usually has no listener; a
+            # connection that never associated (rejected, bad RQ, ARTIM,
+            # port scan) must not log "Unhandled error in Deferred" when
+            # the Deferred is garbage collected.  Listeners added before
+            # this point still see the failure.
+            self._settle(error_class(f"association not established: {cause}"),
+                         observed=self.associate_rq is None)
+        elif self.policy is not None and self._establishment is True and events.bus.observed:
+            events.bus.publish(events.AssociationEnded(
+                self.association_id, self.log_fields.get("peer_host", ""),
+                self.peer_ae_title, "aborted" if self._abort_cause else "released",
+                self._abort_cause or ""))
+        outstanding, self._outstanding = self._outstanding, {}
+        for pending in outstanding.values():
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            pending.deferred.errback(AssociationAborted(f"association ended: {cause}"))
+        for request in self._serving.values():
+            request.cancelled = True
+        queue, self._send_queue = self._send_queue, []
+        for _, _, _, d in queue:
+            d.errback(AssociationAborted(f"association ended: {cause}"))
+        self.closed.callback(None)
+
+    def _acse_expired(self) -> None:
+        self._acse_timer = None
+        self.log.warn("ACSE timeout: no answer from {peer} in {seconds} s, aborting",
+                      peer=self.peer_description, seconds=self.acse_timeout, **self.log_fields)
+        self._abort_cause = "ACSE timeout"
+        self.abort_request()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _cancel_acse_timer(self) -> None:
+        if self._acse_timer is not None and self._acse_timer.active():
+            self._acse_timer.cancel()
+        self._acse_timer = None
+
+    # -- sending ----------------------------------------------------------------
+    def send_message(self, message: m.Message, context_id: int,
+                     data: bytes | FileDataSet | None = None) -> Deferred[None]:
+        """Queue a DIMSE message (and its data set) for sending.
+
+        Messages go out one after another, never interleaved; the Deferred
+        fires when the whole message is written.
+        """
+        d: Deferred[None] = Deferred()
+        self._send_queue.append((message, context_id, data, d))
+        if not self._sending:
+            self._pump()
+        return d
+
+    def _pump(self) -> None:
+        while self._send_queue and not self._sending:
+            message, context_id, data, d = self._send_queue.pop(0)
+            max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
+            self.log.debug("Sending {message.summary()}", message=message)
+            try:
+                for pdu in fragment(context_id, encode_command(message, data is not None),
+                                    True, max_pdu):
+                    self.send_pdata(pdu)
+                if isinstance(data, FileDataSet):
+                    self._sending = True
+                    producer = FileProducer(self, data, context_id, max_pdu, Deferred())
+                    producer._done.addBoth(self._sent_file, d)
+                    producer.start()
+                    return
+                if data is not None:
+                    for pdu in fragment(context_id, data, False, max_pdu):
+                        self.send_pdata(pdu)
+            except InvalidEventError as e:
+                d.errback(AssociationAborted(f"cannot send {message.NAME}: {e}"))
+                continue
+            d.callback(None)
+
+    def _sent_file(self, result: Any, d: Deferred) -> None:
+        self._sending = False
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(None)
+        if not self.machine.is_closed:
+            self._pump()
+
+    # -- receiving -----------------------------------------------------------
+    def on_pdata(self, pdata: Any) -> None:
+        """Reassemble PDVs into messages and dispatch each complete one."""
+        assembler = self._assembler
+        if assembler is None:
+            return
+        for pdv in pdata.pdvs:
+            try:
+                done = assembler.feed(pdv.context_id, pdv.control, pdv.data)
+            except (DIMSEDecodeError, OSError) as e:
+                self.log.warn("Invalid DIMSE message from {peer}: {error}; aborting",
+                              peer=self.peer_description, error=str(e), **self.log_fields)
+                assembler.discard()
+                self._abort_cause = f"invalid DIMSE message: {e}"
+                self.abort_request(AbortSource.SERVICE_PROVIDER,
+                                   AbortReason.INVALID_PDU_PARAMETER_VALUE)
+                return
+            if done is not None:
+                self._dispatch(*done)
+
+    def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
+        self.log.debug("Received {message.summary()}", message=message)
+        if message.IS_RESPONSE:
+            self._on_response(message, data)
+        elif isinstance(message, m.CCancelRQ):
+            request = self._serving.get(message.message_id_being_responded_to)
+            if request is not None:
+                self.log.info("Received Cancel Request for message {id}",
+                              id=message.message_id_being_responded_to)
+                request.cancelled = True
+        else:
+            request = ServiceRequest(self, message, context, data, received=time.monotonic())
+            serving = self._serve(request)
+            try:
+                serving.send(None)
+            except StopIteration:
+                return  # served at once (a C-ECHO, a refusal): no Deferred needed
+            except BaseException:
+                self._serve_failed(Failure(), request)
+                return
+            # It awaits a Deferred (a handler's result, a busy send queue):
+            # Twisted drives the rest, resuming it on that same Deferred.
+            Deferred.fromCoroutine(serving).addErrback(self._serve_failed, request)
+
+    # -- serving requests ----------------------------------------------------
+    def is_busy(self) -> bool:
+        """An operation is running in either direction."""
+        return bool(self._busy or self._outstanding or self._sending)
+
+    async def _serve(self, request: ServiceRequest) -> None:
+        self._busy += 1
+        try:
+            await self._serve_one(request)
+        finally:
+            self._busy -= 1
+
+    async def _serve_one(self, request: ServiceRequest) -> None:
+        message = request.message
+        service = SERVICE_FOR.get(type(message))
+        handler = self.handlers.get(service) if service else None
+        self.log.info("Received {name} Request (MsgID {id}) from {peer}",
+                      name=LOG_NAMES.get(service, service), id=message.message_id,
+                      peer=self.peer_ae_title, **self.log_fields)
+        sop_class = getattr(message, "affected_sop_class_uid", None) or getattr(
+            message, "requested_sop_class_uid", None)
+        if handler is None or (sop_class is not None
+                               and sop_class != request.context.abstract_syntax):
+            self._discard_data(request)
+            status = (Status.UNRECOGNIZED_OPERATION if service is None
+                      else Status.SOP_CLASS_NOT_SUPPORTED)
+            await self._respond(request, Response(status))
+            return
+        if service not in MULTI_RESPONSE:
+            try:
+                # As ``await maybeDeferred(handler, request)``, without
+                # wrapping a plain result (C-ECHO) in a Deferred.
+                result = handler(request)
+                if isinstance(result, Failure):
+                    result.raiseException()
+                elif isinstance(result, Deferred) or type(result) is CoroutineType:
+                    result = await result
+            except Exception as e:  # mapped to a status below
+                response = self._error_response(e, request)
+            else:
+                response = as_response(result)
+            await self._respond(request, response)
+            return
+        self._serving[message.message_id] = request
+        try:
+            await self._serve_many(handler, request)
+        finally:
+            self._serving.pop(message.message_id, None)
+
+    async def _serve_many(self, handler: Handler, request: ServiceRequest) -> None:
+        try:
+            results = await defer.maybeDeferred(handler, request)
+            count = 0
+            async for item in _aiter(results):
+                response = as_response(item)
+                if request.cancelled and category(response.status) is Category.PENDING:
+                    if hasattr(results, "__aiter__"):
+                        # An async handler sees ``cancelled`` itself and may
+                        # end with its own Cancel response (with counts).
+                        continue
+                    break
+                if self.machine.is_closed:
+                    return
+                await self._respond(request, response)
+                if category(response.status) is not Category.PENDING:
+                    return
+                count += 1
+                if self.yield_every and count % self.yield_every == 0:
+                    # Let other associations run during a long result set.
+                    await deferLater(self.clock, 0, lambda: None)
+        except Exception as e:
+            await self._respond(request, self._error_response(e, request))
+            return
+        if request.cancelled:
+            await self._respond(request, Response(Status.CANCEL))
+        else:
+            await self._respond(request, Response(Status.SUCCESS))
+
+    def _error_response(self, error: Exception, request: ServiceRequest) -> Response:
+        if isinstance(error, DIMSEServiceError):
+            fields = {"error_comment": error.comment[:64]} if error.comment else {}
+            return Response(int(error.status), None, fields)
+        self.log.failure("Handler for {name} failed", Failure(error),
+                         name=request.message.NAME, **self.log_fields)
+        return Response(Status.UNABLE_TO_PROCESS)
+
+    async def _respond(self, request: ServiceRequest, response: Response) -> None:
+        if self.machine.is_closed:
+            return
+        message = request.message
+        rsp_class = RESPONSE_FOR[type(message)]
+        kwargs: dict[str, Any] = {
+            "message_id_being_responded_to": message.message_id,
+            "status": int(response.status),
+        }
+        names = field_names(rsp_class)
+        for name, requested in (("affected_sop_class_uid", "requested_sop_class_uid"),
+                                ("affected_sop_instance_uid", "requested_sop_instance_uid")):
+            # DIMSE-N responses name the SOP instance the request named,
+            # affected or requested (PS3.7 10.3); a handler may override it
+            # (N-CREATE without a UID: the one the SCP made).
+            value = getattr(message, name, None) or getattr(message, requested, None)
+            if name in names and value is not None:
+                kwargs[name] = value
+        for name in ("action_type_id", "event_type_id"):
+            if name in names and getattr(message, name, None) is not None:
+                kwargs[name] = getattr(message, name)
+        for name, value in response.fields.items():
+            if name in names:
+                kwargs[name] = value
+        rsp = rsp_class(**kwargs)
+        data = response.dataset
+        if isinstance(data, Dataset):
+            data = encode_dataset(data, request.context.transfer_syntax)
+        service = SERVICE_FOR.get(type(message), "")
+        self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
+                      name=LOG_NAMES.get(service, service), id=message.message_id,
+                      status=int(response.status), status_name=status_name(response.status),
+                      **self.log_fields)
+        try:
+            await self.send_message(rsp, request.context.context_id, data)
+        except AssociationAborted:
+            pass
+        if (events.bus.observed and self.policy is not None
+                and category(response.status) is not Category.PENDING):
+            events.bus.publish(events.OperationCompleted(
+                self.association_id, service, int(response.status),
+                time.monotonic() - request.received,
+                getattr(message, "affected_sop_class_uid", None)
+                or getattr(message, "requested_sop_class_uid", None) or "",
+                self.log_fields.get("peer_host", ""), self.peer_ae_title))
+
+    def _serve_failed(self, failure: Failure, request: ServiceRequest) -> None:
+        self.log.failure("Serving {name} failed", failure, name=request.message.NAME)
+
+    def _discard_data(self, request: ServiceRequest) -> None:
+        if isinstance(request.data, str):
+            try:
+                os.unlink(request.data)
+            except OSError:
+                pass
+
+
+class _Lines:
+    """A PDU's multi-line description, built only if a log line is written."""
+
+    def __init__(self, pdu: Any) -> None:
+        self.pdu = pdu
+
+    def __str__(self) -> str:
+        return "\n".join(self.pdu.describe())
+
+
+def _tls_error(reason: Any) -> str | None:
+    """The TLS error a connection was lost with, in words; None if another
+    cause (pyOpenSSL's ``SSL.Error``, without importing the optional
+    pyOpenSSL here)."""
+    if not isinstance(reason, Failure):
+        return None
+    error = reason.value
+    if not type(error).__module__.startswith("OpenSSL"):
+        return None
+    # SSL.Error carries [(library, function, reason), ...].
+    details = [entry[-1] for entry in (error.args[0] if error.args and isinstance(
+        error.args[0], list) else []) if isinstance(entry, tuple) and entry]
+    return "; ".join(str(d) for d in details if d) or str(error) or type(error).__name__
+
+
+async def _aiter(results: Any):
+    """Iterate a sync or async iterable (None = nothing)."""
+    if results is None:
+        return
+    if hasattr(results, "__aiter__"):
+        async for item in results:
+            yield item
+    else:
+        for item in results:
+            yield item
