@@ -270,6 +270,63 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(counted, snapshot(index))
 
 
+    def test_emptied_patient_given_a_study_meanwhile(self):
+        """A move that empties a patient while another connection is giving
+        that patient a new study waits for it, and keeps the patient."""
+        import time
+
+        a, b = self.indexes[:2]
+        a.add(instance("7.1.1.1", series="7.1.1", study="7.1", patient="P3"), "x",
+              ExplicitVRLittleEndian, 1)
+        holding, release, failures = threading.Event(), threading.Event(), []
+
+        def give_study():
+            with b.transaction():
+                b.add(instance("7.3.1.1", series="7.3.1", study="7.3", patient="P3"), "y",
+                      ExplicitVRLittleEndian, 1)
+                holding.set()
+                release.wait(30)
+
+        def move():
+            # The series goes to study 7.2 of patient P4: study 7.1 and
+            # (but for the other connection's study) patient P3 are emptied.
+            try:
+                a.add(instance("7.1.1.1", series="7.1.1", study="7.2", patient="P4"), "x",
+                      ExplicitVRLittleEndian, 1)
+            except Exception as e:  # reported below
+                failures.append(e)
+        giver = threading.Thread(target=give_study)
+        giver.start()
+        self.assertTrue(holding.wait(30))
+        mover = threading.Thread(target=move)
+        mover.start()
+        deadline = time.monotonic() + 30
+        while not pg_sql(self.uri, "SELECT 1 FROM pg_stat_activity WHERE "
+                                   "wait_event_type = 'Lock' AND datname = current_database()"):
+            self.assertLess(time.monotonic(), deadline, "the move never waited")
+            time.sleep(0.05)
+        release.set()
+        giver.join(30)
+        mover.join(30)
+        self.assertEqual(failures, [])
+        index = self.indexes[0]
+        self.assertEqual(index._sql("SELECT p.patient_id, st.study_instance_uid FROM study st "
+                                    "JOIN patient p ON p.pk = st.patient_pk "
+                                    "ORDER BY st.study_instance_uid"),
+                         [("P4", "7.2"), ("P3", "7.3")])
+        counted = snapshot(index)
+        recount(index)
+        self.assertEqual(counted, snapshot(index))
+
+
+def pg_sql(uri: str, statement: str) -> list[tuple]:
+    """Run one query on its own connection; its rows."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as conn:
+        return conn.execute(statement).fetchall()
+
+
 class ServerGoneTests(SynchronousTestCase):
     """The PostgreSQL server stopping and starting under an open index."""
 

@@ -533,6 +533,15 @@ class PostgresIndex(SqlIndex):
             if again is None or tuple(again) == tuple(row):
                 return again
 
+    def _lock_study_row(self, pk: int) -> int | None:
+        """Lock one study row, then its patient (whose studies ``_tidy``
+        counts before it may delete it: unlocked, another connection could
+        be giving it a study meanwhile); the patient pk, None if gone."""
+        patient_pk = self._lock("study", pk)
+        if patient_pk is not None:
+            self._lock("patient", patient_pk)
+        return patient_pk
+
     def _lock(self, table: str, pk: int) -> Any:
         """Lock one row; its parent pk (None for a patient)."""
         parent = {"study": "patient_pk", "series": "study_pk"}.get(table, "pk")
@@ -559,12 +568,12 @@ class PostgresIndex(SqlIndex):
             self._lock("patient", old_patient)
         if old_study is not None and old_study != study_pk:
             studies.add(old_study)
-            patients.add(self._lock("study", old_study))
+            patients.add(self._lock_study_row(old_study))
         if old_series is not None:
             series.add(old_series)
             old_study_pk = self._lock("series", old_series)
             studies.add(old_study_pk)
-            patients.add(self._lock("study", old_study_pk))
+            patients.add(self._lock_study_row(old_study_pk))
             columns = _ADD_FUNCTION.columns["instance"]
             assignments = ", ".join(f"{c} = ?" for c in columns)
             self._execute(f"UPDATE instance SET {assignments}, series_pk = ? WHERE pk = ?",
