@@ -419,7 +419,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
-    from dicomtwist.services.qr import QueryRetrieve
+    from dicomtwist.services.qr import EXTENDED_NEGOTIATION, QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
@@ -431,6 +431,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         require_called_aet=settings.require_called_aet,
         allowed_calling_aets=settings.allowed_calling_aets,
         peers=dict(settings.peers),
+        extended_negotiation=EXTENDED_NEGOTIATION,
     )
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
