@@ -7,7 +7,8 @@ configuration) is given; nothing listens otherwise.  The tree:
   :class:`~dicomtwist.web.dicomweb.resource.DicomWebResource`;
 - ``http_static`` directories, served as they are (a viewer such as OHIF
   on the archive's own origin), with ``index.html`` for paths that name no
-  file and have no extension (the viewer's own routes).
+  file and have no extension (the viewer's own routes);
+- ``/api/mpps``: the performed procedure steps (:mod:`dicomtwist.web.mpps`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dicomtwist.web import auth
 from dicomtwist.web.dicomweb.resource import DicomWebContext, DicomWebResource, HttpError
 from dicomtwist.web.dicomweb.service import DicomWebService
 from dicomtwist.web.dicomweb.stow import body_sink_for
+from dicomtwist.web.mpps import MppsResource
 from dicomtwist.web.server import Limits, build_site as _site
 
 __all__ = ["build_site", "static_mounts"]
@@ -101,9 +103,29 @@ def _place(root: Resource, path: str, leaf: Resource) -> Resource:
         if child is None:
             child = _Tree()
             node.putChild(name, child)
+        elif child.isLeaf:
+            child = _Shared(child)
+            node.putChild(name, child)
         node = child
     node.putChild(segments[-1].encode("utf-8"), leaf)
     return root
+
+
+class _Shared(Resource):
+    """A leaf resource with other resources placed below it: a request for
+    one of them goes there, any other to the leaf, its path as it came."""
+
+    def __init__(self, leaf: Resource) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.leaf
+
+    def render(self, request: Any) -> Any:
+        return self.leaf.render(request)
 
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
@@ -129,6 +151,8 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     for path, directory in static_mounts(settings.http_static):
         root = _place(root, path, StaticFiles(directory))
     root = _place(root, context.root, dicomweb)
+    root = _place(root, "/api/mpps", MppsResource(
+        reactor, pool, context.directory, lambda request: dicomweb.authorize(request, "query")))
 
     def authorize(header: str | None) -> HttpError | None:
         try:
