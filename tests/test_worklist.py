@@ -625,6 +625,23 @@ class ServiceTests(SynchronousTestCase):
                          [(Status.UNABLE_TO_PROCESS, None)])
         self.assertTrue(any("cannot be read" in w for w in self.warnings()))
 
+    def test_query_published(self) -> None:
+        """A worklist C-FIND publishes QueryPerformed (audit trail, metrics)
+        with the identifier as received and the number of answers."""
+        from dicomtwist import events
+
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        self.find(query({"PatientID": "P3"}))
+        self.find(query({}, {"Modality": "ct"}))
+        performed = [e for e in seen if isinstance(e, events.QueryPerformed)]
+        self.assertEqual([(e.via, e.calling_ae, e.sop_class_uid, e.matches, e.status)
+                          for e in performed],
+                         [("dimse", "MODALITY", WORKLIST_FIND, 1, Status.SUCCESS),
+                          ("dimse", "MODALITY", WORKLIST_FIND, 0,
+                           Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)])
+        self.assertIn(b"P3", performed[0].query)
+
     def test_without_worklist_location(self) -> None:
         """Without a worklist directory the worklist answers no records."""
         settings = configuration.Config(instance_location=self.settings.instance_location,

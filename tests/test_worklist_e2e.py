@@ -287,3 +287,26 @@ class WorklistAgainstWlmscpfs(TestCase):
             fp.truncate(100)
         self.assertEqual(patients(await self.compare(everyone)),
                          ["P2", "P3", "P4-CHANGED", "P6"])
+
+
+class WorklistLocationTests(TestCase):
+    """``--worklist-location`` on the real daemon's command line."""
+
+    timeout = 60
+
+    @inline
+    async def test_not_a_directory(self) -> None:
+        """A worklist location that is no directory stops the daemon at
+        start, with a message naming it and a non-zero exit code."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        missing = os.path.join(cwd, "no-such-worklist")
+        process = peers.PeerProcess(reactor, "twistd dicomqr")
+        argv = [*peers.TWISTD, "-n", "--pidfile=", "dicomqr", "--port", str(free_port()),
+                "--worklist-location", missing]
+        reactor.spawnProcess(process, peers.TWISTD[0], argv, env=peers.daemon_env(), path=cwd)
+        self.addCleanup(process.stop)
+        code = await process.exited
+        self.assertNotEqual(code, 0, process.output())
+        self.assertIn(f"--worklist-location/worklist_location {missing!r}: not a directory",
+                      process.output())
