@@ -98,8 +98,13 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["worklist-location", None, None, "answer Modality Worklist queries from the"
+                                          " *.wl files in this directory (default: no"
+                                          " worklist records)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
+        ["log-format", None, None, "text (the console format, default) or json (one"
+                                   " JSON object a line, for log shippers)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
@@ -126,7 +131,9 @@ class Options(usage.Options):
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
         "http": "http",
+        "log-format": "log_format",
         "store-transfer-syntax": "store_transfer_syntax",
+        "worklist-location": "worklist_location",
         "workers": "workers",
         "audit": "audit",
     }
@@ -176,9 +183,12 @@ class Options(usage.Options):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
-                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key"):
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
+            raise usage.UsageError(f"--worklist-location/worklist_location"
+                                   f" {cfg.worklist_location!r}: not a directory")
         if cfg.audit is not None:
             _check_audit(cfg)
         if cfg.http is not None:
@@ -336,13 +346,27 @@ class ArchiveService(service.Service):
         self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
                                      name="dicomtwist-pixels")
         self.factory = build_factory(settings, reactor, self.pool, self.index, self.pixel_pool)
-        #: The HTTP site (DICOMweb), with ``http`` set.
+        #: The Prometheus metrics (:mod:`dicomtwist.metrics`), kept only
+        #: when they are served (``http`` set): otherwise nobody listens
+        #: to the event bus.
+        self.metrics = None
+        #: The HTTP site (DICOMweb, /metrics, /healthz, /readyz), with
+        #: ``http`` set.
         self.site = None
         if settings.http is not None:
+            from dicomtwist.metrics import ArchiveMetrics
             from dicomtwist.web.site import build_site
 
+            factory = self.factory
+            self.metrics = ArchiveMetrics(
+                ae_titles=settings.metrics_ae_titles,
+                pools={"store": self.pool, "pixels": self.pixel_pool},
+                store=factory.store, index=self.index,
+                directory=settings.instance_location, reactor=reactor, pool=self.pool,
+                active=lambda: len(factory.active))
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store)
+                                   self.index, self.factory.store, metrics=self.metrics,
+                                   associations=lambda: len(self.factory.associations))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
         self.audit = None
@@ -350,6 +374,8 @@ class ArchiveService(service.Service):
             from dicomtwist.audit import trail
 
             self.audit = trail.build(reactor, settings)
+            if self.metrics is not None:
+                self.metrics.audit = self.audit
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -379,6 +405,8 @@ class ArchiveService(service.Service):
                       db=self.index.location)
         if self.audit is not None:
             self.audit.start()
+        if self.metrics is not None:
+            self.metrics.subscribe()
         if events.bus.observed:
             events.bus.publish(events.ApplicationStarted(
                 self.settings.ae_title, node_name(self.settings),
@@ -421,6 +449,8 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.metrics is not None:
+                self.metrics.unsubscribe()
             if self.audit is not None:
                 return self.audit.stop()
             return None
@@ -474,10 +504,18 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    from dicomtwist.services import qr as qr_module
     from dicomtwist.services.qr import QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    if settings.worklist_location is not None:
+        from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
+
+        worklist = Worklist(reactor, pool, settings.worklist_location)
+        finds = {uid: qr.handle_find for uid in (*qr_module.FIND_MODELS, *qr_module.EMPTY_FIND)}
+        finds[WORKLIST_FIND] = worklist.handle_find
+        handlers["find"] = by_sop_class(finds)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),

@@ -633,6 +633,46 @@ class TrailTests(SynchronousTestCase):
         self.assertEqual(participants(tls_failed)[1]["UserID"], "203.0.113.6")
         self.assertEqual(participants(login)[0]["UserID"], "alice")
 
+    def test_http_forbidden(self) -> None:
+        """An authenticated HTTP user refused a permission: Security Alert,
+        Use of Restricted Function, the user as performer."""
+        self.bus.publish(events.AuthenticationFailed("http", "192.0.2.1", "bob",
+                                                     "not permitted: delete"))
+        (root,) = self.sent()
+        self.assertEqual((self.event_id(root),
+                          root.find("EventIdentification/EventTypeCode").get("csd-code")),
+                         ("110113", "110132"))
+        self.assertEqual(participants(root)[1]["UserID"], "bob")
+        self.assertEqual(root.find("EventIdentification/EventOutcomeDescription").text,
+                         "bob: not permitted: delete")
+
+    def test_qido_query(self) -> None:
+        """A QIDO-RS query: identified by its URI, the requestor by address."""
+        uri = b"/dicom-web/studies?PatientID=AUDIT-1"
+        self.bus.publish(events.QueryPerformed("http", "192.0.2.1", "", "", "STUDY", uri, 1,
+                                               0, 0.01))
+        (root,) = self.sent()
+        sop = root.find("ParticipantObjectIdentification")
+        self.assertEqual((sop.get("ParticipantObjectID"),
+                          base64.b64decode(sop.find("ParticipantObjectQuery").text)),
+                         (uri.decode(), uri))
+        self.assertEqual(participants(root)[0]["UserID"], "192.0.2.1")
+
+    def test_wado_retrieve(self) -> None:
+        """A WADO-RS retrieve (no association, no AE titles): the client is
+        destination and requestor; both messages are valid."""
+        self.bus.publish(events.RetrieveStarted("http", "wado", "192.0.2.1", "", "",
+                                                "192.0.2.1", (STUDY,), (), 2))
+        self.bus.publish(events.RetrieveEnded("http", "wado", "192.0.2.1", "", "", "192.0.2.1",
+                                              (STUDY,), (), 2, 0, 0, 0, ("1.1", "1.2")))
+        begin, done = self.sent()
+        self.assertEqual([self.event_id(begin), self.event_id(done)], ["110102", "110104"])
+        self.assertEqual([(p["UserID"], p["UserIsRequestor"], p.get("role"))
+                          for p in participants(done)],
+                         [("QRSCP", "false", "110153"), ("192.0.2.1", "true", "110152")])
+        self.assertEqual(done.find("ParticipantObjectIdentification").get("ParticipantObjectID"),
+                         STUDY)
+
     def test_other_events_are_ignored(self) -> None:
         """Events the trail does not audit give no message."""
         self.bus.publish(events.AssociationAccepted(1, "127.0.0.1", 1234, "A", "B"))
@@ -645,6 +685,28 @@ class TrailTests(SynchronousTestCase):
         for _ in range(150):
             self.bus.publish(events.ApplicationStarted("QRSCP", "node"))
         self.assertEqual((len(self.trail.queue), self.trail.dropped), (100, 50))
+
+    def test_drop_count_metric(self) -> None:
+        """register_metrics exports the drop count as the Prometheus counter
+        dicomtwist_audit_messages_dropped_total, read at each scrape."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        registry = CollectorRegistry()
+        self.trail.register_metrics(registry)
+
+        def dropped() -> float:
+            text = generate_latest(registry).decode()
+            (family,) = text_string_to_metric_families(text)
+            (sample,) = family.samples
+            self.assertEqual((family.type, sample.name),
+                             ("counter", "dicomtwist_audit_messages_dropped_total"))
+            return sample.value
+
+        self.assertEqual(dropped(), 0.0)
+        for _ in range(103):
+            self.bus.publish(events.ApplicationStarted("QRSCP", "node"))
+        self.assertEqual(dropped(), 3.0)
 
     def test_stop_unsubscribes(self) -> None:
         """After stop, events give no messages and the sender is stopped."""

@@ -158,6 +158,19 @@ class AuditTrailTests(TestCase):
         self.assertEqual(code, 0, output)
         return output
 
+    async def store_two(self) -> None:
+        """storescu two CT instances of ``STUDY`` (patient AUDIT-1)."""
+        paths = []
+        for n in (1, 2):
+            ds = ct_dataset(16, PatientID="AUDIT-1", PatientName="Audit^Anna",
+                            StudyInstanceUID=STUDY, SeriesInstanceUID=STUDY + ".1",
+                            SOPInstanceUID=f"{STUDY}.1.{n}")
+            path = os.path.join(self.work, f"ct{n}.dcm")
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        await self.dcmtk("storescu", "-aet", "STORESCU", "-aec", "QRSCP", "127.0.0.1",
+                         str(self.port), *paths)
+
     async def stop(self, archive: peers.PeerProcess) -> None:
         """SIGTERM the daemon and wait for it to exit cleanly."""
         code = await archive.stop()
@@ -192,16 +205,7 @@ class AuditTrailTests(TestCase):
 
         # A store of two instances of one study: one message at the end of
         # the association.
-        paths = []
-        for n in (1, 2):
-            ds = ct_dataset(16, PatientID="AUDIT-1", PatientName="Audit^Anna",
-                            StudyInstanceUID=STUDY, SeriesInstanceUID=STUDY + ".1",
-                            SOPInstanceUID=f"{STUDY}.1.{n}")
-            path = os.path.join(self.work, f"ct{n}.dcm")
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
-        await self.dcmtk("storescu", "-aet", "STORESCU", "-aec", "QRSCP", "127.0.0.1",
-                         str(self.port), *paths)
+        await self.store_two()
         (_, stored), = await self.collector.wait_for(1, "110104")
         self.assertEqual(stored.find("EventIdentification").get("EventActionCode"), "C")
         source = stored.findall("ActiveParticipant")[0]
@@ -262,6 +266,42 @@ class AuditTrailTests(TestCase):
         await self.stop(archive)
         stopped = await self.collector.wait_for(2, "110100")
         self.assertEqual(event_type(stopped[1][1]), "110121")
+
+    @inline
+    async def test_dicomweb(self) -> None:
+        """QIDO-RS and WADO-RS requests (curl) are audited as Query, Begin
+        Transferring and Instances Transferred, the client by its address."""
+        await self.collector.start()
+        self.write_config()
+        http_port = free_port()
+        await peers.start_dicomqr(
+            self, reactor, self.cwd, self.config, self.port,
+            "--audit", f"udp:127.0.0.1:{self.collector.udp_port}",
+            "--http", f"tcp:{http_port}:interface=127.0.0.1")
+        await self.store_two()
+        await self.collector.wait_for(1, "110104")
+        base = f"http://127.0.0.1:{http_port}/dicom-web"
+        out, err, code = await peers.run_tool(reactor, "/usr/bin/curl", [
+            "-sf", f"{base}/studies?PatientID=AUDIT-1"])
+        self.assertEqual(code, 0, err)
+        (_, query), = await self.collector.wait_for(1, "110112")
+        queried = query.find("ParticipantObjectIdentification")
+        self.assertEqual(queried.get("ParticipantObjectID"),
+                         "/dicom-web/studies?PatientID=AUDIT-1")
+        self.assertEqual(query.find("ActiveParticipant").get("NetworkAccessPointID"),
+                         "127.0.0.1")
+        out, err, code = await peers.run_tool(reactor, "/usr/bin/curl", [
+            "-sf", "-o", os.path.join(self.work, "study.multipart"),
+            "-H", 'Accept: multipart/related; type="application/dicom"',
+            f"{base}/studies/{STUDY}"])
+        self.assertEqual(code, 0, err)
+        (_, begin), = await self.collector.wait_for(1, "110102")
+        self.assertEqual(begin.find("ParticipantObjectIdentification")
+                         .get("ParticipantObjectID"), STUDY)
+        sent = [r for _, r in await self.collector.wait_for(2, "110104")
+                if r.find("EventIdentification").get("EventActionCode") == "R"]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(sent[0].find("EventIdentification").get("EventOutcomeIndicator"), "0")
 
     @inline
     async def test_tls_collector(self) -> None:

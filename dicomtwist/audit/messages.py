@@ -49,6 +49,7 @@ APPLICATION_STOP = Code("110121", "DCM", "Application Stop")
 LOGIN = Code("110122", "DCM", "Login")
 # CID 403: Security Alert Type Code.
 NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
+USE_OF_RESTRICTED_FUNCTION = Code("110132", "DCM", "Use of Restricted Function")
 # CID 402: Audit Active Participant Role ID Code.
 APPLICATION = Code("110150", "DCM", "Application")
 DESTINATION = Code("110152", "DCM", "Destination Role ID")

@@ -5,7 +5,8 @@
 * ``ApplicationStarted`` / ``ApplicationStopped`` into Application Activity;
 * ``AssociationRejected`` and a failed TLS handshake (``AuthenticationFailed``
   by DIMSE) into Security Alert (Node Authentication); refused HTTP
-  credentials into User Authentication (Login, failed);
+  credentials into User Authentication (Login, failed), an HTTP request the
+  user may not make into Security Alert (Use of Restricted Function);
 * ``InstanceStored`` into DICOM Instances Transferred (action Create), one
   message for each study of an association, sent when it ends (instances
   stored by HTTP: one message each);
@@ -129,7 +130,6 @@ class AuditTrail:
         self._unsubscribe: Callable[[], None] | None = None
         self._stored: dict[tuple[int | None, str], _StoredStudy] = {}
         self._retrieves: dict[tuple[int | None, str], _Retrieve] = {}
-        self._collector: Any = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             events.ApplicationStarted: self._application_started,
             events.ApplicationStopped: self._application_stopped,
@@ -155,7 +155,6 @@ class AuditTrail:
     def start(self) -> Deferred[None]:
         """Subscribe to the bus and start the sender."""
         self._unsubscribe = self.bus.subscribe(self)
-        self._register_metric()
         return self.sender.start()
 
     def stop(self) -> Deferred[None]:
@@ -166,7 +165,6 @@ class AuditTrail:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._unregister_metric()
         return self.sender.stop()
 
     def __call__(self, event: Any) -> None:
@@ -209,6 +207,12 @@ class AuditTrail:
                    event.peer_host, words)
 
     def _authentication_failed(self, event: events.AuthenticationFailed) -> None:
+        if event.via == "http" and event.reason.startswith("not permitted"):
+            # Authenticated, but the user may not do this (HTTP 403).
+            performer = m.Participant(event.user or "-", True, None, (), event.peer_host)
+            self._emit(m.security_alert, m.MINOR_FAILURE, m.USE_OF_RESTRICTED_FUNCTION,
+                       performer, event.peer_host, f"{event.user}: {event.reason}")
+            return
         if event.via == "http":
             user = m.Participant(event.user or "-", True, None, (), event.peer_host)
             self._emit(m.user_authentication, m.MINOR_FAILURE, user,
@@ -312,39 +316,34 @@ class AuditTrail:
 
     # -- the drop counter in Prometheus ---------------------------------------
 
-    def _register_metric(self) -> None:
-        """Register ``dicomtwist_audit_messages_dropped_total`` with
-        prometheus-client's default registry, when it is installed."""
-        try:
-            from prometheus_client import REGISTRY
-            from prometheus_client.core import CounterMetricFamily
-        except ImportError:
-            return
-        trail = self
+    def register_metrics(self, registry: Any) -> None:
+        """Register ``dicomtwist_audit_messages_dropped_total`` (a counter
+        read from :attr:`dropped` at each scrape) with a prometheus-client
+        ``CollectorRegistry``: the archive's own, the one ``/metrics``
+        serves."""
+        registry.register(_DroppedCollector(self))
 
-        class DroppedCollector:
-            def collect(self) -> Any:
-                family = CounterMetricFamily(
-                    "dicomtwist_audit_messages_dropped",
-                    "Audit messages dropped: queue full or collector unable to take them")
-                family.add_metric([], trail.dropped)
-                yield family
 
-        collector = DroppedCollector()
-        try:
-            REGISTRY.register(collector)
-        except ValueError:
-            # Another trail (or the metrics module) registered it already.
-            return
-        self._collector = collector
+class _DroppedCollector:
+    """A prometheus-client collector of the trail's drop count."""
 
-    def _unregister_metric(self) -> None:
-        if self._collector is None:
-            return
-        from prometheus_client import REGISTRY
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
 
-        REGISTRY.unregister(self._collector)
-        self._collector = None
+    def describe(self) -> list[Any]:
+        """The family, for the registry's duplicate check (without a scrape)."""
+        return list(self.collect())
+
+    def collect(self) -> Any:
+        """The counter, now."""
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "dicomtwist_audit_messages_dropped",
+            "Audit messages dropped: the queue was full, or the collector could"
+            " not take them")
+        family.add_metric([], self.trail.dropped)
+        yield family
 
 
 def build(reactor: Any, settings: Any) -> AuditTrail:

@@ -58,7 +58,8 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
-#: reference does): the archive holds no scheduled work.
+#: reference does), unless a worklist directory is configured
+#: (:mod:`dicomtwist.services.worklist` then answers the worklist).
 EMPTY_FIND = frozenset({"1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.34.6.3"})
 
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
@@ -223,7 +224,7 @@ class QueryRetrieve:
         final = progress.final(request.cancelled)
         if retrieve is not None:
             events.bus.publish(events.RetrieveEnded(
-                "dimse", retrieve.service, retrieve.peer_host, retrieve.calling_ae,
+                retrieve.via, retrieve.service, retrieve.peer_host, retrieve.calling_ae,
                 retrieve.destination_ae, retrieve.destination_host,
                 retrieve.study_instance_uids, retrieve.patient_ids, progress.completed,
                 progress.failed, progress.warning, int(final.status), tuple(progress.sent),
@@ -232,7 +233,11 @@ class QueryRetrieve:
 
     async def _move_runs(self, request: ServiceRequest, destination: Any, records: list[Any],
                          progress: "_Progress") -> AsyncIterator[Response]:
-        originator = (request.association.peer_ae_title, request.message.message_id)
+        # A send started from the web page (dicomtwist.web.api) has no
+        # requesting association, hence no Move Originator (PS3.7 9.1.1.1).
+        requestor = request.association
+        originator = (None if requestor is None
+                      else (requestor.peer_ae_title, request.message.message_id))
         lossy = getattr(destination, "lossy", False)
         order = getattr(destination, "preference", DEFAULT_ORDER)
         for batch in _batches(records, lossy, order):
@@ -415,7 +420,15 @@ def _retrieve_event(request: ServiceRequest, destination: Any,
     """The :class:`~dicomtwist.events.RetrieveStarted` of a C-MOVE (to
     ``destination``) or C-GET (back to the requestor)."""
     assoc = request.association
-    peer_host = assoc.log_fields.get("peer_host", "")
+    if assoc is None:
+        # A send from the web page (dicomtwist.web.api): an HTTP client
+        # asked, by user name if it gave one.
+        via, peer_host, calling = "http", getattr(request, "peer_host", ""), ""
+        association_id = None
+    else:
+        via, peer_host, calling = "dimse", assoc.log_fields.get("peer_host", ""), \
+            assoc.peer_ae_title
+        association_id = assoc.association_id
     try:
         identifier = request.dataset()
         studies = _values(identifier.get("StudyInstanceUID"))
@@ -425,9 +438,9 @@ def _retrieve_event(request: ServiceRequest, destination: Any,
     if destination is not None:
         service, dest_ae, dest_host = "move", destination.ae_title, destination.address
     else:
-        service, dest_ae, dest_host = "get", assoc.peer_ae_title, peer_host
-    return events.RetrieveStarted("dimse", service, peer_host, assoc.peer_ae_title, dest_ae,
-                                  dest_host, studies, patients, count, assoc.association_id)
+        service, dest_ae, dest_host = "get", calling, peer_host
+    return events.RetrieveStarted(via, service, peer_host, calling, dest_ae, dest_host,
+                                  studies, patients, count, association_id)
 
 
 def _values(value: Any) -> tuple[str, ...]:
