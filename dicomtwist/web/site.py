@@ -136,6 +136,13 @@ class _Shared(Resource):
     def render(self, request: Any) -> Any:
         return self.leaf.render(request)
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else is the leaf's: the branch stands in for it.
+        leaf = self.__dict__.get("leaf")
+        if leaf is None:
+            raise AttributeError(name)
+        return getattr(leaf, name)
+
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
                index: Any, store: Any, metrics: Any = None,
