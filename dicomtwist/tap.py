@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 
 import dicomtwist
 from dicomtwist import config as configuration
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist import logs
 from dicomtwist import tls
@@ -97,11 +98,19 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["worklist-location", None, None, "answer Modality Worklist queries from the"
+                                          " *.wl files in this directory (default: no"
+                                          " worklist records)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
+        ["log-format", None, None, "text (the console format, default) or json (one"
+                                   " JSON object a line, for log shippers)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
+        ["audit", None, None, "send DICOM audit messages (PS3.15 A.5) to udp:HOST:PORT or"
+                              " tls:HOST:PORT (syslog), or append them to file:PATH"
+                              " (default: no audit trail)"],
     ]
 
     #: Option name -> Config attribute.
@@ -122,8 +131,11 @@ class Options(usage.Options):
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
         "http": "http",
+        "log-format": "log_format",
         "store-transfer-syntax": "store_transfer_syntax",
+        "worklist-location": "worklist_location",
         "workers": "workers",
+        "audit": "audit",
     }
 
     def __init__(self) -> None:
@@ -170,9 +182,15 @@ class Options(usage.Options):
         if not cfg.database_location.startswith(("postgresql://", "postgres://")):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
-        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
+        for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
+            raise usage.UsageError(f"--worklist-location/worklist_location"
+                                   f" {cfg.worklist_location!r}: not a directory")
+        if cfg.audit is not None:
+            _check_audit(cfg)
         if cfg.http is not None:
             _check_http(cfg)
         if cfg.workers > 1:
@@ -194,6 +212,24 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--listen/listen {description!r}: {e}") from None
         self["settings"] = cfg
         self["level"] = level
+
+
+def _check_audit(cfg: configuration.Config) -> None:
+    """Check the audit trail's destination (and TLS files) now.
+
+    :raises usage.UsageError: naming ``audit`` and what is wrong.
+    """
+    from dicomtwist.audit.trail import parse_destination
+
+    try:
+        destination = parse_destination(cfg.audit)
+        if destination.kind == "file":
+            cfg.audit = "file:" + os.path.abspath(destination.path)
+        elif destination.kind == "tls":
+            tls.client_options(destination.host, cfg.audit_tls_ca, cfg.audit_tls_cert,
+                               cfg.audit_tls_key)
+    except ValueError as e:
+        raise usage.UsageError(f"--audit/audit {cfg.audit!r}: {e}") from None
 
 
 def _check_workers(cfg: configuration.Config) -> None:
@@ -247,11 +283,13 @@ def supported_contexts() -> dict[str, list[str]]:
     """Every abstract syntax we accept and its transfer syntaxes.
 
     Storage and Verification take all sixteen transfer syntaxes of the
-    spec (data sets are stored as received); the query/retrieve, worklist
-    and UPS classes take the uncompressed ones.
+    spec (data sets are stored as received); the query/retrieve, worklist,
+    UPS, Storage Commitment and MPPS classes take the uncompressed ones.
     """
     from dicomtwist import sopclasses
     from dicomtwist.services import qr
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT
+    from dicomtwist.services.mpps import MPPS
 
     # Explicit VR Little Endian first: it keeps the VRs of private elements.
     explicit = "1.2.840.10008.1.2.1"
@@ -262,7 +300,8 @@ def supported_contexts() -> dict[str, list[str]]:
     for uid in sopclasses.STORAGE_SOP_CLASSES:
         contexts[uid] = storage
     contexts[sopclasses.VERIFICATION] = storage
-    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND):
+    for uid in (*qr.FIND_MODELS, *qr.MOVE_MODELS, *qr.GET_MODELS, *qr.EMPTY_FIND,
+                STORAGE_COMMITMENT, MPPS):
         contexts[uid] = uncompressed
     return contexts
 
@@ -307,13 +346,36 @@ class ArchiveService(service.Service):
         self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
                                      name="dicomtwist-pixels")
         self.factory = build_factory(settings, reactor, self.pool, self.index, self.pixel_pool)
-        #: The HTTP site (DICOMweb), with ``http`` set.
+        #: The Prometheus metrics (:mod:`dicomtwist.metrics`), kept only
+        #: when they are served (``http`` set): otherwise nobody listens
+        #: to the event bus.
+        self.metrics = None
+        #: The HTTP site (DICOMweb, /metrics, /healthz, /readyz), with
+        #: ``http`` set.
         self.site = None
         if settings.http is not None:
+            from dicomtwist.metrics import ArchiveMetrics
             from dicomtwist.web.site import build_site
 
+            factory = self.factory
+            self.metrics = ArchiveMetrics(
+                ae_titles=settings.metrics_ae_titles,
+                pools={"store": self.pool, "pixels": self.pixel_pool},
+                store=factory.store, index=self.index,
+                directory=settings.instance_location, reactor=reactor, pool=self.pool,
+                active=lambda: len(factory.active))
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store)
+                                   self.index, self.factory.store, metrics=self.metrics,
+                                   associations=lambda: len(self.factory.associations))
+        #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
+        #: its ``dropped`` counts the messages it lost.
+        self.audit = None
+        if settings.audit is not None:
+            from dicomtwist.audit import trail
+
+            self.audit = trail.build(reactor, settings)
+            if self.metrics is not None:
+                self.metrics.audit = self.audit
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -332,16 +394,34 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
+        # Storage commitment requests left outstanding are reported now.
+        self.factory.commitment.start().addErrback(
+            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                       " requests", f))
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
                       aet=self.settings.ae_title, dir=self.settings.instance_location,
                       db=self.index.location)
+        if self.audit is not None:
+            self.audit.start()
+        if self.metrics is not None:
+            self.metrics.subscribe()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStarted(
+                self.settings.ae_title, node_name(self.settings),
+                tuple(listen_descriptions(self.settings))
+                + ((self.settings.http,) if self.settings.http else ())))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
         super().stopService()
+        if events.bus.observed:
+            events.bus.publish(events.ApplicationStopped(self.settings.ae_title,
+                                                         node_name(self.settings)))
         from twisted.internet import defer
+
+        self.factory.commitment.stop()
 
         associations = list(self.factory.associations)
         if associations:
@@ -369,6 +449,11 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.metrics is not None:
+                self.metrics.unsubscribe()
+            if self.audit is not None:
+                return self.audit.stop()
+            return None
 
         waiting.addBoth(done)
         return waiting
@@ -419,10 +504,18 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    from dicomtwist.services import qr as qr_module
     from dicomtwist.services.qr import EXTENDED_NEGOTIATION, QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    if settings.worklist_location is not None:
+        from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
+
+        worklist = Worklist(reactor, pool, settings.worklist_location)
+        finds = {uid: qr.handle_find for uid in (*qr_module.FIND_MODELS, *qr_module.EMPTY_FIND)}
+        finds[WORKLIST_FIND] = worklist.handle_find
+        handlers["find"] = by_sop_class(finds)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),
@@ -436,6 +529,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
                     for service, handler in handlers.items()}
+    commitment, normalized = _normalized_services(settings, reactor, pool, index, policy)
+    handlers.update(normalized)
     factory = AcceptorFactory(reactor, policy, handlers, sink_for=store.sink_for,
                               acse_timeout=settings.acse_timeout or 30.0,
                               dimse_timeout=settings.dimse_timeout,
@@ -443,7 +538,55 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                               max_associations=settings.max_associations)
     #: The store pipeline, shared with STOW-RS.
     factory.store = store
+    #: The Storage Commitment SCP (started and stopped with the archive).
+    factory.commitment = commitment
     return factory
+
+
+def _normalized_services(settings: configuration.Config, reactor: Any, pool: ThreadPool,
+                         index: Any, policy: AcceptorPolicy) -> tuple[Any, dict[str, Any]]:
+    """The DIMSE-N services: Storage Commitment (N-ACTION) and MPPS
+    (N-CREATE, N-SET), by handler name, each routed by SOP class; a peer's
+    ``permissions`` name them ``commitment`` and ``mpps``.
+
+    :returns: the Storage Commitment service and the handlers.
+    """
+    from dicomtwist.services.commitment import STORAGE_COMMITMENT, StorageCommitment
+    from dicomtwist.services.mpps import MPPS, ModalityPerformedProcedureStep
+
+    commitment = StorageCommitment(reactor, pool, index, settings, settings.instance_location)
+    mpps = ModalityPerformedProcedureStep(reactor, pool, settings.instance_location)
+    routes: dict[str, dict[str, Any]] = {
+        "n-action": {STORAGE_COMMITMENT: ("commitment", commitment.handle_action)},
+        "n-create": {MPPS: ("mpps", mpps.handle_create)},
+        "n-set": {MPPS: ("mpps", mpps.handle_set)},
+        "n-get": {}, "n-delete": {}, "n-event-report": {},
+    }
+    handlers = {}
+    for name, by_class in routes.items():
+        if settings.peers:
+            by_class = {uid: (permission, authorized(policy.access, permission, handler))
+                        for uid, (permission, handler) in by_class.items()}
+        handlers[name] = by_sop_class({uid: h for uid, (_, h) in by_class.items()})
+    return commitment, handlers
+
+
+def by_sop_class(handlers: dict[str, Any]) -> Any:
+    """One handler for a DIMSE-N service that the SOP class's own handler
+    serves; a SOP class that does not offer the operation (an N-GET of
+    MPPS, any N-EVENT-REPORT to the archive) gets 0x0211 "Unrecognized
+    Operation" (PS3.7 Annex C)."""
+    def route(request: Any) -> Any:
+        message = request.message
+        sop_class = (getattr(message, "affected_sop_class_uid", None)
+                     or getattr(message, "requested_sop_class_uid", None))
+        handler = handlers.get(sop_class)
+        if handler is None:
+            raise DIMSEServiceError(Status.UNRECOGNIZED_OPERATION,
+                                    f"{message.NAME[:-3]} not offered for {sop_class}"[:64])
+        return handler(request)
+
+    return route
 
 
 _access_log = dlog.logger()
