@@ -232,6 +232,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "workers": (_count, 1),
     # Compression on ingest (docs/user-guide.md).
     "store_transfer_syntax": (_store_syntax, None),
+    # Modality Worklist items (*.wl files; docs/user-guide.md).
+    "worklist_location": (_optional_text, None),
     # Access control (docs/security.md).
     "require_called_aet": (_boolean, False),
     "allowed_calling_aets": (access.parse_ae_titles, None),
@@ -295,6 +297,9 @@ class Config:
     #: A lossless syntax to store uncompressed instances in (None: as
     #: received).
     store_transfer_syntax: str | None = None
+    #: The directory of Modality Worklist items (``*.wl`` files); None:
+    #: the worklist answers no records.
+    worklist_location: str | None = None
     #: Refuse a called AE title other than ``ae_title`` (reason 7).
     require_called_aet: bool = False
     #: Only these calling AE titles may associate (None: anyone; reason 3).

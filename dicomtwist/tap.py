@@ -98,6 +98,9 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["worklist-location", None, None, "answer Modality Worklist queries from the"
+                                          " *.wl files in this directory (default: no"
+                                          " worklist records)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
         ["log-format", None, None, "text (the console format, default) or json (one"
@@ -130,6 +133,7 @@ class Options(usage.Options):
         "http": "http",
         "log-format": "log_format",
         "store-transfer-syntax": "store_transfer_syntax",
+        "worklist-location": "worklist_location",
         "workers": "workers",
         "audit": "audit",
     }
@@ -186,9 +190,12 @@ class Options(usage.Options):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
-                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key"):
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
+            raise usage.UsageError(f"--worklist-location/worklist_location"
+                                   f" {cfg.worklist_location!r}: not a directory")
         if cfg.audit is not None:
             _check_audit(cfg)
         if cfg.http is not None:
@@ -505,10 +512,18 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    from dicomtwist.services import qr as qr_module
     from dicomtwist.services.qr import QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    if settings.worklist_location is not None:
+        from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
+
+        worklist = Worklist(reactor, pool, settings.worklist_location)
+        finds = {uid: qr.handle_find for uid in (*qr_module.FIND_MODELS, *qr_module.EMPTY_FIND)}
+        finds[WORKLIST_FIND] = worklist.handle_find
+        handlers["find"] = by_sop_class(finds)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),
