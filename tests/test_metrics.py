@@ -196,6 +196,36 @@ class EventCountTests(SynchronousTestCase):
         self.assertGreater(value(m, "dicomtwist_instance_directory_free_bytes"), 0)
 
 
+class CacheTests(SynchronousTestCase):
+    """Index counts are read again after LEVELS_TTL or once an instance is stored."""
+
+    def test_cached(self) -> None:
+        """Two scrapes within the TTL count once; a store or the TTL reads again."""
+        from dicomtwist.metrics import LEVELS_TTL
+
+        counted: list[str] = []
+
+        class Counting:
+            def count(self, level: str) -> int:
+                counted.append(level)
+                return 1
+
+        now = [100.0]
+        m = ArchiveMetrics(index=Counting(), reactor=InlineReactor(), pool=InlinePool(),
+                           clock=lambda: now[0])
+        self.successResultOf(m.refresh())
+        self.assertEqual(counted, ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 4)
+        m.observe(events.InstanceStored("dimse", "h", "A", "1.2", "1.3", "1.4", "P", "N", 1))
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 8)
+        now[0] += LEVELS_TTL
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 12)
+        self.assertEqual(value(m, "dicomtwist_index_entities", level="series"), 1)
+
+
 def samples_has(metrics: ArchiveMetrics, name: str, **labels: str) -> bool:
     """Whether the exposition has the sample at all."""
     from prometheus_client import generate_latest
