@@ -191,7 +191,13 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
             return e
         return None
 
-    return _site(root, limits, reactor, body_sink=body_sink_for(context, authorize))
+    site = _site(root, limits, reactor, body_sink=body_sink_for(context, authorize))
+    # The metrics' route of a request no resource named, by its first path
+    # segment (bounded: these, else "other").
+    site.routes = {b"": "ui", b"ui": "ui", b"favicon.ico": "ui", b"api": "api",
+                   **{path.strip("/").split("/")[0].encode("utf-8"): "static"
+                      for path, _ in static_mounts(settings.http_static) if path != "/"}}
+    return site
 
 
 class _HeaderOnly:
