@@ -402,10 +402,9 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
-        # Storage commitment requests left outstanding are reported now.
-        self.factory.commitment.start().addErrback(
-            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
-                                       " requests", f))
+        # Storage commitment requests left outstanding are reported once
+        # the reactor runs.
+        self.reactor.callWhenRunning(self._start_commitment)
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -420,6 +419,12 @@ class ArchiveService(service.Service):
                 self.settings.ae_title, node_name(self.settings),
                 tuple(listen_descriptions(self.settings))
                 + ((self.settings.http,) if self.settings.http else ())))
+
+    def _start_commitment(self) -> None:
+        if self.running:
+            self.factory.commitment.start().addErrback(
+                lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                           " requests", f))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
