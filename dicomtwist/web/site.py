@@ -204,6 +204,7 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     # The metrics' route of a request no resource named, by its first path
     # segment (bounded: these, else "other").
     site.routes = {b"": "ui", b"ui": "ui", b"favicon.ico": "ui", b"api": "api",
+                   b"worklist": "worklist",
                    **{path.strip("/").split("/")[0].encode("utf-8"): "static"
                       for path, _ in static_mounts(settings.http_static) if path != "/"}}
     return site
