@@ -77,6 +77,15 @@ class ItemTests(WorklistHttpCase):
         self.assertEqual(got.header("content-type"), "application/dicom+json")
         self.assertEqual(got.json()["00100020"], {"vr": "LO", "Value": ["P1"]})
 
+    def test_file_meta_kept_out(self) -> None:
+        """File meta elements in the body do not go into the data set."""
+        body = extra_items()["ct-morning.wl"].to_json_dict()
+        body["00020010"] = {"vr": "UI", "Value": ["1.2.840.10008.1.2"]}
+        self.assertEqual(self.call("PUT", "/m.wl", json.dumps(body).encode()).code, 201)
+        written = self.items()["m.wl"]
+        self.assertNotIn(0x00020010, written)
+        self.assertEqual(written.file_meta.TransferSyntaxUID, "1.2.840.10008.1.2.1")
+
     def test_array_of_one(self) -> None:
         """An array holding one data set is taken as that data set."""
         body = json.dumps([extra_items()["ct-morning.wl"].to_json_dict()]).encode()

@@ -52,7 +52,7 @@ from struct import error as struct_error
 from typing import Any, AsyncIterator
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -501,8 +501,6 @@ def _value_problem(element: DataElement, charset: bool) -> str | None:
 
 def expansion(sequence: int) -> Dataset:
     """The item an empty sequence of a query expands to."""
-    from pydicom.datadict import dictionary_VR
-
     item = Dataset()
     for keyword in EXPANSIONS[sequence]:
         tag = _tag(keyword)
@@ -854,6 +852,8 @@ def save_item(directory: str, name: str, item: Dataset) -> bool:
     problem = incomplete(item)
     if problem:
         raise ValueError(f"the item is incomplete: {problem}")
+    # File meta information belongs in the header, not in the data set.
+    item = Dataset({tag: element for tag, element in item.items() if tag >> 16 != 0x0002})
     explicit = "1.2.840.10008.1.2.1"
     try:
         data = encode_dataset(item, explicit)

@@ -180,7 +180,7 @@ class WorklistResource(Resource):
         if not segments:
             _allow(method, "GET", "POST")
             if method == "GET":
-                return await self.list(request)
+                return await self.all_items(request)
             return await self.save(request, None)
         if len(segments) == 1 and worklist.is_item_name(segments[0]):
             _allow(method, "GET", "PUT", "DELETE")
@@ -191,7 +191,7 @@ class WorklistResource(Resource):
             return await self.remove(request, segments[0])
         raise HttpError(404, "no such worklist item (names are *.wl, no directory)")
 
-    async def list(self, request: server.Request) -> None:
+    async def all_items(self, request: server.Request) -> None:
         """``GET /worklist``."""
         self.authorize(request, "query")
         items, _ = await self.context.run(self._items)
