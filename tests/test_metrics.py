@@ -411,6 +411,46 @@ class OpsHttpTests(WebTestCase):
                                 (("level", "STUDY"), ("outcome", "success"),
                                  ("via", "http")))], 1)
 
+    def test_stow_and_wado_counted(self) -> None:
+        """A STOW-RS store and a WADO-RS retrieve move the HTTP store and sent
+        counters; the web page's paths count under route "ui"."""
+        from pydicom import dcmread
+
+        from tests.test_dicomweb import CT, file_bytes
+
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        self.config.http_tokens = None
+        self.site = build_site(self.config, self.reactor, self.pool, self.pool, self.index,
+                               self.store, metrics=self.metrics)
+        from treq.client import HTTPClient
+        from treq.testing import RequestTraversalAgent
+
+        from tests.test_dicomweb import body_producer
+
+        self.agent = RequestTraversalAgent(self.site.resource)
+        self.agent._serverFactory = self.site
+        self.client = HTTPClient(self.agent, data_to_body_producer=body_producer)
+        response = self.stow([("application/dicom", file_bytes(CT))])
+        self.assertEqual(response.code, 200, response.body)
+        study = dcmread(CT).StudyInstanceUID
+        response = self.get(f"/studies/{study}", accept="multipart/related;"
+                            " type=\"application/dicom\"")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.get("http://127.0.0.1/ui/no-such-file.js").code, 404)
+        found = samples(self.get("http://127.0.0.1/metrics", **auth).body.decode())
+        self.assertEqual(found[("dicomtwist_instances_stored_total",
+                                (("calling_ae", ""), ("via", "http")))], 1)
+        self.assertEqual(found[("dicomtwist_instances_sent_total", (("via", "http"),))], 1)
+        self.assertEqual(found[("dicomtwist_sent_bytes_total", (("via", "http"),))],
+                         os.path.getsize(self.stored_path(dcmread(CT).SOPInstanceUID)))
+        self.assertEqual(found[("dicomtwist_retrieves_total",
+                                (("outcome", "success"), ("service", "wado")))], 1)
+        for route, method, code in (("stow", "POST", "200"), ("wado", "GET", "200"),
+                                    ("ui", "GET", "404")):
+            self.assertEqual(found[("dicomtwist_http_requests_total",
+                                    (("code", code), ("method", method),
+                                     ("route", route)))], 1, route)
+
     def test_health(self) -> None:
         """/healthz answers ok without credentials; /readyz ready."""
         response = self.get("http://127.0.0.1/healthz")

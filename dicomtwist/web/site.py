@@ -200,7 +200,14 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
         root = _place(root, worklist.PATH, worklist.WorklistResource(
             context, settings.worklist_location, dicomweb.authorize))
         chooser = worklist.chain(worklist.body_sink, chooser)
-    return _site(root, limits, reactor, body_sink=chooser)
+    site = _site(root, limits, reactor, body_sink=chooser)
+    # The metrics' route of a request no resource named, by its first path
+    # segment (bounded: these, else "other").
+    site.routes = {b"": "ui", b"ui": "ui", b"favicon.ico": "ui", b"api": "api",
+                   b"worklist": "worklist",
+                   **{path.strip("/").split("/")[0].encode("utf-8"): "static"
+                      for path, _ in static_mounts(settings.http_static) if path != "/"}}
+    return site
 
 
 class _HeaderOnly:
