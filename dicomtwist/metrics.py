@@ -14,8 +14,8 @@ AE title is a label value only when it is listed in ``metrics_ae_titles``
 
 Index counts and free space need the file system or the database: they
 are refreshed off the reactor (:meth:`ArchiveMetrics.refresh`, in the
-thread pool) and kept for :data:`LEVELS_TTL` seconds; collecting never
-blocks.
+thread pool, before a scrape is answered) and kept for :data:`LEVELS_TTL`
+seconds, or until an instance is stored; collecting never blocks.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class ArchiveMetrics:
         self.levels: dict[str, int] = {}
         self.free_bytes: int | None = None
         self._levels_at: float | None = None
+        #: An instance was stored since the counts were read.
+        self._stale = False
         #: Who waits for the refresh running now (None: none runs).
         self._waiters: list[Deferred] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -243,6 +245,7 @@ class ArchiveMetrics:
         self.operation_seconds.labels(service).observe(e.seconds)
 
     def _stored(self, e: events.InstanceStored) -> None:
+        self._stale = True
         via = _via(e.via)
         self.instances_stored.labels(via, self._ae(e.calling_ae)).inc()
         self.bytes_stored.labels(via).inc(e.size)
@@ -295,12 +298,14 @@ class ArchiveMetrics:
             self._waiters.append(waiter)
             return waiter
         now = self._clock()
-        if self._levels_at is not None and now - self._levels_at < LEVELS_TTL:
+        if (not self._stale and self._levels_at is not None
+                and now - self._levels_at < LEVELS_TTL):
             return succeed(None)
         if self.pool is None or (self.index is None and self.directory is None):
             return succeed(None)
         waiter = Deferred()
         self._waiters = [waiter]
+        self._stale = False
         deferToThreadPool(self.reactor, self.pool, self._read_levels).addBoth(self._refreshed)
         return waiter
 

@@ -196,6 +196,36 @@ class EventCountTests(SynchronousTestCase):
         self.assertGreater(value(m, "dicomtwist_instance_directory_free_bytes"), 0)
 
 
+class CacheTests(SynchronousTestCase):
+    """Index counts are read again after LEVELS_TTL or once an instance is stored."""
+
+    def test_cached(self) -> None:
+        """Two scrapes within the TTL count once; a store or the TTL reads again."""
+        from dicomtwist.metrics import LEVELS_TTL
+
+        counted: list[str] = []
+
+        class Counting:
+            def count(self, level: str) -> int:
+                counted.append(level)
+                return 1
+
+        now = [100.0]
+        m = ArchiveMetrics(index=Counting(), reactor=InlineReactor(), pool=InlinePool(),
+                           clock=lambda: now[0])
+        self.successResultOf(m.refresh())
+        self.assertEqual(counted, ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 4)
+        m.observe(events.InstanceStored("dimse", "h", "A", "1.2", "1.3", "1.4", "P", "N", 1))
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 8)
+        now[0] += LEVELS_TTL
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 12)
+        self.assertEqual(value(m, "dicomtwist_index_entities", level="series"), 1)
+
+
 def samples_has(metrics: ArchiveMetrics, name: str, **labels: str) -> bool:
     """Whether the exposition has the sample at all."""
     from prometheus_client import generate_latest
@@ -380,6 +410,46 @@ class OpsHttpTests(WebTestCase):
         self.assertEqual(found[("dicomtwist_queries_total",
                                 (("level", "STUDY"), ("outcome", "success"),
                                  ("via", "http")))], 1)
+
+    def test_stow_and_wado_counted(self) -> None:
+        """A STOW-RS store and a WADO-RS retrieve move the HTTP store and sent
+        counters; the web page's paths count under route "ui"."""
+        from pydicom import dcmread
+
+        from tests.test_dicomweb import CT, file_bytes
+
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        self.config.http_tokens = None
+        self.site = build_site(self.config, self.reactor, self.pool, self.pool, self.index,
+                               self.store, metrics=self.metrics)
+        from treq.client import HTTPClient
+        from treq.testing import RequestTraversalAgent
+
+        from tests.test_dicomweb import body_producer
+
+        self.agent = RequestTraversalAgent(self.site.resource)
+        self.agent._serverFactory = self.site
+        self.client = HTTPClient(self.agent, data_to_body_producer=body_producer)
+        response = self.stow([("application/dicom", file_bytes(CT))])
+        self.assertEqual(response.code, 200, response.body)
+        study = dcmread(CT).StudyInstanceUID
+        response = self.get(f"/studies/{study}", accept="multipart/related;"
+                            " type=\"application/dicom\"")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.get("http://127.0.0.1/ui/no-such-file.js").code, 404)
+        found = samples(self.get("http://127.0.0.1/metrics", **auth).body.decode())
+        self.assertEqual(found[("dicomtwist_instances_stored_total",
+                                (("calling_ae", ""), ("via", "http")))], 1)
+        self.assertEqual(found[("dicomtwist_instances_sent_total", (("via", "http"),))], 1)
+        self.assertEqual(found[("dicomtwist_sent_bytes_total", (("via", "http"),))],
+                         os.path.getsize(self.stored_path(dcmread(CT).SOPInstanceUID)))
+        self.assertEqual(found[("dicomtwist_retrieves_total",
+                                (("outcome", "success"), ("service", "wado")))], 1)
+        for route, method, code in (("stow", "POST", "200"), ("wado", "GET", "200"),
+                                    ("ui", "GET", "404")):
+            self.assertEqual(found[("dicomtwist_http_requests_total",
+                                    (("code", code), ("method", method),
+                                     ("route", route)))], 1, route)
 
     def test_health(self) -> None:
         """/healthz answers ok without credentials; /readyz ready."""

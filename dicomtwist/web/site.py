@@ -13,7 +13,9 @@ configuration) is given; nothing listens otherwise.  The tree:
   JSON API (:mod:`dicomtwist.web.api`) at ``/api``.  An ``http_static``
   directory mounted at ``/`` takes ``/``; the page stays at ``/ui/``;
 - ``/api/mpps``: the performed procedure steps (:mod:`dicomtwist.web.mpps`),
-  beside the page's API.
+  beside the page's API;
+- with ``worklist_location``, the worklist items at ``/worklist``
+  (:mod:`dicomtwist.web.worklist`).
 """
 
 from __future__ import annotations
@@ -191,7 +193,21 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
             return e
         return None
 
-    return _site(root, limits, reactor, body_sink=body_sink_for(context, authorize))
+    chooser = body_sink_for(context, authorize)
+    if getattr(settings, "worklist_location", None) is not None:
+        from dicomtwist.web import worklist
+
+        root = _place(root, worklist.PATH, worklist.WorklistResource(
+            context, settings.worklist_location, dicomweb.authorize))
+        chooser = worklist.chain(worklist.body_sink, chooser)
+    site = _site(root, limits, reactor, body_sink=chooser)
+    # The metrics' route of a request no resource named, by its first path
+    # segment (bounded: these, else "other").
+    site.routes = {b"": "ui", b"ui": "ui", b"favicon.ico": "ui", b"api": "api",
+                   b"worklist": "worklist",
+                   **{path.strip("/").split("/")[0].encode("utf-8"): "static"
+                      for path, _ in static_mounts(settings.http_static) if path != "/"}}
+    return site
 
 
 class _HeaderOnly:
