@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -24,13 +24,19 @@ from twisted.python.threadpool import ThreadPool
 import dicomtwist
 from dicomtwist import config as configuration
 from dicomtwist import log as dlog
-from dicomtwist import logs
-from dicomtwist import tls
+from dicomtwist import logs, optional
 from dicomtwist.access import AccessRules, is_permitted
-from dicomtwist.acse import AcceptorPolicy
-from dicomtwist.association import AcceptorFactory
 from dicomtwist.errors import DicomError, DIMSEServiceError
 from dicomtwist.status import Status
+
+if TYPE_CHECKING:
+    from dicomtwist import tls
+    from dicomtwist.association import AcceptorFactory
+
+# This module is imported when twistd lists its plugins, before the
+# options are known: Twisted's transports and pydicom are imported by
+# optional.load() in postOptions, without the libraries the
+# configuration does not use, so nothing above may import them.
 
 #: Single-dash long options of the spec, and what they mean.
 SHORT_FORMS = {
@@ -173,6 +179,7 @@ class Options(usage.Options):
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        optional.load(tls=optional.needs_tls(cfg), pixels=optional.needs_pixels(cfg))
         if cfg.http is not None:
             _check_http(cfg)
         if cfg.workers > 1:
@@ -185,6 +192,8 @@ class Options(usage.Options):
                     f"store_transfer_syntax {cfg.store_transfer_syntax}: no encoder installed"
                     " for it (JPEG Lossless SV1 needs the gdcm extra: pip install"
                     " '.[gdcm]')")
+        from dicomtwist import tls
+
         for description in listen_descriptions(cfg):
             try:
                 # Builds the TLS contexts too: a missing or bad file is
@@ -406,6 +415,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     :param pixel_pool: where transcoding runs (default: ``pool``).
     """
     from dicomtwist import sopclasses
+    from dicomtwist.acse import AcceptorPolicy
+    from dicomtwist.association import AcceptorFactory
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
@@ -473,6 +484,8 @@ def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
 
 def listen_defaults(settings: configuration.Config) -> tls.ListenDefaults:
     """What ``ssl:`` descriptions leave out: ``tls_cert``, ``tls_key``, ``tls_ca``."""
+    from dicomtwist import tls
+
     return tls.ListenDefaults(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
@@ -524,6 +537,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         for (fd, family), factory in zip(inherited, factories):
             workers.AdoptedPortService(reactor, fd, family, factory).setServiceParent(top)
         return top
+    from dicomtwist import tls
+
     for description in listen_descriptions(settings):
         endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
         listener = StreamServerEndpointService(endpoint, archive.factory)
@@ -669,8 +684,6 @@ def reindex(settings: configuration.Config) -> int:
 
 def run() -> None:
     """The ``dicomqr`` console script: the archive in the foreground."""
-    from twisted.internet import reactor
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:])
@@ -678,6 +691,9 @@ def run() -> None:
         print(f"dicomqr: error: {e}", file=sys.stderr)
         print("Try 'dicomqr --help' for usage.", file=sys.stderr)
         sys.exit(2)
+    # After the options: optional.load() has decided what Twisted loads.
+    from twisted.internet import reactor
+
     logs.start_logging(options["level"], sys.stderr)
     top = makeService(options)
     top.startService()
