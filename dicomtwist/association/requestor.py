@@ -234,7 +234,8 @@ class Requestor:
         ``on_store`` (or the association's ``"store"`` handler).
         """
         if on_store is not None:
-            self.handlers["store"] = on_store
+            # The handlers may be the factory's: this association's own copy.
+            self.handlers = {**self.handlers, "store": on_store}
         return self._query(m.CGetRQ, "get", identifier, sop_class, on_response,
                            priority=priority)
 
