@@ -139,3 +139,16 @@ class InstalledCodecsTests(SynchronousTestCase):
         """A distribution that is not installed has no version."""
         self.assertEqual(installed.version("dicomtwist-no-such-distribution"), ())
         self.assertGreaterEqual(installed.version("pydicom"), (3, 0))
+
+
+class IdleAssociationMemoryTests(SynchronousTestCase):
+    """What an established, idle association holds (benchmarks/idle_memory.py)."""
+
+    def test_bytes_per_idle_association(self) -> None:
+        """200 idle associations of the archive hold under 3,000 bytes of Python
+        memory each (5,075 before slots and lazy parts; 2,407 after)."""
+        from benchmarks import idle_memory
+
+        per = idle_memory.measure(200)
+        self.assertLess(per, 3000)
+        self.assertGreater(per, 500)
