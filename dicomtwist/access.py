@@ -39,8 +39,11 @@ __all__ = [
     "permissions_for",
 ]
 
-#: The services a permission can name (the handler names of the archive).
-SERVICES: frozenset[str] = frozenset({"echo", "store", "find", "move", "get"})
+#: The services a permission can name (the handler names of the archive;
+#: ``commitment``: Storage Commitment N-ACTION, ``mpps``: MPPS N-CREATE
+#: and N-SET).
+SERVICES: frozenset[str] = frozenset({"echo", "store", "find", "move", "get",
+                                      "commitment", "mpps"})
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,7 @@ def permissions_for(rules: AccessRules, calling_ae_title: str) -> frozenset[str]
 def is_permitted(rules: AccessRules, calling_ae_title: str, service: str) -> bool:
     """May ``calling_ae_title`` use ``service`` (``"echo"``, ``"store"``...)?
 
-    Services outside :data:`SERVICES` (N-services, which the archive does
-    not offer) are not restricted here.
+    Services outside :data:`SERVICES` are not restricted here.
     """
     if service not in SERVICES:
         return True

@@ -242,12 +242,16 @@ def _negotiate_acceptor(rq: AAssociateRQ,
 def build_rq(called_ae_title: str, calling_ae_title: str,
              contexts: Sequence[tuple[str, Sequence[str]]], max_pdu: int = DEFAULT_MAX_PDU,
              scp_role_classes: Iterable[str] = (),
-             extended: Mapping[str, bytes] | None = None) -> AAssociateRQ:
+             extended: Mapping[str, bytes] | None = None,
+             roles: Mapping[str, tuple[bool, bool]] | None = None) -> AAssociateRQ:
     """Build an A-ASSOCIATE-RQ proposing ``contexts`` (abstract, transfer syntaxes).
 
     Context IDs are 1, 3, 5, ... in order; at most 128 contexts fit.
     :param scp_role_classes: SOP classes for which we propose to be SCP as
         well as SCU (role selection, for C-GET storage sub-operations).
+    :param roles: other role proposals, SOP class -> ``(scu, scp)`` (a
+        Storage Commitment SCP reporting on its own association proposes
+        ``(False, True)``, PS3.4 J.3.3.1.3).
     :raises ValueError: with more than 128 contexts.
     """
     if len(contexts) > 128:
@@ -256,14 +260,16 @@ def build_rq(called_ae_title: str, calling_ae_title: str,
         PresentationContextRQItem(2 * i + 1, abstract, tuple(syntaxes))
         for i, (abstract, syntaxes) in enumerate(contexts)
     )
-    roles = [RoleSelectionSubItem(uid, True, True) for uid in dict.fromkeys(scp_role_classes)]
+    proposals = {uid: (True, True) for uid in scp_role_classes}
+    proposals.update(roles or {})
+    items_roles = [RoleSelectionSubItem(uid, scu, scp) for uid, (scu, scp) in proposals.items()]
     extra = [SOPClassExtendedNegotiationSubItem(uid, info)
              for uid, info in (extended or {}).items()]
     return AAssociateRQ(
         called_ae_title=called_ae_title,
         calling_ae_title=calling_ae_title,
         presentation_contexts=items,
-        user_information=user_information(max_pdu, roles, extra),
+        user_information=user_information(max_pdu, items_roles, extra),
         application_context=APPLICATION_CONTEXT_NAME,
     )
 

@@ -58,9 +58,13 @@ def hidden(names: Iterable[str]) -> Iterator[None]:
 
 
 def needs_tls(settings: Any) -> bool:
-    """Whether a listener, the HTTP port or a move destination uses TLS."""
+    """Whether a listener, the HTTP port, a move destination or the audit
+    trail (``tls:HOST:PORT``) uses TLS."""
     descriptions = [*settings.listen, *([settings.http] if settings.http else [])]
     if any(d.split(":", 1)[0].strip().lower() not in PLAIN_ENDPOINTS for d in descriptions):
+        return True
+    audit = getattr(settings, "audit", None)
+    if audit and not audit.lower().startswith(("udp:", "file:")):
         return True
     return any(getattr(d, "tls", False) for d in settings.destinations.values())
 

@@ -204,6 +204,25 @@ def client_options(hostname: str, ca: str | None = None, certificate: str | None
         extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
 
 
+def destination_options(destination: Any, settings: Any) -> Any:
+    """The TLS client options for a configured destination marked ``tls``
+    (a C-MOVE destination, a Storage Commitment SCU's own port), else None.
+
+    Its own ``tls_ca``/``tls_cert``/``tls_key``, or the archive's; the
+    destination's certificate must name its address.
+
+    :raises ValueError: a certificate or key file cannot be used.
+    """
+    if not getattr(destination, "tls", False):
+        return None
+    certificate = destination.tls_cert or getattr(settings, "tls_cert", None)
+    key = destination.tls_key or (getattr(settings, "tls_key", None)
+                                  if not destination.tls_cert else None)
+    return client_options(destination.address,
+                          ca=destination.tls_ca or getattr(settings, "tls_ca", None),
+                          certificate=certificate, private_key=key)
+
+
 def listen_endpoint(reactor: Any, description: str,
                     defaults: ListenDefaults = ListenDefaults()) -> Any:
     """A server endpoint for a listen description.

@@ -12,7 +12,10 @@ Two pieces:
 - `start_browser`: Chromium headless through chromedriver, spoken to with a
   minimal W3C WebDriver client over treq (no Selenium, no threads), with the
   browser console captured (``goog:loggingPrefs``).  `Browser.study_list`,
-  `Browser.open_study` and `Browser.console_errors` are what the tests use.
+  `Browser.open_study` and `Browser.console_errors` are what the OHIF tests
+  use; `Browser.find`, `click`, `send_keys`, `press`, `text`, `execute`,
+  `wait_for`, `resources` and `screenshot` drive any page (the archive's
+  own web page in ``tests.test_webui_e2e``).
 
 OHIF 4.12.51's prebuilt ``index.html`` loads ``/app-config.js`` and
 ``/index.umd.js`` by absolute paths and ``app-config.js`` sets
@@ -234,6 +237,11 @@ def serve_viewer(testcase, reactor, dicomweb_port: int, dist: str | None = None,
 
 # -- WebDriver ----------------------------------------------------------------
 
+#: WebDriver key codes (W3C WebDriver, "Keyboard actions").
+KEYS = {"ArrowLeft": "\ue012", "ArrowUp": "\ue013", "ArrowRight": "\ue014",
+        "ArrowDown": "\ue015", "PageUp": "\ue00e", "PageDown": "\ue00f", "Enter": "\ue007"}
+
+
 class WebDriverError(Exception):
     """chromedriver answered with a W3C WebDriver error."""
 
@@ -290,6 +298,54 @@ class Browser:
         """Run a function body in the page; fires with what it returns."""
         return Deferred.fromCoroutine(
             self._command("POST", "/execute/sync", {"script": script, "args": list(args)}))
+
+    def find(self, selector: str) -> Deferred[str]:
+        """The WebDriver id of the first element matching a CSS selector.
+
+        :raises WebDriverError: (in the Deferred) there is none.
+        """
+        async def element() -> str:
+            found = await self._command("POST", "/element",
+                                        {"using": "css selector", "value": selector})
+            return next(iter(found.values()))
+        return Deferred.fromCoroutine(element())
+
+    def click(self, selector: str) -> Deferred[None]:
+        """Click the first element matching a CSS selector (as a user does:
+        scrolled into view, and refused if something covers it)."""
+        async def click() -> None:
+            element = await self.find(selector)
+            await self._command("POST", f"/element/{element}/click")
+        return Deferred.fromCoroutine(click())
+
+    def send_keys(self, selector: str, text: str) -> Deferred[None]:
+        """Type ``text`` into the first element matching a CSS selector (for
+        a file input: the path of the file to choose)."""
+        async def type_() -> None:
+            element = await self.find(selector)
+            await self._command("POST", f"/element/{element}/value", {"text": text})
+        return Deferred.fromCoroutine(type_())
+
+    def press(self, key: str) -> Deferred[None]:
+        """Press and release one key where the focus is (a WebDriver key
+        code such as ``KEYS["ArrowDown"]``, or a character)."""
+        actions = {"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}
+        return Deferred.fromCoroutine(self._command("POST", "/actions", actions))
+
+    def text(self, selector: str) -> Deferred[str]:
+        """The rendered text of the first element matching a CSS selector."""
+        async def text() -> str:
+            element = await self.find(selector)
+            return await self._command("GET", f"/element/{element}/text")
+        return Deferred.fromCoroutine(text())
+
+    def resources(self) -> Deferred[list[str]]:
+        """The URL of every document and resource the page has loaded
+        (the Resource Timing entries, the navigation's included)."""
+        return self.execute(
+            "return performance.getEntriesByType('navigation')"
+            ".concat(performance.getEntriesByType('resource')).map(e => e.name);")
 
     def screenshot(self, path: str) -> Deferred[None]:
         """Save a PNG screenshot of the window (for failure diagnosis)."""
@@ -446,5 +502,5 @@ def start_browser(testcase, reactor, base: str = "", timeout: float = 30.0) -> D
     return Deferred.fromCoroutine(_start_browser(testcase, reactor, base, timeout))
 
 
-__all__ = ["Browser", "ProxiedRequest", "TimedOut", "ViewerSite", "WebDriverError",
+__all__ = ["Browser", "KEYS", "ProxiedRequest", "TimedOut", "ViewerSite", "WebDriverError",
            "ohif_dist", "require_chromium", "serve_viewer", "start_browser"]

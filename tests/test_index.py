@@ -265,6 +265,39 @@ class WriteTests(IndexTestCase):
         """Removing an instance that is not indexed returns None."""
         self.assertIsNone(self.index.remove("9.9.9"))
 
+    def test_delete_study(self):
+        """delete_study removes the study's instances, series and metadata, keeps
+        the patient's other study with its counts, and returns the paths."""
+        archive(self.index)
+        self.index.set_metadata("1.1.1.1", b"kept")
+        self.index.set_metadata("1.2.1.1", b"kept too")
+        self.assertEqual(self.index.delete_study("1.1"),
+                         ["1/1.1.1.1.dcm", "1/1.1.1.2.dcm", "1/1.1.1.3.dcm",
+                          "1/1.1.2.1.dcm", "1/1.1.2.2.dcm"])
+        self.assertEqual([self.index.count(level) for level in
+                          ("PATIENT", "STUDY", "SERIES", "IMAGE")], [4, 4, 4, 4])
+        self.assertIsNone(self.index.get_path("1.1.2.2"))
+        self.assertEqual(self.index.instances("1.1"), [])
+        self.assertEqual(self.sql("SELECT sop_instance_uid FROM metadata"), [("1.2.1.1",)])
+        patient = self.row("patient", patient_id="P1")
+        self.assertEqual((patient["number_of_patient_related_studies"],
+                          patient["number_of_patient_related_series"],
+                          patient["number_of_patient_related_instances"]), (1, 1, 1))
+
+    def test_delete_last_study_of_patient(self):
+        """Deleting a patient's only study removes the patient too."""
+        archive(self.index)
+        self.assertEqual(self.index.delete_study("2.1"), ["2/2.1.1.1.dcm"])
+        self.assertEqual(self.sql("SELECT COUNT(*) FROM patient WHERE patient_id = 'P2'"),
+                         [(0,)])
+        self.assertEqual(self.index.count("PATIENT"), 3)
+
+    def test_delete_unknown_study(self):
+        """Deleting a study that is not indexed returns no paths and changes nothing."""
+        archive(self.index)
+        self.assertEqual(self.index.delete_study("9.9"), [])
+        self.assertEqual(self.index.count("IMAGE"), 9)
+
     def test_paths_get_path_clear(self):
         """paths lists every file, get_path finds one, clear empties the index."""
         archive(self.index)

@@ -356,8 +356,8 @@ class AuthTests(WireTestCase):
         cases = [
             ([good, "bob-without-colons"], "line 2: expected name:hash:permissions"),
             ([good, "# comment", "bob:plaintext:all"], "line 3: the hash is not"),
-            ([good, f"bob:{auth.hash_password('x', iterations=1000)}:delete"],
-             "line 2: unknown permission(s) delete"),
+            ([good, f"bob:{auth.hash_password('x', iterations=1000)}:erase"],
+             "line 2: unknown permission(s) erase"),
         ]
         for lines, message in cases:
             path = users_file(directory, lines)

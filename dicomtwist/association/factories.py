@@ -106,10 +106,13 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
               handlers: Mapping[str, Handler] | None = None,
               sink_for: SinkFactory = memory_sink, acse_timeout: float = 30.0,
               dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
-              connect_timeout: float = 30.0, tls: Any = None) -> Deferred[Association]:
+              connect_timeout: float = 30.0, tls: Any = None,
+              roles: Mapping[str, tuple[bool, bool]] | None = None) -> Deferred[Association]:
     """Connect to ``host:port`` and negotiate an association.
 
     :param contexts: ``(abstract syntax, [transfer syntaxes])`` to propose.
+    :param roles: role proposals, SOP class -> ``(scu, scp)`` (see
+        :func:`dicomtwist.acse.build_rq`).
     :param tls: connect over TLS with this client connection creator
         (``IOpenSSLClientConnectionCreator``, see
         :func:`dicomtwist.tls.client_options`) through ``connectSSL``;
@@ -119,7 +122,7 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
         the connection error.
     """
     rq = acse.build_rq(called_ae_title, calling_ae_title, contexts, max_pdu,
-                       scp_role_classes, extended)
+                       scp_role_classes, extended, roles)
     assoc = Association(reactor, handlers=handlers, sink_for=sink_for, max_pdu=max_pdu,
                         acse_timeout=acse_timeout, dimse_timeout=dimse_timeout,
                         network_timeout=network_timeout)

@@ -57,8 +57,15 @@ SERVICE_FOR: dict[type, str] = {
 #: Services whose handlers produce several (pending) responses.
 MULTI_RESPONSE = frozenset({"find", "get", "move"})
 
+#: The DIMSE-N services: a requestor's Deferred fires with ``(response,
+#: data set or None)``.
+N_SERVICES = frozenset({"n-event-report", "n-get", "n-set", "n-action", "n-create",
+                        "n-delete"})
+
 #: Human names for the log, as the spec's log excerpts print them.
-LOG_NAMES = {"echo": "Echo", "store": "Store", "find": "Find", "get": "Get", "move": "Move"}
+LOG_NAMES = {"echo": "Echo", "store": "Store", "find": "Find", "get": "Get", "move": "Move",
+             "n-event-report": "N-EVENT-REPORT", "n-get": "N-GET", "n-set": "N-SET",
+             "n-action": "N-ACTION", "n-create": "N-CREATE", "n-delete": "N-DELETE"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class ServiceRequest:
     :ivar data: the data set as received: ``bytes`` from the default sink,
         or whatever a custom sink returned (e.g. a temporary file's path).
     :ivar cancelled: set when a C-CANCEL-RQ for this request arrives.
+    :ivar received: when the request was complete (``time.monotonic()``).
     """
 
     association: "Association"
@@ -86,6 +94,7 @@ class ServiceRequest:
     context: PresentationContext
     data: Any = None
     cancelled: bool = False
+    received: float = 0.0
 
     def dataset(self) -> Dataset:
         """Decode the request's data set (identifier or SOP instance).

@@ -11,7 +11,9 @@ responses) are :class:`~dicomtwist.association.requestor.Requestor`'s.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from types import CoroutineType
 from typing import Any, Mapping
 
@@ -23,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from dicomtwist import acse
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.acse import AcceptorPolicy, Negotiated, PresentationContext
 from dicomtwist.association.files import FileDataSet, FileProducer
@@ -50,8 +53,25 @@ from dicomtwist.errors import (
     TLSError,
 )
 from dicomtwist.status import Category, Status, category, status_name
-from dicomtwist.ul.pdu import AAbort, AAssociateAC, AAssociateRJ, AAssociateRQ, AbortReason, AbortSource
+from dicomtwist.ul.pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AbortReason,
+    AbortSource,
+    RejectReason,
+)
 from dicomtwist.ul.protocol import DicomProtocol
+
+#: Association ids: unique in the process, in the order connections came.
+_association_ids = itertools.count(1)
+#: The events' words for the access rules' reject reasons (bounded).
+_REJECT_REASONS = {
+    RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED: "application-context",
+    RejectReason.CALLING_AE_NOT_RECOGNIZED: "calling-ae",
+    RejectReason.CALLED_AE_NOT_RECOGNIZED: "called-ae",
+}
 
 
 class Association(Requestor, DicomProtocol):
@@ -94,8 +114,14 @@ class Association(Requestor, DicomProtocol):
         self.dimse_timeout = dimse_timeout
         self.yield_every = yield_every
         self.negotiated: Negotiated | None = None
+        #: This association's id in the process (log lines and events).
+        self.association_id = next(_association_ids)
+        #: Structured fields of its log events (see :meth:`_log_fields`).
+        self.log_fields: dict[str, Any] = {"association_id": self.association_id}
         self.ae_title = policy.ae_title if policy else ""
         self.peer_ae_title = ""
+        #: The A-ASSOCIATE-RQ received (acceptor).
+        self._received_rq: AAssociateRQ | None = None
         # ``established`` is made when first asked for (see the property);
         # how establishment ended: None (not yet), True, or the failure.
         self._established: Deferred[Association] | None = None
@@ -159,14 +185,16 @@ class Association(Requestor, DicomProtocol):
             self.ae_title = self.associate_rq.calling_ae_title
             self.peer_ae_title = self.associate_rq.called_ae_title
             self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
-            self.log.info("Requesting Association")
+            self.log.info("Requesting Association", **self._log_fields(self.associate_rq))
         super().connectionMade()
         if self.associate_rq is None:
-            self.log.info("Association received from {peer}", peer=self.peer_description)
+            self.log.info("Association received from {peer}", peer=self.peer_description,
+                          association_id=self.association_id)
 
     def on_associate_rq(self, rq: AAssociateRQ) -> None:
         """Acceptor: negotiate from the policy and answer AC or RJ."""
         self.peer_ae_title = rq.calling_ae_title
+        self._received_rq = rq
         self.log.debug("{text}", text=_Lines(rq))
         assert self.policy is not None
         rj = None
@@ -176,17 +204,26 @@ class Association(Requestor, DicomProtocol):
             # peer, at warning level, so an operator sees who was refused.
             self.log.warn("Refusing association from {calling} at {peer} (called {called}):"
                           " {why}", calling=rq.calling_ae_title, peer=self.peer_description,
-                          called=rq.called_ae_title, why=refusal.explanation)
+                          called=rq.called_ae_title, why=refusal.explanation,
+                          **self._log_fields(rq))
             rj = refusal.reject()
+            reason = ("address" if "(host_check)" in refusal.explanation
+                      else _REJECT_REASONS.get(refusal.reason, "other"))
+            detail = refusal.explanation
         else:
             # Only acceptable associations count against max_associations.
             admit = getattr(getattr(self, "factory", None), "admit", None)
             rj = admit(self) if admit is not None else None
+            reason, detail = "limit", "max_associations reached"
         if rj is not None:
             self.log.info("Association Rejected: calling {calling} from {peer}, reason {reason}",
                           calling=rq.calling_ae_title, peer=self.peer_description,
-                          reason=rj.reason)
+                          reason=rj.reason, **self._log_fields(rq))
             self.associate_response(rj)
+            if events.bus.observed:
+                events.bus.publish(events.AssociationRejected(
+                    self.association_id, self.peer_host() or "", rq.calling_ae_title,
+                    rq.called_ae_title, reason, detail))
             return
         ac, negotiated = acse.negotiate_acceptor(rq, self.policy)
         self._start(negotiated)
@@ -194,8 +231,27 @@ class Association(Requestor, DicomProtocol):
         self.log.info("Association Accepted: calling {calling} from {peer},"
                       " {count} presentation context(s) accepted",
                       calling=rq.calling_ae_title, peer=self.peer_description,
-                      count=len(negotiated.contexts))
+                      count=len(negotiated.contexts), **self._log_fields(rq))
         self._settle(True)
+        if events.bus.observed:
+            events.bus.publish(events.AssociationAccepted(
+                self.association_id, self.peer_host() or "", self._peer_port(),
+                rq.calling_ae_title, rq.called_ae_title))
+
+    def _log_fields(self, rq: AAssociateRQ) -> dict[str, Any]:
+        """The structured fields of this association's log events (the JSON
+        log shows them), kept for its later events: ``association_id``,
+        ``peer_host``, ``calling_ae``, ``called_ae``."""
+        self.log_fields = {"association_id": self.association_id,
+                           "peer_host": self.peer_host() or "",
+                           "calling_ae": rq.calling_ae_title, "called_ae": rq.called_ae_title}
+        return self.log_fields
+
+    def _peer_port(self) -> int:
+        peer = self.peer_address
+        if peer is None and self.transport is not None:
+            peer = self.transport.getPeer()
+        return int(getattr(peer, "port", 0) or 0)
 
     def peer_host(self) -> str | None:
         """The address the connection comes from, if known."""
@@ -257,20 +313,21 @@ class Association(Requestor, DicomProtocol):
 
     def on_release_rq(self, payload: Any) -> None:
         """The peer releases: answer (PS3.8 AR-2)."""
-        self.log.info("Association Released by {peer}", peer=self.peer_ae_title or self.peer_description)
+        self.log.info("Association Released by {peer}", peer=self.peer_ae_title or self.peer_description,
+                      **self.log_fields)
         self._released = True
         self.release_response()
 
     def on_release_rp(self, payload: Any) -> None:
         """Our release was confirmed."""
         self._cancel_acse_timer()
-        self.log.info("Association Released")
+        self.log.info("Association Released", **self.log_fields)
 
     def on_abort(self, abort: AAbort) -> None:
         """The peer aborted."""
         self._abort_cause = f"A-ABORT from peer (source {abort.source}, reason {abort.reason})"
         self.log.info("Association Aborted by peer (source {source}, reason {reason})",
-                      source=abort.source, reason=abort.reason)
+                      source=abort.source, reason=abort.reason, **self.log_fields)
 
     def on_p_abort(self, payload: Any) -> None:
         """The provider aborted (bad PDU, timer, connection lost)."""
@@ -283,7 +340,7 @@ class Association(Requestor, DicomProtocol):
             self._abort_cause = self._abort_cause or "connection closed by peer"
         else:
             self._abort_cause = self._abort_cause or f"protocol error: {payload}"
-        self.log.info("Association Aborted ({cause})", cause=self._abort_cause)
+        self.log.info("Association Aborted ({cause})", cause=self._abort_cause, **self.log_fields)
 
     def on_connection_lost(self, reason: Failure | None) -> None:
         """Fail what is outstanding, drop partial data, fire ``closed``."""
@@ -296,7 +353,10 @@ class Association(Requestor, DicomProtocol):
             cause = f"TLS error: {tls_error}"
             if self._establishment is None:
                 self.log.warn("TLS handshake with {peer} failed: {error}",
-                              peer=self.peer_description, error=tls_error)
+                              peer=self.peer_description, error=tls_error, **self.log_fields)
+                if events.bus.observed and self.policy is not None:
+                    events.bus.publish(events.AuthenticationFailed(
+                        "dimse", self.peer_host() or "", "", f"TLS handshake: {tls_error}"))
         if self._establishment is None:
             error_class = TLSError if tls_error is not None else AssociationAborted
             # An acceptor's ``established`` usually has no listener; a
@@ -306,6 +366,11 @@ class Association(Requestor, DicomProtocol):
             # this point still see the failure.
             self._settle(error_class(f"association not established: {cause}"),
                          observed=self.associate_rq is None)
+        elif self.policy is not None and self._establishment is True and events.bus.observed:
+            events.bus.publish(events.AssociationEnded(
+                self.association_id, self.log_fields.get("peer_host", ""),
+                self.peer_ae_title, "aborted" if self._abort_cause else "released",
+                self._abort_cause or ""))
         outstanding, self._outstanding = self._outstanding, {}
         for pending in outstanding.values():
             if pending.timer is not None and pending.timer.active():
@@ -321,7 +386,7 @@ class Association(Requestor, DicomProtocol):
     def _acse_expired(self) -> None:
         self._acse_timer = None
         self.log.warn("ACSE timeout: no answer from {peer} in {seconds} s, aborting",
-                      peer=self.peer_description, seconds=self.acse_timeout)
+                      peer=self.peer_description, seconds=self.acse_timeout, **self.log_fields)
         self._abort_cause = "ACSE timeout"
         self.abort_request()
         if self.transport is not None:
@@ -393,7 +458,7 @@ class Association(Requestor, DicomProtocol):
                 done = assembler.feed(pdv.context_id, pdv.control, pdv.data)
             except (DIMSEDecodeError, OSError) as e:
                 self.log.warn("Invalid DIMSE message from {peer}: {error}; aborting",
-                              peer=self.peer_description, error=str(e))
+                              peer=self.peer_description, error=str(e), **self.log_fields)
                 assembler.discard()
                 self._abort_cause = f"invalid DIMSE message: {e}"
                 self.abort_request(AbortSource.SERVICE_PROVIDER,
@@ -413,7 +478,7 @@ class Association(Requestor, DicomProtocol):
                               id=message.message_id_being_responded_to)
                 request.cancelled = True
         else:
-            request = ServiceRequest(self, message, context, data)
+            request = ServiceRequest(self, message, context, data, received=time.monotonic())
             serving = self._serve(request)
             try:
                 serving.send(None)
@@ -444,7 +509,7 @@ class Association(Requestor, DicomProtocol):
         handler = self.handlers.get(service) if service else None
         self.log.info("Received {name} Request (MsgID {id}) from {peer}",
                       name=LOG_NAMES.get(service, service), id=message.message_id,
-                      peer=self.peer_ae_title)
+                      peer=self.peer_ae_title, **self.log_fields)
         sop_class = getattr(message, "affected_sop_class_uid", None) or getattr(
             message, "requested_sop_class_uid", None)
         if handler is None or (sop_class is not None
@@ -509,7 +574,7 @@ class Association(Requestor, DicomProtocol):
             fields = {"error_comment": error.comment[:64]} if error.comment else {}
             return Response(int(error.status), None, fields)
         self.log.failure("Handler for {name} failed", Failure(error),
-                         name=request.message.NAME)
+                         name=request.message.NAME, **self.log_fields)
         return Response(Status.UNABLE_TO_PROCESS)
 
     async def _respond(self, request: ServiceRequest, response: Response) -> None:
@@ -522,7 +587,15 @@ class Association(Requestor, DicomProtocol):
             "status": int(response.status),
         }
         names = field_names(rsp_class)
-        for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
+        for name, requested in (("affected_sop_class_uid", "requested_sop_class_uid"),
+                                ("affected_sop_instance_uid", "requested_sop_instance_uid")):
+            # DIMSE-N responses name the SOP instance the request named,
+            # affected or requested (PS3.7 10.3); a handler may override it
+            # (N-CREATE without a UID: the one the SCP made).
+            value = getattr(message, name, None) or getattr(message, requested, None)
+            if name in names and value is not None:
+                kwargs[name] = value
+        for name in ("action_type_id", "event_type_id"):
             if name in names and getattr(message, name, None) is not None:
                 kwargs[name] = getattr(message, name)
         for name, value in response.fields.items():
@@ -535,11 +608,20 @@ class Association(Requestor, DicomProtocol):
         service = SERVICE_FOR.get(type(message), "")
         self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
                       name=LOG_NAMES.get(service, service), id=message.message_id,
-                      status=int(response.status), status_name=status_name(response.status))
+                      status=int(response.status), status_name=status_name(response.status),
+                      **self.log_fields)
         try:
             await self.send_message(rsp, request.context.context_id, data)
         except AssociationAborted:
             pass
+        if (events.bus.observed and self.policy is not None
+                and category(response.status) is not Category.PENDING):
+            events.bus.publish(events.OperationCompleted(
+                self.association_id, service, int(response.status),
+                time.monotonic() - request.received,
+                getattr(message, "affected_sop_class_uid", None)
+                or getattr(message, "requested_sop_class_uid", None) or "",
+                self.log_fields.get("peer_host", ""), self.peer_ae_title))
 
     def _serve_failed(self, failure: Failure, request: ServiceRequest) -> None:
         self.log.failure("Serving {name} failed", failure, name=request.message.NAME)

@@ -1,6 +1,12 @@
 """The requestor's side of an association: DIMSE requests we send and the
 responses that answer them (``echo``, ``store``, ``find``, ``move``,
-``get``, ``cancel``), each a Deferred, with a DIMSE timer per request."""
+``get``, ``cancel``, and the DIMSE-N ``n_event_report``, ``n_get``,
+``n_set``, ``n_action``, ``n_create``, ``n_delete``), each a Deferred, with
+a DIMSE timer per request.
+
+"Requestor" here means the DIMSE requestor: an association acceptor sends
+requests too (a Storage Commitment SCP's N-EVENT-REPORT, a C-GET's
+C-STORE sub-operations)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from twisted.python.failure import Failure
 
 from dicomtwist.acse import PresentationContext
 from dicomtwist.association.files import NATIVE_SYNTAXES, FileDataSet, file_dataset
-from dicomtwist.association.handlers import LOG_NAMES, MULTI_RESPONSE, Handler
+from dicomtwist.association.handlers import LOG_NAMES, MULTI_RESPONSE, N_SERVICES, Handler
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.codec import decode_dataset, encode_dataset
 from dicomtwist.errors import DIMSEDecodeError
@@ -137,6 +143,8 @@ class Requestor:
             if pending.on_response is not None:
                 pending.on_response(message, dataset)
             pending.deferred.callback(pending.responses)
+        elif pending.service in N_SERVICES:
+            pending.deferred.callback((message, dataset))
         else:
             pending.deferred.callback(message)
 
@@ -251,3 +259,85 @@ class Requestor:
         self.log.info("Sending Cancel Request for message {id}", id=message_id)
         self.send_message(m.CCancelRQ(message_id), pending.context.context_id).addErrback(
             lambda f: None)
+
+    # -- DIMSE-N (PS3.7 10.1) --------------------------------------------------
+    def _normalized(self, message_class: type, service: str, sop_class: str,
+                    dataset: Dataset | None, **fields: Any) -> Deferred:
+        """Send a DIMSE-N request on a context for ``sop_class``; fires with
+        ``(response, data set or None)``."""
+        try:
+            context = self.context_for(sop_class)
+            data = None if dataset is None else encode_dataset(dataset, context.transfer_syntax)
+        except (ValueError, AttributeError) as e:
+            return defer.fail(e)
+        message = message_class(self._next_id(), **fields)
+        return self._request(message, context, data, service)
+
+    def n_event_report(self, sop_class: str, sop_instance: str, event_type: int,
+                       event_information: Dataset | None = None
+                       ) -> Deferred[tuple[m.NEventReportRSP, Dataset | None]]:
+        """N-EVENT-REPORT (PS3.7 10.1.1): report an event about a SOP instance.
+
+        :returns: fires with ``(N-EVENT-REPORT-RSP, Event Reply or None)``.
+        """
+        return self._normalized(m.NEventReportRQ, "n-event-report", sop_class,
+                                event_information, affected_sop_class_uid=sop_class,
+                                affected_sop_instance_uid=sop_instance,
+                                event_type_id=event_type)
+
+    def n_get(self, sop_class: str, sop_instance: str,
+              attributes: tuple[int, ...] | None = None
+              ) -> Deferred[tuple[m.NGetRSP, Dataset | None]]:
+        """N-GET (PS3.7 10.1.2): read attributes (all of them without a list).
+
+        :param attributes: tags as ints ``(group << 16) | element``.
+        :returns: fires with ``(N-GET-RSP, Attribute List or None)``.
+        """
+        return self._normalized(m.NGetRQ, "n-get", sop_class, None,
+                                requested_sop_class_uid=sop_class,
+                                requested_sop_instance_uid=sop_instance,
+                                attribute_identifier_list=attributes)
+
+    def n_set(self, sop_class: str, sop_instance: str, modifications: Dataset
+              ) -> Deferred[tuple[m.NSetRSP, Dataset | None]]:
+        """N-SET (PS3.7 10.1.3): change attributes of a SOP instance.
+
+        :returns: fires with ``(N-SET-RSP, Attribute List or None)``.
+        """
+        return self._normalized(m.NSetRQ, "n-set", sop_class, modifications,
+                                requested_sop_class_uid=sop_class,
+                                requested_sop_instance_uid=sop_instance)
+
+    def n_action(self, sop_class: str, sop_instance: str, action_type: int,
+                 action_information: Dataset | None = None
+                 ) -> Deferred[tuple[m.NActionRSP, Dataset | None]]:
+        """N-ACTION (PS3.7 10.1.4): ask for an action on a SOP instance.
+
+        :returns: fires with ``(N-ACTION-RSP, Action Reply or None)``.
+        """
+        return self._normalized(m.NActionRQ, "n-action", sop_class, action_information,
+                                requested_sop_class_uid=sop_class,
+                                requested_sop_instance_uid=sop_instance,
+                                action_type_id=action_type)
+
+    def n_create(self, sop_class: str, sop_instance: str | None = None,
+                 attributes: Dataset | None = None
+                 ) -> Deferred[tuple[m.NCreateRSP, Dataset | None]]:
+        """N-CREATE (PS3.7 10.1.5): create a SOP instance (its UID given,
+        or left to the peer, which answers it in the response).
+
+        :returns: fires with ``(N-CREATE-RSP, Attribute List or None)``.
+        """
+        return self._normalized(m.NCreateRQ, "n-create", sop_class, attributes,
+                                affected_sop_class_uid=sop_class,
+                                affected_sop_instance_uid=sop_instance)
+
+    def n_delete(self, sop_class: str, sop_instance: str
+                 ) -> Deferred[tuple[m.NDeleteRSP, Dataset | None]]:
+        """N-DELETE (PS3.7 10.1.6): delete a SOP instance.
+
+        :returns: fires with ``(N-DELETE-RSP, None)``.
+        """
+        return self._normalized(m.NDeleteRQ, "n-delete", sop_class, None,
+                                requested_sop_class_uid=sop_class,
+                                requested_sop_instance_uid=sop_instance)

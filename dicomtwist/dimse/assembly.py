@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
@@ -144,6 +145,9 @@ class Spooled:
     path: str | None
     size: int
     budget: MemoryBudget | None = None
+    #: Seconds from the sink's first byte to its last (the metrics' and
+    #: the store events' "receive" part).
+    receive: float = 0.0
 
     def data(self) -> bytes:
         """The data set bytes (in-memory spool only)."""
@@ -184,6 +188,7 @@ class SpoolSink:
         self._file: TempFileSink | None = None
         #: Bytes received; while not spilled, also the bytes held of ``budget``.
         self.size = 0
+        self._started = time.monotonic()
 
     def write(self, data: memoryview) -> None:
         """Keep the fragment, or append it to the file once spilled."""
@@ -214,9 +219,10 @@ class SpoolSink:
 
     def close(self) -> Spooled:
         """The data set, in memory or in the flushed temporary file."""
+        receive = time.monotonic() - self._started
         if self._file is not None:
-            return Spooled(self._header, None, self._file.close(), self.size)
-        spooled = Spooled(self._header, self._parts, None, self.size, self._budget)
+            return Spooled(self._header, None, self._file.close(), self.size, receive=receive)
+        spooled = Spooled(self._header, self._parts, None, self.size, self._budget, receive)
         self._parts = []
         return spooled
 

@@ -17,6 +17,7 @@ sub-operations.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
@@ -26,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.association import (
     Association,
@@ -56,7 +58,8 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
-#: reference does): the archive holds no scheduled work.
+#: reference does), unless a worklist directory is configured
+#: (:mod:`dicomtwist.services.worklist` then answers the worklist).
 EMPTY_FIND = frozenset({"1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.34.6.3"})
 
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
@@ -109,7 +112,40 @@ class QueryRetrieve:
     # -- C-FIND --------------------------------------------------------------
     def handle_find(self, request: ServiceRequest) -> AsyncIterator[Any]:
         """C-FIND handler: an async iterator of pending matches."""
+        if events.bus.observed:
+            return self._find_published(request)
         return self._find(request)
+
+    async def _find_published(self, request: ServiceRequest) -> AsyncIterator[Any]:
+        """:meth:`_find`, then :class:`~dicomtwist.events.QueryPerformed`."""
+        matches = 0
+        status = Status.SUCCESS
+        try:
+            async for response in self._find(request):
+                matches += 1
+                yield response
+        except DIMSEServiceError as e:
+            status = e.status
+            raise
+        except Exception:
+            status = Status.UNABLE_TO_PROCESS
+            raise
+        finally:
+            if request.cancelled and status == Status.SUCCESS:
+                status = Status.CANCEL
+            assoc = request.association
+            level = ""
+            try:
+                level = str(request.dataset().get("QueryRetrieveLevel", ""))
+            except Exception:
+                pass
+            data = request.data
+            events.bus.publish(events.QueryPerformed(
+                "dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
+                request.message.affected_sop_class_uid, level,
+                bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"",
+                matches, int(status), time.monotonic() - request.received,
+                request.context.transfer_syntax, assoc.association_id))
 
     async def _find(self, request: ServiceRequest) -> AsyncIterator[Any]:
         sop_class = request.message.affected_sop_class_uid
@@ -172,6 +208,11 @@ class QueryRetrieve:
                                         f"unknown destination {message.move_destination}"[:64])
         records = await self._records(request, model)
         progress = _Progress(len(records))
+        retrieve = None
+        if events.bus.observed:
+            retrieve = _retrieve_event(request, destination, len(records))
+            events.bus.publish(retrieve)
+            progress.sent = []
         if move:
             runs = self._move_runs(request, destination, records, progress)
         else:
@@ -180,11 +221,23 @@ class QueryRetrieve:
             yield pending
             if request.cancelled:
                 break
-        yield progress.final(request.cancelled)
+        final = progress.final(request.cancelled)
+        if retrieve is not None:
+            events.bus.publish(events.RetrieveEnded(
+                retrieve.via, retrieve.service, retrieve.peer_host, retrieve.calling_ae,
+                retrieve.destination_ae, retrieve.destination_host,
+                retrieve.study_instance_uids, retrieve.patient_ids, progress.completed,
+                progress.failed, progress.warning, int(final.status), tuple(progress.sent),
+                retrieve.association_id))
+        yield final
 
     async def _move_runs(self, request: ServiceRequest, destination: Any, records: list[Any],
                          progress: "_Progress") -> AsyncIterator[Response]:
-        originator = (request.association.peer_ae_title, request.message.message_id)
+        # A send started from the web page (dicomtwist.web.api) has no
+        # requesting association, hence no Move Originator (PS3.7 9.1.1.1).
+        requestor = request.association
+        originator = (None if requestor is None
+                      else (requestor.peer_ae_title, request.message.message_id))
         lossy = getattr(destination, "lossy", False)
         order = getattr(destination, "preference", DEFAULT_ORDER)
         for batch in _batches(records, lossy, order):
@@ -327,16 +380,25 @@ class QueryRetrieve:
         """One C-STORE sub-operation of a prepared record; returns its status
         (a failure, logged in one line, on any error)."""
         converted = None
+        source = None
+        status = Status.UNABLE_TO_PROCESS
         try:
             source, converted = await prepared
             rsp = await assoc.store(source, move_originator=originator)
-            return rsp.status
+            status = rsp.status
+            return status
         except Exception as e:
             self.log.warn("Sub-operation for {uid} failed: {error}",
                           uid=record.sop_instance_uid, error=str(e))
-            return Status.UNABLE_TO_PROCESS
+            return status
         finally:
             _discard(converted)
+            if events.bus.observed:
+                events.bus.publish(events.InstanceSent(
+                    "dimse", assoc.peer_ae_title, assoc.peer_host() or "",
+                    record.sop_class_uid, record.sop_instance_uid, "", "",
+                    source.length if source is not None else 0, int(status),
+                    assoc.association_id))
 
     def _path(self, record: Any) -> str:
         # Only the two forms the archive writes (flat, nested) are read, and
@@ -353,6 +415,43 @@ def _discard(path: str | None) -> None:
             pass
 
 
+def _retrieve_event(request: ServiceRequest, destination: Any,
+                    count: int) -> events.RetrieveStarted:
+    """The :class:`~dicomtwist.events.RetrieveStarted` of a C-MOVE (to
+    ``destination``) or C-GET (back to the requestor)."""
+    assoc = request.association
+    if assoc is None:
+        # A send from the web page (dicomtwist.web.api): an HTTP client
+        # asked, by user name if it gave one.
+        via, peer_host, calling = "http", getattr(request, "peer_host", ""), ""
+        association_id = None
+    else:
+        via, peer_host, calling = "dimse", assoc.log_fields.get("peer_host", ""), \
+            assoc.peer_ae_title
+        association_id = assoc.association_id
+    try:
+        identifier = request.dataset()
+        studies = _values(identifier.get("StudyInstanceUID"))
+        patients = _values(identifier.get("PatientID"))
+    except Exception:
+        studies = patients = ()
+    if destination is not None:
+        service, dest_ae, dest_host = "move", destination.ae_title, destination.address
+    else:
+        service, dest_ae, dest_host = "get", calling, peer_host
+    return events.RetrieveStarted(via, service, peer_host, calling, dest_ae, dest_host,
+                                  studies, patients, count, association_id)
+
+
+def _values(value: Any) -> tuple[str, ...]:
+    """An identifier's (possibly multi-valued) attribute as a tuple of text."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return tuple(str(v) for v in value if str(v))
+    return (str(value),)
+
+
 class _Progress:
     """Sub-operation counts of one C-MOVE/C-GET (PS3.4 C.4.2.1.6)."""
 
@@ -362,14 +461,21 @@ class _Progress:
         self.failed = 0
         self.warning = 0
         self.failed_uids: list[str] = []
+        #: SOP Instance UIDs sent successfully (kept only when somebody
+        #: listens to the event bus: the retrieve's event lists them).
+        self.sent: list[str] | None = None
 
     def done(self, record: Any, status: int) -> None:
         self.remaining -= 1
         kind = category(status)
         if kind is Category.SUCCESS:
             self.completed += 1
+            if self.sent is not None:
+                self.sent.append(record.sop_instance_uid)
         elif kind is Category.WARNING:
             self.warning += 1
+            if self.sent is not None:
+                self.sent.append(record.sop_instance_uid)
         else:
             self.failed += 1
             self.failed_uids.append(record.sop_instance_uid)

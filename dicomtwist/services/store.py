@@ -24,6 +24,7 @@ import io
 import mmap
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.acse import PresentationContext
 from dicomtwist.association import Response, ServiceRequest
@@ -130,6 +132,43 @@ class GuardedSink:
             self._sink = None
 
 
+@dataclass(slots=True)
+class StoreInfo:
+    """What the pipeline tells of one stored instance, for its event
+    (:class:`~dicomtwist.events.InstanceStored`): filled in the worker
+    only when a caller passes one (somebody listens to the event bus).
+
+    Timings in seconds: ``receive`` (the data set's first byte to its
+    last), ``fsync`` (the temporary file written and made durable),
+    ``commit`` (the group commit that indexed and renamed it).
+    """
+
+    receive: float = 0.0
+    fsync: float = 0.0
+    commit: float = 0.0
+    size: int = 0
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+
+
+def publish_store(via: str, peer_host: str, calling_ae: str, sop_class_uid: str,
+                  sop_instance_uid: str, status: int, comment: str, info: StoreInfo | None,
+                  total: float, association_id: int | None = None) -> None:
+    """Publish what became of one store: :class:`~dicomtwist.events.InstanceStored`
+    on Success, else :class:`~dicomtwist.events.StoreFailed`."""
+    if status == Status.SUCCESS and info is not None:
+        events.bus.publish(events.InstanceStored(
+            via, peer_host, calling_ae, sop_class_uid, sop_instance_uid,
+            info.study_instance_uid, info.patient_id, info.patient_name, info.size,
+            association_id=association_id, receive=info.receive, fsync=info.fsync,
+            commit=info.commit, total=total))
+    elif status != Status.SUCCESS:
+        events.bus.publish(events.StoreFailed(
+            via, peer_host, calling_ae, sop_class_uid, sop_instance_uid, int(status), comment,
+            association_id=association_id))
+
+
 def _refusal_for(error: OSError) -> Refused:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return Refused(Status.OUT_OF_RESOURCES, "out of disk space")
@@ -205,7 +244,8 @@ class ArchiveStore:
 
     async def store_spooled(self, sop_class_uid: str, sop_instance_uid: str,
                             transfer_syntax: str, data: object,
-                            study: str | None = None) -> tuple[int, str]:
+                            study: str | None = None,
+                            info: StoreInfo | None = None) -> tuple[int, str]:
         """Store what a :meth:`spool` sink gave; answer once it is durable.
 
         The same pipeline as C-STORE (checks, temporary file, fsync, group
@@ -214,18 +254,22 @@ class ArchiveStore:
         :param study: the Study Instance UID the data set must have (STOW-RS
             to ``/studies/{study}``); another fails with 0xA900.
 
+        :param info: filled with the instance's timings and attributes (for
+            its event), when given.
         :returns: ``(status, comment)``; the comment is empty on Success.
         """
         if isinstance(data, Refused):
             return data.status, data.comment
         if not isinstance(data, Spooled):
             return Status.STORE_CANNOT_UNDERSTAND, "no data set"
+        if info is not None:
+            info.receive = data.receive
         message = CStoreRQ(message_id=0, affected_sop_class_uid=sop_class_uid,
                            affected_sop_instance_uid=sop_instance_uid)
         answer: Deferred = Deferred()
         try:
             result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
-                                             transfer_syntax, data, answer, study)
+                                             transfer_syntax, data, answer, study, info)
         finally:
             data.release()
         if result is None:
@@ -244,16 +288,32 @@ class ArchiveStore:
         data = request.data
         message = request.message
         assert isinstance(message, CStoreRQ)
+        assoc = request.association
         if isinstance(data, Refused):
             self.log.warn("Store of {uid} from {peer} refused: {comment}",
                           uid=message.affected_sop_instance_uid[:80],
-                          peer=request.association.peer_ae_title, comment=data.comment)
+                          peer=assoc.peer_ae_title, comment=data.comment,
+                          **assoc.log_fields)
+            if events.bus.observed:
+                publish_store("dimse", assoc.log_fields.get("peer_host", ""),
+                              assoc.peer_ae_title, message.affected_sop_class_uid,
+                              message.affected_sop_instance_uid, data.status, data.comment,
+                              None, 0.0, assoc.association_id)
             return Response(data.status, fields={"error_comment": data.comment})
         if not isinstance(data, Spooled):
             return Response(Status.STORE_CANNOT_UNDERSTAND, fields={"error_comment": "no data set"})
+        info = None
+        if events.bus.observed:
+            info = StoreInfo()
+            started = time.monotonic()
         status, comment = await self.store_spooled(
             message.affected_sop_class_uid, message.affected_sop_instance_uid,
-            request.context.transfer_syntax, data)
+            request.context.transfer_syntax, data, info=info)
+        if info is not None:
+            publish_store("dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
+                          message.affected_sop_class_uid, message.affected_sop_instance_uid,
+                          status, comment, info, info.receive + time.monotonic() - started,
+                          assoc.association_id)
         if comment:
             self.log.warn("Store of {uid} failed: 0x{status:04X} {comment}",
                           uid=message.affected_sop_instance_uid, status=status, comment=comment)
@@ -261,14 +321,15 @@ class ArchiveStore:
         return Response(status)
 
     def store(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
-              answer: Deferred, study: str | None = None) -> tuple[int, str] | None:
+              answer: Deferred, study: str | None = None,
+              info: StoreInfo | None = None) -> tuple[int, str] | None:
         """In a worker thread: prepare, then commit or queue for the next commit.
 
         :returns: ``(status, comment)``, or None when the instance was queued
             for a commit running in another thread: ``answer`` then fires
             with it (on the reactor thread).
         """
-        prepared = self.prepare(message, transfer_syntax, data, study)
+        prepared = self.prepare(message, transfer_syntax, data, study, info)
         if isinstance(prepared, tuple):
             return prepared
         with self._lock:
@@ -315,7 +376,8 @@ class ArchiveStore:
                 return mine
 
     def prepare(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
-                study: str | None = None) -> "_Prepared | tuple[int, str]":
+                study: str | None = None,
+                info: StoreInfo | None = None) -> "_Prepared | tuple[int, str]":
         """In a worker thread: scan the header, check the UIDs, write and
         fsync the temporary file.
 
@@ -345,6 +407,7 @@ class ArchiveStore:
                         f"Study Instance UID {found_study} is not {study}"[:64])
             final = instance_path(self.directory, uid)
             compress = self._compress_to(transfer_syntax)
+            written = time.monotonic()
             if temp is None:
                 metadata = None if compress else self._describe(raw, transfer_syntax)
                 temp = write_temporary(self.directory, data.header, raw)
@@ -360,6 +423,13 @@ class ArchiveStore:
                                                                  compress, uid)
             prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size, metadata)
             temp = None
+            if info is not None:
+                info.fsync = time.monotonic() - written
+                info.size = size
+                info.study_instance_uid = found_study
+                info.patient_id = _text(ds, "PatientID")
+                info.patient_name = _text(ds, "PatientName")
+                prepared.info = info
             return prepared
         except OSError as e:
             refusal = _refusal_for(e)
@@ -447,6 +517,7 @@ class ArchiveStore:
         replaced is removed.
         """
         results: list[tuple[int, str]] = []
+        started = time.monotonic()
         try:
             with self.index.transaction():
                 for item in items:
@@ -460,6 +531,10 @@ class ArchiveStore:
                     # durable (a crash before this leaves both files:
                     # recovery keeps the nested one).
                     _unlink(os.path.join(self.directory, flat_name(item.uid)))
+            took = time.monotonic() - started
+            for item in items:
+                if item.info is not None:
+                    item.info.commit = took
         except Exception as e:
             self.log.failure("Group commit of {count} instance(s) failed", count=len(items))
             comment = f"cannot commit the instance: {e}"[:64]
@@ -636,6 +711,17 @@ class _Prepared:
     transfer_syntax: str
     size: int
     metadata: bytes | None = None
+    info: StoreInfo | None = None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An attribute of the scanned header as text, "" when absent or not
+    decodable (for events only: never fails a store)."""
+    try:
+        value = ds.get(keyword)
+        return "" if value is None else str(value)
+    except Exception:
+        return ""
 
 
 def _fields(refusal: Refused) -> tuple[int, str]:

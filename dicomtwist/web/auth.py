@@ -12,7 +12,9 @@ each from a file an administrator writes:
 
 Permissions are the DIMSE idea (a peer may query and retrieve but not
 store) in DICOMweb words: ``query`` (QIDO-RS), ``retrieve`` (WADO-RS),
-``store`` (STOW-RS), comma-separated, or ``all``.  Blank lines and lines
+``store`` (STOW-RS), and for the web page's JSON API (:mod:`dicomtwist.web.api`)
+``send`` (a study or series to a configured destination) and ``delete``
+(a study, its rows and files), comma-separated, or ``all``.  Blank lines and lines
 starting with ``#`` are ignored.
 """
 
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["PERMISSIONS", "Credentials", "Principal", "hash_password", "load"]
 
-#: What a user or token may be permitted.
-PERMISSIONS = frozenset({"query", "retrieve", "store"})
+#: What a user or token may be permitted (``metrics``: read ``/metrics``).
+PERMISSIONS = frozenset({"query", "retrieve", "store", "send", "delete", "metrics"})
 _ITERATIONS = 200_000
 
 
@@ -171,7 +173,8 @@ def main(argv: list[str]) -> int:
     import getpass
 
     if not argv:
-        print("usage: python -m dicomtwist.web.auth NAME [query,retrieve,store]",
+        print("usage: python -m dicomtwist.web.auth NAME"
+              " [query,retrieve,store,send,delete,metrics]",
               file=sys.stderr)
         return 2
     name = argv[0]

@@ -18,12 +18,14 @@ Everything else (routing, DICOMweb) lives in the resources under the Site.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 
 __all__ = ["BodySink", "DiscardBody", "Limits", "LimitedChannel", "LimitedRequest", "build_site"]
@@ -103,7 +105,41 @@ class DiscardBody(io.RawIOBase):
 
 
 class LimitedRequest(server.Request):
-    """A request whose body is bounded and may go to a body sink."""
+    """A request whose body is bounded and may go to a body sink.
+
+    Once answered it publishes :class:`~dicomtwist.events.HttpRequestServed`
+    with ``route``: a bounded name the resource that served it set
+    (``"qido"``, ``"metrics"``...), else the site's ``routes`` entry for
+    the path's first segment, else ``"other"``.
+    """
+
+    #: The bounded route name a resource sets (see the class docstring).
+    route = "other"
+    _started = 0.0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Nothing more for a refused request (its answer is sent)."""
+        if self._refused:
+            return
+        self._started = time.monotonic()
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        """Finish, then tell the event bus (with the route and status)."""
+        super().finish()
+        if events.bus.observed and self._started:
+            try:
+                peer = getattr(self.getClientAddress(), "host", "") or ""
+            except Exception:
+                peer = ""
+            route = self.route
+            if route == "other":
+                first = (self.path or b"/").split(b"?", 1)[0].split(b"/")[1:2]
+                route = getattr(getattr(self, "site", None), "routes", {}).get(
+                    first[0] if first else b"", "other")
+            events.bus.publish(events.HttpRequestServed(
+                route, self.method.decode("ascii", "replace")[:16], self.code,
+                time.monotonic() - self._started, peer, getattr(self, "user", "") or ""))
 
     def gotLength(self, length: int | None) -> None:
         """Refuse an announced body over the limit; pick where it goes."""
@@ -142,12 +178,6 @@ class LimitedRequest(server.Request):
                                        f" {self.channel.site.limits.max_body} bytes")
             return
         self.content.write(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        """Nothing more for a refused request (its answer is sent)."""
-        if self._refused:
-            return
-        super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Any) -> None:
         """A body sink learns that the body will never end."""

@@ -93,6 +93,9 @@ class IndexBackend(Protocol):
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance and its emptied parents; its path, or None."""
 
+    def delete_study(self, study_instance_uid: str) -> list[str]:
+        """Remove a study and its emptied patient; the removed paths."""
+
     def clear(self) -> None:
         """Remove every row."""
 

@@ -620,6 +620,11 @@ class SqlIndex:
         its rows locked for removal, or None."""
         raise NotImplementedError
 
+    def _lock_study(self, study_instance_uid: str) -> tuple | None:  # pragma: no cover
+        """``(study_pk, patient_pk)`` of a study, its rows locked for
+        removal, or None."""
+        raise NotImplementedError
+
     def close(self) -> None:  # pragma: no cover - abstract
         """Release the database connections."""
         raise NotImplementedError
@@ -800,6 +805,37 @@ class SqlIndex:
                           (sop_instance_uid,))
             self._tidy({series_pk}, {study_pk}, {patient_pk})
             return path
+
+    def delete_study(self, study_instance_uid: str) -> list[str]:
+        """Remove a study: its instances, their metadata, its series, the
+        study, and its patient if no other study is left, in one
+        transaction (savepoint).
+
+        The files are the caller's to delete, after this returns (once the
+        rows are gone for good): a crash between the two leaves files
+        without rows, which start-up recovery indexes again, never rows
+        without files.
+
+        :returns: the paths of the removed instances (relative to the
+            instance directory); empty if the study is not indexed.
+        """
+        with self.transaction():
+            found = self._lock_study(study_instance_uid)
+            if found is None:
+                return []
+            study_pk, patient_pk = found
+            of_study = "SELECT pk FROM series WHERE study_pk = ?"
+            paths = [r[0] for r in self._execute(
+                f"SELECT path FROM instance WHERE series_pk IN ({of_study}) ORDER BY pk",
+                (study_pk,)).fetchall()]
+            self._execute("DELETE FROM metadata WHERE sop_instance_uid IN (SELECT"
+                          f" sop_instance_uid FROM instance WHERE series_pk IN ({of_study}))",
+                          (study_pk,))
+            self._execute(f"DELETE FROM instance WHERE series_pk IN ({of_study})",
+                          (study_pk,))
+            self._execute("DELETE FROM series WHERE study_pk = ?", (study_pk,))
+            self._tidy(set(), {study_pk}, {patient_pk})
+            return paths
 
     def clear(self) -> None:
         """Remove every row."""

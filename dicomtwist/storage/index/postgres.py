@@ -254,6 +254,27 @@ class PostgresIndex(SqlIndex):
             if again is None or tuple(again) == tuple(row):
                 return again
 
+    def delete_study(self, study_instance_uid: str) -> list[str]:
+        """Remove a study, its instances and series, and its patient if
+        emptied (see :meth:`SqlIndex.delete_study`).
+
+        :returns: the paths of the removed instances.
+        """
+        return self._retrying(partial(SqlIndex.delete_study, self, study_instance_uid))
+
+    def _lock_study(self, study_instance_uid: str) -> tuple | None:
+        # Top down as add locks them: the patient, then the study; again
+        # if the study moved to another patient meanwhile.
+        select = "SELECT pk, patient_pk FROM study WHERE study_instance_uid = ?"
+        while True:
+            row = self._execute(select, (study_instance_uid,)).fetchone()
+            if row is None:
+                return None
+            self._lock("patient", row[1])
+            again = self._execute(select + " FOR UPDATE", (study_instance_uid,)).fetchone()
+            if again is None or tuple(again) == tuple(row):
+                return again
+
     def _lock(self, table: str, pk: int) -> Any:
         """Lock one row; its parent pk (None for a patient)."""
         parent = {"study": "patient_pk", "series": "study_pk"}.get(table, "pk")

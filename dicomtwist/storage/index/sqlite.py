@@ -159,6 +159,12 @@ class SqliteIndex(SqlIndex):
             "JOIN study st ON st.pk = se.study_pk WHERE i.sop_instance_uid = ?",
             (sop_instance_uid,)).fetchone()
 
+    def _lock_study(self, study_instance_uid: str) -> tuple | None:
+        # As for an instance: the connection's lock and the write lock.
+        return self._conn.execute(
+            "SELECT pk, patient_pk FROM study WHERE study_instance_uid = ?",
+            (study_instance_uid,)).fetchone()
+
     def _upsert(self, table: str, values: dict[str, object], conflict: Iterable[str],
                 keep: bool = False) -> int:
         # Parents keep their known values when a new instance lacks them;

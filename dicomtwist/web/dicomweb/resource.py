@@ -14,6 +14,8 @@ an encoded ``../``) is a 404 before anything touches the file system.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import zlib
@@ -26,12 +28,13 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.storage.files import is_valid_uid
 from dicomtwist.web.auth import Credentials, Principal
 from dicomtwist.web.server import Limits
 
-__all__ = ["DicomWebContext", "DicomWebResource", "HttpError"]
+__all__ = ["DicomWebContext", "DicomWebResource", "HttpError", "authorize_request"]
 
 
 class HttpError(Exception):
@@ -231,6 +234,59 @@ def send_error(request: server.Request, error: HttpError) -> None:
     send_body(request, error.code, "application/json", body, error.headers)
 
 
+def authorize_request(credentials: Credentials, request: Any,
+                  permission: str) -> Principal | None:
+    """Check a request's credentials against ``permission`` (no check when
+    no users or tokens are configured); refusals are published as
+    :class:`~dicomtwist.events.AuthenticationFailed`.
+
+    :raises HttpError: 401 (no or bad credentials) or 403 (not permitted).
+    """
+    if not credentials.enabled:
+        return None
+    header = request.getHeader("authorization")
+    principal = credentials.authenticate(header)
+    if principal is None:
+        if header and events.bus.observed:
+            # Credentials given and refused (a request without any is a
+            # client asking which scheme to use, not a failure).
+            events.bus.publish(events.AuthenticationFailed(
+                "http", _peer_host(request), _user_of(header), "invalid credentials"))
+        schemes = []
+        if credentials.users:
+            schemes.append('Basic realm="dicomtwist", charset="UTF-8"')
+        if credentials.tokens:
+            schemes.append('Bearer realm="dicomtwist"')
+        raise HttpError(401, "authentication required",
+                        {"WWW-Authenticate": ", ".join(schemes)})
+    if permission not in principal.permissions:
+        if events.bus.observed:
+            events.bus.publish(events.AuthenticationFailed(
+                "http", _peer_host(request), principal.name, f"not permitted: {permission}"))
+        raise HttpError(403, f"{principal.name} may not {permission}")
+    return principal
+
+
+def _peer_host(request: Any) -> str:
+    """The address a request came from ("" when unknown)."""
+    try:
+        return getattr(request.getClientAddress(), "host", "") or ""
+    except Exception:
+        return ""
+
+
+def _user_of(authorization: str) -> str:
+    """The user name of a Basic ``Authorization`` header ("" otherwise: a
+    bearer token is never repeated)."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
 class DicomWebResource(Resource):
     """The DICOMweb service root (a leaf: it routes the path itself).
 
@@ -250,6 +306,7 @@ class DicomWebResource(Resource):
 
     def render(self, request: server.Request) -> Any:
         """Route, authenticate and serve one request."""
+        request.route = "dicomweb"
         self._cors(request)
         method = request.method.decode("ascii", "replace")
         if method == "OPTIONS":
@@ -265,6 +322,8 @@ class DicomWebResource(Resource):
             segments = [s.decode("utf-8", "replace") if isinstance(s, bytes) else s
                         for s in request.postpath]
             permission, name, arguments = match_route(method, segments)
+            request.route = "qido" if name.startswith("qido") else (
+                "wado" if name == "retrieve" else name)
             self.authorize(request, permission)
             await getattr(self.handlers, name)(request, *arguments)
         except HttpError as e:
@@ -282,21 +341,7 @@ class DicomWebResource(Resource):
 
         :raises HttpError: 401 (no or bad credentials) or 403 (not permitted).
         """
-        credentials = self.context.credentials
-        if not credentials.enabled:
-            return None
-        principal = credentials.authenticate(request.getHeader("authorization"))
-        if principal is None:
-            schemes = []
-            if credentials.users:
-                schemes.append('Basic realm="dicomtwist", charset="UTF-8"')
-            if credentials.tokens:
-                schemes.append('Bearer realm="dicomtwist"')
-            raise HttpError(401, "authentication required",
-                            {"WWW-Authenticate": ", ".join(schemes)})
-        if permission not in principal.permissions:
-            raise HttpError(403, f"{principal.name} may not {permission}")
-        return principal
+        return authorize_request(self.context.credentials, request, permission)
 
     def _cors(self, request: server.Request) -> None:
         origin = request.getHeader("origin")

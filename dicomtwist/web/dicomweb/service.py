@@ -6,7 +6,11 @@ store pipeline (the C-STORE one); neither knows it is not DIMSE.
 
 from __future__ import annotations
 
+import time
+
 from twisted.web import server
+
+from dicomtwist import events
 
 from dicomtwist.storage.index import ATTRIBUTES, QueryError
 from dicomtwist.web.dicomweb import qido, stow, wado
@@ -69,19 +73,27 @@ class DicomWebService:
         except qido.QueryParameterError as e:
             raise HttpError(400, str(e))
         base = self._base(request)
+        started = time.monotonic()
         try:
-            body = await self.context.run(self._matches, query, base)
+            body, count = await self.context.run(self._matches, query, base)
         except QueryError as e:
             raise HttpError(400, getattr(e, "comment", None) or str(e))
+        if events.bus.observed:
+            address = request.getClientAddress()
+            events.bus.publish(events.QueryPerformed(
+                "http", getattr(address, "host", "") or "", "", "", level, request.uri, count,
+                0, time.monotonic() - started))
         headers = {"Warning": ", ".join(query.warnings)} if query.warnings else None
         send_body(request, 200, offered, body, headers, compress=True)
 
-    def _matches(self, query: qido.QidoQuery, base: str) -> bytes:
-        """In a worker: the query's matches as DICOM JSON."""
+    def _matches(self, query: qido.QidoQuery, base: str) -> tuple[bytes, int]:
+        """In a worker: the query's matches as DICOM JSON, and their count."""
         keys, rows = self.context.index.query(query.identifier, "STUDY",
                                               relational=query.relational,
                                               offset=query.offset, limit=query.limit)
-        return b"".join(qido.render_matches(keys, rows, query.level, base))
+        pieces = list(qido.render_matches(keys, rows, query.level, base))
+        # One piece a match, between "[" and "]".
+        return b"".join(pieces), len(pieces) - 2
 
     # WADO-RS
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList
 
+from dicomtwist import events
 from dicomtwist import log as dlog
+from dicomtwist.services.store import StoreInfo, publish_store
 from dicomtwist.status import Status
 from dicomtwist.storage.files import is_valid_uid
 from dicomtwist.web.dicomweb import multipart
@@ -57,6 +60,10 @@ class PartResult:
     sop_instance_uid: str | None
     status: int
     comment: str = ""
+    #: What the store pipeline told of it (when somebody listens to the
+    #: event bus), and seconds from the part's first byte to its answer.
+    info: Any = None
+    total: float = 0.0
 
 
 class _NotPart10(ValueError):
@@ -224,9 +231,16 @@ class StowBody(DiscardBody):
 
     async def _store(self, meta: tuple[str, str, str], data: Any) -> PartResult:
         sop_class, sop_instance, syntax = meta
+        if not events.bus.observed:
+            status, comment = await self.context.store.store_spooled(
+                sop_class, sop_instance, syntax, data, study=self.study)
+            return PartResult(sop_class, sop_instance, status, comment)
+        info = StoreInfo()
+        started = time.monotonic()
         status, comment = await self.context.store.store_spooled(
-            sop_class, sop_instance, syntax, data, study=self.study)
-        return PartResult(sop_class, sop_instance, status, comment)
+            sop_class, sop_instance, syntax, data, study=self.study, info=info)
+        return PartResult(sop_class, sop_instance, status, comment, info,
+                          info.receive + time.monotonic() - started)
 
     async def results(self) -> list[PartResult]:
         """Every part's result, once each is durable or has failed.
@@ -327,6 +341,11 @@ async def stow(context: DicomWebContext, request: Any, base: str,
         raise HttpError(400, "the body has no parts")
     stored = [r for r in results if r.status == Status.SUCCESS]
     failed = [r for r in results if r.status != Status.SUCCESS]
+    if events.bus.observed:
+        host = getattr(request.getClientAddress(), "host", "") or ""
+        for r in results:
+            publish_store("http", host, "", r.sop_class_uid or "", r.sop_instance_uid or "",
+                          r.status, r.comment, r.info, r.total)
     response: dict[str, Any] = {}
     studies = set()
     if stored:

@@ -30,6 +30,7 @@ from twisted.web import server
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from dicomtwist import events
 from dicomtwist.association import NATIVE_SYNTAXES, file_dataset
 from dicomtwist.storage.files import scratch_file, stored_file
 from dicomtwist.storage.index import StoredInstance
@@ -367,6 +368,7 @@ async def retrieve(context: DicomWebContext, request: server.Request, study: str
         plans.append((record, chosen[1] or record.transfer_syntax_uid))
     parts: list[Part] = []
     scratch: list[str] = []
+    started = _retrieve_started(request, records) if events.bus.observed else None
     try:
         for record, syntax in plans:
             path = stored_path(context, record)
@@ -379,9 +381,30 @@ async def retrieve(context: DicomWebContext, request: server.Request, study: str
             parts.append(Part(f"application/dicom; transfer-syntax={syntax}", path=path,
                               length=size))
         await send_multipart(request, "application/dicom", parts)
+        if started is not None:
+            for (record, _), part in zip(plans, parts):
+                events.bus.publish(events.InstanceSent(
+                    "http", "", started.peer_host, record.sop_class_uid or "",
+                    record.sop_instance_uid, record.study_instance_uid, "", part.length or 0))
+            events.bus.publish(events.RetrieveEnded(
+                "http", "wado", started.peer_host, "", "", started.peer_host,
+                started.study_instance_uids, (), len(parts), 0, 0, 0,
+                tuple(record.sop_instance_uid for record, _ in plans)))
     finally:
         for path in scratch:
             _unlink(path)
+
+
+def _retrieve_started(request: server.Request,
+                      records: list[StoredInstance]) -> events.RetrieveStarted:
+    """Publish the :class:`~dicomtwist.events.RetrieveStarted` of a WADO-RS
+    retrieve of ``records`` (the client is its destination) and return it."""
+    host = getattr(request.getClientAddress(), "host", "") or ""
+    studies = tuple(dict.fromkeys(r.study_instance_uid for r in records))
+    event = events.RetrieveStarted("http", "wado", host, "", "", host, studies, (),
+                                   len(records))
+    events.bus.publish(event)
+    return event
 
 
 async def converted(context: DicomWebContext, path: str, transfer_syntax: str,

@@ -1,0 +1,437 @@
+"""The web page's JSON API: status, sends to destinations, study deletion.
+
+What the page needs beyond DICOMweb, at ``/api`` of the HTTP endpoint,
+under the same authentication as DICOMweb (:mod:`dicomtwist.web.auth`):
+
+``GET /api/status`` (``query``)
+    version, AE title, the DICOMweb root, counts (patients, studies,
+    series, instances), the instance directory's disk use, active
+    associations, the configured destinations, and what the caller may do.
+``POST /api/studies/{study}[/series/{series}]/send?destination=AE`` (``send``)
+    start a send: the C-MOVE SCP's own retrieve pipeline
+    (:class:`dicomtwist.services.qr.QueryRetrieve`) to a configured
+    destination.  Answered ``202`` with the job (and its ``Location``), or,
+    with ``Accept: text/event-stream``, with the job's progress as
+    server-sent events on the same response (``progress`` events, then one
+    ``done``), which works whichever worker process took the request.
+``GET /api/jobs`` and ``GET /api/jobs/{id}`` (``query``)
+    this process's recent jobs, or one (``text/event-stream`` as above).
+``DELETE /api/jobs/{id}`` (``send``)
+    cancel a running send between two sub-operations.
+``DELETE /api/studies/{study}`` (``delete``)
+    remove a study: its index rows in one transaction, then its files.
+
+A job outlives the request that started it: a send runs to its end (or its
+cancel) even if the page is closed.  Finished jobs are kept, the latest
+:data:`KEPT_JOBS` of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred
+from twisted.web import server
+from twisted.web.resource import Resource
+
+import dicomtwist
+from dicomtwist import log as dlog
+from dicomtwist.status import Category, category
+from dicomtwist.storage.files import is_valid_uid, stored_file
+from dicomtwist.web.auth import PERMISSIONS, Principal
+from dicomtwist.web.dicomweb.resource import (
+    DicomWebContext,
+    HttpError,
+    query_args,
+    send_body,
+    send_error,
+)
+
+__all__ = ["ApiResource", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
+
+#: Finished jobs remembered for ``GET /api/jobs``.
+KEPT_JOBS = 100
+#: The Study Root C-MOVE SOP Class: the model a page's send uses.
+_STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+
+
+@dataclass
+class Job:
+    """One send of a study or series to a destination, and its progress.
+
+    :ivar state: ``running``, ``done`` (every sub-operation succeeded),
+        ``failed`` (some failed, or none could run) or ``cancelled``.
+    :ivar total: sub-operations in all (known once the instances are found).
+    """
+
+    id: str
+    destination: str
+    study: str
+    series: str | None
+    user: str | None
+    started: float
+    peer_host: str = ""
+    state: str = "running"
+    total: int | None = None
+    remaining: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    status: int | None = None
+    error: str | None = None
+    finished: float | None = None
+    cancelled: bool = False
+    _watchers: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """What the API answers about the job."""
+        return {
+            "id": self.id, "destination": self.destination, "study": self.study,
+            "series": self.series, "user": self.user, "state": self.state,
+            "total": self.total, "remaining": self.remaining, "completed": self.completed,
+            "failed": self.failed, "warning": self.warning,
+            "status": None if self.status is None else f"{self.status:04X}",
+            "error": self.error, "started": self.started, "finished": self.finished,
+        }
+
+    def watch(self, watcher: Callable[["Job"], None]) -> Callable[[], None]:
+        """Call ``watcher(job)`` on each change; returns how to stop."""
+        self._watchers.append(watcher)
+        return lambda: watcher in self._watchers and self._watchers.remove(watcher)
+
+    def changed(self) -> None:
+        """Tell the watchers."""
+        for watcher in list(self._watchers):
+            watcher(self)
+
+
+class _Message:
+    """The parts of a C-MOVE-RQ the retrieve pipeline reads."""
+
+    affected_sop_class_uid = _STUDY_ROOT_MOVE
+    message_id = 0
+
+    def __init__(self, destination: str) -> None:
+        self.move_destination = destination
+
+
+class _PageRequest:
+    """A send from the page, as the C-MOVE handler sees a request: an
+    identifier, a destination, a cancel flag and no requesting
+    association (so no Move Originator)."""
+
+    association = None
+    context = None
+
+    def __init__(self, job: Job) -> None:
+        self.message = _Message(job.destination)
+        self._job = job
+        #: Who asked (the events of the retrieve name them).
+        self.peer_host = job.peer_host
+        self.user = job.user
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES" if job.series else "STUDY"
+        identifier.StudyInstanceUID = job.study
+        if job.series:
+            identifier.SeriesInstanceUID = job.series
+        self._identifier = identifier
+
+    @property
+    def cancelled(self) -> bool:
+        """Set by ``DELETE /api/jobs/{id}``."""
+        return self._job.cancelled
+
+    def dataset(self) -> Dataset:
+        """The C-MOVE identifier."""
+        return self._identifier
+
+
+class Jobs:
+    """This process's sends: running ones and the latest finished.
+
+    :param retriever: the C-MOVE SCP (``handle_move(request)``, an async
+        iterator of responses).
+    """
+
+    log = dlog.logger()
+
+    def __init__(self, retriever: Any, clock: Any, kept: int = KEPT_JOBS) -> None:
+        self.retriever = retriever
+        self.clock = clock
+        self.kept = kept
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    def get(self, job_id: str) -> Job | None:
+        """A job by id."""
+        return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        """Every job kept, the newest first."""
+        return list(reversed(self._jobs.values()))
+
+    def start(self, destination: str, study: str, series: str | None,
+              user: str | None, peer_host: str = "") -> Job:
+        """Start sending; the job runs on its own (its end is logged).
+
+        :param peer_host: the address of the HTTP client that asked.
+        """
+        job = Job(str(next(self._ids)), destination, study, series, user,
+                  self.clock.seconds(), peer_host)
+        self._jobs[job.id] = job
+        self._forget_old()
+        self.log.info("Sending {what} {uid} to {aet} (web job {id}, {user})",
+                      what="series" if series else "study", uid=series or study,
+                      aet=destination, id=job.id, user=user or "anonymous")
+        Deferred.fromCoroutine(self._run(job))
+        return job
+
+    async def _run(self, job: Job) -> None:
+        try:
+            async for response in self.retriever.handle_move(_PageRequest(job)):
+                fields = response.fields
+                job.completed = fields.get("number_of_completed_sub_operations", job.completed)
+                job.failed = fields.get("number_of_failed_sub_operations", job.failed)
+                job.warning = fields.get("number_of_warning_sub_operations", job.warning)
+                job.remaining = fields.get("number_of_remaining_sub_operations", 0)
+                if job.total is None:
+                    job.total = job.completed + job.failed + job.warning + job.remaining
+                job.status = response.status
+                if category(response.status) is Category.PENDING:
+                    job.changed()
+            kind = category(job.status) if job.status is not None else Category.FAILURE
+            if job.cancelled:
+                job.state = "cancelled"
+            elif kind is Category.SUCCESS:
+                job.state = "done"
+            else:
+                job.state = "failed"
+        except Exception as e:
+            job.status = getattr(e, "status", None)
+            job.error = getattr(e, "comment", None) or str(e) or type(e).__name__
+            job.state = "failed"
+            if job.status is None:
+                self.log.failure("Web job {id} failed", id=job.id)
+        job.remaining = 0 if job.state != "cancelled" else job.remaining
+        job.total = job.total if job.total is not None else 0
+        job.finished = self.clock.seconds()
+        self.log.info("Web job {id} {state}: {completed} sent, {failed} failed,"
+                      " {warned} with warnings", id=job.id, state=job.state,
+                      completed=job.completed, failed=job.failed, warned=job.warning)
+        job.changed()
+        job._watchers.clear()
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.state != "running"]
+        for key in finished[:max(0, len(finished) - self.kept)]:
+            del self._jobs[key]
+
+
+def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
+    """Remove a study's rows, then its files (blocking: run it in a pool).
+
+    The index commits first: a crash after it leaves files without rows,
+    which start-up recovery indexes again, never rows without files.
+
+    :returns: ``(instances removed from the index, files deleted)``.
+    """
+    paths = index.delete_study(study)
+    deleted = 0
+    for relative in paths:
+        try:
+            os.unlink(stored_file(directory, relative))
+            deleted += 1
+        except (ValueError, FileNotFoundError):
+            # Gone already, or a path the archive never writes: not ours
+            # to resolve (stored_file refuses anything else).
+            pass
+    return len(paths), deleted
+
+
+def _json(request: server.Request, code: int, value: Any,
+          headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    send_body(request, code, "application/json", body,
+              {"cache-control": "no-store", **(headers or {})})
+
+
+def _wants_events(request: server.Request) -> bool:
+    return "text/event-stream" in (request.getHeader("accept") or "")
+
+
+class ApiResource(Resource):
+    """``/api``: a leaf that routes the rest of its path itself.
+
+    :param context: what the DICOMweb services work with (index, pools,
+        directory, credentials).
+    :param authorize: ``authorize(request, permission)`` -> the principal
+        (None without authentication); raises :class:`HttpError` 401/403.
+    :param settings: the archive configuration (AE title, destinations).
+    :param retriever: the C-MOVE SCP whose pipeline sends run through.
+    :param associations: the number of active associations (None: unknown).
+    """
+
+    isLeaf = True
+    log = dlog.logger()
+
+    def __init__(self, context: DicomWebContext,
+                 authorize: Callable[[Any, str], Principal | None], settings: Any,
+                 retriever: Any, associations: Callable[[], int] | None = None) -> None:
+        super().__init__()
+        self.context = context
+        self.authorize = authorize
+        self.settings = settings
+        self.jobs = Jobs(retriever, context.reactor)
+        self.associations = associations
+
+    def render(self, request: server.Request) -> Any:
+        """Route, authorize and serve one request."""
+        Deferred.fromCoroutine(self._serve(request))
+        return server.NOT_DONE_YET
+
+    async def _serve(self, request: server.Request) -> None:
+        method = request.method.decode("ascii", "replace")
+        try:
+            segments = [s.decode("utf-8", "replace") for s in request.postpath]
+            if segments and segments[-1] == "":
+                segments = segments[:-1]
+            await self._route(request, "GET" if method == "HEAD" else method, segments)
+        except HttpError as e:
+            send_error(request, e)
+        except Exception:
+            self.log.failure("Serving {method} {uri} failed", method=method,
+                             uri=request.uri[:200])
+            send_error(request, HttpError(500, "internal error"))
+
+    async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
+        n = len(segments)
+        if segments == ["status"]:
+            self._allow(method, "GET")
+            return await self.status(request)
+        if segments[:1] == ["jobs"] and n <= 2:
+            if n == 1:
+                self._allow(method, "GET")
+                self.authorize(request, "query")
+                return _json(request, 200, [j.as_json() for j in self.jobs.all()])
+            job = self.jobs.get(segments[1])
+            self._allow(method, "GET", "DELETE")
+            self.authorize(request, "query" if method == "GET" else "send")
+            if job is None:
+                raise HttpError(404, f"no job {segments[1]} in this process")
+            if method == "DELETE":
+                job.cancelled = True
+                return _json(request, 202, job.as_json())
+            return self._job(request, job, 200)
+        if segments[:1] == ["studies"] and n >= 2 and is_valid_uid(segments[1]):
+            study = segments[1]
+            if n == 2:
+                self._allow(method, "DELETE")
+                return await self.delete(request, study)
+            if n == 3 and segments[2] == "send":
+                self._allow(method, "POST")
+                return self.send(request, study, None)
+            if (n == 5 and segments[2] == "series" and is_valid_uid(segments[3])
+                    and segments[4] == "send"):
+                self._allow(method, "POST")
+                return self.send(request, study, segments[3])
+        raise HttpError(404, "no such resource")
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise HttpError(405, f"{method} is not allowed here",
+                            {"Allow": ", ".join(allowed)})
+
+    # -- status ------------------------------------------------------------
+    async def status(self, request: server.Request) -> None:
+        """``GET /api/status``."""
+        principal = self.authorize(request, "query")
+        index = self.context.index
+        directory = self.context.directory
+
+        def gather() -> dict[str, Any]:
+            counts = {name: index.count(level) for name, level in (
+                ("patients", "PATIENT"), ("studies", "STUDY"), ("series", "SERIES"),
+                ("instances", "IMAGE"))}
+            usage = shutil.disk_usage(directory)
+            return {"counts": counts,
+                    "disk": {"total": usage.total, "used": usage.used, "free": usage.free}}
+
+        found = await self.context.run(gather)
+        if principal is None:
+            permissions = sorted(PERMISSIONS)
+            user = None
+        else:
+            permissions = sorted(principal.permissions)
+            user = principal.name
+        _json(request, 200, {
+            "version": dicomtwist.__version__,
+            "ae_title": self.settings.ae_title,
+            "dicomweb": self.context.root,
+            **found,
+            "associations": None if self.associations is None else self.associations(),
+            "destinations": sorted(self.settings.destinations),
+            "user": user,
+            "permissions": permissions,
+        })
+
+    # -- send --------------------------------------------------------------
+    def send(self, request: server.Request, study: str, series: str | None) -> None:
+        """``POST .../send?destination=AE``: start a job."""
+        principal = self.authorize(request, "send")
+        destination = (query_args(request).get("destination") or [""])[-1].strip()
+        if not destination:
+            raise HttpError(400, "destination is required")
+        if destination not in self.settings.destinations:
+            known = ", ".join(sorted(self.settings.destinations)) or "none"
+            raise HttpError(400, f"unknown destination {destination!r} (configured: {known})")
+        client = request.getClientAddress()
+        job = self.jobs.start(destination, study, series,
+                              principal.name if principal is not None else None,
+                              getattr(client, "host", ""))
+        self._job(request, job, 202)
+
+    def _job(self, request: server.Request, job: Job, code: int) -> None:
+        location = f"/api/jobs/{job.id}"
+        if not _wants_events(request):
+            _json(request, code, job.as_json(), {"location": location})
+            return
+        request.setResponseCode(200)
+        request.setHeader("content-type", "text/event-stream; charset=utf-8")
+        request.setHeader("cache-control", "no-store")
+        request.setHeader("location", location)
+
+        def emit(current: Job) -> None:
+            if request.finished or request._disconnected:
+                return
+            event = "progress" if current.state == "running" else "done"
+            data = json.dumps(current.as_json(), ensure_ascii=False)
+            request.write(f"event: {event}\ndata: {data}\n\n".encode("utf-8"))
+            if event == "done":
+                stop()
+                request.finish()
+
+        stop = job.watch(emit)
+        request.notifyFinish().addBoth(lambda _: stop())
+        emit(job)
+
+    # -- delete ------------------------------------------------------------
+    async def delete(self, request: server.Request, study: str) -> None:
+        """``DELETE /api/studies/{study}``."""
+        principal = self.authorize(request, "delete")
+        instances, files = await self.context.run(delete_study, self.context.index,
+                                                  self.context.directory, study)
+        if not instances:
+            raise HttpError(404, f"no study {study}")
+        self.log.info("Deleted study {uid}: {instances} instance(s), {files} file(s)"
+                      " ({user}, web)", uid=study, instances=instances, files=files,
+                      user=principal.name if principal is not None else "anonymous")
+        _json(request, 200, {"study": study, "instances": instances, "files": files})
