@@ -32,7 +32,10 @@ def measure(count: int = 1000, top: int = 0) -> float:
     from twisted.internet.testing import MemoryReactorClock, StringTransport
     from twisted.python.threadpool import ThreadPool
 
+    from twisted.logger import LogLevel
+
     from benchmarks import rawclient
+    from dicomtwist import log as dlog
     from dicomtwist import tap
     from dicomtwist.config import Config
     from dicomtwist.storage.index import open_index
@@ -43,6 +46,9 @@ def measure(count: int = 1000, top: int = 0) -> float:
                           database_location=os.path.join(work, "index.sqlite"),
                           max_associations=count + 10)
         os.makedirs(settings.instance_location)
+        # The daemon's default level: info events are not even made.
+        level = dlog.level()
+        dlog.set_level(LogLevel.warn)
         reactor = MemoryReactorClock()
         index = open_index(settings.database_location)
         factory = tap.build_factory(settings, reactor, ThreadPool(), index)
@@ -81,6 +87,8 @@ def measure(count: int = 1000, top: int = 0) -> float:
         index.close()
         return per
     finally:
+        if "level" in locals():
+            dlog.set_level(level)
         shutil.rmtree(work, ignore_errors=True)
 
 

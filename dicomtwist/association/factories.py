@@ -59,13 +59,14 @@ class AcceptorFactory(Factory):
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)
-
-        def forget(_: Any) -> None:
-            self.associations.discard(assoc)
-            self.active.discard(assoc)
-
-        assoc.closed.addBoth(forget)
+        # A bound method, not a closure: about 100 bytes less per association.
+        assoc.closed.addBoth(self._forget, assoc)
         return assoc
+
+    def _forget(self, result: Any, assoc: Association) -> None:
+        """An association has closed: it counts no more."""
+        self.associations.discard(assoc)
+        self.active.discard(assoc)
 
     def admit(self, assoc: Association) -> AAssociateRJ | None:
         """Count an association that sent its A-ASSOCIATE-RQ; refuse it at

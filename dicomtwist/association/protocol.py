@@ -96,7 +96,8 @@ class Association(Requestor, DicomProtocol):
                  "yield_every", "negotiated", "ae_title", "peer_ae_title", "_established",
                  "_establishment", "_establishment_observed", "closed", "_assembler",
                  "_outstanding", "_serving", "_message_id", "_send_queue", "_sending",
-                 "_acse_timer", "_abort_cause", "_released", "_busy")
+                 "_acse_timer", "_abort_cause", "_released", "_busy", "association_id",
+                 "log_fields", "_received_rq")
 
     def __init__(self, clock: IReactorTime, *, handlers: Mapping[str, Handler] | None = None,
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
