@@ -550,6 +550,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         require_called_aet=settings.require_called_aet,
         allowed_calling_aets=settings.allowed_calling_aets,
         peers=dict(settings.peers),
+        window=((settings.async_operations,) * 2 if settings.async_operations > 1 else None),
     )
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
