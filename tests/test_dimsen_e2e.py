@@ -4,7 +4,8 @@ driven by a pynetdicom modality (``tests/peer_scripts/pynetdicom_dimsen_scu.py``
 - Storage commitment with the report on the N-ACTION's association (kept
   open), and on a new association to the modality's own SCP (listening on a
   free port, configured as the destination named by its AE title), where
-  the archive is SCP of Storage Commitment by role selection.
+  the archive is SCP of Storage Commitment by role selection; and a request
+  left outstanding by a stopped archive, reported after its restart.
 - MPPS: N-CREATE, N-SET to COMPLETED, a duplicate and a late N-SET
   refused; the step is then read back over HTTP (``/api/mpps``).
 """
@@ -126,6 +127,33 @@ class DimseNTests(TestCase):
         self.assertEqual(result["action"], 0)
         self.assertEqual(len(result["reports"]), 1, result)
         self.assertReport(result["reports"][0], "QRSCP")
+        await self.reported(archive)
+
+    @inline
+    async def test_commitment_after_restart(self) -> None:
+        """A result that could not be delivered (no destination configured) is kept
+        across a restart and reported after it, on a new association."""
+        with open(self.config) as fp:
+            configured = fp.read()
+        with open(self.config, "w") as fp:
+            fp.write(configured.split("[PYNETSCU]")[0])
+        archive = await self.start()
+        result = await self.modality(*self.commit_args("--wait", "0"))
+        self.assertEqual((result["action"], result["reports"]), (0, []))
+        await archive.wait_for_output(b"no destination [PYNETSCU]")
+        self.assertIn(await archive.stop(), (0, -15), archive.output())
+        self.assertEqual(len(self.outstanding()), 1)
+        with open(self.config, "w") as fp:
+            fp.write(configured)
+        listener = peers.start_script_peer(self, reactor, "pynetdicom_dimsen_scu.py", [
+            "listen", peers.LOCALHOST, "0", "--listen", str(self.scp_port), "--wait", "40"])
+        await listener.wait_for_output(b"LISTENING")
+        archive = await peers.start_dicomqr(self, reactor, self.cwd, self.config, self.port,
+                                            "--verbose")
+        line = await listener.wait_for_output(b'"reports"', timeout=40)
+        reports = json.loads(line)["reports"]
+        self.assertEqual(len(reports), 1, reports)
+        self.assertReport(reports[0], "QRSCP")
         await self.reported(archive)
 
     @inline

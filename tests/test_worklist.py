@@ -245,7 +245,8 @@ class QueryCheckTests(SynchronousTestCase):
     def test_unsupported_keys_left_out(self) -> None:
         """Keys neither matching nor return keys are left out and flagged
         (0xFF01); the Specific Character Set is left out silently."""
-        ds = query({"PatientName": "", "StudyDescription": "", "SpecificCharacterSet": "ISO_IR 100"},
+        ds = query({"PatientName": "", "StudyDescription": "",
+                    "SpecificCharacterSet": "ISO_IR 100"},
                    {"Modality": "", "ReferencedStudySequence": []})
         result = check_query(ds)
         self.assertTrue(result.unsupported)

@@ -13,7 +13,10 @@ parsed, or lacks what every worklist answer must carry (PS3.4 K.6.1.2.2,
 as ``wlmscpfs --enable-file-reject`` checks it), is left out with one
 warning per version of the file.  When the directory holds DCMTK's
 ``lockfile``, it is read-locked while the files are read, as ``wlmscpfs``
-does, so that tools which write items under its write lock are respected.
+does, so that tools which write items under its write lock are respected
+(for at most :data:`LOCK_WAIT` seconds).  :func:`save_item` and
+:func:`remove_item` write and remove items (atomically) for the HTTP
+endpoint (:mod:`dicomtwist.web.worklist`).
 
 Queries are checked, expanded, matched and answered as ``wlmscpfs``
 (DCMTK 3.6.7) does, which follows PS3.4 K.6.1 and C.2.2.2:

@@ -7,6 +7,10 @@ until the report arrives) or, released at once, on a new association to
 its own SCP listening on ``--listen PORT`` (accepting the archive as SCP of
 Storage Commitment by role selection).
 
+``listen``: only the modality's own Storage Commitment SCP on ``--listen
+PORT``: prints ``LISTENING``, then the first report to arrive (or none
+after ``--wait`` seconds).
+
 ``mpps``: an MPPS SCU.  N-CREATE of a step IN PROGRESS, N-SET to
 COMPLETED, then one more N-SET (which must fail, the step being final).
 
@@ -95,6 +99,30 @@ def commit(args: argparse.Namespace) -> dict:
     if server is not None:
         server.shutdown()
     return result
+
+
+def listen(args: argparse.Namespace) -> dict:
+    """Wait for one report on our own SCP."""
+    reports: list[dict] = []
+    arrived = threading.Event()
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.append(report_of(event))
+        return 0x0000, None
+
+    def on_sent(event: evt.Event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            arrived.set()
+
+    ae = AE(ae_title=args.calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = ae.start_server(("127.0.0.1", args.listen), block=False, evt_handlers=[
+        (evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DIMSE_SENT, on_sent)])
+    print("LISTENING", flush=True)
+    arrived.wait(args.wait)
+    server.shutdown()
+    return {"associated": True, "reports": reports}
 
 
 def step(**values) -> Dataset:
@@ -186,7 +214,7 @@ def mpps(args: argparse.Namespace) -> dict:
 def main(argv: list[str]) -> int:
     """Parse arguments, talk to the archive, print the outcome."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("operation", choices=("commit", "mpps"))
+    parser.add_argument("operation", choices=("commit", "listen", "mpps"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--called", default="QRSCP")
@@ -199,7 +227,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--uid", default="1.2.826.0.1.3680043.2.1143.500")
     parser.add_argument("--study", default="1.2.826.0.1.3680043.2.1143.400")
     args = parser.parse_args(argv)
-    result = commit(args) if args.operation == "commit" else mpps(args)
+    result = {"commit": commit, "listen": listen, "mpps": mpps}[args.operation](args)
     print(json.dumps(result), flush=True)
     return 0 if result["associated"] else 1
 
