@@ -291,6 +291,31 @@ class ArchiveTrafficTests(QueryRetrieveTestCase):
                          len(self.datasets) + 1)
 
 
+class HttpTlsTests(SynchronousTestCase):
+    """A failed TLS handshake on the HTTP port is an authentication failure."""
+
+    def test_handshake_failure_published(self) -> None:
+        """The channel's connection lost to an OpenSSL error publishes it."""
+        from OpenSSL import SSL
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        from twisted.web.resource import Resource
+
+        from dicomtwist.web.server import Limits
+        from dicomtwist.web.server import build_site as make_site
+
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        site = make_site(Resource(), Limits(), MemoryReactorClock())
+        channel = site.buildProtocol(IPv4Address("TCP", "10.9.8.7", 5000))
+        channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.9.8.7",
+                                                                       5000)))
+        channel.connectionLost(Failure(SSL.Error([("SSL routines", "", "no shared cipher")])))
+        self.assertEqual(seen, [events.AuthenticationFailed(
+            "http", "10.9.8.7", "", "TLS handshake: no shared cipher")])
+
+
 class Never:
     """A thread pool that never runs what it is given (a hung check)."""
 
