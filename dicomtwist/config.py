@@ -195,6 +195,22 @@ def _header_bytes(value: str) -> int:
     return number
 
 
+def _ae_titles(value: str) -> tuple[str, ...]:
+    """AE titles separated by white space or commas."""
+    return tuple(_ae_title(w) for w in _words(value))
+
+
+#: The values of ``log_format``.
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(value: str) -> str:
+    value = value.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 #: The [DEFAULT] keys, their parsers and defaults.
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ae_title": (_ae_title, "QRSCP"),
@@ -216,6 +232,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "workers": (_count, 1),
     # Compression on ingest (docs/user-guide.md).
     "store_transfer_syntax": (_store_syntax, None),
+    # Modality Worklist items (*.wl files; docs/user-guide.md).
+    "worklist_location": (_optional_text, None),
     # Access control (docs/security.md).
     "require_called_aet": (_boolean, False),
     "allowed_calling_aets": (access.parse_ae_titles, None),
@@ -242,6 +260,10 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "audit_tls_ca": (_optional_text, None),
     "audit_tls_cert": (_optional_text, None),
     "audit_tls_key": (_optional_text, None),
+    # Operations: metrics, readiness, log format (docs/operations.md).
+    "metrics_ae_titles": (_ae_titles, ()),
+    "min_free_disk": (_megabytes, 0),
+    "log_format": (_log_format, "text"),
 }
 
 #: Keys of a peer (move destination) section.
@@ -275,6 +297,9 @@ class Config:
     #: A lossless syntax to store uncompressed instances in (None: as
     #: received).
     store_transfer_syntax: str | None = None
+    #: The directory of Modality Worklist items (``*.wl`` files); None:
+    #: the worklist answers no records.
+    worklist_location: str | None = None
     #: Refuse a called AE title other than ``ae_title`` (reason 7).
     require_called_aet: bool = False
     #: Only these calling AE titles may associate (None: anyone; reason 3).
@@ -317,6 +342,14 @@ class Config:
     audit_tls_ca: str | None = None
     audit_tls_cert: str | None = None
     audit_tls_key: str | None = None
+    #: Calling AE titles that get a metrics label value of their own
+    #: (others count as ``other``).
+    metrics_ae_titles: tuple[str, ...] = ()
+    #: Megabytes of free disk space below which ``/readyz`` answers 503
+    #: (the floor is the larger of this and ``min_free_space``).
+    min_free_disk: int = 0
+    #: ``text`` (the console format) or ``json`` (one object a line).
+    log_format: str = "text"
     destinations: dict[str, Destination] = field(default_factory=dict)
     #: Access rules of the peers that have a ``permissions`` or
     #: ``host_check`` key, by AE title.

@@ -98,8 +98,13 @@ class Options(usage.Options):
                                               " this lossless syntax: rle, jpeg-ls,"
                                               " jpeg-lossless, jpeg-2000 or a UID"
                                               " (default: as received)"],
+        ["worklist-location", None, None, "answer Modality Worklist queries from the"
+                                          " *.wl files in this directory (default: no"
+                                          " worklist records)"],
         ["workers", None, None, "run N archive processes behind the same listening"
                                 " ports (needs a PostgreSQL index; default 1)"],
+        ["log-format", None, None, "text (the console format, default) or json (one"
+                                   " JSON object a line, for log shippers)"],
         ["http", None, None, "serve DICOMweb on this endpoint, e.g. tcp:8042 or"
                              " tcp:8042:interface=127.0.0.1 or ssl:8443:privateKey=...:"
                              "certKey=... (default: no HTTP port)"],
@@ -126,7 +131,9 @@ class Options(usage.Options):
         "tls-cert": "tls_cert",
         "tls-key": "tls_key",
         "http": "http",
+        "log-format": "log_format",
         "store-transfer-syntax": "store_transfer_syntax",
+        "worklist-location": "worklist_location",
         "workers": "workers",
         "audit": "audit",
     }
@@ -147,7 +154,14 @@ class Options(usage.Options):
             options = sys.argv[1:]
         #: The archive options as given (``--workers`` passes them on).
         self["argv"] = expand_short_forms(list(options))
-        super().parseOptions(self["argv"])
+        try:
+            super().parseOptions(self["argv"])
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd, which would print its whole usage text to
+            # standard output: one line on standard error, exit status 1.
+            raise SystemExit(f"dicomqr: error: {e}") from None
 
     def opt_version(self) -> None:
         """print version information and exit"""
@@ -176,9 +190,12 @@ class Options(usage.Options):
             cfg.database_location = os.path.abspath(cfg.database_location)
         # twistd may chdir when daemonizing: certificate paths are absolute.
         for key in ("tls_ca", "tls_cert", "tls_key", "http_users", "http_tokens",
-                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key"):
+                    "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
+            raise usage.UsageError(f"--worklist-location/worklist_location"
+                                   f" {cfg.worklist_location!r}: not a directory")
         if cfg.audit is not None:
             _check_audit(cfg)
         if cfg.http is not None:
@@ -326,6 +343,7 @@ class ArchiveService(service.Service):
         except OSError as e:
             raise SystemExit(f"dicomqr: cannot create the instance directory"
                              f" {settings.instance_location}: {e.strerror}") from None
+        check_writable(settings.instance_location)
         from dicomtwist.storage.index import IndexUnavailable, open_index
         try:
             self.index = open_index(settings.database_location)
@@ -336,13 +354,26 @@ class ArchiveService(service.Service):
         self.pixel_pool = ThreadPool(minthreads=0, maxthreads=max(1, os.cpu_count() or 1),
                                      name="dicomtwist-pixels")
         self.factory = build_factory(settings, reactor, self.pool, self.index, self.pixel_pool)
-        #: The HTTP site (DICOMweb), with ``http`` set.
+        #: The Prometheus metrics (:mod:`dicomtwist.metrics`), kept only
+        #: when they are served (``http`` set): otherwise nobody listens
+        #: to the event bus.
+        self.metrics = None
+        #: The HTTP site (DICOMweb, /metrics, /healthz, /readyz), with
+        #: ``http`` set.
         self.site = None
         if settings.http is not None:
+            from dicomtwist.metrics import ArchiveMetrics
             from dicomtwist.web.site import build_site
 
+            factory = self.factory
+            self.metrics = ArchiveMetrics(
+                ae_titles=settings.metrics_ae_titles,
+                pools={"store": self.pool, "pixels": self.pixel_pool},
+                store=factory.store, index=self.index,
+                directory=settings.instance_location, reactor=reactor, pool=self.pool,
+                active=lambda: len(factory.active))
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
-                                   self.index, self.factory.store,
+                                   self.index, self.factory.store, metrics=self.metrics,
                                    associations=lambda: len(self.factory.associations))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
@@ -351,6 +382,8 @@ class ArchiveService(service.Service):
             from dicomtwist.audit import trail
 
             self.audit = trail.build(reactor, settings)
+            if self.metrics is not None:
+                self.metrics.audit = self.audit
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
@@ -369,10 +402,9 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
-        # Storage commitment requests left outstanding are reported now.
-        self.factory.commitment.start().addErrback(
-            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
-                                       " requests", f))
+        # Storage commitment requests left outstanding are reported once
+        # the reactor runs.
+        self.reactor.callWhenRunning(self._start_commitment)
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -380,11 +412,19 @@ class ArchiveService(service.Service):
                       db=self.index.location)
         if self.audit is not None:
             self.audit.start()
+        if self.metrics is not None:
+            self.metrics.subscribe()
         if events.bus.observed:
             events.bus.publish(events.ApplicationStarted(
                 self.settings.ae_title, node_name(self.settings),
                 tuple(listen_descriptions(self.settings))
                 + ((self.settings.http,) if self.settings.http else ())))
+
+    def _start_commitment(self) -> None:
+        if self.running:
+            self.factory.commitment.start().addErrback(
+                lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                           " requests", f))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
@@ -422,6 +462,8 @@ class ArchiveService(service.Service):
             if "dicomtwist.codec.processes" in sys.modules:
                 sys.modules["dicomtwist.codec.processes"].shutdown()
             self.index.close()
+            if self.metrics is not None:
+                self.metrics.unsubscribe()
             if self.audit is not None:
                 return self.audit.stop()
             return None
@@ -475,10 +517,18 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          min_free_bytes=settings.min_free_space * 1024 * 1024,
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
+    from dicomtwist.services import qr as qr_module
     from dicomtwist.services.qr import QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
+    if settings.worklist_location is not None:
+        from dicomtwist.services.worklist import WORKLIST_FIND, Worklist
+
+        worklist = Worklist(reactor, pool, settings.worklist_location)
+        finds = {uid: qr.handle_find for uid in (*qr_module.FIND_MODELS, *qr_module.EMPTY_FIND)}
+        finds[WORKLIST_FIND] = worklist.handle_find
+        handlers["find"] = by_sop_class(finds)
     policy = AcceptorPolicy(
         ae_title=settings.ae_title,
         contexts=supported_contexts(),
@@ -613,12 +663,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         sys.exit(clean(settings, options["yes"]))
     if options["reindex"]:
         sys.exit(reindex(settings))
-    top = service.MultiService()
+    top = _Top()
+    if settings.log_format != "text" and getattr(options, "parent", None) is not None:
+        top.log_observer = _twistd_observer(options.parent, settings.log_format,
+                                            options["level"])
     from dicomtwist import workers
 
     inherited = workers.adopted()
     if inherited is None and settings.workers > 1:
         return _supervisor(options, settings, reactor, daemon)
+    if daemon and inherited is None:
+        # A port in use is one line and a non-zero exit now, before twistd
+        # logs, daemonizes or writes its pid file.
+        check_ports([*listen_descriptions(settings), *([settings.http] if settings.http
+                                                       else [])])
     archive = ArchiveService(settings, reactor, handle_signals=daemon,
                              recover=inherited is None)
     archive.setServiceParent(top)
@@ -642,6 +700,106 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         web._raiseSynchronously = True
         web.setServiceParent(top)
     return top
+
+
+def check_writable(directory: str) -> None:
+    """Create and delete a file in the instance directory.
+
+    :raises SystemExit: one line naming the directory and the cause.
+    """
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(dir=directory, prefix=".dicomtwist-check-")
+        os.close(fd)
+        os.unlink(path)
+    except OSError as e:
+        raise SystemExit(f"dicomqr: cannot write in the instance directory {directory}:"
+                         f" {e.strerror or e}") from None
+
+
+class _Top(service.MultiService):
+    """The archive's top service; under twistd with ``--log-format json`` it
+    gives the application its log observer (twistd uses an application's
+    :class:`~twisted.logger.ILogObserver` component in place of its own)."""
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join ``parent``; set our log observer on it (twistd's application)."""
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+
+
+def _twistd_observer(twistd_options: Any, log_format: str, level: LogLevel) -> Any:
+    """The log observer of ``log_format`` writing where twistd would have
+    written (``--logfile``; standard output with ``-n`` and no log file;
+    ``twistd.log`` otherwise).  None under ``--syslog`` (twistd's own)."""
+    if twistd_options.get("syslog"):
+        return None
+    name = twistd_options.get("logfile")
+    if name == "-" or (twistd_options.get("nodaemon") and not name):
+        stream: Any = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile
+
+        stream = LogFile.fromFullPath(os.path.abspath(name or "twistd.log"))
+    return logs.observer_for(log_format, level, stream)
+
+
+def check_ports(descriptions: list[str]) -> None:
+    """Bind each ``tcp:``/``ssl:`` endpoint description's address for a
+    moment, so that a port in use (or one we may not bind) is reported
+    before anything starts.
+
+    :raises SystemExit: one line naming the description and the cause.
+    """
+    import socket
+
+    for description in descriptions:
+        address = _listen_address(description)
+        if address is None or address[1] == 0:
+            continue
+        interface, port = address
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # As Twisted binds its listening ports.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
+        except OSError as e:
+            raise SystemExit(f"dicomqr: cannot listen on {description}:"
+                             f" {e.strerror or e}") from None
+        finally:
+            probe.close()
+
+
+def _listen_address(description: str) -> tuple[str, int] | None:
+    """``(interface, port)`` of a ``tcp:``/``ssl:`` description, or None
+    for other kinds (``unix:``...) and what cannot be read (the endpoint
+    parser reports that)."""
+    import re
+
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    if parts[0] not in ("tcp", "ssl") or len(parts) < 2:
+        return None
+    port = None
+    interface = ""
+    for part in parts[1:]:
+        name, sep, value = part.partition("=")
+        if not sep and port is None:
+            port = part
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value
+    try:
+        return interface, int(port) if port is not None else 0
+    except ValueError:
+        return None
 
 
 def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
@@ -781,11 +939,21 @@ def run() -> None:
     try:
         options.parseOptions(sys.argv[1:])
     except usage.UsageError as e:
-        print(f"dicomqr: error: {e}", file=sys.stderr)
-        print("Try 'dicomqr --help' for usage.", file=sys.stderr)
+        print(f"dicomqr: error: {e} (dicomqr --help lists the options)", file=sys.stderr)
         sys.exit(2)
-    logs.start_logging(options["level"], sys.stderr)
+    logs.start_logging(options["level"], sys.stderr, options["settings"].log_format)
     top = makeService(options)
+    from twisted.internet.error import CannotListenError
+
+    try:
+        # Listen before anything starts (as twistd does), so that a port
+        # taken meanwhile stops us at once instead of leaving us running
+        # without it.
+        top.privilegedStartService()
+    except CannotListenError as e:
+        print(f"dicomqr: cannot listen on {e.interface or '*'}:{e.port}:"
+              f" {getattr(e.socketError, 'strerror', None) or e.socketError}", file=sys.stderr)
+        sys.exit(1)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

@@ -320,8 +320,8 @@ class DeleteTests(ApiTestCase):
         self.assertFalse(os.path.exists(ct_file))
         self.assertTrue(os.path.exists(self.stored_path(mr.SOPInstanceUID)))
         self.assertEqual(self.index.count("STUDY"), 1)
-        self.assertEqual(self.get(f"/studies?StudyInstanceUID={ct.StudyInstanceUID}").code,
-                         204 if self.get("/studies?PatientID=none").code == 204 else 200)
+        response = self.get(f"/studies?StudyInstanceUID={ct.StudyInstanceUID}")
+        self.assertEqual((response.code, response.json()), (200, []))
         self.assertEqual(self.get(f"/studies/{ct.StudyInstanceUID}").code, 404)
 
     def test_delete_unknown_study(self) -> None:
@@ -409,6 +409,24 @@ class PageTests(StaticTestCase):
             response = self.page(path)
             self.assertEqual((response.code, response.header("content-type")),
                              (200, media_type), path)
+
+    def test_files_ship(self) -> None:
+        """setup.cfg's package data takes every file of the page, so that
+        ``pip install .`` installs them."""
+        import configparser
+        import fnmatch
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "setup.cfg"))
+        patterns = [p.strip() for p in
+                    config["options.package_data"]["dicomtwist.web.ui"].split(",")]
+        names = [n for n in os.listdir(DIRECTORY)
+                 if not n.endswith((".py", ".pyc")) and n != "__pycache__"]
+        self.assertEqual(sorted(names), ["api.js", "app.js", "favicon.svg", "index.html",
+                                         "style.css", "viewer.js"])
+        for name in names:
+            self.assertTrue(any(fnmatch.fnmatch(name, p) for p in patterns), name)
 
     def test_no_listing_no_source(self) -> None:
         """No directory listing, no Python source, nothing else at the root."""

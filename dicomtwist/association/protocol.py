@@ -601,7 +601,8 @@ class Association(Requestor, DicomProtocol):
             await self.send_message(rsp, request.context.context_id, data)
         except AssociationAborted:
             pass
-        if events.bus.observed and category(response.status) is not Category.PENDING:
+        if (events.bus.observed and self.policy is not None
+                and category(response.status) is not Category.PENDING):
             events.bus.publish(events.OperationCompleted(
                 self.association_id, service, int(response.status),
                 time.monotonic() - request.received,

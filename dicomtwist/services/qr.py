@@ -58,7 +58,8 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
-#: reference does): the archive holds no scheduled work.
+#: reference does), unless a worklist directory is configured
+#: (:mod:`dicomtwist.services.worklist` then answers the worklist).
 EMPTY_FIND = frozenset({"1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.34.6.3"})
 
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")

@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import shutil
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -382,7 +381,6 @@ class ApiResource(Resource):
             "destinations": sorted(self.settings.destinations),
             "user": user,
             "permissions": permissions,
-            "time": time.time(),
         })
 
     # -- send --------------------------------------------------------------

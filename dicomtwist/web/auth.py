@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["PERMISSIONS", "Credentials", "Principal", "hash_password", "load"]
 
-#: What a user or token may be permitted.
-PERMISSIONS = frozenset({"query", "retrieve", "store", "send", "delete"})
+#: What a user or token may be permitted (``metrics``: read ``/metrics``).
+PERMISSIONS = frozenset({"query", "retrieve", "store", "send", "delete", "metrics"})
 _ITERATIONS = 200_000
 
 
@@ -173,7 +173,8 @@ def main(argv: list[str]) -> int:
     import getpass
 
     if not argv:
-        print("usage: python -m dicomtwist.web.auth NAME [query,retrieve,store,send,delete]",
+        print("usage: python -m dicomtwist.web.auth NAME"
+              " [query,retrieve,store,send,delete,metrics]",
               file=sys.stderr)
         return 2
     name = argv[0]

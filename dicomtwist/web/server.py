@@ -109,7 +109,8 @@ class LimitedRequest(server.Request):
 
     Once answered it publishes :class:`~dicomtwist.events.HttpRequestServed`
     with ``route``: a bounded name the resource that served it set
-    (``"qido"``, ``"metrics"``...), ``"other"`` when none did.
+    (``"qido"``, ``"metrics"``...), else the site's ``routes`` entry for
+    the path's first segment, else ``"other"``.
     """
 
     #: The bounded route name a resource sets (see the class docstring).
@@ -131,8 +132,13 @@ class LimitedRequest(server.Request):
                 peer = getattr(self.getClientAddress(), "host", "") or ""
             except Exception:
                 peer = ""
+            route = self.route
+            if route == "other":
+                first = (self.path or b"/").split(b"?", 1)[0].split(b"/")[1:2]
+                route = getattr(getattr(self, "site", None), "routes", {}).get(
+                    first[0] if first else b"", "other")
             events.bus.publish(events.HttpRequestServed(
-                self.route, self.method.decode("ascii", "replace")[:16], self.code,
+                route, self.method.decode("ascii", "replace")[:16], self.code,
                 time.monotonic() - self._started, peer, getattr(self, "user", "") or ""))
 
     def gotLength(self, length: int | None) -> None:

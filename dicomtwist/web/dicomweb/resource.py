@@ -34,7 +34,7 @@ from dicomtwist.storage.files import is_valid_uid
 from dicomtwist.web.auth import Credentials, Principal
 from dicomtwist.web.server import Limits
 
-__all__ = ["DicomWebContext", "DicomWebResource", "HttpError"]
+__all__ = ["DicomWebContext", "DicomWebResource", "HttpError", "authorize_request"]
 
 
 class HttpError(Exception):
@@ -234,6 +234,39 @@ def send_error(request: server.Request, error: HttpError) -> None:
     send_body(request, error.code, "application/json", body, error.headers)
 
 
+def authorize_request(credentials: Credentials, request: Any,
+                  permission: str) -> Principal | None:
+    """Check a request's credentials against ``permission`` (no check when
+    no users or tokens are configured); refusals are published as
+    :class:`~dicomtwist.events.AuthenticationFailed`.
+
+    :raises HttpError: 401 (no or bad credentials) or 403 (not permitted).
+    """
+    if not credentials.enabled:
+        return None
+    header = request.getHeader("authorization")
+    principal = credentials.authenticate(header)
+    if principal is None:
+        if header and events.bus.observed:
+            # Credentials given and refused (a request without any is a
+            # client asking which scheme to use, not a failure).
+            events.bus.publish(events.AuthenticationFailed(
+                "http", _peer_host(request), _user_of(header), "invalid credentials"))
+        schemes = []
+        if credentials.users:
+            schemes.append('Basic realm="dicomtwist", charset="UTF-8"')
+        if credentials.tokens:
+            schemes.append('Bearer realm="dicomtwist"')
+        raise HttpError(401, "authentication required",
+                        {"WWW-Authenticate": ", ".join(schemes)})
+    if permission not in principal.permissions:
+        if events.bus.observed:
+            events.bus.publish(events.AuthenticationFailed(
+                "http", _peer_host(request), principal.name, f"not permitted: {permission}"))
+        raise HttpError(403, f"{principal.name} may not {permission}")
+    return principal
+
+
 def _peer_host(request: Any) -> str:
     """The address a request came from ("" when unknown)."""
     try:
@@ -308,30 +341,7 @@ class DicomWebResource(Resource):
 
         :raises HttpError: 401 (no or bad credentials) or 403 (not permitted).
         """
-        credentials = self.context.credentials
-        if not credentials.enabled:
-            return None
-        header = request.getHeader("authorization")
-        principal = credentials.authenticate(header)
-        if principal is None:
-            if header and events.bus.observed:
-                # Credentials given and refused (a request without any is a
-                # client asking which scheme to use, not a failure).
-                events.bus.publish(events.AuthenticationFailed(
-                    "http", _peer_host(request), _user_of(header), "invalid credentials"))
-            schemes = []
-            if credentials.users:
-                schemes.append('Basic realm="dicomtwist", charset="UTF-8"')
-            if credentials.tokens:
-                schemes.append('Bearer realm="dicomtwist"')
-            raise HttpError(401, "authentication required",
-                            {"WWW-Authenticate": ", ".join(schemes)})
-        if permission not in principal.permissions:
-            if events.bus.observed:
-                events.bus.publish(events.AuthenticationFailed(
-                    "http", _peer_host(request), principal.name, f"not permitted: {permission}"))
-            raise HttpError(403, f"{principal.name} may not {permission}")
-        return principal
+        return authorize_request(self.context.credentials, request, permission)
 
     def _cors(self, request: server.Request) -> None:
         origin = request.getHeader("origin")

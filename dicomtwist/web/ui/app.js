@@ -309,7 +309,20 @@ async function route() {
 
 async function start() {
   const form = $('#search');
+  form.addEventListener('submit', (event) => event.preventDefault());
   form.addEventListener('input', () => searchSoon());
+  // Enter in a search field opens the first study listed; '/' anywhere
+  // else goes to the patient name field.
+  form.addEventListener('keydown', (event) => {
+    const first = $('#studies tbody tr');
+    if (event.key === 'Enter' && first) { location.hash = `#/study/${first.dataset.study}`; }
+  });
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== '/' || event.target.closest('input, select, textarea')) { return; }
+    event.preventDefault();
+    location.hash = '#/';
+    form.elements.PatientName.focus();
+  });
   form.addEventListener('reset', () => setTimeout(() => searchSoon(), 0));
   for (const th of document.querySelectorAll('#studies th')) {
     th.addEventListener('click', () => {

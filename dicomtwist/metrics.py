@@ -1,0 +1,402 @@
+"""The archive's Prometheus metrics: an observer of the event bus.
+
+:class:`ArchiveMetrics` keeps counters and histograms in a registry of its
+own (never prometheus-client's process-global one: each archive, and each
+test, has its own), moved by the events of :mod:`dicomtwist.events`; what
+is a level rather than a count (thread-pool and group-commit queues, the
+index's size, free disk space) is read when the registry is collected.
+
+Label values are bounded: services, status classes, reasons and routes
+come from fixed sets; a status code is its hex spelling only for the codes
+PS3.7 names (:class:`~dicomtwist.status.Status`), else ``other``; a peer's
+AE title is a label value only when it is listed in ``metrics_ae_titles``
+(others are ``other``).  No UID, patient value or path is ever a label.
+
+Index counts and free space need the file system or the database: they
+are refreshed off the reactor (:meth:`ArchiveMetrics.refresh`, in the
+thread pool, before a scrape is answered) and kept for :data:`LEVELS_TTL`
+seconds, or until an instance is stored; collecting never blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from dicomtwist import events
+from dicomtwist import log as dlog
+from dicomtwist.status import Category, Status, category
+
+__all__ = ["ArchiveMetrics", "status_label", "LEVELS_TTL"]
+
+# The ``*_created`` series (a timestamp per counter and label set) double
+# the exposition and tell a scraper nothing it does not know.
+disable_created_metrics()
+
+#: Seconds the index counts and the free space are kept between refreshes.
+LEVELS_TTL = 10.0
+
+#: Latency buckets (seconds): a store or a query takes from a millisecond
+#: (in memory, group-committed) to seconds (a big spilled instance, a
+#: query over millions of rows).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0, 60.0)
+
+_OUTCOMES = {Category.SUCCESS: "success", Category.WARNING: "warning",
+             Category.FAILURE: "failure", Category.CANCEL: "cancel",
+             Category.PENDING: "pending"}
+_STATUS_CODES = frozenset(int(s) for s in Status)
+_LEVELS = frozenset({"PATIENT", "STUDY", "SERIES", "IMAGE"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_REJECT_REASONS = frozenset({"called-ae", "calling-ae", "address", "application-context",
+                             "limit", "other"})
+_SERVICES = frozenset({"echo", "store", "find", "get", "move", "n-event-report", "n-get",
+                       "n-set", "n-action", "n-create", "n-delete", "wado"})
+#: Index levels exported, and the index's name of each.
+_ENTITIES = (("patients", "PATIENT"), ("studies", "STUDY"), ("series", "SERIES"),
+             ("instances", "IMAGE"))
+
+
+def status_label(status: int) -> str:
+    """A DIMSE status as a bounded label value: ``0xA700`` for a code PS3.7
+    names, ``other`` for any other."""
+    status = int(status)
+    return f"0x{status:04X}" if status in _STATUS_CODES else "other"
+
+
+def outcome(status: int) -> str:
+    """The status class of a DIMSE status: success, warning, failure, cancel."""
+    return _OUTCOMES[category(status)]
+
+
+class ArchiveMetrics:
+    """Counters, histograms and gauges of one archive, fed by the event bus.
+
+    :param ae_titles: calling AE titles that get a label value of their own.
+    :param pools: name -> thread pool, whose queue and workers are gauges.
+    :param store: the store pipeline (its group-commit queue is a gauge).
+    :param index: the index (its counts are gauges, refreshed in ``pool``).
+    :param directory: the instance directory (its free space is a gauge).
+    :param reactor: for ``deferToThreadPool``.
+    :param pool: where index counts and free space are read.
+    :param active: a callable giving the associations established now.
+    :param audit: the audit trail, if any (its ``dropped`` count is exported).
+    """
+
+    log = dlog.logger()
+
+    def __init__(self, *, ae_titles: Iterable[str] = (), pools: dict[str, Any] | None = None,
+                 store: Any = None, index: Any = None, directory: str | None = None,
+                 reactor: Any = None, pool: Any = None,
+                 active: Callable[[], int] | None = None, audit: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ae_titles = frozenset(ae_titles)
+        self.pools = dict(pools or {})
+        self.store = store
+        self.index = index
+        self.directory = directory
+        self.reactor = reactor
+        self.pool = pool
+        self.audit = audit
+        self._active = active
+        self._clock = clock
+        #: Index counts by level name and free bytes, and when read.
+        self.levels: dict[str, int] = {}
+        self.free_bytes: int | None = None
+        self._levels_at: float | None = None
+        #: An instance was stored since the counts were read.
+        self._stale = False
+        #: Who waits for the refresh running now (None: none runs).
+        self._waiters: list[Deferred] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._build(self.registry)
+        self.registry.register(_Levels(self))
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            events.AssociationAccepted: self._accepted,
+            events.AssociationRejected: self._rejected,
+            events.AssociationEnded: self._ended,
+            events.OperationCompleted: self._operation,
+            events.InstanceStored: self._stored,
+            events.StoreFailed: self._store_failed,
+            events.InstanceSent: self._sent,
+            events.QueryPerformed: self._query,
+            events.RetrieveEnded: self._retrieve_ended,
+            events.AuthenticationFailed: self._auth_failed,
+            events.HttpRequestServed: self._http,
+        }
+
+    def _build(self, r: CollectorRegistry) -> None:
+        p = "dicomtwist_"
+        self.associations_accepted = Counter(
+            p + "associations_accepted", "Associations accepted, by calling AE title"
+            " (metrics_ae_titles; others are 'other')", ["calling_ae"], registry=r)
+        self.associations_rejected = Counter(
+            p + "associations_rejected", "Associations rejected, by reason",
+            ["reason"], registry=r)
+        self.associations_aborted = Counter(
+            p + "associations_aborted", "Established associations that ended in an abort"
+            " (either side, or the connection lost)", registry=r)
+        self.associations_released = Counter(
+            p + "associations_released", "Established associations released", registry=r)
+        self.associations_active = Gauge(
+            p + "associations_active", "Associations established now", registry=r)
+        if self._active is not None:
+            self.associations_active.set_function(self._active)
+        self.operations = Counter(
+            p + "dimse_operations", "DIMSE requests served, by service and final status"
+            " (outcome: success/warning/failure/cancel; status: the code when PS3.7 names"
+            " it, else 'other')", ["service", "outcome", "status"], registry=r)
+        self.operation_seconds = Histogram(
+            p + "dimse_operation_seconds", "Seconds from a DIMSE request to its final"
+            " response, by service", ["service"], buckets=BUCKETS, registry=r)
+        self.instances_stored = Counter(
+            p + "instances_stored", "Instances stored (durable and indexed), by way"
+            " (dimse/http) and calling AE title", ["via", "calling_ae"], registry=r)
+        self.bytes_stored = Counter(
+            p + "stored_bytes", "Bytes of the instance files stored", ["via"], registry=r)
+        self.store_failures = Counter(
+            p + "store_failures", "Stores answered with a failure status", ["via", "status"],
+            registry=r)
+        self.store_seconds = Histogram(
+            p + "store_seconds", "Store latency and its parts: total (first byte to"
+            " Success), receive (first to last byte), fsync (temporary file written and"
+            " made durable), commit (the group commit)", ["part"], buckets=BUCKETS,
+            registry=r)
+        self.instances_sent = Counter(
+            p + "instances_sent", "Instances sent (C-MOVE/C-GET sub-operations that"
+            " succeeded, WADO-RS parts)", ["via"], registry=r)
+        self.bytes_sent = Counter(
+            p + "sent_bytes", "Bytes of the instances sent", ["via"], registry=r)
+        self.sub_operations = Counter(
+            p + "sub_operations", "C-MOVE/C-GET sub-operations, by result"
+            " (success/warning/failure)", ["result"], registry=r)
+        self.retrieves = Counter(
+            p + "retrieves", "Retrieves ended (C-MOVE, C-GET, WADO-RS), by service and"
+            " outcome", ["service", "outcome"], registry=r)
+        self.queries = Counter(
+            p + "queries", "Queries answered (C-FIND, QIDO-RS), by way, level and outcome",
+            ["via", "level", "outcome"], registry=r)
+        self.query_seconds = Histogram(
+            p + "query_seconds", "Query latency (C-FIND: request to final response;"
+            " QIDO-RS: the index query and its JSON)", ["via"], buckets=BUCKETS, registry=r)
+        self.query_matches = Counter(
+            p + "query_matches", "Matches returned by queries", ["via"], registry=r)
+        self.authentication_failures = Counter(
+            p + "authentication_failures", "Credentials refused (HTTP) and TLS handshakes"
+            " that failed (DICOM)", ["via"], registry=r)
+        self.http_requests = Counter(
+            p + "http_requests", "HTTP requests answered, by route, method and status code",
+            ["route", "method", "code"], registry=r)
+        self.http_seconds = Histogram(
+            p + "http_request_seconds", "Seconds to answer an HTTP request, by route",
+            ["route"], buckets=BUCKETS, registry=r)
+
+    # -- the bus -------------------------------------------------------------
+    def subscribe(self, bus: events.EventBus = events.bus) -> None:
+        """Start counting the events of ``bus``."""
+        if self._unsubscribe is None:
+            self._unsubscribe = bus.subscribe(self.observe)
+
+    def unsubscribe(self) -> None:
+        """Stop counting."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def observe(self, event: Any) -> None:
+        """Count one event (the bus's observer)."""
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _ae(self, title: str) -> str:
+        if not title:
+            return ""
+        return title if title in self.ae_titles else "other"
+
+    def _accepted(self, e: events.AssociationAccepted) -> None:
+        self.associations_accepted.labels(self._ae(e.calling_ae)).inc()
+        if self._active is None:
+            self.associations_active.inc()
+
+    def _rejected(self, e: events.AssociationRejected) -> None:
+        reason = e.reason if e.reason in _REJECT_REASONS else "other"
+        self.associations_rejected.labels(reason).inc()
+
+    def _ended(self, e: events.AssociationEnded) -> None:
+        if e.how == "aborted":
+            self.associations_aborted.inc()
+        else:
+            self.associations_released.inc()
+        if self._active is None:
+            self.associations_active.dec()
+
+    def _operation(self, e: events.OperationCompleted) -> None:
+        service = e.service if e.service in _SERVICES else "other"
+        self.operations.labels(service, outcome(e.status), status_label(e.status)).inc()
+        self.operation_seconds.labels(service).observe(e.seconds)
+
+    def _stored(self, e: events.InstanceStored) -> None:
+        self._stale = True
+        via = _via(e.via)
+        self.instances_stored.labels(via, self._ae(e.calling_ae)).inc()
+        self.bytes_stored.labels(via).inc(e.size)
+        hist = self.store_seconds
+        hist.labels("total").observe(e.total)
+        hist.labels("receive").observe(e.receive)
+        hist.labels("fsync").observe(e.fsync)
+        hist.labels("commit").observe(e.commit)
+
+    def _store_failed(self, e: events.StoreFailed) -> None:
+        self.store_failures.labels(_via(e.via), status_label(e.status)).inc()
+
+    def _sent(self, e: events.InstanceSent) -> None:
+        via = _via(e.via)
+        kind = outcome(e.status)
+        if via == "dimse":
+            self.sub_operations.labels(kind if kind in ("success", "warning")
+                                       else "failure").inc()
+        if kind in ("success", "warning"):
+            self.instances_sent.labels(via).inc()
+            self.bytes_sent.labels(via).inc(e.size)
+
+    def _retrieve_ended(self, e: events.RetrieveEnded) -> None:
+        service = e.service if e.service in _SERVICES else "other"
+        self.retrieves.labels(service, outcome(e.status)).inc()
+
+    def _query(self, e: events.QueryPerformed) -> None:
+        via = _via(e.via)
+        level = e.level if e.level in _LEVELS else "other"
+        self.queries.labels(via, level, outcome(e.status)).inc()
+        self.query_seconds.labels(via).observe(e.seconds)
+        self.query_matches.labels(via).inc(e.matches)
+
+    def _auth_failed(self, e: events.AuthenticationFailed) -> None:
+        self.authentication_failures.labels(_via(e.via)).inc()
+
+    def _http(self, e: events.HttpRequestServed) -> None:
+        method = e.method if e.method in _METHODS else "other"
+        code = str(e.status) if 100 <= e.status <= 599 else "other"
+        self.http_requests.labels(e.route, method, code).inc()
+        self.http_seconds.labels(e.route).observe(e.seconds)
+
+    # -- levels read at scrape time ------------------------------------------
+    def refresh(self) -> Deferred:
+        """Read the index counts and the free space again if they are older
+        than :data:`LEVELS_TTL` (in the thread pool); fires when they are
+        current (a failure is logged and leaves the old values)."""
+        if self._waiters is not None:
+            waiter: Deferred = Deferred()
+            self._waiters.append(waiter)
+            return waiter
+        now = self._clock()
+        if (not self._stale and self._levels_at is not None
+                and now - self._levels_at < LEVELS_TTL):
+            return succeed(None)
+        if self.pool is None or (self.index is None and self.directory is None):
+            return succeed(None)
+        waiter = Deferred()
+        self._waiters = [waiter]
+        self._stale = False
+        deferToThreadPool(self.reactor, self.pool, self._read_levels).addBoth(self._refreshed)
+        return waiter
+
+    def _refreshed(self, result: Any) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        if isinstance(result, Failure):
+            self.log.failure("Cannot read the index size or the free space", result)
+        else:
+            self.levels, self.free_bytes = result
+            self._levels_at = self._clock()
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _read_levels(self) -> tuple[dict[str, int], int | None]:
+        """In a worker: the index counts and the free space."""
+        from dicomtwist.storage.files import free_bytes
+
+        levels = {}
+        if self.index is not None:
+            for name, level in _ENTITIES:
+                levels[name] = int(self.index.count(level))
+        free = free_bytes(self.directory) if self.directory is not None else None
+        return levels, free
+
+
+def _via(via: str) -> str:
+    return via if via in ("dimse", "http") else "other"
+
+
+class _Levels(Collector):
+    """What is read when collected: thread pools, the group-commit queue,
+    the index's size and free space (as last refreshed), audit drops."""
+
+    def __init__(self, metrics: ArchiveMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        """Nothing to describe ahead (the families depend on the setup)."""
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        """The gauges, as they are now."""
+        m = self.metrics
+        p = "dicomtwist_"
+        queued = GaugeMetricFamily(p + "thread_pool_queued", "Work items waiting for a"
+                                   " thread, by pool", labels=["pool"])
+        busy = GaugeMetricFamily(p + "thread_pool_busy", "Threads working, by pool",
+                                 labels=["pool"])
+        size = GaugeMetricFamily(p + "thread_pool_max", "Threads a pool may run, by pool",
+                                 labels=["pool"])
+        for name, pool in m.pools.items():
+            waiting, working = _pool_state(pool)
+            queued.add_metric([name], waiting)
+            busy.add_metric([name], working)
+            size.add_metric([name], getattr(pool, "max", 0))
+        yield queued
+        yield busy
+        yield size
+        if m.store is not None:
+            yield GaugeMetricFamily(p + "group_commit_queued", "Prepared instances waiting"
+                                    " for the next group commit",
+                                    value=len(getattr(m.store, "_queue", ())))
+            budget = getattr(m.store, "budget", None)
+            if budget is not None:
+                yield GaugeMetricFamily(p + "spool_memory_bytes", "Bytes of received data"
+                                        " sets held in memory", value=budget.used)
+        if m.levels:
+            entities = GaugeMetricFamily(p + "index_entities", "Entities in the index, by"
+                                         " level (refreshed every few seconds)",
+                                         labels=["level"])
+            for name, _ in _ENTITIES:
+                if name in m.levels:
+                    entities.add_metric([name], m.levels[name])
+            yield entities
+        if m.free_bytes is not None:
+            yield GaugeMetricFamily(p + "instance_directory_free_bytes", "Free space of the"
+                                    " instance directory's file system",
+                                    value=m.free_bytes)
+        if m.audit is not None:
+            yield CounterMetricFamily(p + "audit_messages_dropped", "Audit messages dropped"
+                                      " (the queue to the collector was full)",
+                                      value=int(getattr(m.audit, "dropped", 0)))
+
+
+def _pool_state(pool: Any) -> tuple[int, int]:
+    """A Twisted thread pool's waiting work items and busy threads."""
+    team = getattr(pool, "_team", None)
+    if team is not None:
+        try:
+            stats = team.statistics()
+            return stats.backloggedWorkCount, stats.busyWorkerCount
+        except Exception:
+            pass
+    return 0, len(getattr(pool, "working", ()))
