@@ -41,6 +41,7 @@ from dicomtwist.audit.syslog import (
     UDPSender,
     format_message,
 )
+from dicomtwist.status import Category, category
 
 __all__ = ["AuditTrail", "Destination", "parse_destination", "build"]
 
@@ -101,9 +102,8 @@ class _Retrieve:
 
 
 def _success(status: int) -> bool:
-    """Success, pending, cancel or warning: not a failure (PS3.7 C)."""
-    return status in (0x0000, 0xFE00, 0xFF00, 0xFF01) or 0xB000 <= status <= 0xBFFF \
-        or status == 0x0107 or status == 0x0116
+    """Success, pending, cancel or warning: not a failure (PS3.7 Annex C)."""
+    return category(status) is not Category.FAILURE
 
 
 class AuditTrail:
