@@ -7,26 +7,22 @@ Expositions are parsed with prometheus-client's own parser.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import events
-from dicomtwist.config import Config
 from dicomtwist.metrics import ArchiveMetrics, status_label
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
 from dicomtwist.storage.index import Index
 from dicomtwist.web import ops
-from dicomtwist.web.dicomweb import wado
 from dicomtwist.web.site import build_site
 from tests.helpers import CT_IMAGE_STORAGE
-from tests.test_dicomweb import WebTestCase, multipart_body
+from tests.test_dicomweb import WebTestCase
 from tests.test_qr import EXPLICIT, QUERY_CONTEXTS, QueryRetrieveTestCase, query
 from tests.test_store import InlinePool, InlineReactor
 
