@@ -687,7 +687,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     inherited = workers.adopted()
     if inherited is None and settings.workers > 1:
-        return _supervisor(options, settings, reactor, daemon)
+        supervisor = _supervisor(options, settings, reactor, daemon)
+        supervisor.log_observer = top.log_observer
+        return supervisor
     if daemon and inherited is None:
         # A port in use is one line and a non-zero exit now, before twistd
         # logs, daemonizes or writes its pid file.
@@ -845,7 +847,7 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
         log_recovery(recover(settings.instance_location, index))
     finally:
         index.close()
-    top = service.MultiService()
+    top = _Top()
     argv = [a for a in options["argv"]]
     supervisor = workers.WorkerSupervisor(reactor, settings.workers, sockets,
                                           workers.worker_argv(argv))
