@@ -170,6 +170,8 @@ class ArchiveMetrics:
             " Success), receive (first to last byte), fsync (temporary file written and"
             " made durable), commit (the group commit)", ["part"], buckets=BUCKETS,
             registry=r)
+        self._store_parts = tuple(self.store_seconds.labels(part)
+                                  for part in ("total", "receive", "fsync", "commit"))
         self.instances_sent = Counter(
             p + "instances_sent", "Instances sent (C-MOVE/C-GET sub-operations that"
             " succeeded, WADO-RS parts)", ["via"], registry=r)
@@ -249,11 +251,11 @@ class ArchiveMetrics:
         via = _via(e.via)
         self.instances_stored.labels(via, self._ae(e.calling_ae)).inc()
         self.bytes_stored.labels(via).inc(e.size)
-        hist = self.store_seconds
-        hist.labels("total").observe(e.total)
-        hist.labels("receive").observe(e.receive)
-        hist.labels("fsync").observe(e.fsync)
-        hist.labels("commit").observe(e.commit)
+        total, receive, fsync, commit = self._store_parts
+        total.observe(e.total)
+        receive.observe(e.receive)
+        fsync.observe(e.fsync)
+        commit.observe(e.commit)
 
     def _store_failed(self, e: events.StoreFailed) -> None:
         self.store_failures.labels(_via(e.via), status_label(e.status)).inc()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -25,13 +25,20 @@ import dicomtwist
 from dicomtwist import config as configuration
 from dicomtwist import events
 from dicomtwist import log as dlog
-from dicomtwist import logs
-from dicomtwist import tls
+from dicomtwist import logs, optional
 from dicomtwist.access import AccessRules, is_permitted
-from dicomtwist.acse import AcceptorPolicy
-from dicomtwist.association import AcceptorFactory
 from dicomtwist.errors import DicomError, DIMSEServiceError
 from dicomtwist.status import Status
+
+if TYPE_CHECKING:
+    from dicomtwist import tls
+    from dicomtwist.acse import AcceptorPolicy
+    from dicomtwist.association import AcceptorFactory
+
+# This module is imported when twistd lists its plugins, before the
+# options are known: Twisted's transports and pydicom are imported by
+# optional.load() in postOptions, without the libraries the
+# configuration does not use, so nothing above may import them.
 
 #: Single-dash long options of the spec, and what they mean.
 SHORT_FORMS = {
@@ -193,6 +200,7 @@ class Options(usage.Options):
                     "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        optional.load(tls=optional.needs_tls(cfg), pixels=optional.needs_pixels(cfg))
         if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
             raise usage.UsageError(f"--worklist-location/worklist_location"
                                    f" {cfg.worklist_location!r}: not a directory")
@@ -210,6 +218,8 @@ class Options(usage.Options):
                     f"store_transfer_syntax {cfg.store_transfer_syntax}: no encoder installed"
                     " for it (JPEG Lossless SV1 needs the gdcm extra: pip install"
                     " '.[gdcm]')")
+        from dicomtwist import tls
+
         for description in listen_descriptions(cfg):
             try:
                 # Builds the TLS contexts too: a missing or bad file is
@@ -226,6 +236,7 @@ def _check_audit(cfg: configuration.Config) -> None:
 
     :raises usage.UsageError: naming ``audit`` and what is wrong.
     """
+    from dicomtwist import tls
     from dicomtwist.audit.trail import parse_destination
 
     try:
@@ -504,6 +515,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     :param pixel_pool: where transcoding runs (default: ``pool``).
     """
     from dicomtwist import sopclasses
+    from dicomtwist.acse import AcceptorPolicy
+    from dicomtwist.association import AcceptorFactory
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
@@ -537,6 +550,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         require_called_aet=settings.require_called_aet,
         allowed_calling_aets=settings.allowed_calling_aets,
         peers=dict(settings.peers),
+        window=((settings.async_operations,) * 2 if settings.async_operations > 1 else None),
         extended_negotiation=EXTENDED_NEGOTIATION,
     )
     if settings.peers:
@@ -630,6 +644,8 @@ def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
 
 def listen_defaults(settings: configuration.Config) -> tls.ListenDefaults:
     """What ``ssl:`` descriptions leave out: ``tls_cert``, ``tls_key``, ``tls_ca``."""
+    from dicomtwist import tls
+
     return tls.ListenDefaults(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
@@ -672,7 +688,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     inherited = workers.adopted()
     if inherited is None and settings.workers > 1:
-        return _supervisor(options, settings, reactor, daemon)
+        supervisor = _supervisor(options, settings, reactor, daemon)
+        supervisor.log_observer = top.log_observer
+        return supervisor
     if daemon and inherited is None:
         # A port in use is one line and a non-zero exit now, before twistd
         # logs, daemonizes or writes its pid file.
@@ -689,6 +707,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         for (fd, family), factory in zip(inherited, factories):
             workers.AdoptedPortService(reactor, fd, family, factory).setServiceParent(top)
         return top
+    from dicomtwist import tls
+
     for description in listen_descriptions(settings):
         endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
         listener = StreamServerEndpointService(endpoint, archive.factory)
@@ -828,7 +848,7 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
         log_recovery(recover(settings.instance_location, index))
     finally:
         index.close()
-    top = service.MultiService()
+    top = _Top()
     argv = [a for a in options["argv"]]
     supervisor = workers.WorkerSupervisor(reactor, settings.workers, sockets,
                                           workers.worker_argv(argv))
@@ -934,14 +954,15 @@ def reindex(settings: configuration.Config) -> int:
 
 def run() -> None:
     """The ``dicomqr`` console script: the archive in the foreground."""
-    from twisted.internet import reactor
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:])
     except usage.UsageError as e:
         print(f"dicomqr: error: {e} (dicomqr --help lists the options)", file=sys.stderr)
         sys.exit(2)
+    # After the options: optional.load() has decided what Twisted loads.
+    from twisted.internet import reactor
+
     logs.start_logging(options["level"], sys.stderr, options["settings"].log_format)
     top = makeService(options)
     from twisted.internet.error import CannotListenError

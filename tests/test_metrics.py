@@ -7,26 +7,22 @@ Expositions are parsed with prometheus-client's own parser.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import events
-from dicomtwist.config import Config
 from dicomtwist.metrics import ArchiveMetrics, status_label
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
 from dicomtwist.storage.index import Index
 from dicomtwist.web import ops
-from dicomtwist.web.dicomweb import wado
 from dicomtwist.web.site import build_site
 from tests.helpers import CT_IMAGE_STORAGE
-from tests.test_dicomweb import WebTestCase, multipart_body
+from tests.test_dicomweb import WebTestCase
 from tests.test_qr import EXPLICIT, QUERY_CONTEXTS, QueryRetrieveTestCase, query
 from tests.test_store import InlinePool, InlineReactor
 
@@ -289,6 +285,31 @@ class ArchiveTrafficTests(QueryRetrieveTestCase):
         self.assertEqual(value(m, "dicomtwist_index_entities", level="patients"), 3)
         self.assertEqual(value(m, "dicomtwist_index_entities", level="instances"),
                          len(self.datasets) + 1)
+
+
+class HttpTlsTests(SynchronousTestCase):
+    """A failed TLS handshake on the HTTP port is an authentication failure."""
+
+    def test_handshake_failure_published(self) -> None:
+        """The channel's connection lost to an OpenSSL error publishes it."""
+        from OpenSSL import SSL
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        from twisted.web.resource import Resource
+
+        from dicomtwist.web.server import Limits
+        from dicomtwist.web.server import build_site as make_site
+
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        site = make_site(Resource(), Limits(), MemoryReactorClock())
+        channel = site.buildProtocol(IPv4Address("TCP", "10.9.8.7", 5000))
+        channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.9.8.7",
+                                                                       5000)))
+        channel.connectionLost(Failure(SSL.Error([("SSL routines", "", "no shared cipher")])))
+        self.assertEqual(seen, [events.AuthenticationFailed(
+            "http", "10.9.8.7", "", "TLS handshake: no shared cipher")])
 
 
 class Never:

@@ -242,10 +242,10 @@ class QueryRetrieve:
             runs = self._move_runs(request, destination, records, progress)
         else:
             runs = self._get_run(request, records, progress)
+        # On a C-CANCEL the runs start no further sub-operation, and end
+        # once those already sent (a window's worth) have been answered.
         async for pending in runs:
             yield pending
-            if request.cancelled:
-                break
         final = progress.final(request.cancelled)
         if retrieve is not None:
             events.bus.publish(events.RetrieveEnded(
@@ -277,7 +277,7 @@ class QueryRetrieve:
                     acse_timeout=self.settings.acse_timeout or 30.0,
                     dimse_timeout=self.settings.dimse_timeout,
                     network_timeout=self.settings.network_timeout,
-                    tls=self._tls_for(destination))
+                    tls=self._tls_for(destination), window=_proposed_window(destination))
             except Exception as e:
                 self.log.warn("C-MOVE: cannot associate with {aet} at {host}:{port}: {error}",
                               aet=destination.ae_title, host=destination.address,
@@ -287,12 +287,12 @@ class QueryRetrieve:
                 yield progress.pending()
                 continue
             try:
-                for record, prepared in self._pipeline(assoc, batch, False, lossy, order):
-                    if request.cancelled:
-                        return
-                    status = await self._send(assoc, record, prepared, originator)
-                    progress.done(record, status)
-                    yield progress.pending()
+                async for pending in self._sub_operations(
+                        request, assoc, self._pipeline(assoc, batch, False, lossy, order),
+                        progress, originator):
+                    yield pending
+                if request.cancelled:
+                    return
             finally:
                 if not assoc.machine.is_closed:
                     try:
@@ -323,11 +323,38 @@ class QueryRetrieve:
     async def _get_run(self, request: ServiceRequest, records: list[Any],
                        progress: "_Progress") -> AsyncIterator[Response]:
         assoc = request.association
-        for record, prepared in self._pipeline(assoc, records, True, False, None):
-            if request.cancelled or assoc.machine.is_closed:
-                return
-            status = await self._send(assoc, record, prepared, None)
-            progress.done(record, status)
+        async for pending in self._sub_operations(
+                request, assoc, self._pipeline(assoc, records, True, False, None), progress,
+                None, stop_when_closed=True):
+            yield pending
+
+    async def _sub_operations(self, request: ServiceRequest, assoc: Association,
+                              prepared: Iterator[tuple[Any, Deferred]], progress: "_Progress",
+                              originator: tuple[str, int] | None,
+                              stop_when_closed: bool = False) -> AsyncIterator[Response]:
+        """Send each prepared record as a C-STORE sub-operation on ``assoc``,
+        with as many outstanding as its Asynchronous Operations Window lets
+        us invoke (one unless negotiated, PS3.7 D.3.3.3): the next request
+        goes out while the peer answers the previous one.  Completions are
+        counted, and reported, in the order the requests were sent.  A
+        C-CANCEL stops new sub-operations (so does the association's end
+        with ``stop_when_closed``: a C-GET's requestor is gone; a C-MOVE's
+        remaining sub-operations fail one by one instead); those already
+        sent are waited for, so the counts stay exact."""
+        limit = _invoke_window(assoc)
+        sent: deque[tuple[Any, Deferred]] = deque()
+        for record, preparation in prepared:
+            if request.cancelled or (stop_when_closed and assoc.machine.is_closed):
+                break
+            sent.append((record, Deferred.fromCoroutine(
+                self._send(assoc, record, preparation, originator))))
+            while len(sent) >= limit:
+                record, answer = sent.popleft()
+                progress.done(record, await answer)
+                yield progress.pending()
+        while sent:
+            record, answer = sent.popleft()
+            progress.done(record, await answer)
             yield progress.pending()
 
     def _pipeline(self, assoc: Association, records: list[Any], get: bool, lossy: bool,
@@ -370,7 +397,8 @@ class QueryRetrieve:
             afterwards (or None).
         """
         path = self._path(record)
-        source = file_dataset(path)
+        # Prepared ahead of its turn: the kernel reads the file meanwhile.
+        source = file_dataset(path, readahead=True)
         contexts = assoc.negotiated.contexts.values() if assoc.negotiated else ()
         accepted = [c.transfer_syntax for c in contexts
                     if c.abstract_syntax == record.sop_class_uid and (c.scp_role or not get)]
@@ -429,6 +457,30 @@ class QueryRetrieve:
         # Only the two forms the archive writes (flat, nested) are read, and
         # no symbolic link: anything else is refused rather than resolved.
         return stored_file(self.settings.instance_location, record.path)
+
+
+#: At most this many C-STORE sub-operations outstanding on one association,
+#: whatever window the peer grants (0 means unlimited in PS3.7 D.3.3.3).
+MAX_WINDOW = 16
+
+
+def _proposed_window(destination: Any) -> tuple[int, int] | None:
+    """The Asynchronous Operations Window proposed to a move destination:
+    its ``window`` C-STORE requests invoked by us, none performed for it
+    beyond one; None (no proposal) for a window of 1."""
+    window = getattr(destination, "window", 1)
+    return (window, 1) if window > 1 else None
+
+
+def _invoke_window(assoc: Association) -> int:
+    """How many requests we may have outstanding on ``assoc`` (its
+    negotiated window: as requestor the operations we invoke, as acceptor
+    those the requestor performs), at most :data:`MAX_WINDOW`."""
+    negotiated = assoc.negotiated
+    if negotiated is None:
+        return 1
+    window = negotiated.outstanding(requestor=assoc.associate_rq is not None)
+    return MAX_WINDOW if window == 0 else max(1, min(window, MAX_WINDOW))
 
 
 def _discard(path: str | None) -> None:

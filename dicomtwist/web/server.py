@@ -206,6 +206,19 @@ class LimitedChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def connectionLost(self, reason: Any) -> None:
+        """A TLS handshake that failed (``ssl:`` endpoints) is published as
+        an :class:`~dicomtwist.events.AuthenticationFailed`."""
+        if events.bus.observed:
+            from dicomtwist.association.protocol import _tls_error
+
+            error = _tls_error(reason)
+            if error is not None:
+                peer = self.transport.getPeer() if self.transport is not None else None
+                events.bus.publish(events.AuthenticationFailed(
+                    "http", getattr(peer, "host", "") or "", "", f"TLS handshake: {error}"))
+        super().connectionLost(reason)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         """One header line alone is over the limit: 431."""
         self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore
