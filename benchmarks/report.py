@@ -17,9 +17,11 @@ import sys
 from typing import Any
 
 #: Column order of the peers.
-PEERS = ("ours", "pynetdicom", "dcmqrscp", "storescp", "orthanc")
+#: ``disk`` is no server: the disk's own limit (the C-STORE files written
+#: and fsynced one by one by a plain loop), next to C-STORE on 1 association.
+PEERS = ("ours", "pynetdicom", "dcmqrscp", "storescp", "orthanc", "disk")
 LABELS = {"ours": "dicomtwist", "pynetdicom": "pynetdicom qrscp", "dcmqrscp": "dcmqrscp",
-          "storescp": "storescp", "orthanc": "Orthanc"}
+          "storescp": "storescp", "orthanc": "Orthanc", "disk": "disk limit"}
 #: Memory figures (RSS) are compared against Orthanc's too, lower is better.
 MEMORY_TARGETS = {"idle_rss": 200.0, "large_growth": 100.0}
 
@@ -106,6 +108,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     vs("assoc_4", "dcmqrscp", 4, "Associations/s, 4 clients")
     vs("store_1", "pynetdicom", 8, "C-STORE 0.5 MB (fsync), 1 association")
     vs("store_1", "dcmqrscp", 1.4, "C-STORE 0.5 MB (fsync), 1 association")
+    vs("store_1", "disk", 0.8, "C-STORE 0.5 MB (fsync), 1 association")
     store16 = measures.get("store_16")
     if store16 and store16["values"].get("ours"):
         notes = store16["notes"].get("ours", [])
@@ -219,7 +222,7 @@ def plot(results: dict, path: str) -> bool:
                 if not k.endswith("_mb") and m["values"]]
     peers = [p for p in PEERS if p in results["meta"].get("peers", [])]
     colours = {"ours": "#d62728", "pynetdicom": "#1f77b4", "dcmqrscp": "#2ca02c",
-               "storescp": "#9467bd", "orthanc": "#ff7f0e"}
+               "storescp": "#9467bd", "orthanc": "#ff7f0e", "disk": "#7f7f7f"}
     cols = 4
     rows = (len(measures) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.3 * rows), squeeze=False)

@@ -211,6 +211,32 @@ def run_clients(commands: list[list[str]], timeout: float, cwd: str) -> tuple[li
     return runs, end - start
 
 
+def write_fsync_loop(paths: list[str], directory: str) -> float:
+    """Copy each file into ``directory`` (made, then deleted) with a plain
+    loop: read it, write it to a new file, ``fsync``, close; one after the
+    other, as a server storing them over one association must.
+
+    :returns: the elapsed seconds.
+    """
+    os.makedirs(directory)
+    try:
+        start = time.perf_counter()
+        for n, path in enumerate(paths):
+            with open(path, "rb") as fp:
+                data = memoryview(fp.read())
+            fd = os.open(os.path.join(directory, f"{n}.dcm"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return time.perf_counter() - start
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def median(values: list[float]) -> float:
     """The median (of a non-empty list)."""
     return statistics.median(values)
@@ -382,6 +408,18 @@ class Bench:
                 failed += len(files) - success
         return elapsed, ok, failed, rejected
 
+    def disk_limit(self, paths: list[str], m: Measure, mb: Measure) -> None:
+        """The disk's own limit next to C-STORE on one association: the same
+        files written and fsynced one by one by a plain loop, on the file
+        system of the servers' instance directories (:func:`write_fsync_loop`)."""
+        elapsed = write_fsync_loop(paths, os.path.join(self.work, f"disk-limit-rep{self.rep}"))
+        m.add("disk", len(paths) / elapsed)
+        mb.add("disk", sum(os.path.getsize(p) for p in paths) / elapsed / 1e6)
+        peers = self.results.meta.get("peers", [])
+        if "disk" not in peers:
+            # A new list: the old one is the servers' (Bench.names).
+            self.results.meta["peers"] = [*peers, "disk"]
+
     def store(self) -> None:
         """0.5 MB CT instances: one association, then 4 and 16 concurrent."""
         s = self.scale
@@ -400,6 +438,8 @@ class Bench:
                 files = paths[:concurrency * per]
                 paths_rest = paths[concurrency * per:]
                 groups = [files[i::concurrency] for i in range(concurrency)]
+                if concurrency == 1:
+                    self.disk_limit(files, m, mb)
                 for server in self.order("store"):
                     with self.tracking(server, "C-STORE 0.5 MB"):
                         elapsed, ok, failed, rejected = self.storescu(server, groups)

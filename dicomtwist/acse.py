@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomtwist.access import AccessRules, PeerRule, Refusal, check_association
 from dicomtwist.ul.items import (
+    AsynchronousOperationsWindowSubItem,
     ImplementationClassUIDSubItem,
     ImplementationVersionNameSubItem,
     MaximumLengthSubItem,
@@ -70,6 +71,10 @@ class AcceptorPolicy:
     :param max_pdu: our Maximum Length Received (0 = unlimited).
     :param peers: per-peer rules (host check, permissions) by calling AE
         title; see :mod:`dicomtwist.access`.
+    :param extended_negotiation: SOP class -> the options we support in its
+        SOP Class Extended Negotiation (PS3.7 D.3.3.5), one byte per
+        sub-field of the Service-class-application-information, non-zero
+        where supported (see :func:`answer_extended`).
     """
 
     ae_title: str
@@ -79,6 +84,11 @@ class AcceptorPolicy:
     allowed_calling_aets: frozenset[str] | None = None
     max_pdu: int = DEFAULT_MAX_PDU
     peers: Mapping[str, PeerRule] = field(default_factory=dict)
+    #: The Asynchronous Operations Window we grant a requestor that
+    #: proposes one, ``(invoked, performed)`` as PS3.7 D.3.3.3 counts them
+    #: (the requestor's; 0 unlimited); None: not answered, so one each.
+    window: tuple[int, int] | None = None
+    extended_negotiation: Mapping[str, bytes] = field(default_factory=dict)
 
     @cached_property
     def access(self) -> AccessRules:
@@ -97,21 +107,69 @@ class Negotiated:
     our_max_pdu: int
     peer_implementation_class_uid: str | None = None
     peer_implementation_version_name: str | None = None
-    #: SOP Class Extended Negotiation information, by SOP class UID.
+    #: SOP Class Extended Negotiation information, by SOP class UID: what
+    #: the acceptor answered (the options agreed), as either side sees it.
     extended: dict[str, bytes] = field(default_factory=dict)
+    #: The Asynchronous Operations Window (PS3.7 D.3.3.3): how many
+    #: operations the association *requestor* may have invoked, and
+    #: performed, at once (0: unlimited); one each unless negotiated.
+    window: tuple[int, int] = (1, 1)
+
+    def outstanding(self, requestor: bool) -> int:
+        """How many requests one side may have outstanding at once (0:
+        unlimited): the requestor invokes up to the window's first number;
+        the acceptor up to its second, what the requestor performs."""
+        return self.window[0] if requestor else self.window[1]
+
+    def extended_option(self, sop_class_uid: str, number: int) -> bool:
+        """Whether sub-field ``number`` (1 for the first byte) of the
+        Service-class-application-information was agreed for a SOP class
+        (for a C-FIND class, 1 is relational-queries: PS3.4 C.5.1.1).
+        A sub-field the acceptor left out (or the whole sub-item) means 0."""
+        info = self.extended.get(sop_class_uid, b"")
+        return len(info) >= number and info[number - 1] == 1
+
+
+def narrower(proposed: int, answered: int) -> int:
+    """The smaller of two window values, 0 meaning unlimited (PS3.7 D.3.3.3)."""
+    if proposed == 0:
+        return answered
+    if answered == 0:
+        return proposed
+    return min(proposed, answered)
 
 
 def user_information(max_pdu: int, roles: Iterable[RoleSelectionSubItem] = (),
-                     extra: Iterable[object] = ()) -> UserInformationItem:
+                     extra: Iterable[object] = (),
+                     window: tuple[int, int] | None = None) -> UserInformationItem:
     """Build our User Information item (PS3.7 D.3.3)."""
     subs: list[object] = [
         MaximumLengthSubItem(max_pdu),
         ImplementationClassUIDSubItem(IMPLEMENTATION_CLASS_UID),
     ]
+    if window is not None:
+        subs.append(AsynchronousOperationsWindowSubItem(*window))
     subs.extend(roles)
     subs.append(ImplementationVersionNameSubItem(IMPLEMENTATION_VERSION_NAME))
     subs.extend(extra)
     return UserInformationItem(tuple(subs))
+
+
+def answer_extended(proposed: bytes, supported: bytes) -> bytes:
+    """Our answer to one SOP Class Extended Negotiation sub-item.
+
+    Each sub-field (byte) the requestor proposed as 1 is answered 1 when we
+    support it and 0 otherwise; any other value is answered 0 (PS3.4
+    C.5.1.1.2, C.5.2.1.2, C.5.3.1.2: the acceptor accepts a proposal by
+    returning the same value, 1, or turns it down with 0).  The answer has
+    the proposal's length: a one-byte proposal gets one byte back, and
+    so on.
+
+    :param proposed: the requestor's Service-class-application-information.
+    :param supported: non-zero for each sub-field we support.
+    """
+    return bytes(int(value == 1 and index < len(supported) and supported[index] != 0)
+                 for index, value in enumerate(proposed))
 
 
 def check_provider(rq: AAssociateRQ) -> AAssociateRJ | None:
@@ -221,11 +279,30 @@ def _negotiate_acceptor(rq: AAssociateRQ,
                 continue
         answers.append(PresentationContextACItem(cid, ContextResult.ACCEPTANCE, chosen))
         accepted[cid] = PresentationContext(cid, pc.abstract_syntax, chosen, scu, scp)
+    # PS3.7 D.3.3.3: answered only when proposed, never above the proposal.
+    window = None
+    proposed_window = info.async_ops_window
+    if proposed_window is not None and policy.window is not None:
+        window = (narrower(proposed_window.invoked, policy.window[0]),
+                  narrower(proposed_window.performed, policy.window[1]))
+    # SOP Class Extended Negotiation: answered for the SOP classes we
+    # negotiate options for and accepted a context of; the others are left
+    # out (PS3.7 D.3.3.5: no sub-item in the answer, no option agreed).
+    extended: dict[str, bytes] = {}
+    accepted_classes = {c.abstract_syntax for c in accepted.values()}
+    for item in info.sop_class_extended:
+        supported = policy.extended_negotiation.get(item.sop_class_uid)
+        if (supported is not None and item.sop_class_uid in accepted_classes
+                and item.sop_class_uid not in extended):
+            extended[item.sop_class_uid] = answer_extended(bytes(item.info), supported)
     ac = AAssociateAC(
         called_ae_title=rq.called_ae_title,
         calling_ae_title=rq.calling_ae_title,
         presentation_contexts=tuple(answers),
-        user_information=user_information(policy.max_pdu, role_answers.values()),
+        user_information=user_information(
+            policy.max_pdu, role_answers.values(),
+            [SOPClassExtendedNegotiationSubItem(uid, answer)
+             for uid, answer in extended.items()], window=window),
         application_context=APPLICATION_CONTEXT_NAME,
     )
     negotiated = Negotiated(
@@ -234,7 +311,8 @@ def _negotiate_acceptor(rq: AAssociateRQ,
         our_max_pdu=policy.max_pdu,
         peer_implementation_class_uid=info.implementation_class_uid,
         peer_implementation_version_name=info.implementation_version_name,
-        extended={e.sop_class_uid: bytes(e.info) for e in info.sop_class_extended},
+        extended=extended,
+        window=window or (1, 1),
     )
     return ac, negotiated
 
@@ -243,7 +321,8 @@ def build_rq(called_ae_title: str, calling_ae_title: str,
              contexts: Sequence[tuple[str, Sequence[str]]], max_pdu: int = DEFAULT_MAX_PDU,
              scp_role_classes: Iterable[str] = (),
              extended: Mapping[str, bytes] | None = None,
-             roles: Mapping[str, tuple[bool, bool]] | None = None) -> AAssociateRQ:
+             roles: Mapping[str, tuple[bool, bool]] | None = None,
+             window: tuple[int, int] | None = None) -> AAssociateRQ:
     """Build an A-ASSOCIATE-RQ proposing ``contexts`` (abstract, transfer syntaxes).
 
     Context IDs are 1, 3, 5, ... in order; at most 128 contexts fit.
@@ -252,6 +331,8 @@ def build_rq(called_ae_title: str, calling_ae_title: str,
     :param roles: other role proposals, SOP class -> ``(scu, scp)`` (a
         Storage Commitment SCP reporting on its own association proposes
         ``(False, True)``, PS3.4 J.3.3.1.3).
+    :param window: the Asynchronous Operations Window to propose,
+        ``(invoked, performed)`` (PS3.7 D.3.3.3); None proposes none.
     :raises ValueError: with more than 128 contexts.
     """
     if len(contexts) > 128:
@@ -269,7 +350,7 @@ def build_rq(called_ae_title: str, calling_ae_title: str,
         called_ae_title=called_ae_title,
         calling_ae_title=calling_ae_title,
         presentation_contexts=items,
-        user_information=user_information(max_pdu, items_roles, extra),
+        user_information=user_information(max_pdu, items_roles, extra, window),
         application_context=APPLICATION_CONTEXT_NAME,
     )
 
@@ -298,6 +379,14 @@ def interpret_ac(rq: AAssociateRQ, ac: AAssociateAC) -> Negotiated:
                 scu, scp = role.scu_role, role.scp_role
         accepted[item.context_id] = PresentationContext(
             item.context_id, pc.abstract_syntax, item.transfer_syntax, scu, scp)
+    # PS3.7 D.3.3.3: the acceptor's answer, if any, to what we proposed (an
+    # unanswered or unproposed window is one operation each way).
+    window = (1, 1)
+    proposed_window = rq.user_information.async_ops_window
+    answered = info.async_ops_window
+    if proposed_window is not None and answered is not None:
+        window = (narrower(proposed_window.invoked, answered.invoked),
+                  narrower(proposed_window.performed, answered.performed))
     return Negotiated(
         contexts=accepted,
         peer_max_pdu=info.maximum_length or 0,
@@ -305,4 +394,5 @@ def interpret_ac(rq: AAssociateRQ, ac: AAssociateAC) -> Negotiated:
         peer_implementation_class_uid=info.implementation_class_uid,
         peer_implementation_version_name=info.implementation_version_name,
         extended={e.sop_class_uid: bytes(e.info) for e in info.sop_class_extended},
+        window=window,
     )

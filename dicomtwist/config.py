@@ -49,6 +49,10 @@ class Destination:
     lossy: bool = False
     #: The order in which transfer syntaxes are preferred for it.
     preference: tuple[str, ...] = ("stored", "lossless", "uncompressed")
+    #: C-STORE sub-operations we may have outstanding on its associations:
+    #: above 1, proposed as the Asynchronous Operations Window (PS3.7
+    #: D.3.3.3) and used as far as the destination grants it.
+    window: int = 1
 
 
 #: The words of a destination's ``preference``.
@@ -228,6 +232,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_associations": (_count, 64),
     "min_free_space": (_megabytes, 0),
     "shutdown_grace": (_grace, 10.0),
+    # Asynchronous Operations Window granted to requestors (docs/conformance.md).
+    "async_operations": (_positive, 1),
     # Processes behind the listening ports (docs/scaling.md).
     "workers": (_count, 1),
     # Compression on ingest (docs/user-guide.md).
@@ -268,7 +274,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
 
 #: Keys of a peer (move destination) section.
 PEER_KEYS = frozenset({"address", "port", "tls", "tls_ca", "tls_cert", "tls_key",
-                       "lossy", "preference",
+                       "lossy", "preference", "window",
                        "permissions", "host_check"})
 
 
@@ -292,6 +298,10 @@ class Config:
     min_free_space: int = 0
     #: Seconds running associations get to finish at shutdown.
     shutdown_grace: float = 10.0
+    #: Operations a requestor proposing an Asynchronous Operations Window
+    #: may invoke at once, and C-STORE sub-operations we may invoke at once
+    #: on a C-GET SCU's association (1: no window is granted).
+    async_operations: int = 1
     #: Archive processes behind the same listening ports (PostgreSQL only).
     workers: int = 1
     #: A lossless syntax to store uncompressed instances in (None: as
@@ -428,10 +438,15 @@ def load(path: str) -> Config:
             except ValueError as e:
                 raise ConfigError(f"{where}: invalid preference"
                                   f" {values['preference']!r}: {e}") from None
+            try:
+                window = _positive(values.get("window", "1"))
+            except ValueError:
+                raise ConfigError(f"{where}: invalid window {values['window']!r}:"
+                                  " a number of operations, at least 1") from None
             config.destinations[title] = Destination(
                 title, address, port, tls, *(_optional_text(values.get(key, ""))
                                             for key in ("tls_ca", "tls_cert", "tls_key")),
-                lossy=lossy, preference=preference)
+                lossy=lossy, preference=preference, window=window)
         if "permissions" in values or "host_check" in values:
             try:
                 permissions = access.parse_permissions(values.get("permissions", "all"))

@@ -13,18 +13,28 @@ never drawn; the log lines alone tell the story.
 
 Both ``movescu`` and the archive daemon use :func:`level_from_options` for
 their ``-q``/``-v``/``-d``/``-ll`` options and :func:`start_logging`.
+
+For log shippers the archive can write one JSON object a line instead
+(:class:`JsonObserver`, ``--log-format json``): the time in ISO 8601 UTC,
+the level, the namespace, the event's text, and the structured fields an
+association's events carry (``association_id``, ``peer_host``,
+``calling_ae``, ``called_ae``).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime, timezone
 from typing import IO, Any, Iterable
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
 __all__ = [
+    "JSON_FIELDS",
     "LEVEL_NAMES",
+    "JsonObserver",
     "LineObserver",
     "level_from_options",
     "parse_level",
@@ -180,8 +190,69 @@ class LineObserver:
             pass
 
 
-def start_logging(level: LogLevel, stream: IO[str] | None = None) -> LineObserver:
-    """Send every Twisted log event to ``stream`` as prefixed lines.
+#: Structured fields of an event copied into its JSON object when present.
+JSON_FIELDS = ("association_id", "peer_host", "calling_ae", "called_ae")
+
+#: The JSON ``level`` of each level (the words log shippers expect).
+JSON_LEVELS: dict[LogLevel, str] = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warning",
+    LogLevel.error: "error",
+    LogLevel.critical: "critical",
+}
+
+
+@implementer(ILogObserver)
+class JsonObserver(LineObserver):
+    """Write log events to a text stream as one JSON object a line.
+
+    ``{"timestamp": "2026-01-02T03:04:05.678Z", "level": "info",
+    "namespace": "dicomtwist.association.protocol.Association", "event":
+    "Association Accepted: ...", "association_id": 7, "peer_host":
+    "10.0.0.5", "calling_ae": "CT1", "called_ae": "QRSCP"}``; an event
+    with a failure adds ``error`` (type and message) and ``traceback``.
+    The text of a multi-line event stays in one line (JSON escapes its
+    newlines).  Levels filter as :class:`LineObserver`'s do.
+    """
+
+    def format(self, event: dict[str, Any], level: LogLevel) -> str:
+        """The event's JSON line (newline-terminated)."""
+        when = event.get("log_time")
+        stamp = datetime.fromtimestamp(when if when is not None else 0, timezone.utc)
+        record: dict[str, Any] = {
+            "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": JSON_LEVELS.get(level, "info"),
+            "namespace": event.get("log_namespace") or "",
+            "event": formatEvent(event),
+        }
+        for name in JSON_FIELDS:
+            value = event.get(name)
+            if value is not None and value != "":
+                record[name] = value
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            record["traceback"] = failure.getTraceback()
+        return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+    def set_status(self, text: str | None) -> None:
+        """No status line among JSON lines."""
+
+
+#: ``--log-format`` values and their observers.
+OBSERVERS: dict[str, type[LineObserver]] = {"text": LineObserver, "json": JsonObserver}
+
+
+def observer_for(log_format: str, level: LogLevel, stream: IO[str]) -> LineObserver:
+    """The observer writing ``log_format`` (``text`` or ``json``) to ``stream``."""
+    return OBSERVERS[log_format](stream, level)
+
+
+def start_logging(level: LogLevel, stream: IO[str] | None = None,
+                  log_format: str = "text") -> LineObserver:
+    """Send every Twisted log event to ``stream`` as prefixed lines (or, with
+    ``log_format="json"``, as JSON objects).
 
     Begins global logging (:data:`twisted.logger.globalLogBeginner`), so it
     is called once per process, by a program's entry point.
@@ -190,6 +261,6 @@ def start_logging(level: LogLevel, stream: IO[str] | None = None) -> LineObserve
     :param stream: default ``sys.stderr``.
     :returns: the observer, for :meth:`LineObserver.set_status`.
     """
-    observer = LineObserver(stream if stream is not None else sys.stderr, level)
+    observer = observer_for(log_format, level, stream if stream is not None else sys.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     return observer

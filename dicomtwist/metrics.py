@@ -14,8 +14,8 @@ AE title is a label value only when it is listed in ``metrics_ae_titles``
 
 Index counts and free space need the file system or the database: they
 are refreshed off the reactor (:meth:`ArchiveMetrics.refresh`, in the
-thread pool) and kept for :data:`LEVELS_TTL` seconds; collecting never
-blocks.
+thread pool, before a scrape is answered) and kept for :data:`LEVELS_TTL`
+seconds, or until an instance is stored; collecting never blocks.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class ArchiveMetrics:
         self.levels: dict[str, int] = {}
         self.free_bytes: int | None = None
         self._levels_at: float | None = None
+        #: An instance was stored since the counts were read.
+        self._stale = False
         #: Who waits for the refresh running now (None: none runs).
         self._waiters: list[Deferred] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -168,6 +170,8 @@ class ArchiveMetrics:
             " Success), receive (first to last byte), fsync (temporary file written and"
             " made durable), commit (the group commit)", ["part"], buckets=BUCKETS,
             registry=r)
+        self._store_parts = tuple(self.store_seconds.labels(part)
+                                  for part in ("total", "receive", "fsync", "commit"))
         self.instances_sent = Counter(
             p + "instances_sent", "Instances sent (C-MOVE/C-GET sub-operations that"
             " succeeded, WADO-RS parts)", ["via"], registry=r)
@@ -243,14 +247,15 @@ class ArchiveMetrics:
         self.operation_seconds.labels(service).observe(e.seconds)
 
     def _stored(self, e: events.InstanceStored) -> None:
+        self._stale = True
         via = _via(e.via)
         self.instances_stored.labels(via, self._ae(e.calling_ae)).inc()
         self.bytes_stored.labels(via).inc(e.size)
-        hist = self.store_seconds
-        hist.labels("total").observe(e.total)
-        hist.labels("receive").observe(e.receive)
-        hist.labels("fsync").observe(e.fsync)
-        hist.labels("commit").observe(e.commit)
+        total, receive, fsync, commit = self._store_parts
+        total.observe(e.total)
+        receive.observe(e.receive)
+        fsync.observe(e.fsync)
+        commit.observe(e.commit)
 
     def _store_failed(self, e: events.StoreFailed) -> None:
         self.store_failures.labels(_via(e.via), status_label(e.status)).inc()
@@ -295,12 +300,14 @@ class ArchiveMetrics:
             self._waiters.append(waiter)
             return waiter
         now = self._clock()
-        if self._levels_at is not None and now - self._levels_at < LEVELS_TTL:
+        if (not self._stale and self._levels_at is not None
+                and now - self._levels_at < LEVELS_TTL):
             return succeed(None)
         if self.pool is None or (self.index is None and self.directory is None):
             return succeed(None)
         waiter = Deferred()
         self._waiters = [waiter]
+        self._stale = False
         deferToThreadPool(self.reactor, self.pool, self._read_levels).addBoth(self._refreshed)
         return waiter
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -25,13 +25,20 @@ import dicomtwist
 from dicomtwist import config as configuration
 from dicomtwist import events
 from dicomtwist import log as dlog
-from dicomtwist import logs
-from dicomtwist import tls
+from dicomtwist import logs, optional
 from dicomtwist.access import AccessRules, is_permitted
-from dicomtwist.acse import AcceptorPolicy
-from dicomtwist.association import AcceptorFactory
 from dicomtwist.errors import DicomError, DIMSEServiceError
 from dicomtwist.status import Status
+
+if TYPE_CHECKING:
+    from dicomtwist import tls
+    from dicomtwist.acse import AcceptorPolicy
+    from dicomtwist.association import AcceptorFactory
+
+# This module is imported when twistd lists its plugins, before the
+# options are known: Twisted's transports and pydicom are imported by
+# optional.load() in postOptions, without the libraries the
+# configuration does not use, so nothing above may import them.
 
 #: Single-dash long options of the spec, and what they mean.
 SHORT_FORMS = {
@@ -154,7 +161,14 @@ class Options(usage.Options):
             options = sys.argv[1:]
         #: The archive options as given (``--workers`` passes them on).
         self["argv"] = expand_short_forms(list(options))
-        super().parseOptions(self["argv"])
+        try:
+            super().parseOptions(self["argv"])
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd, which would print its whole usage text to
+            # standard output: one line on standard error, exit status 1.
+            raise SystemExit(f"dicomqr: error: {e}") from None
 
     def opt_version(self) -> None:
         """print version information and exit"""
@@ -186,6 +200,7 @@ class Options(usage.Options):
                     "audit_tls_ca", "audit_tls_cert", "audit_tls_key", "worklist_location"):
             if getattr(cfg, key) is not None:
                 setattr(cfg, key, os.path.abspath(getattr(cfg, key)))
+        optional.load(tls=optional.needs_tls(cfg), pixels=optional.needs_pixels(cfg))
         if cfg.worklist_location is not None and not os.path.isdir(cfg.worklist_location):
             raise usage.UsageError(f"--worklist-location/worklist_location"
                                    f" {cfg.worklist_location!r}: not a directory")
@@ -203,6 +218,8 @@ class Options(usage.Options):
                     f"store_transfer_syntax {cfg.store_transfer_syntax}: no encoder installed"
                     " for it (JPEG Lossless SV1 needs the gdcm extra: pip install"
                     " '.[gdcm]')")
+        from dicomtwist import tls
+
         for description in listen_descriptions(cfg):
             try:
                 # Builds the TLS contexts too: a missing or bad file is
@@ -219,6 +236,7 @@ def _check_audit(cfg: configuration.Config) -> None:
 
     :raises usage.UsageError: naming ``audit`` and what is wrong.
     """
+    from dicomtwist import tls
     from dicomtwist.audit.trail import parse_destination
 
     try:
@@ -336,6 +354,7 @@ class ArchiveService(service.Service):
         except OSError as e:
             raise SystemExit(f"dicomqr: cannot create the instance directory"
                              f" {settings.instance_location}: {e.strerror}") from None
+        check_writable(settings.instance_location)
         from dicomtwist.storage.index import IndexUnavailable, open_index
         try:
             self.index = open_index(settings.database_location)
@@ -394,10 +413,9 @@ class ArchiveService(service.Service):
         gc.freeze()
         self.pool.start()
         self.pixel_pool.start()
-        # Storage commitment requests left outstanding are reported now.
-        self.factory.commitment.start().addErrback(
-            lambda f: self.log.failure("Storage commitment: cannot read outstanding"
-                                       " requests", f))
+        # Storage commitment requests left outstanding are reported once
+        # the reactor runs.
+        self.reactor.callWhenRunning(self._start_commitment)
         if self.handle_signals:
             self.reactor.callWhenRunning(_stop_on_signals, self.reactor)
         self.log.info("Archive {aet}: instances in {dir}, index {db}",
@@ -412,6 +430,12 @@ class ArchiveService(service.Service):
                 self.settings.ae_title, node_name(self.settings),
                 tuple(listen_descriptions(self.settings))
                 + ((self.settings.http,) if self.settings.http else ())))
+
+    def _start_commitment(self) -> None:
+        if self.running:
+            self.factory.commitment.start().addErrback(
+                lambda f: self.log.failure("Storage commitment: cannot read outstanding"
+                                           " requests", f))
 
     def stopService(self) -> Any:
         """Let associations finish (bounded), abort the rest, stop the pool."""
@@ -491,6 +515,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
     :param pixel_pool: where transcoding runs (default: ``pool``).
     """
     from dicomtwist import sopclasses
+    from dicomtwist.acse import AcceptorPolicy
+    from dicomtwist.association import AcceptorFactory
     from dicomtwist.services.echo import handle_echo
     from dicomtwist.services.store import ArchiveStore
 
@@ -505,7 +531,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
     from dicomtwist.services import qr as qr_module
-    from dicomtwist.services.qr import QueryRetrieve
+    from dicomtwist.services.qr import EXTENDED_NEGOTIATION, QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
@@ -524,6 +550,8 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         require_called_aet=settings.require_called_aet,
         allowed_calling_aets=settings.allowed_calling_aets,
         peers=dict(settings.peers),
+        window=((settings.async_operations,) * 2 if settings.async_operations > 1 else None),
+        extended_negotiation=EXTENDED_NEGOTIATION,
     )
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)
@@ -616,6 +644,8 @@ def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
 
 def listen_defaults(settings: configuration.Config) -> tls.ListenDefaults:
     """What ``ssl:`` descriptions leave out: ``tls_cert``, ``tls_key``, ``tls_ca``."""
+    from dicomtwist import tls
+
     return tls.ListenDefaults(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
@@ -650,12 +680,22 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         sys.exit(clean(settings, options["yes"]))
     if options["reindex"]:
         sys.exit(reindex(settings))
-    top = service.MultiService()
+    top = _Top()
+    if settings.log_format != "text" and getattr(options, "parent", None) is not None:
+        top.log_observer = _twistd_observer(options.parent, settings.log_format,
+                                            options["level"])
     from dicomtwist import workers
 
     inherited = workers.adopted()
     if inherited is None and settings.workers > 1:
-        return _supervisor(options, settings, reactor, daemon)
+        supervisor = _supervisor(options, settings, reactor, daemon)
+        supervisor.log_observer = top.log_observer
+        return supervisor
+    if daemon and inherited is None:
+        # A port in use is one line and a non-zero exit now, before twistd
+        # logs, daemonizes or writes its pid file.
+        check_ports([*listen_descriptions(settings), *([settings.http] if settings.http
+                                                       else [])])
     archive = ArchiveService(settings, reactor, handle_signals=daemon,
                              recover=inherited is None)
     archive.setServiceParent(top)
@@ -667,6 +707,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         for (fd, family), factory in zip(inherited, factories):
             workers.AdoptedPortService(reactor, fd, family, factory).setServiceParent(top)
         return top
+    from dicomtwist import tls
+
     for description in listen_descriptions(settings):
         endpoint = tls.listen_endpoint(reactor, description, listen_defaults(settings))
         listener = StreamServerEndpointService(endpoint, archive.factory)
@@ -679,6 +721,106 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         web._raiseSynchronously = True
         web.setServiceParent(top)
     return top
+
+
+def check_writable(directory: str) -> None:
+    """Create and delete a file in the instance directory.
+
+    :raises SystemExit: one line naming the directory and the cause.
+    """
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(dir=directory, prefix=".dicomtwist-check-")
+        os.close(fd)
+        os.unlink(path)
+    except OSError as e:
+        raise SystemExit(f"dicomqr: cannot write in the instance directory {directory}:"
+                         f" {e.strerror or e}") from None
+
+
+class _Top(service.MultiService):
+    """The archive's top service; under twistd with ``--log-format json`` it
+    gives the application its log observer (twistd uses an application's
+    :class:`~twisted.logger.ILogObserver` component in place of its own)."""
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join ``parent``; set our log observer on it (twistd's application)."""
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+
+
+def _twistd_observer(twistd_options: Any, log_format: str, level: LogLevel) -> Any:
+    """The log observer of ``log_format`` writing where twistd would have
+    written (``--logfile``; standard output with ``-n`` and no log file;
+    ``twistd.log`` otherwise).  None under ``--syslog`` (twistd's own)."""
+    if twistd_options.get("syslog"):
+        return None
+    name = twistd_options.get("logfile")
+    if name == "-" or (twistd_options.get("nodaemon") and not name):
+        stream: Any = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile
+
+        stream = LogFile.fromFullPath(os.path.abspath(name or "twistd.log"))
+    return logs.observer_for(log_format, level, stream)
+
+
+def check_ports(descriptions: list[str]) -> None:
+    """Bind each ``tcp:``/``ssl:`` endpoint description's address for a
+    moment, so that a port in use (or one we may not bind) is reported
+    before anything starts.
+
+    :raises SystemExit: one line naming the description and the cause.
+    """
+    import socket
+
+    for description in descriptions:
+        address = _listen_address(description)
+        if address is None or address[1] == 0:
+            continue
+        interface, port = address
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # As Twisted binds its listening ports.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
+        except OSError as e:
+            raise SystemExit(f"dicomqr: cannot listen on {description}:"
+                             f" {e.strerror or e}") from None
+        finally:
+            probe.close()
+
+
+def _listen_address(description: str) -> tuple[str, int] | None:
+    """``(interface, port)`` of a ``tcp:``/``ssl:`` description, or None
+    for other kinds (``unix:``...) and what cannot be read (the endpoint
+    parser reports that)."""
+    import re
+
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    if parts[0] not in ("tcp", "ssl") or len(parts) < 2:
+        return None
+    port = None
+    interface = ""
+    for part in parts[1:]:
+        name, sep, value = part.partition("=")
+        if not sep and port is None:
+            port = part
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value
+    try:
+        return interface, int(port) if port is not None else 0
+    except ValueError:
+        return None
 
 
 def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
@@ -706,7 +848,7 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
         log_recovery(recover(settings.instance_location, index))
     finally:
         index.close()
-    top = service.MultiService()
+    top = _Top()
     argv = [a for a in options["argv"]]
     supervisor = workers.WorkerSupervisor(reactor, settings.workers, sockets,
                                           workers.worker_argv(argv))
@@ -812,17 +954,28 @@ def reindex(settings: configuration.Config) -> int:
 
 def run() -> None:
     """The ``dicomqr`` console script: the archive in the foreground."""
-    from twisted.internet import reactor
-
     options = Options()
     try:
         options.parseOptions(sys.argv[1:])
     except usage.UsageError as e:
-        print(f"dicomqr: error: {e}", file=sys.stderr)
-        print("Try 'dicomqr --help' for usage.", file=sys.stderr)
+        print(f"dicomqr: error: {e} (dicomqr --help lists the options)", file=sys.stderr)
         sys.exit(2)
-    logs.start_logging(options["level"], sys.stderr)
+    # After the options: optional.load() has decided what Twisted loads.
+    from twisted.internet import reactor
+
+    logs.start_logging(options["level"], sys.stderr, options["settings"].log_format)
     top = makeService(options)
+    from twisted.internet.error import CannotListenError
+
+    try:
+        # Listen before anything starts (as twistd does), so that a port
+        # taken meanwhile stops us at once instead of leaving us running
+        # without it.
+        top.privilegedStartService()
+    except CannotListenError as e:
+        print(f"dicomqr: cannot listen on {e.interface or '*'}:{e.port}:"
+              f" {getattr(e.socketError, 'strerror', None) or e.socketError}", file=sys.stderr)
+        sys.exit(1)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

@@ -687,21 +687,20 @@ class TrailTests(SynchronousTestCase):
         self.assertEqual((len(self.trail.queue), self.trail.dropped), (100, 50))
 
     def test_drop_count_metric(self) -> None:
-        """register_metrics exports the drop count as the Prometheus counter
-        dicomtwist_audit_messages_dropped_total, read at each scrape."""
-        from prometheus_client import CollectorRegistry, generate_latest
+        """The archive's metrics export the trail's drop count as the
+        counter dicomtwist_audit_messages_dropped_total, read at each scrape."""
+        from prometheus_client import generate_latest
         from prometheus_client.parser import text_string_to_metric_families
 
-        registry = CollectorRegistry()
-        self.trail.register_metrics(registry)
+        from dicomtwist.metrics import ArchiveMetrics
+
+        metrics = ArchiveMetrics(audit=self.trail)
 
         def dropped() -> float:
-            text = generate_latest(registry).decode()
-            (family,) = text_string_to_metric_families(text)
-            (sample,) = family.samples
-            self.assertEqual((family.type, sample.name),
-                             ("counter", "dicomtwist_audit_messages_dropped_total"))
-            return sample.value
+            text = generate_latest(metrics.registry).decode()
+            return next(sample.value for family in text_string_to_metric_families(text)
+                        for sample in family.samples
+                        if sample.name == "dicomtwist_audit_messages_dropped_total")
 
         self.assertEqual(dropped(), 0.0)
         for _ in range(103):

@@ -302,6 +302,16 @@ class AuditTrailTests(TestCase):
                 if r.find("EventIdentification").get("EventActionCode") == "R"]
         self.assertEqual(len(sent), 1)
         self.assertEqual(sent[0].find("EventIdentification").get("EventOutcomeIndicator"), "0")
+        # Nothing was lost, as /metrics says.
+        out, err, code = await peers.run_tool(reactor, "/usr/bin/curl", [
+            "-sf", f"http://127.0.0.1:{http_port}/metrics"])
+        self.assertEqual(code, 0, err)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        dropped = [sample.value for family in text_string_to_metric_families(out.decode())
+                   for sample in family.samples
+                   if sample.name == "dicomtwist_audit_messages_dropped_total"]
+        self.assertEqual(dropped, [0.0])
 
     @inline
     async def test_tls_collector(self) -> None:

@@ -51,6 +51,8 @@ class SmokeRunTests(TestCase):
             missing = [k for k in MEASURES
                        if not results["measures"].get(k, {}).get("values", {}).get("ours")]
             self.assertEqual(missing, [], log)
+            # The disk's own limit is measured next to C-STORE on 1 association.
+            self.assertTrue(results["measures"]["store_1"]["values"].get("disk"), log)
             for peer in results["meta"]["peers"]:
                 self.assertTrue(any(m["values"].get(peer) for m in results["measures"].values()),
                                 f"{peer} took part in no measure")
@@ -104,6 +106,14 @@ class ReportTests(SynchronousTestCase):
         self.assertIs(rows["C-FIND by PatientID on the 100-instance index ≤ 1.5× the"
                            " 1-study index"][1], False)
         self.assertIsNone(rows["C-GET ≥ 1.1× dcmqrscp"][1])
+
+    def test_disk_limit_target(self) -> None:
+        """C-STORE on 1 association is judged against the disk's own limit (>= 0.8x)."""
+        rows = dict((t, (measured, met)) for t, measured, met in report.targets(_results({
+            "store_1": _measure("store_1", True, {"ours": [45.0], "disk": [50.0]}),
+        }, peers=("ours", "disk"))))
+        self.assertEqual(rows["C-STORE 0.5 MB (fsync), 1 association ≥ 0.8× disk limit"],
+                         ("0.90×", True))
 
     def test_markdown(self) -> None:
         """The markdown has the results, the notes and the targets."""

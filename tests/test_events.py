@@ -163,3 +163,22 @@ class PublishTests(QueryRetrieveTestCase):
         responses = self.successResultOf(d)
         self.release(client, pump)
         return responses
+
+    def test_tls_handshake_failure(self) -> None:
+        """A connection lost to a TLS error before association is published
+        as an authentication failure."""
+        from OpenSSL import SSL
+        from twisted.internet.address import IPv4Address
+        from twisted.python.failure import Failure
+
+        seen = record(self)
+        assoc = self.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4000))
+        from twisted.internet.testing import StringTransport
+
+        assoc.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4000)))
+        error = SSL.Error([("SSL routines", "", "certificate verify failed")])
+        assoc.connectionLost(Failure(error))
+        failed, = of(seen, events.AuthenticationFailed)
+        self.assertEqual((failed.via, failed.peer_host, failed.reason),
+                         ("dimse", "10.1.2.3", "TLS handshake: certificate verify failed"))
+        self.flushLoggedErrors()

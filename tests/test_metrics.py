@@ -7,26 +7,22 @@ Expositions are parsed with prometheus-client's own parser.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import events
-from dicomtwist.config import Config
 from dicomtwist.metrics import ArchiveMetrics, status_label
 from dicomtwist.services.store import ArchiveStore
 from dicomtwist.status import Status
 from dicomtwist.storage.index import Index
 from dicomtwist.web import ops
-from dicomtwist.web.dicomweb import wado
 from dicomtwist.web.site import build_site
 from tests.helpers import CT_IMAGE_STORAGE
-from tests.test_dicomweb import WebTestCase, multipart_body
+from tests.test_dicomweb import WebTestCase
 from tests.test_qr import EXPLICIT, QUERY_CONTEXTS, QueryRetrieveTestCase, query
 from tests.test_store import InlinePool, InlineReactor
 
@@ -196,6 +192,36 @@ class EventCountTests(SynchronousTestCase):
         self.assertGreater(value(m, "dicomtwist_instance_directory_free_bytes"), 0)
 
 
+class CacheTests(SynchronousTestCase):
+    """Index counts are read again after LEVELS_TTL or once an instance is stored."""
+
+    def test_cached(self) -> None:
+        """Two scrapes within the TTL count once; a store or the TTL reads again."""
+        from dicomtwist.metrics import LEVELS_TTL
+
+        counted: list[str] = []
+
+        class Counting:
+            def count(self, level: str) -> int:
+                counted.append(level)
+                return 1
+
+        now = [100.0]
+        m = ArchiveMetrics(index=Counting(), reactor=InlineReactor(), pool=InlinePool(),
+                           clock=lambda: now[0])
+        self.successResultOf(m.refresh())
+        self.assertEqual(counted, ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 4)
+        m.observe(events.InstanceStored("dimse", "h", "A", "1.2", "1.3", "1.4", "P", "N", 1))
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 8)
+        now[0] += LEVELS_TTL
+        self.successResultOf(m.refresh())
+        self.assertEqual(len(counted), 12)
+        self.assertEqual(value(m, "dicomtwist_index_entities", level="series"), 1)
+
+
 def samples_has(metrics: ArchiveMetrics, name: str, **labels: str) -> bool:
     """Whether the exposition has the sample at all."""
     from prometheus_client import generate_latest
@@ -259,6 +285,31 @@ class ArchiveTrafficTests(QueryRetrieveTestCase):
         self.assertEqual(value(m, "dicomtwist_index_entities", level="patients"), 3)
         self.assertEqual(value(m, "dicomtwist_index_entities", level="instances"),
                          len(self.datasets) + 1)
+
+
+class HttpTlsTests(SynchronousTestCase):
+    """A failed TLS handshake on the HTTP port is an authentication failure."""
+
+    def test_handshake_failure_published(self) -> None:
+        """The channel's connection lost to an OpenSSL error publishes it."""
+        from OpenSSL import SSL
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        from twisted.web.resource import Resource
+
+        from dicomtwist.web.server import Limits
+        from dicomtwist.web.server import build_site as make_site
+
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        site = make_site(Resource(), Limits(), MemoryReactorClock())
+        channel = site.buildProtocol(IPv4Address("TCP", "10.9.8.7", 5000))
+        channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.9.8.7",
+                                                                       5000)))
+        channel.connectionLost(Failure(SSL.Error([("SSL routines", "", "no shared cipher")])))
+        self.assertEqual(seen, [events.AuthenticationFailed(
+            "http", "10.9.8.7", "", "TLS handshake: no shared cipher")])
 
 
 class Never:
@@ -380,6 +431,46 @@ class OpsHttpTests(WebTestCase):
         self.assertEqual(found[("dicomtwist_queries_total",
                                 (("level", "STUDY"), ("outcome", "success"),
                                  ("via", "http")))], 1)
+
+    def test_stow_and_wado_counted(self) -> None:
+        """A STOW-RS store and a WADO-RS retrieve move the HTTP store and sent
+        counters; the web page's paths count under route "ui"."""
+        from pydicom import dcmread
+
+        from tests.test_dicomweb import CT, file_bytes
+
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        self.config.http_tokens = None
+        self.site = build_site(self.config, self.reactor, self.pool, self.pool, self.index,
+                               self.store, metrics=self.metrics)
+        from treq.client import HTTPClient
+        from treq.testing import RequestTraversalAgent
+
+        from tests.test_dicomweb import body_producer
+
+        self.agent = RequestTraversalAgent(self.site.resource)
+        self.agent._serverFactory = self.site
+        self.client = HTTPClient(self.agent, data_to_body_producer=body_producer)
+        response = self.stow([("application/dicom", file_bytes(CT))])
+        self.assertEqual(response.code, 200, response.body)
+        study = dcmread(CT).StudyInstanceUID
+        response = self.get(f"/studies/{study}", accept="multipart/related;"
+                            " type=\"application/dicom\"")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.get("http://127.0.0.1/ui/no-such-file.js").code, 404)
+        found = samples(self.get("http://127.0.0.1/metrics", **auth).body.decode())
+        self.assertEqual(found[("dicomtwist_instances_stored_total",
+                                (("calling_ae", ""), ("via", "http")))], 1)
+        self.assertEqual(found[("dicomtwist_instances_sent_total", (("via", "http"),))], 1)
+        self.assertEqual(found[("dicomtwist_sent_bytes_total", (("via", "http"),))],
+                         os.path.getsize(self.stored_path(dcmread(CT).SOPInstanceUID)))
+        self.assertEqual(found[("dicomtwist_retrieves_total",
+                                (("outcome", "success"), ("service", "wado")))], 1)
+        for route, method, code in (("stow", "POST", "200"), ("wado", "GET", "200"),
+                                    ("ui", "GET", "404")):
+            self.assertEqual(found[("dicomtwist_http_requests_total",
+                                    (("code", code), ("method", method),
+                                     ("route", route)))], 1, route)
 
     def test_health(self) -> None:
         """/healthz answers ok without credentials; /readyz ready."""

@@ -5,12 +5,16 @@ service over in-memory associations with the archive's own factory."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import replace
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import config as configuration
@@ -27,8 +31,12 @@ from dicomtwist.services.mpps import (
 )
 from dicomtwist.status import Status
 from dicomtwist.storage.index import Index
+from dicomtwist.web.site import build_site
 from tests.helpers import connect_in_memory
+from tests.test_dicomweb import WebTestCase, body_producer
 from tests.test_store import InlinePool, InlineReactor
+
+API = "http://archive.example/api"
 
 STEP = "1.2.3.500"
 
@@ -325,3 +333,93 @@ class MppsServiceTests(SynchronousTestCase):
         self.assertEqual(rsp.status, Status.UNRECOGNIZED_OPERATION)
         rsp, _ = self.call(self.client.n_delete(MPPS, STEP))
         self.assertEqual(rsp.status, Status.UNRECOGNIZED_OPERATION)
+
+
+class MppsHttpTests(WebTestCase):
+    """``/api/mpps``: the kept steps as DICOM JSON over the archive's Site."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.steps = MppsStore(os.path.join(self.directory, DIRECTORY))
+        for uid, start, status in (("1.2.3.501", "080000", "COMPLETED"),
+                                   ("1.2.3.502", "093000", "IN PROGRESS")):
+            ds = create_list(PerformedProcedureStepStartTime=start,
+                             PerformedProcedureStepStatus=status)
+            ds.SOPClassUID, ds.SOPInstanceUID = MPPS, uid
+            self.steps.create(ds)
+
+    def test_list(self) -> None:
+        """The list: every step, newest start first, with the summary attributes."""
+        response = self.request("GET", API + "/mpps")
+        self.assertEqual((response.code, response.header("content-type")),
+                         (200, "application/dicom+json"))
+        steps = response.json()
+        self.assertEqual([s["00080018"]["Value"] for s in steps],
+                         [["1.2.3.502"], ["1.2.3.501"]])
+        self.assertEqual([s["00400252"]["Value"] for s in steps],
+                         [["IN PROGRESS"], ["COMPLETED"]])
+        self.assertEqual(steps[0]["00100010"], {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]})
+        self.assertNotIn("00400270", steps[0], "the list leaves the sequences out")
+
+    def test_one(self) -> None:
+        """One step by its UID: all its attributes; an unknown or invalid UID is 404."""
+        response = self.request("GET", API + "/mpps/1.2.3.501")
+        self.assertEqual(response.code, 200)
+        step = Dataset.from_json(response.json())
+        self.assertEqual(step.ScheduledStepAttributesSequence[0].StudyInstanceUID, "1.2.3.400")
+        self.assertEqual((step.SOPClassUID, step.PerformedProcedureStepStatus),
+                         (MPPS, "COMPLETED"))
+        for path in ("/mpps/1.2.3.404", "/mpps/..", "/mpps/1.2/extra"):
+            response = self.request("GET", API + path)
+            self.assertEqual(response.code, 404, path)
+            self.assertEqual(response.json()["status"], 404)
+
+    def test_empty(self) -> None:
+        """Without any step the list is empty."""
+        for name in os.listdir(self.steps.directory):
+            os.unlink(os.path.join(self.steps.directory, name))
+        self.assertEqual(self.request("GET", API + "/mpps").json(), [])
+
+    def test_beside_a_leaf(self) -> None:
+        """Mounted below a leaf resource at ``/api`` (the web page's API), both answer."""
+        from twisted.web.resource import Resource
+
+        from dicomtwist.web.site import _place
+
+        class Leaf(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                return b"/".join(request.postpath)
+
+        root = Resource()
+        _place(root, "/api", Leaf())
+        mpps = self.site.resource.children[b"api"].children[b"mpps"]
+        _place(root, "/api/mpps", mpps)
+        self.site.resource = root
+        self.agent = RequestTraversalAgent(root)
+        self.agent._serverFactory = self.site
+        self.client = HTTPClient(self.agent, data_to_body_producer=body_producer)
+        self.assertEqual(self.request("GET", API + "/status/x").body, b"status/x")
+        self.assertEqual(len(self.request("GET", API + "/mpps").json()), 2)
+
+    def test_permissions(self) -> None:
+        """With authentication on, reading needs credentials with ``query``."""
+        self.site = build_site(replace(self.config, http_tokens=self.tokens()), self.reactor,
+                               self.pool, self.pool, self.index, self.store)
+        self.agent = RequestTraversalAgent(self.site.resource)
+        self.agent._serverFactory = self.site
+        self.client = HTTPClient(self.agent, data_to_body_producer=body_producer)
+        self.assertEqual(self.request("GET", API + "/mpps").code, 401)
+        self.assertEqual(self.request("GET", API + "/mpps", {
+            "Authorization": "Bearer stower"}).code, 403)
+        self.assertEqual(self.request("GET", API + "/mpps/1.2.3.501", {
+            "Authorization": "Bearer viewer"}).code, 200)
+
+    def tokens(self) -> str:
+        """A tokens file: ``viewer`` may query, ``stower`` only store."""
+        path = os.path.join(self.base, "tokens")
+        with open(path, "w") as fp:
+            for token, permissions in (("viewer", "query"), ("stower", "store")):
+                fp.write(f"{token}:{hashlib.sha256(token.encode()).hexdigest()}:{permissions}\n")
+        return path

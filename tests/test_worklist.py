@@ -245,7 +245,8 @@ class QueryCheckTests(SynchronousTestCase):
     def test_unsupported_keys_left_out(self) -> None:
         """Keys neither matching nor return keys are left out and flagged
         (0xFF01); the Specific Character Set is left out silently."""
-        ds = query({"PatientName": "", "StudyDescription": "", "SpecificCharacterSet": "ISO_IR 100"},
+        ds = query({"PatientName": "", "StudyDescription": "",
+                    "SpecificCharacterSet": "ISO_IR 100"},
                    {"Modality": "", "ReferencedStudySequence": []})
         result = check_query(ds)
         self.assertTrue(result.unsupported)
@@ -624,6 +625,23 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.find(query({"PatientID": ""})),
                          [(Status.UNABLE_TO_PROCESS, None)])
         self.assertTrue(any("cannot be read" in w for w in self.warnings()))
+
+    def test_query_published(self) -> None:
+        """A worklist C-FIND publishes QueryPerformed (audit trail, metrics)
+        with the identifier as received and the number of answers."""
+        from dicomtwist import events
+
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        self.find(query({"PatientID": "P3"}))
+        self.find(query({}, {"Modality": "ct"}))
+        performed = [e for e in seen if isinstance(e, events.QueryPerformed)]
+        self.assertEqual([(e.via, e.calling_ae, e.sop_class_uid, e.matches, e.status)
+                          for e in performed],
+                         [("dimse", "MODALITY", WORKLIST_FIND, 1, Status.SUCCESS),
+                          ("dimse", "MODALITY", WORKLIST_FIND, 0,
+                           Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)])
+        self.assertIn(b"P3", performed[0].query)
 
     def test_without_worklist_location(self) -> None:
         """Without a worklist directory the worklist answers no records."""

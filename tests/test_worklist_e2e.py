@@ -11,13 +11,15 @@ Every query (DCMTK's thirteen examples, likewise from ``wlistqry*.dump``,
 plus date, time, name, modality and station queries) is sent by DCMTK's
 ``findscu -W -X`` to both; the answers, read back from the files
 ``findscu`` writes, must be the same set of data sets, and the response
-statuses the same.
+statuses the same.  Items added over the archive's HTTP endpoint (``curl``
+with DICOM JSON) are files ``wlmscpfs`` answers from alike.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import shutil
 import warnings
@@ -287,3 +289,58 @@ class WorklistAgainstWlmscpfs(TestCase):
             fp.truncate(100)
         self.assertEqual(patients(await self.compare(everyone)),
                          ["P2", "P3", "P4-CHANGED", "P6"])
+
+    @inline
+    async def test_items_over_http(self) -> None:
+        """An item PUT over HTTP as DICOM JSON is a file ``wlmscpfs`` reads
+        and answers from as the archive does; after a DELETE neither does."""
+        http_port = free_port()
+        with open(self.config, "a") as fp:
+            fp.write(f"http: tcp:{http_port}:interface=127.0.0.1\n")
+        open(os.path.join(self.worklist, "lockfile"), "w").close()
+        everyone = os.path.join(self.queries, "everyone.dcm")
+        save_query(query({"PatientName": "", "PatientID": ""}, empty_step=True), everyone)
+        await self.start()
+        await peers.wait_for_port(reactor, http_port)
+        self.assertEqual(await self.compare(everyone), [])
+        body = os.path.join(self.work, "item.json")
+        with open(body, "w", encoding="utf-8") as fp:
+            item_json = extra_items()["mr-next-day.wl"].to_json_dict()
+            json.dump(item_json, fp)
+        url = f"http://127.0.0.1:{http_port}/worklist/mr.wl"
+        status = await self.tool("/usr/bin/curl", "-s", "-o", "/dev/null", "-w",
+                                 "%{http_code}", "-X", "PUT", "-H",
+                                 "Content-Type: application/dicom+json",
+                                 "--data-binary", f"@{body}", url)
+        self.assertEqual(status, "201")
+        self.assertEqual(sorted(os.listdir(self.worklist)), ["lockfile", "mr.wl"])
+        answers = await self.compare(everyone)
+        self.assertEqual(len(answers), 1)
+        self.assertIn((0x00100010, "PN", "Müller^Jürgen"), answers[0])
+        status = await self.tool("/usr/bin/curl", "-s", "-o", "/dev/null", "-w",
+                                 "%{http_code}", "-X", "DELETE", url)
+        self.assertEqual(status, "204")
+        self.assertEqual(await self.compare(everyone), [])
+
+
+class WorklistLocationTests(TestCase):
+    """``--worklist-location`` on the real daemon's command line."""
+
+    timeout = 60
+
+    @inline
+    async def test_not_a_directory(self) -> None:
+        """A worklist location that is no directory stops the daemon at
+        start, with a message naming it and a non-zero exit code."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        missing = os.path.join(cwd, "no-such-worklist")
+        process = peers.PeerProcess(reactor, "twistd dicomqr")
+        argv = [*peers.TWISTD, "-n", "--pidfile=", "dicomqr", "--port", str(free_port()),
+                "--worklist-location", missing]
+        reactor.spawnProcess(process, peers.TWISTD[0], argv, env=peers.daemon_env(), path=cwd)
+        self.addCleanup(process.stop)
+        code = await process.exited
+        self.assertNotEqual(code, 0, process.output())
+        self.assertIn(f"--worklist-location/worklist_location {missing!r}: not a directory",
+                      process.output())

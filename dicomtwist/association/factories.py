@@ -59,13 +59,14 @@ class AcceptorFactory(Factory):
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)
-
-        def forget(_: Any) -> None:
-            self.associations.discard(assoc)
-            self.active.discard(assoc)
-
-        assoc.closed.addBoth(forget)
+        # A bound method, not a closure: about 100 bytes less per association.
+        assoc.closed.addBoth(self._forget, assoc)
         return assoc
+
+    def _forget(self, result: Any, assoc: Association) -> None:
+        """An association has closed: it counts no more."""
+        self.associations.discard(assoc)
+        self.active.discard(assoc)
 
     def admit(self, assoc: Association) -> AAssociateRJ | None:
         """Count an association that sent its A-ASSOCIATE-RQ; refuse it at
@@ -107,12 +108,16 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
               sink_for: SinkFactory = memory_sink, acse_timeout: float = 30.0,
               dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
               connect_timeout: float = 30.0, tls: Any = None,
-              roles: Mapping[str, tuple[bool, bool]] | None = None) -> Deferred[Association]:
+              roles: Mapping[str, tuple[bool, bool]] | None = None,
+              window: tuple[int, int] | None = None) -> Deferred[Association]:
     """Connect to ``host:port`` and negotiate an association.
 
     :param contexts: ``(abstract syntax, [transfer syntaxes])`` to propose.
     :param roles: role proposals, SOP class -> ``(scu, scp)`` (see
         :func:`dicomtwist.acse.build_rq`).
+    :param window: the Asynchronous Operations Window to propose,
+        ``(invoked, performed)``; what the peer grants is
+        ``negotiated.window``.
     :param tls: connect over TLS with this client connection creator
         (``IOpenSSLClientConnectionCreator``, see
         :func:`dicomtwist.tls.client_options`) through ``connectSSL``;
@@ -122,7 +127,7 @@ def associate(reactor: IReactorTCP, host: str, port: int, *,
         the connection error.
     """
     rq = acse.build_rq(called_ae_title, calling_ae_title, contexts, max_pdu,
-                       scp_role_classes, extended, roles)
+                       scp_role_classes, extended, roles, window)
     assoc = Association(reactor, handlers=handlers, sink_for=sink_for, max_pdu=max_pdu,
                         acse_timeout=acse_timeout, dimse_timeout=dimse_timeout,
                         network_timeout=network_timeout)

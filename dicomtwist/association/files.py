@@ -49,13 +49,17 @@ _TAG_VR_LEN = struct.Struct("<HH2sH")
 _UL = struct.Struct("<L")
 
 
-def file_dataset(path: str) -> FileDataSet:
+def file_dataset(path: str, readahead: bool = False) -> FileDataSet:
     """Locate the data set in a DICOM Part 10 file without decoding it.
 
     Reads only the preamble and the File Meta Information (group 0002,
     always Explicit VR Little Endian, PS3.10 7.1), usually in one read; the
     meta group's SOP Class and Instance UIDs come along, so sending the
     file needs no further parsing.
+
+    :param readahead: ask the kernel to read the data set into the page
+        cache now, in the background (``POSIX_FADV_WILLNEED``), so that
+        sending it later does not wait for the disk on the reactor thread.
 
     :raises ValueError: the file is not a Part 10 file.
     """
@@ -89,6 +93,8 @@ def file_dataset(path: str) -> FileDataSet:
                     raw = head[value_at:value_at + length]
                 values[element] = raw.rstrip(b"\x00 ").decode("ascii", "replace")
             offset = value_at + length
+        if readahead and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fp.fileno(), offset, size - offset, os.POSIX_FADV_WILLNEED)
     transfer_syntax = values.get(0x0010)
     if transfer_syntax is None:
         raise ValueError(f"{path}: no Transfer Syntax UID in the file meta information")

@@ -90,6 +90,15 @@ class Association(Requestor, DicomProtocol):
 
     log = dlog.logger()
 
+    # Slots, not a per-instance dictionary: 1,000 idle associations hold
+    # about 1.3 MB less (benchmarks/idle_memory.py).
+    __slots__ = ("handlers", "sink_for", "policy", "acse_timeout", "dimse_timeout",
+                 "yield_every", "negotiated", "ae_title", "peer_ae_title", "_established",
+                 "_establishment", "_establishment_observed", "closed", "_assembler",
+                 "_outstanding", "_serving", "_message_id", "_send_queue", "_sending",
+                 "_acse_timer", "_abort_cause", "_released", "_busy", "association_id",
+                 "log_fields", "_received_rq")
+
     def __init__(self, clock: IReactorTime, *, handlers: Mapping[str, Handler] | None = None,
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
                  max_pdu: int = acse.DEFAULT_MAX_PDU, acse_timeout: float = 30.0,
@@ -97,7 +106,9 @@ class Association(Requestor, DicomProtocol):
                  yield_every: int = 32) -> None:
         super().__init__(clock, max_pdu=max_pdu, artim_timeout=acse_timeout,
                          network_timeout=network_timeout)
-        self.handlers: dict[str, Handler] = dict(handlers or {})
+        # Shared with the factory (every association of a port has the same
+        # handlers), not copied: a C-GET requestor replaces it to add its own.
+        self.handlers: Mapping[str, Handler] = handlers if handlers is not None else {}
         self.sink_for = sink_for
         self.policy = policy
         self.acse_timeout = acse_timeout
@@ -268,7 +279,6 @@ class Association(Requestor, DicomProtocol):
 
     def _start(self, negotiated: Negotiated) -> None:
         self.negotiated = negotiated
-        self._assembler = MessageAssembler(negotiated.contexts, self.sink_for)
 
     # -- release and abort --------------------------------------------------
     def release(self) -> Deferred[None]:
@@ -439,7 +449,11 @@ class Association(Requestor, DicomProtocol):
         """Reassemble PDVs into messages and dispatch each complete one."""
         assembler = self._assembler
         if assembler is None:
-            return
+            if self.negotiated is None:
+                return
+            # Made with the first P-DATA: an idle association holds none.
+            assembler = self._assembler = MessageAssembler(self.negotiated.contexts,
+                                                           self.sink_for)
         for pdv in pdata.pdvs:
             try:
                 done = assembler.feed(pdv.context_id, pdv.control, pdv.data)

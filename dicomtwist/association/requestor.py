@@ -77,12 +77,24 @@ class Requestor:
         d: Deferred = Deferred()
         pending = _Outstanding(d, context, service, on_response)
         self._outstanding[message.message_id] = pending
-        self._arm_dimse_timer(message.message_id, pending)
+        # A request queued behind another's data set (several outstanding
+        # in an Asynchronous Operations Window) waits for its response only
+        # once it is sent: its DIMSE timer starts then.
+        queued = bool(self._sending or self._send_queue)
+        if not queued:
+            self._arm_dimse_timer(message.message_id, pending)
         self.log.info("Sending {name} Request: MsgID {id}",
                       name=LOG_NAMES.get(service, service), id=message.message_id)
         sent = self.send_message(message, context.context_id, data)
+        if queued:
+            sent.addCallback(self._sent_request, message.message_id, pending)
         sent.addErrback(self._send_failed, message.message_id)
         return d
+
+    def _sent_request(self, _: Any, message_id: int, pending: _Outstanding) -> None:
+        """A queued request is on the wire: its DIMSE timer starts."""
+        if self._outstanding.get(message_id) is pending:
+            self._arm_dimse_timer(message_id, pending)
 
     def _send_failed(self, failure: Failure, message_id: int) -> None:
         pending = self._outstanding.pop(message_id, None)
@@ -242,7 +254,8 @@ class Requestor:
         ``on_store`` (or the association's ``"store"`` handler).
         """
         if on_store is not None:
-            self.handlers["store"] = on_store
+            # The handlers may be the factory's: this association's own copy.
+            self.handlers = {**self.handlers, "store": on_store}
         return self._query(m.CGetRQ, "get", identifier, sop_class, on_response,
                            priority=priority)
 

@@ -19,6 +19,7 @@ archive: the queue is bounded and counts what it had to drop.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections import deque
@@ -173,8 +174,6 @@ class UDPSender(protocol.DatagramProtocol):
 
 
 def _is_address(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:

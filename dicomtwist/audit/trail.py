@@ -41,6 +41,7 @@ from dicomtwist.audit.syslog import (
     UDPSender,
     format_message,
 )
+from dicomtwist.status import Category, category
 
 __all__ = ["AuditTrail", "Destination", "parse_destination", "build"]
 
@@ -101,9 +102,8 @@ class _Retrieve:
 
 
 def _success(status: int) -> bool:
-    """Success, pending, cancel or warning: not a failure (PS3.7 C)."""
-    return status in (0x0000, 0xFE00, 0xFF00, 0xFF01) or 0xB000 <= status <= 0xBFFF \
-        or status == 0x0107 or status == 0x0116
+    """Success, pending, cancel or warning: not a failure (PS3.7 Annex C)."""
+    return category(status) is not Category.FAILURE
 
 
 class AuditTrail:
@@ -147,7 +147,8 @@ class AuditTrail:
     def dropped(self) -> int:
         """Audit messages lost: the queue was full, or the collector could
         not take them (a datagram too large, a file that cannot be written).
-        Exported as ``dicomtwist_audit_messages_dropped_total``."""
+        :class:`dicomtwist.metrics.ArchiveMetrics` exports it as
+        ``dicomtwist_audit_messages_dropped_total``."""
         return self.queue.dropped
 
     # -- life cycle ------------------------------------------------------------
@@ -313,37 +314,6 @@ class AuditTrail:
         self._emit(m.instances_transferred, "R", m.MINOR_FAILURE if failed else m.SUCCESS,
                    sender, receiver, studies, tuple((pid, "") for pid in event.patient_ids),
                    requestor, words)
-
-    # -- the drop counter in Prometheus ---------------------------------------
-
-    def register_metrics(self, registry: Any) -> None:
-        """Register ``dicomtwist_audit_messages_dropped_total`` (a counter
-        read from :attr:`dropped` at each scrape) with a prometheus-client
-        ``CollectorRegistry``: the archive's own, the one ``/metrics``
-        serves."""
-        registry.register(_DroppedCollector(self))
-
-
-class _DroppedCollector:
-    """A prometheus-client collector of the trail's drop count."""
-
-    def __init__(self, trail: AuditTrail) -> None:
-        self.trail = trail
-
-    def describe(self) -> list[Any]:
-        """The family, for the registry's duplicate check (without a scrape)."""
-        return list(self.collect())
-
-    def collect(self) -> Any:
-        """The counter, now."""
-        from prometheus_client.core import CounterMetricFamily
-
-        family = CounterMetricFamily(
-            "dicomtwist_audit_messages_dropped",
-            "Audit messages dropped: the queue was full, or the collector could"
-            " not take them")
-        family.add_metric([], self.trail.dropped)
-        yield family
 
 
 def build(reactor: Any, settings: Any) -> AuditTrail:

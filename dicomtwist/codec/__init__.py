@@ -11,8 +11,13 @@ near-lossless), pylibjpeg-openjpeg (JPEG 2000 lossless and lossy),
 pylibjpeg-rle (RLE Lossless), python-gdcm (JPEG Lossless SV1), Pillow (JPEG
 Baseline).  A syntax whose plugin is not installed is simply absent from
 :data:`DECODABLE`, :data:`LOSSLESS_TARGETS` or :data:`LOSSY_TARGETS`.
+
+Importing this package loads no codec library (nor numpy): the daemon
+negotiates with these tables and runs conversions in worker processes
+(:mod:`dicomtwist.codec.processes`).
 """
 
+from dicomtwist.codec.errors import CodecError
 from dicomtwist.codec.syntaxes import (
     DECODABLE,
     LOSSLESS_TARGETS,
@@ -22,7 +27,7 @@ from dicomtwist.codec.syntaxes import (
     can_convert,
     preference,
 )
-from dicomtwist.codec.transcode import CodecError, transcode, transcode_bytes
+from dicomtwist.codec.transcode import transcode, transcode_bytes
 
 __all__ = [
     "CodecError",
@@ -36,3 +41,4 @@ __all__ = [
     "transcode",
     "transcode_bytes",
 ]
+

@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from dicomtwist.codec.transcode import CodecError
+from dicomtwist.codec.errors import CodecError
 from dicomtwist.codec.transcode import transcode as _transcode
 
 __all__ = ["shutdown", "transcode"]

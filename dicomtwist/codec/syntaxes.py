@@ -1,8 +1,10 @@
 """Transfer syntaxes, what we can convert between them, and in which order.
 
-Pure and cheap: nothing here reads a file.  Which compressed syntaxes can be
-decoded or encoded is decided once, at import, by asking pydicom's pixel
-back ends (:mod:`dicomtwist.codec.backends`) which plugins are installed.
+Pure and cheap: nothing here reads a file or imports a codec.  Which
+compressed syntaxes can be decoded or encoded is decided once, at import,
+from the installed distributions (:mod:`dicomtwist.codec.installed`, the
+rules of pydicom's pixel back ends), so a daemon negotiates conversions
+without loading them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dicomtwist.codec import backends
+from dicomtwist.codec import installed
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -62,21 +64,21 @@ COMPRESSED = (
 
 #: Every syntax we can read pixels from: the native ones, and each
 #: compressed one for which an installed pydicom plugin decodes frames.
-DECODABLE = NATIVE | frozenset(uid for uid in COMPRESSED if backends.can_decode(uid))
+DECODABLE = NATIVE | frozenset(uid for uid in COMPRESSED if installed.can_decode(uid))
 
 #: Lossless compressed syntaxes we can write, best first (compression ratio
 #: and speed: JPEG-LS, then JPEG 2000, then JPEG Lossless SV1, then RLE).
 LOSSLESS_TARGETS = tuple(
     uid
     for uid in (JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS, JPEG_LOSSLESS_SV1, RLE_LOSSLESS)
-    if backends.can_encode(uid)
+    if installed.can_encode(uid)
 )
 
 #: Lossy compressed syntaxes we can write, only ever with ``allow_lossy``.
 LOSSY_TARGETS = tuple(
     uid
     for uid in (JPEG_LS_NEAR_LOSSLESS, JPEG_2000, JPEG_BASELINE)
-    if backends.can_encode(uid)
+    if installed.can_encode(uid)
 )
 
 #: Lossy Image Compression Method (0028,2114) per syntax (PS3.3 C.7.6.1.1.5.1).

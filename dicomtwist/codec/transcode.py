@@ -22,9 +22,8 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -37,6 +36,7 @@ from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
 from dicomtwist.codec.backends import ENCODERS, PixelInfo
+from dicomtwist.codec.errors import CodecError
 from dicomtwist.codec.syntaxes import (
     ALWAYS_LOSSY,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -50,8 +50,9 @@ from dicomtwist.codec.syntaxes import (
     converts_colour,
     decoded_photometric,
 )
-from dicomtwist.errors import DicomError
 
+if TYPE_CHECKING:
+    import numpy as np
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -82,12 +83,6 @@ _SWAP_UNIT = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 # Placeholder for the new Lossy Image Compression Ratio value: written before
 # the ratio is known, patched in place once the last frame is encoded.
 _RATIO_PLACEHOLDER = "0" * 16
-
-
-class CodecError(DicomError):
-    """A conversion is impossible: no codec, corrupt or truncated stream, or
-    pixel data that does not match its attributes.  The message is one line,
-    fit for the log and for a failed sub-operation."""
 
 
 @dataclass
@@ -374,7 +369,9 @@ def _copy_native(source: _Source, fp: DicomFileLike) -> None:
                 raise CodecError("pixel data ended early")
             remaining -= read
             if unit > 1:
-                words = np.frombuffer(view[:read], dtype=f"<u{unit}")
+                import numpy
+
+                words = numpy.frombuffer(view[:read], dtype=f"<u{unit}")
                 words.byteswap(inplace=True)
             fp.write(view[:read])
     if padded != length:
@@ -438,12 +435,14 @@ def _recode(source: _Source, target: str, fp: DicomFileLike, out: BinaryIO) -> N
         vr = "OB" if bits_allocated == 8 else "OW"
         _write_element_header(fp, PIXEL_DATA, vr, total + total % 2)
         order = "<" if fp.is_little_endian else ">"
+        import numpy
+
         for frame in frames_in_order():
             if frame.dtype.itemsize != bits_allocated // 8:
                 raise CodecError(
                     f"decoded {frame.dtype} pixels do not fit Bits Allocated {bits_allocated}"
                 )
-            frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder(order))
+            frame = numpy.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder(order))
             fp.write(memoryview(frame).cast("B"))
             del frame
         if total % 2:

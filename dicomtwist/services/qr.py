@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from functools import partial
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
@@ -40,6 +41,7 @@ from dicomtwist.association import (
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
 from dicomtwist.storage.files import real_directory, scratch_file, stored_file
+from dicomtwist.storage.index import unsupported_keys
 
 #: SOP class -> information model name used by the index.
 FIND_MODELS = {
@@ -57,6 +59,16 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
+#: SOP Class Extended Negotiation we answer (PS3.4 C.5.1.1, C.5.2.1,
+#: C.5.3.1): for the FIND classes, byte 1 relational-queries (supported);
+#: combined date-time matching, fuzzy semantic matching of person names,
+#: timezone query adjustment and enhanced multi-frame image conversion
+#: are answered 0.  For MOVE and GET, byte 1 relational-retrieval
+#: (supported); enhanced multi-frame image conversion 0.
+EXTENDED_NEGOTIATION = {uid: b"\x01" for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS)}
+#: Sub-field 1 of each: relational-queries (FIND), relational-retrieval
+#: (MOVE, GET).
+RELATIONAL = 1
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
 #: reference does), unless a worklist directory is configured
 #: (:mod:`dicomtwist.services.worklist` then answers the worklist).
@@ -77,6 +89,14 @@ def _first_batch(find: Any, *args: Any) -> tuple[Iterator[Any], list[Any]]:
     """Run a query (``find(*args)``) and take its first :data:`BATCH` matches."""
     matches = iter(find(*args))
     return matches, _take(matches, BATCH)
+
+
+def _relational(request: ServiceRequest) -> bool:
+    """Whether the requestor negotiated relational queries or retrievals
+    for the request's SOP class (SOP Class Extended Negotiation)."""
+    negotiated = request.association.negotiated
+    return negotiated is not None and negotiated.extended_option(
+        request.context.abstract_syntax, RELATIONAL)
 
 
 def _service_error(error: Exception) -> DIMSEServiceError:
@@ -153,19 +173,22 @@ class QueryRetrieve:
         if sop_class in EMPTY_FIND:
             return
         model = FIND_MODELS[sop_class]
+        # PS3.4 C.4.1.1.4: keys the index does not hold are returned empty,
+        # and every match says so with 0xFF01 instead of 0xFF00.
+        pending = Status.PENDING_WARNING if unsupported_keys(identifier) else Status.PENDING
         try:
             # Identifiers come encoded in the context's transfer syntax
             # (from the rows, in the worker thread), not as data sets.
             # The query is planned and its first batch fetched in one trip
             # to the pool (most queries need no second).
-            matches, batch = await self._thread(_first_batch, self.index.find_encoded,
-                                                identifier, model,
-                                                request.context.transfer_syntax)
+            matches, batch = await self._thread(
+                _first_batch, partial(self.index.find_encoded, relational=_relational(request)),
+                identifier, model, request.context.transfer_syntax)
             while True:
                 for match in batch:
                     if request.cancelled:
                         return
-                    yield Response(Status.PENDING, match)
+                    yield Response(pending, match)
                 if len(batch) < BATCH:
                     return
                 batch = await self._thread(_take, matches, BATCH)
@@ -190,7 +213,9 @@ class QueryRetrieve:
     async def _records(self, request: ServiceRequest, model: str) -> list[Any]:
         identifier = request.dataset()
         try:
-            return await self._thread(self.index.retrieve, identifier, model)
+            return await self._thread(partial(self.index.retrieve,
+                                              relational=_relational(request)),
+                                      identifier, model)
         except Exception as e:
             if getattr(e, "status", None) is None:
                 self.log.failure("Retrieve query failed")
@@ -217,10 +242,10 @@ class QueryRetrieve:
             runs = self._move_runs(request, destination, records, progress)
         else:
             runs = self._get_run(request, records, progress)
+        # On a C-CANCEL the runs start no further sub-operation, and end
+        # once those already sent (a window's worth) have been answered.
         async for pending in runs:
             yield pending
-            if request.cancelled:
-                break
         final = progress.final(request.cancelled)
         if retrieve is not None:
             events.bus.publish(events.RetrieveEnded(
@@ -252,7 +277,7 @@ class QueryRetrieve:
                     acse_timeout=self.settings.acse_timeout or 30.0,
                     dimse_timeout=self.settings.dimse_timeout,
                     network_timeout=self.settings.network_timeout,
-                    tls=self._tls_for(destination))
+                    tls=self._tls_for(destination), window=_proposed_window(destination))
             except Exception as e:
                 self.log.warn("C-MOVE: cannot associate with {aet} at {host}:{port}: {error}",
                               aet=destination.ae_title, host=destination.address,
@@ -262,12 +287,12 @@ class QueryRetrieve:
                 yield progress.pending()
                 continue
             try:
-                for record, prepared in self._pipeline(assoc, batch, False, lossy, order):
-                    if request.cancelled:
-                        return
-                    status = await self._send(assoc, record, prepared, originator)
-                    progress.done(record, status)
-                    yield progress.pending()
+                async for pending in self._sub_operations(
+                        request, assoc, self._pipeline(assoc, batch, False, lossy, order),
+                        progress, originator):
+                    yield pending
+                if request.cancelled:
+                    return
             finally:
                 if not assoc.machine.is_closed:
                     try:
@@ -298,11 +323,38 @@ class QueryRetrieve:
     async def _get_run(self, request: ServiceRequest, records: list[Any],
                        progress: "_Progress") -> AsyncIterator[Response]:
         assoc = request.association
-        for record, prepared in self._pipeline(assoc, records, True, False, None):
-            if request.cancelled or assoc.machine.is_closed:
-                return
-            status = await self._send(assoc, record, prepared, None)
-            progress.done(record, status)
+        async for pending in self._sub_operations(
+                request, assoc, self._pipeline(assoc, records, True, False, None), progress,
+                None, stop_when_closed=True):
+            yield pending
+
+    async def _sub_operations(self, request: ServiceRequest, assoc: Association,
+                              prepared: Iterator[tuple[Any, Deferred]], progress: "_Progress",
+                              originator: tuple[str, int] | None,
+                              stop_when_closed: bool = False) -> AsyncIterator[Response]:
+        """Send each prepared record as a C-STORE sub-operation on ``assoc``,
+        with as many outstanding as its Asynchronous Operations Window lets
+        us invoke (one unless negotiated, PS3.7 D.3.3.3): the next request
+        goes out while the peer answers the previous one.  Completions are
+        counted, and reported, in the order the requests were sent.  A
+        C-CANCEL stops new sub-operations (so does the association's end
+        with ``stop_when_closed``: a C-GET's requestor is gone; a C-MOVE's
+        remaining sub-operations fail one by one instead); those already
+        sent are waited for, so the counts stay exact."""
+        limit = _invoke_window(assoc)
+        sent: deque[tuple[Any, Deferred]] = deque()
+        for record, preparation in prepared:
+            if request.cancelled or (stop_when_closed and assoc.machine.is_closed):
+                break
+            sent.append((record, Deferred.fromCoroutine(
+                self._send(assoc, record, preparation, originator))))
+            while len(sent) >= limit:
+                record, answer = sent.popleft()
+                progress.done(record, await answer)
+                yield progress.pending()
+        while sent:
+            record, answer = sent.popleft()
+            progress.done(record, await answer)
             yield progress.pending()
 
     def _pipeline(self, assoc: Association, records: list[Any], get: bool, lossy: bool,
@@ -345,7 +397,8 @@ class QueryRetrieve:
             afterwards (or None).
         """
         path = self._path(record)
-        source = file_dataset(path)
+        # Prepared ahead of its turn: the kernel reads the file meanwhile.
+        source = file_dataset(path, readahead=True)
         contexts = assoc.negotiated.contexts.values() if assoc.negotiated else ()
         accepted = [c.transfer_syntax for c in contexts
                     if c.abstract_syntax == record.sop_class_uid and (c.scp_role or not get)]
@@ -404,6 +457,30 @@ class QueryRetrieve:
         # Only the two forms the archive writes (flat, nested) are read, and
         # no symbolic link: anything else is refused rather than resolved.
         return stored_file(self.settings.instance_location, record.path)
+
+
+#: At most this many C-STORE sub-operations outstanding on one association,
+#: whatever window the peer grants (0 means unlimited in PS3.7 D.3.3.3).
+MAX_WINDOW = 16
+
+
+def _proposed_window(destination: Any) -> tuple[int, int] | None:
+    """The Asynchronous Operations Window proposed to a move destination:
+    its ``window`` C-STORE requests invoked by us, none performed for it
+    beyond one; None (no proposal) for a window of 1."""
+    window = getattr(destination, "window", 1)
+    return (window, 1) if window > 1 else None
+
+
+def _invoke_window(assoc: Association) -> int:
+    """How many requests we may have outstanding on ``assoc`` (its
+    negotiated window: as requestor the operations we invoke, as acceptor
+    those the requestor performs), at most :data:`MAX_WINDOW`."""
+    negotiated = assoc.negotiated
+    if negotiated is None:
+        return 1
+    window = negotiated.outstanding(requestor=assoc.associate_rq is not None)
+    return MAX_WINDOW if window == 0 else max(1, min(window, MAX_WINDOW))
 
 
 def _discard(path: str | None) -> None:

@@ -427,8 +427,8 @@ class ArchiveStore:
                 info.fsync = time.monotonic() - written
                 info.size = size
                 info.study_instance_uid = found_study
-                info.patient_id = _text(ds, "PatientID")
-                info.patient_name = _text(ds, "PatientName")
+                info.patient_id = _text(ds, 0x00100020)
+                info.patient_name = _text(ds, 0x00100010)
                 prepared.info = info
             return prepared
         except OSError as e:
@@ -714,11 +714,20 @@ class _Prepared:
     info: StoreInfo | None = None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Dataset, tag: int) -> str:
     """An attribute of the scanned header as text, "" when absent or not
-    decodable (for events only: never fails a store)."""
+    decodable (for events only: never fails a store).  ASCII values are
+    read from the raw bytes; others through pydicom's conversion (the
+    data set's character set)."""
+    element = ds._dict.get(tag)
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement):
+        raw = bytes(element.value or b"")
+        if raw.isascii():
+            return raw.decode("ascii").rstrip("\0 ")
     try:
-        value = ds.get(keyword)
+        value = ds[tag].value
         return "" if value is None else str(value)
     except Exception:
         return ""

@@ -13,7 +13,10 @@ parsed, or lacks what every worklist answer must carry (PS3.4 K.6.1.2.2,
 as ``wlmscpfs --enable-file-reject`` checks it), is left out with one
 warning per version of the file.  When the directory holds DCMTK's
 ``lockfile``, it is read-locked while the files are read, as ``wlmscpfs``
-does, so that tools which write items under its write lock are respected.
+does, so that tools which write items under its write lock are respected
+(for at most :data:`LOCK_WAIT` seconds).  :func:`save_item` and
+:func:`remove_item` write and remove items (atomically) for the HTTP
+endpoint (:mod:`dicomtwist.web.worklist`).
 
 Queries are checked, expanded, matched and answered as ``wlmscpfs``
 (DCMTK 3.6.7) does, which follows PS3.4 K.6.1 and C.2.2.2:
@@ -48,15 +51,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
+from struct import error as struct_error
 from typing import Any, AsyncIterator
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from twisted.internet.threads import deferToThreadPool
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.association import Response
 from dicomtwist.errors import DIMSEServiceError
@@ -202,6 +207,11 @@ def _values(element: DataElement | None) -> list[str]:
     if isinstance(value, (MultiValue, list, tuple)):
         return [_text(v) for v in value]
     return [_text(value)]
+
+
+def values_of(element: DataElement | None) -> list[str]:
+    """The values of an element as strings (none when it is empty)."""
+    return _values(element)
 
 
 def _text(value: Any) -> str:
@@ -494,8 +504,6 @@ def _value_problem(element: DataElement, charset: bool) -> str | None:
 
 def expansion(sequence: int) -> Dataset:
     """The item an empty sequence of a query expands to."""
-    from pydicom.datadict import dictionary_VR
-
     item = Dataset()
     for keyword in EXPANSIONS[sequence]:
         tag = _tag(keyword)
@@ -807,6 +815,84 @@ class _ReadLock:
             self.fd = None
 
 
+#: The names under which items are written and removed over HTTP: a
+#: plain file name ending in ``.wl``, no directory, not hidden.
+ITEM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.wl")
+
+
+def is_item_name(name: str) -> bool:
+    """Is ``name`` a worklist file name items may be written under?"""
+    return ITEM_NAME.fullmatch(name) is not None
+
+
+def new_item_name() -> str:
+    """A fresh, unique worklist file name."""
+    import uuid
+
+    return f"{uuid.uuid4().hex}{ITEM_SUFFIX}"
+
+
+def save_item(directory: str, name: str, item: Dataset) -> bool:
+    """Write a worklist item as ``directory/name``, atomically: a temporary
+    file (not ``*.wl``) written and fsynced, renamed over the name, the
+    directory fsynced.  A query sees the old file or the new one, never a
+    part.  Blocking: run it in a thread pool.
+
+    :returns: whether the name was new.
+    :raises ValueError: the name is not a worklist file name, or the item
+        is incomplete (it would never be answered) or cannot be encoded.
+    :raises OSError: it cannot be written (nothing is left behind).
+    """
+    from dicomtwist.dimse.codec import encode_dataset
+    from dicomtwist.storage.files import (
+        fsync_directory,
+        part10_header,
+        write_temporary,
+    )
+
+    if not is_item_name(name):
+        raise ValueError(f"{name!r} is not a worklist file name (*.wl, no directory)")
+    problem = incomplete(item)
+    if problem:
+        raise ValueError(f"the item is incomplete: {problem}")
+    # File meta information belongs in the header, not in the data set.
+    item = Dataset({tag: element for tag, element in item.items() if tag >> 16 != 0x0002})
+    explicit = "1.2.840.10008.1.2.1"
+    try:
+        data = encode_dataset(item, explicit)
+        header = part10_header(WORKLIST_FIND, str(item.StudyInstanceUID), explicit)
+    except (ValueError, TypeError, UnicodeError, OverflowError, struct_error) as e:
+        raise ValueError(f"the item cannot be encoded: {e}") from e
+    path = os.path.join(directory, name)
+    existed = os.path.exists(path)
+    temporary = write_temporary(directory, header, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    fsync_directory(directory)
+    return not existed
+
+
+def remove_item(directory: str, name: str) -> bool:
+    """Remove the worklist item ``directory/name`` (blocking).
+
+    :returns: whether there was one.
+    :raises ValueError: the name is not a worklist file name.
+    """
+    from dicomtwist.storage.files import fsync_directory
+
+    if not is_item_name(name):
+        raise ValueError(f"{name!r} is not a worklist file name (*.wl, no directory)")
+    try:
+        os.unlink(os.path.join(directory, name))
+    except FileNotFoundError:
+        return False
+    fsync_directory(directory)
+    return True
+
+
 @dataclass
 class Answers:
     """What a worklist query found.
@@ -847,8 +933,37 @@ class Worklist:
         self.directory = WorklistDirectory(path)
 
     def handle_find(self, request: Any) -> AsyncIterator[Response]:
-        """C-FIND handler: one pending answer per matching item."""
+        """C-FIND handler: one pending answer per matching item; with the
+        event bus observed (audit trail, metrics), then a
+        :class:`~dicomtwist.events.QueryPerformed`."""
+        if events.bus.observed:
+            return self._find_published(request)
         return self._find(request)
+
+    async def _find_published(self, request: Any) -> AsyncIterator[Response]:
+        matches = 0
+        status: int = Status.SUCCESS
+        try:
+            async for response in self._find(request):
+                matches += 1
+                yield response
+        except DIMSEServiceError as e:
+            status = e.status
+            raise
+        except Exception:
+            status = Status.UNABLE_TO_PROCESS
+            raise
+        finally:
+            if request.cancelled and status == Status.SUCCESS:
+                status = Status.CANCEL
+            assoc = request.association
+            data = request.data
+            events.bus.publish(events.QueryPerformed(
+                "dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
+                request.message.affected_sop_class_uid, "",
+                bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"",
+                matches, int(status), time.monotonic() - request.received,
+                request.context.transfer_syntax, assoc.association_id))
 
     async def _find(self, request: Any) -> AsyncIterator[Response]:
         identifier = request.dataset()

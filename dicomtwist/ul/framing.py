@@ -37,16 +37,23 @@ class PDUFramer:
         standard's ceiling.
     """
 
+    #: One framer per connection: no per-instance dictionary.
+    __slots__ = ("_pdata_limit", "_chunks", "_buffered", "_needed", "_header", "_failed")
+
+    #: The largest body of every PDU type but P-DATA-TF (whose limit is the
+    #: framer's own); a type not here is unknown.
+    LIMITS = {
+        0x01: MAX_ASSOCIATE_LENGTH,
+        0x02: MAX_ASSOCIATE_LENGTH,
+        0x03: MAX_SHORT_PDU_LENGTH,
+        P_DATA_TF: MAX_PDU_LENGTH,
+        0x05: MAX_SHORT_PDU_LENGTH,
+        0x06: MAX_SHORT_PDU_LENGTH,
+        0x07: MAX_SHORT_PDU_LENGTH,
+    }
+
     def __init__(self, max_pdata_length: int = 0) -> None:
-        self._limits = {
-            0x01: MAX_ASSOCIATE_LENGTH,
-            0x02: MAX_ASSOCIATE_LENGTH,
-            0x03: MAX_SHORT_PDU_LENGTH,
-            P_DATA_TF: max_pdata_length or MAX_PDU_LENGTH,
-            0x05: MAX_SHORT_PDU_LENGTH,
-            0x06: MAX_SHORT_PDU_LENGTH,
-            0x07: MAX_SHORT_PDU_LENGTH,
-        }
+        self._pdata_limit = max_pdata_length or MAX_PDU_LENGTH
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._needed = HEADER_LENGTH
@@ -56,11 +63,11 @@ class PDUFramer:
     @property
     def max_pdata_length(self) -> int:
         """The largest P-DATA-TF body accepted."""
-        return self._limits[P_DATA_TF]
+        return self._pdata_limit
 
     @max_pdata_length.setter
     def max_pdata_length(self, value: int) -> None:
-        self._limits[P_DATA_TF] = value or MAX_PDU_LENGTH
+        self._pdata_limit = value or MAX_PDU_LENGTH
 
     @property
     def buffered(self) -> int:
@@ -109,7 +116,7 @@ class PDUFramer:
             self._buffered = len(rest)
 
     def _check(self, pdu_type: int, length: int, offset: int) -> None:
-        limit = self._limits.get(pdu_type)
+        limit = self._pdata_limit if pdu_type == P_DATA_TF else self.LIMITS.get(pdu_type)
         if limit is None:
             self._failed = True
             raise PDUDecodeError(

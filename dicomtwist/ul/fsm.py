@@ -554,6 +554,8 @@ class Machine:
     :param effects: receives every side effect the actions ask for.
     """
 
+    __slots__ = ("effects", "_state", "_is_requestor", "_associate_rq")
+
     def __init__(self, effects: Effects) -> None:
         self.effects = effects
         self._state = State.STA1

@@ -109,7 +109,8 @@ class LimitedRequest(server.Request):
 
     Once answered it publishes :class:`~dicomtwist.events.HttpRequestServed`
     with ``route``: a bounded name the resource that served it set
-    (``"qido"``, ``"metrics"``...), ``"other"`` when none did.
+    (``"qido"``, ``"metrics"``...), else the site's ``routes`` entry for
+    the path's first segment, else ``"other"``.
     """
 
     #: The bounded route name a resource sets (see the class docstring).
@@ -131,8 +132,13 @@ class LimitedRequest(server.Request):
                 peer = getattr(self.getClientAddress(), "host", "") or ""
             except Exception:
                 peer = ""
+            route = self.route
+            if route == "other":
+                first = (self.path or b"/").split(b"?", 1)[0].split(b"/")[1:2]
+                route = getattr(getattr(self, "site", None), "routes", {}).get(
+                    first[0] if first else b"", "other")
             events.bus.publish(events.HttpRequestServed(
-                self.route, self.method.decode("ascii", "replace")[:16], self.code,
+                route, self.method.decode("ascii", "replace")[:16], self.code,
                 time.monotonic() - self._started, peer, getattr(self, "user", "") or ""))
 
     def gotLength(self, length: int | None) -> None:
@@ -199,6 +205,19 @@ class LimitedChannel(http.HTTPChannel):
                                f" {self.totalHeadersSize} bytes")
             return
         super().lineReceived(line)
+
+    def connectionLost(self, reason: Any) -> None:
+        """A TLS handshake that failed (``ssl:`` endpoints) is published as
+        an :class:`~dicomtwist.events.AuthenticationFailed`."""
+        if events.bus.observed:
+            from dicomtwist.association.protocol import _tls_error
+
+            error = _tls_error(reason)
+            if error is not None:
+                peer = self.transport.getPeer() if self.transport is not None else None
+                events.bus.publish(events.AuthenticationFailed(
+                    "http", getattr(peer, "host", "") or "", "", f"TLS handshake: {error}"))
+        super().connectionLost(reason)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """One header line alone is over the limit: 431."""

@@ -11,7 +11,11 @@ configuration) is given; nothing listens otherwise.  The tree:
   file and have no extension (the viewer's own routes);
 - the web page (:mod:`dicomtwist.web.ui`) at ``/`` and ``/ui/``, and its
   JSON API (:mod:`dicomtwist.web.api`) at ``/api``.  An ``http_static``
-  directory mounted at ``/`` takes ``/``; the page stays at ``/ui/``.
+  directory mounted at ``/`` takes ``/``; the page stays at ``/ui/``;
+- ``/api/mpps``: the performed procedure steps (:mod:`dicomtwist.web.mpps`),
+  beside the page's API;
+- with ``worklist_location``, the worklist items at ``/worklist``
+  (:mod:`dicomtwist.web.worklist`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dicomtwist.web.ui import PageRoot
 from dicomtwist.web.dicomweb.resource import DicomWebContext, DicomWebResource, HttpError
 from dicomtwist.web.dicomweb.service import DicomWebService
 from dicomtwist.web.dicomweb.stow import body_sink_for
+from dicomtwist.web.mpps import MppsResource
 from dicomtwist.web.server import Limits, build_site as _site
 
 __all__ = ["build_site", "static_mounts"]
@@ -109,9 +114,36 @@ def _place(root: Resource, path: str, leaf: Resource) -> Resource:
         if child is None:
             child = _Tree()
             node.putChild(name, child)
+        elif child.isLeaf:
+            child = _Shared(child)
+            node.putChild(name, child)
         node = child
     node.putChild(segments[-1].encode("utf-8"), leaf)
     return root
+
+
+class _Shared(Resource):
+    """A leaf resource with other resources placed below it: a request for
+    one of them goes there, any other to the leaf, its path as it came."""
+
+    def __init__(self, leaf: Resource) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.leaf
+
+    def render(self, request: Any) -> Any:
+        return self.leaf.render(request)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else is the leaf's: the branch stands in for it.
+        leaf = self.__dict__.get("leaf")
+        if leaf is None:
+            raise AttributeError(name)
+        return getattr(leaf, name)
 
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
@@ -148,6 +180,8 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     root = _place(root, "/api", ApiResource(context, dicomweb.authorize, settings, sender,
                                             associations))
     root = _place(root, context.root, dicomweb)
+    root = _place(root, "/api/mpps", MppsResource(
+        reactor, pool, context.directory, lambda request: dicomweb.authorize(request, "query")))
     floor = max(getattr(settings, "min_free_disk", 0), settings.min_free_space)
     checks = ops.ReadinessChecks(reactor, pool, index, context.directory, floor * 1024 * 1024)
     root = ops.mount(root, metrics, checks, credentials)
@@ -159,7 +193,21 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
             return e
         return None
 
-    return _site(root, limits, reactor, body_sink=body_sink_for(context, authorize))
+    chooser = body_sink_for(context, authorize)
+    if getattr(settings, "worklist_location", None) is not None:
+        from dicomtwist.web import worklist
+
+        root = _place(root, worklist.PATH, worklist.WorklistResource(
+            context, settings.worklist_location, dicomweb.authorize))
+        chooser = worklist.chain(worklist.body_sink, chooser)
+    site = _site(root, limits, reactor, body_sink=chooser)
+    # The metrics' route of a request no resource named, by its first path
+    # segment (bounded: these, else "other").
+    site.routes = {b"": "ui", b"ui": "ui", b"favicon.ico": "ui", b"api": "api",
+                   b"worklist": "worklist",
+                   **{path.strip("/").split("/")[0].encode("utf-8"): "static"
+                      for path, _ in static_mounts(settings.http_static) if path != "/"}}
+    return site
 
 
 class _HeaderOnly:

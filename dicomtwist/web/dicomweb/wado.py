@@ -382,6 +382,10 @@ async def retrieve(context: DicomWebContext, request: server.Request, study: str
                               length=size))
         await send_multipart(request, "application/dicom", parts)
         if started is not None:
+            for (record, _), part in zip(plans, parts):
+                events.bus.publish(events.InstanceSent(
+                    "http", "", started.peer_host, record.sop_class_uid or "",
+                    record.sop_instance_uid, record.study_instance_uid, "", part.length or 0))
             events.bus.publish(events.RetrieveEnded(
                 "http", "wado", started.peer_host, "", "", started.peer_host,
                 started.study_instance_uids, (), len(parts), 0, 0, 0,
