@@ -71,6 +71,10 @@ class AcceptorPolicy:
     :param max_pdu: our Maximum Length Received (0 = unlimited).
     :param peers: per-peer rules (host check, permissions) by calling AE
         title; see :mod:`dicomtwist.access`.
+    :param extended_negotiation: SOP class -> the options we support in its
+        SOP Class Extended Negotiation (PS3.7 D.3.3.5), one byte per
+        sub-field of the Service-class-application-information, non-zero
+        where supported (see :func:`answer_extended`).
     """
 
     ae_title: str
@@ -84,6 +88,7 @@ class AcceptorPolicy:
     #: proposes one, ``(invoked, performed)`` as PS3.7 D.3.3.3 counts them
     #: (the requestor's; 0 unlimited); None: not answered, so one each.
     window: tuple[int, int] | None = None
+    extended_negotiation: Mapping[str, bytes] = field(default_factory=dict)
 
     @cached_property
     def access(self) -> AccessRules:
@@ -102,7 +107,8 @@ class Negotiated:
     our_max_pdu: int
     peer_implementation_class_uid: str | None = None
     peer_implementation_version_name: str | None = None
-    #: SOP Class Extended Negotiation information, by SOP class UID.
+    #: SOP Class Extended Negotiation information, by SOP class UID: what
+    #: the acceptor answered (the options agreed), as either side sees it.
     extended: dict[str, bytes] = field(default_factory=dict)
     #: The Asynchronous Operations Window (PS3.7 D.3.3.3): how many
     #: operations the association *requestor* may have invoked, and
@@ -114,6 +120,14 @@ class Negotiated:
         unlimited): the requestor invokes up to the window's first number;
         the acceptor up to its second, what the requestor performs."""
         return self.window[0] if requestor else self.window[1]
+
+    def extended_option(self, sop_class_uid: str, number: int) -> bool:
+        """Whether sub-field ``number`` (1 for the first byte) of the
+        Service-class-application-information was agreed for a SOP class
+        (for a C-FIND class, 1 is relational-queries: PS3.4 C.5.1.1).
+        A sub-field the acceptor left out (or the whole sub-item) means 0."""
+        info = self.extended.get(sop_class_uid, b"")
+        return len(info) >= number and info[number - 1] == 1
 
 
 def narrower(proposed: int, answered: int) -> int:
@@ -139,6 +153,23 @@ def user_information(max_pdu: int, roles: Iterable[RoleSelectionSubItem] = (),
     subs.append(ImplementationVersionNameSubItem(IMPLEMENTATION_VERSION_NAME))
     subs.extend(extra)
     return UserInformationItem(tuple(subs))
+
+
+def answer_extended(proposed: bytes, supported: bytes) -> bytes:
+    """Our answer to one SOP Class Extended Negotiation sub-item.
+
+    Each sub-field (byte) the requestor proposed as 1 is answered 1 when we
+    support it and 0 otherwise; any other value is answered 0 (PS3.4
+    C.5.1.1.2, C.5.2.1.2, C.5.3.1.2: the acceptor accepts a proposal by
+    returning the same value, 1, or turns it down with 0).  The answer has
+    the proposal's length: a one-byte proposal gets one byte back, and
+    so on.
+
+    :param proposed: the requestor's Service-class-application-information.
+    :param supported: non-zero for each sub-field we support.
+    """
+    return bytes(int(value == 1 and index < len(supported) and supported[index] != 0)
+                 for index, value in enumerate(proposed))
 
 
 def check_provider(rq: AAssociateRQ) -> AAssociateRJ | None:
@@ -254,12 +285,24 @@ def _negotiate_acceptor(rq: AAssociateRQ,
     if proposed_window is not None and policy.window is not None:
         window = (narrower(proposed_window.invoked, policy.window[0]),
                   narrower(proposed_window.performed, policy.window[1]))
+    # SOP Class Extended Negotiation: answered for the SOP classes we
+    # negotiate options for and accepted a context of; the others are left
+    # out (PS3.7 D.3.3.5: no sub-item in the answer, no option agreed).
+    extended: dict[str, bytes] = {}
+    accepted_classes = {c.abstract_syntax for c in accepted.values()}
+    for item in info.sop_class_extended:
+        supported = policy.extended_negotiation.get(item.sop_class_uid)
+        if (supported is not None and item.sop_class_uid in accepted_classes
+                and item.sop_class_uid not in extended):
+            extended[item.sop_class_uid] = answer_extended(bytes(item.info), supported)
     ac = AAssociateAC(
         called_ae_title=rq.called_ae_title,
         calling_ae_title=rq.calling_ae_title,
         presentation_contexts=tuple(answers),
-        user_information=user_information(policy.max_pdu, role_answers.values(),
-                                          window=window),
+        user_information=user_information(
+            policy.max_pdu, role_answers.values(),
+            [SOPClassExtendedNegotiationSubItem(uid, answer)
+             for uid, answer in extended.items()], window=window),
         application_context=APPLICATION_CONTEXT_NAME,
     )
     negotiated = Negotiated(
@@ -268,7 +311,7 @@ def _negotiate_acceptor(rq: AAssociateRQ,
         our_max_pdu=policy.max_pdu,
         peer_implementation_class_uid=info.implementation_class_uid,
         peer_implementation_version_name=info.implementation_version_name,
-        extended={e.sop_class_uid: bytes(e.info) for e in info.sop_class_extended},
+        extended=extended,
         window=window or (1, 1),
     )
     return ac, negotiated

@@ -531,7 +531,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
                          describe=describe, store_as=settings.store_transfer_syntax)
     handlers: dict[str, Any] = {"echo": handle_echo, "store": store.handle_store}
     from dicomtwist.services import qr as qr_module
-    from dicomtwist.services.qr import QueryRetrieve
+    from dicomtwist.services.qr import EXTENDED_NEGOTIATION, QueryRetrieve
 
     qr = QueryRetrieve(reactor, pool, index, settings, codec_pool=pixel_pool)
     handlers.update(find=qr.handle_find, move=qr.handle_move, get=qr.handle_get)
@@ -551,6 +551,7 @@ def build_factory(settings: configuration.Config, reactor: Any, pool: ThreadPool
         allowed_calling_aets=settings.allowed_calling_aets,
         peers=dict(settings.peers),
         window=((settings.async_operations,) * 2 if settings.async_operations > 1 else None),
+        extended_negotiation=EXTENDED_NEGOTIATION,
     )
     if settings.peers:
         handlers = {service: authorized(policy.access, service, handler)

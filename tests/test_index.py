@@ -612,13 +612,21 @@ class FindTests(IndexTestCase):
                           response.InstanceAvailability), ("", 0, "ONLINE"))
 
     def test_unsupported_keys(self):
-        """unsupported_keys names keys with values the index cannot match."""
+        """unsupported_keys names the keys the index does not hold, with a
+        value or without, and the item keys a kept sequence does not keep."""
         item = Dataset()
         item.ReferencedSOPInstanceUID = "1.2"
+        item.ReferencedFrameNumber = ""
         identifier = query("STUDY", StudyInstanceUID="", InstitutionName="X",
-                           ReferencedStudySequence=[item], PatientName="A*")
+                           ReferencedStudySequence=[item], PatientName="A*",
+                           RetrieveAETitle="", InstanceAvailability="",
+                           ReferencedPatientSequence=[])
         self.assertEqual(unsupported_keys(identifier),
-                         ["InstitutionName", "ReferencedStudySequence"])
+                         ["RetrieveAETitle", "InstitutionName",
+                          "ReferencedStudySequence>ReferencedFrameNumber",
+                          "ReferencedPatientSequence"])
+        self.assertEqual(unsupported_keys(query("STUDY", StudyInstanceUID="",
+                                                ReferencedStudySequence=[])), [])
 
     def test_validation_is_eager(self):
         """find checks the identifier when called, before any result is read."""

@@ -134,13 +134,20 @@ class ResponseEncoderTests(IndexTestCase):
         """Keys the index lacks (text, binary, numeric, private), sequences, and
         Instance Availability."""
         ds = identifier("STUDY", ["StudyInstanceUID", "InstitutionName", "InstanceAvailability",
-                                  "ReferencedStudySequence", "PatientName", "Rows",
+                                  "ReferencedPatientSequence", "PatientName", "Rows",
                                   "SmallestImagePixelValue", "PixelSpacing",
                                   "RetrieveAETitle", "StudyComments"],
-                        ReferencedStudySequence=[], PixelData=b"")
+                        ReferencedPatientSequence=[], PixelData=b"")
         ds.add_new(0x00091010, "LO", "")
         ds.add_new(0x00091011, "UN", b"")
         self.assertSameBytes(ds, "STUDY")
+
+    def test_kept_sequence(self):
+        """A sequence the index keeps (its items vary by row) takes the pydicom
+        path, with the same bytes."""
+        ds = identifier("STUDY", ["StudyInstanceUID", "ProcedureCodeSequence",
+                                  "PatientName"], ProcedureCodeSequence=[])
+        self.assertSameBytes(ds, "STUDY", direct=False)
 
     def stored(self, table: str, column: str, value: object, where: str = "TRUE") -> None:
         self.index._sql(f"UPDATE {table} SET {column} = ? WHERE {where}", (value,))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from functools import partial
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
@@ -40,6 +41,7 @@ from dicomtwist.association import (
 from dicomtwist.errors import DIMSEServiceError
 from dicomtwist.status import Category, Status, category
 from dicomtwist.storage.files import real_directory, scratch_file, stored_file
+from dicomtwist.storage.index import unsupported_keys
 
 #: SOP class -> information model name used by the index.
 FIND_MODELS = {
@@ -57,6 +59,16 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.2.3": "STUDY",
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
+#: SOP Class Extended Negotiation we answer (PS3.4 C.5.1.1, C.5.2.1,
+#: C.5.3.1): for the FIND classes, byte 1 relational-queries (supported);
+#: combined date-time matching, fuzzy semantic matching of person names,
+#: timezone query adjustment and enhanced multi-frame image conversion
+#: are answered 0.  For MOVE and GET, byte 1 relational-retrieval
+#: (supported); enhanced multi-frame image conversion 0.
+EXTENDED_NEGOTIATION = {uid: b"\x01" for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS)}
+#: Sub-field 1 of each: relational-queries (FIND), relational-retrieval
+#: (MOVE, GET).
+RELATIONAL = 1
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
 #: reference does), unless a worklist directory is configured
 #: (:mod:`dicomtwist.services.worklist` then answers the worklist).
@@ -77,6 +89,14 @@ def _first_batch(find: Any, *args: Any) -> tuple[Iterator[Any], list[Any]]:
     """Run a query (``find(*args)``) and take its first :data:`BATCH` matches."""
     matches = iter(find(*args))
     return matches, _take(matches, BATCH)
+
+
+def _relational(request: ServiceRequest) -> bool:
+    """Whether the requestor negotiated relational queries or retrievals
+    for the request's SOP class (SOP Class Extended Negotiation)."""
+    negotiated = request.association.negotiated
+    return negotiated is not None and negotiated.extended_option(
+        request.context.abstract_syntax, RELATIONAL)
 
 
 def _service_error(error: Exception) -> DIMSEServiceError:
@@ -153,19 +173,22 @@ class QueryRetrieve:
         if sop_class in EMPTY_FIND:
             return
         model = FIND_MODELS[sop_class]
+        # PS3.4 C.4.1.1.4: keys the index does not hold are returned empty,
+        # and every match says so with 0xFF01 instead of 0xFF00.
+        pending = Status.PENDING_WARNING if unsupported_keys(identifier) else Status.PENDING
         try:
             # Identifiers come encoded in the context's transfer syntax
             # (from the rows, in the worker thread), not as data sets.
             # The query is planned and its first batch fetched in one trip
             # to the pool (most queries need no second).
-            matches, batch = await self._thread(_first_batch, self.index.find_encoded,
-                                                identifier, model,
-                                                request.context.transfer_syntax)
+            matches, batch = await self._thread(
+                _first_batch, partial(self.index.find_encoded, relational=_relational(request)),
+                identifier, model, request.context.transfer_syntax)
             while True:
                 for match in batch:
                     if request.cancelled:
                         return
-                    yield Response(Status.PENDING, match)
+                    yield Response(pending, match)
                 if len(batch) < BATCH:
                     return
                 batch = await self._thread(_take, matches, BATCH)
@@ -190,7 +213,9 @@ class QueryRetrieve:
     async def _records(self, request: ServiceRequest, model: str) -> list[Any]:
         identifier = request.dataset()
         try:
-            return await self._thread(self.index.retrieve, identifier, model)
+            return await self._thread(partial(self.index.retrieve,
+                                              relational=_relational(request)),
+                                      identifier, model)
         except Exception as e:
             if getattr(e, "status", None) is None:
                 self.log.failure("Retrieve query failed")

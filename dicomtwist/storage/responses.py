@@ -19,8 +19,9 @@ for the ``Dataset`` the index builds (``Index._response``):
 
 Anything else (another transfer syntax, a request character set whose
 ASCII is not plain ASCII, a value that is not what the column normally
-holds: an over-long or non-numeric string, a number out of range) goes
-through the ``Dataset`` and pydicom as before, so the bytes never differ.
+holds: an over-long or non-numeric string, a number out of range, and
+every row of a plan returning the items of a kept sequence) goes through
+the ``Dataset`` and pydicom as before, so the bytes never differ.
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ class ResponseEncoder:
         position = 1
         for key in keys:
             if key.vr == "SQ":
+                if key.expression:
+                    return None  # items vary by row: the pydicom path
                 continue
             if key.expression:
                 columns[int(key.tag)] = (position, key.vr)

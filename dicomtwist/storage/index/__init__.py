@@ -27,6 +27,7 @@ from dicomtwist.storage.index.base import (
     LEVELS,
     MODELS,
     SCHEMA_VERSION,
+    SEQUENCES,
     TABLES,
     UNIQUE_KEYS,
     Attribute,
@@ -55,6 +56,7 @@ __all__ = [
     "MODELS",
     "QueryError",
     "SCHEMA_VERSION",
+    "SEQUENCES",
     "SqliteIndex",
     "StoredInstance",
     "TABLES",
@@ -102,11 +104,13 @@ class IndexBackend(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """A block of writes committed together (durable at its end)."""
 
-    def find(self, identifier: Dataset, model: str) -> Iterator[Dataset]:
-        """C-FIND: one response identifier per match."""
+    def find(self, identifier: Dataset, model: str, *,
+             relational: bool = False) -> Iterator[Dataset]:
+        """C-FIND: one response identifier per match (``relational``:
+        relational queries were negotiated)."""
 
-    def find_encoded(self, identifier: Dataset, model: str,
-                     transfer_syntax: str) -> Iterator[bytes]:
+    def find_encoded(self, identifier: Dataset, model: str, transfer_syntax: str, *,
+                     relational: bool = False) -> Iterator[bytes]:
         """C-FIND: each response identifier encoded in ``transfer_syntax``."""
 
     def query(self, identifier: Dataset, model: str, *, relational: bool = False,
@@ -114,8 +118,10 @@ class IndexBackend(Protocol):
               ) -> tuple[tuple[tuple[BaseTag, str], ...], Iterator[tuple]]:
         """QIDO-RS: the return keys and the matches as plain values."""
 
-    def retrieve(self, identifier: Dataset, model: str) -> list[InstanceRecord]:
-        """C-MOVE/C-GET: the instances under the entities an identifier names."""
+    def retrieve(self, identifier: Dataset, model: str, *,
+                 relational: bool = False) -> list[InstanceRecord]:
+        """C-MOVE/C-GET: the instances under the entities an identifier names
+        (``relational``: relational retrieval was negotiated)."""
 
     def instances(self, study: str, series: str | None = None,
                   instance: str | None = None,

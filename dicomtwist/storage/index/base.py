@@ -76,6 +76,8 @@ __all__ = [
     "MODELS",
     "QueryError",
     "SCHEMA_VERSION",
+    "SEQUENCES",
+    "SequenceAttribute",
     "SqlIndex",
     "StoredInstance",
     "UNIQUE_KEYS",
@@ -107,6 +109,8 @@ UNIQUE_KEYS = {
 }
 """The unique key of each level (PS3.4 C.6.1.1, C.6.2.1)."""
 
+_LEVEL_OF = {table: level for level, table in TABLES.items()}
+_EMPTY = DataElement(0x00000000, "UL", None)
 _QUERY_RETRIEVE_LEVEL = Tag("QueryRetrieveLevel")
 _SPECIFIC_CHARACTER_SET = Tag("SpecificCharacterSet")
 _INSTANCE_AVAILABILITY = Tag("InstanceAvailability")
@@ -218,9 +222,70 @@ _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
 _WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr)
                                  for a in _ADDED if a.table == table)
                     for table in ("patient", "study", "series", "instance")}
-#: The tags ``add`` reads from a data set (with Specific Character Set).
-INDEXED_TAGS = frozenset([a.tag for a in _ADDED] + [_SPECIFIC_CHARACTER_SET])
 _BY_KEYWORD = {a.keyword: a for a in ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class SequenceAttribute:
+    """A sequence attribute the index keeps, item by item, for sequence
+    matching (PS3.4 C.2.2.2.6).
+
+    :param keyword: the DICOM keyword of the sequence.
+    :param table: the level's table that owns it (``study``, ``series``).
+    :param item_table: the SQL table of its items: ``pk``, ``owner_pk``
+        (the owner row), ``position`` (from 0), then one column per
+        attribute of :attr:`items`.
+    :param items: the attributes of an item the index keeps (their
+        ``table`` is ``item_table``).
+    """
+
+    keyword: str
+    table: str
+    item_table: str
+    items: tuple[Attribute, ...]
+    tag: BaseTag = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", Tag(self.keyword))
+
+    def item(self, tag: BaseTag) -> Attribute | None:
+        """The item attribute of ``tag``, or None if the index does not keep it."""
+        return next((a for a in self.items if a.tag == tag), None)
+
+
+def _s(keyword: str, table: str, item_table: str,
+       items: tuple[tuple[str, str], ...]) -> SequenceAttribute:
+    return SequenceAttribute(keyword, table, item_table,
+                             tuple(_a(k, item_table, column) for k, column in items))
+
+
+SEQUENCES: tuple[SequenceAttribute, ...] = (
+    # Study level (General Study Module, PS3.3 C.7.2.1)
+    _s("ProcedureCodeSequence", "study", "procedure_code_item", (
+        ("CodeValue", "code_value"),
+        ("CodingSchemeDesignator", "coding_scheme_designator"),
+        ("CodingSchemeVersion", "coding_scheme_version"),
+        ("CodeMeaning", "code_meaning"))),
+    _s("ReferencedStudySequence", "study", "referenced_study_item", (
+        ("ReferencedSOPClassUID", "referenced_sop_class_uid"),
+        ("ReferencedSOPInstanceUID", "referenced_sop_instance_uid"))),
+    # Series level (General Series Module, PS3.3 C.7.3.1; PS3.4 C.6.1.1.4)
+    _s("RequestAttributesSequence", "series", "request_attributes_item", (
+        ("RequestedProcedureID", "requested_procedure_id"),
+        ("ScheduledProcedureStepID", "scheduled_procedure_step_id"),
+        ("AccessionNumber", "accession_number"),
+        ("StudyInstanceUID", "study_instance_uid"),
+        ("RequestedProcedureDescription", "requested_procedure_description"),
+        ("ScheduledProcedureStepDescription", "scheduled_procedure_step_description"))),
+)
+"""Every sequence attribute the index keeps for sequence matching."""
+
+_SEQUENCE_BY_TAG = {s.tag: s for s in SEQUENCES}
+#: Items kept of one sequence at most (the rest are ignored).
+MAX_ITEMS = 64
+#: The tags ``add`` reads from a data set (with Specific Character Set).
+INDEXED_TAGS = frozenset([a.tag for a in _ADDED] + [s.tag for s in SEQUENCES]
+                         + [_SPECIFIC_CHARACTER_SET])
 
 # Multi-valued derived attributes are matched against the rows they are
 # derived from, so that "CT\MR" matches a study having any of them
@@ -296,6 +361,11 @@ class _ReturnKey:
     vr: str
     expression: str | None  # SQL expression, or None for "always empty"
     constant: object = None
+    #: A kept sequence (``expression`` is then its owner's pk): the keys of
+    #: its items, and the SQL reading the matching items of owners.
+    items: tuple[_ReturnKey, ...] = ()
+    item_sql: str = ""
+    item_params: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -306,6 +376,18 @@ class _Plan:
     sql: str
     params: tuple
     character_set: object
+
+    @property
+    def sequences(self) -> tuple[tuple[int, _ReturnKey], ...]:
+        """``(row position, key)`` of each kept sequence returned."""
+        found = []
+        position = 1
+        for key in self.keys:
+            if key.expression:
+                if key.item_sql:
+                    found.append((position, key))
+                position += 1
+        return tuple(found)
 
 
 def _stored_value(ds: Dataset, attribute: Attribute) -> object:
@@ -410,6 +492,40 @@ def _row(ds: Dataset) -> dict[str, object]:
     return row
 
 
+def _sequence_items(ds: Dataset) -> dict[SequenceAttribute, list[dict[str, object]]]:
+    """The items of each kept sequence in ``ds`` that has any, as the
+    index stores them: per item, its columns (and key columns) -> values.
+
+    Items without any kept value are left out; so is a sequence pydicom
+    cannot decode (the instance is still stored: these are optional
+    attributes).
+    """
+    found: dict[SequenceAttribute, list[dict[str, object]]] = {}
+    for sequence in SEQUENCES:
+        if sequence.tag not in ds._dict:
+            continue
+        try:
+            items = ds[sequence.tag].value
+            rows = []
+            for item in islice(items or (), MAX_ITEMS):
+                values: dict[str, object] = {}
+                for attribute in sequence.items:
+                    value = _stored_value(item, attribute)
+                    if isinstance(value, str):
+                        # PostgreSQL text cannot hold NUL.
+                        value = value.replace("\0", "")
+                    values[attribute.column] = value
+                    if attribute.key_column:
+                        values[attribute.key_column] = matching.match_key(value, attribute.vr)
+                if any(v is not None for v in values.values()):
+                    rows.append(values)
+        except Exception:
+            continue
+        if rows:
+            found[sequence] = rows
+    return found
+
+
 def _character_set(ds: Dataset) -> str | None:
     """Specific Character Set as the index stores it."""
     element = ds._dict.get(_SPECIFIC_CHARACTER_SET)
@@ -465,32 +581,40 @@ def _check_higher_unique_keys(identifier: Dataset, model: str, level: str) -> No
 
 
 def unsupported_keys(identifier: Dataset) -> list[str]:
-    """Keys with a matching value that the index cannot match on.
+    """The keys of an identifier that the index does not hold.
 
-    They are treated as universal matching (PS3.4 C.2.2.2.3); the service
-    may answer Pending with status 0xFF01 (PS3.4 C.4.1.1.4) when this is not
-    empty.
+    They are treated as universal matching (PS3.4 C.2.2.2.3) and returned
+    empty; the service answers each match with Pending 0xFF01, "one or more
+    Optional Keys were not supported for existence and/or matching" (PS3.4
+    C.4.1.1.4), when this is not empty.  Query/Retrieve Level, Specific
+    Character Set, group lengths and Instance Availability (always
+    ``ONLINE``) are supported; inside a kept sequence (:data:`SEQUENCES`),
+    so are the item attributes it keeps.
 
-    :returns: the keywords (or tags) of those keys.
+    :returns: the keywords (or tags) of those keys, ``Sequence>Item`` for
+        an item's key.
     """
     found = []
     for element in identifier:
         tag = element.tag
-        if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET) or tag.element == 0:
+        if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET, _INSTANCE_AVAILABILITY) \
+                or tag.element == 0 or tag in _BY_TAG:
             continue
-        if tag in _BY_TAG:
+        name = element.keyword or str(tag)
+        sequence = _SEQUENCE_BY_TAG.get(tag)
+        if sequence is None or element.VR != "SQ":
+            found.append(name)
             continue
-        if element.VR == "SQ":
-            if any(len(item) for item in element.value or ()):
-                found.append(element.keyword or str(tag))
-            continue
-        if not matching.is_universal(element.value):
-            found.append(element.keyword or str(tag))
+        for item in element.value or ():
+            for item_element in item:
+                if item_element.tag.element != 0 and sequence.item(item_element.tag) is None:
+                    found.append(f"{name}>{item_element.keyword or item_element.tag}")
     return found
 
 
-SCHEMA_VERSION = 2
-"""The layout this code writes: 1 had no version record, 2 records it."""
+SCHEMA_VERSION = 3
+"""The layout this code writes: 1 had no version record, 2 records it, 3
+adds the item tables of :data:`SEQUENCES`."""
 
 _PARENTS = {"study": ("patient_pk", "patient"), "series": ("study_pk", "study"),
             "instance": ("series_pk", "series")}
@@ -512,6 +636,12 @@ INDEXES = (
     ("instance", ("sop_instance_uid",), True),
     ("instance", ("series_pk",), False),
     ("instance", ("sop_class_uid",), False),
+    ("procedure_code_item", ("owner_pk",), False),
+    ("procedure_code_item", ("code_value",), False),
+    ("referenced_study_item", ("owner_pk",), False),
+    ("referenced_study_item", ("referenced_sop_instance_uid",), False),
+    ("request_attributes_item", ("owner_pk",), False),
+    ("request_attributes_item", ("requested_procedure_id",), False),
 )
 
 
@@ -519,6 +649,14 @@ def columns(table: str) -> dict[str, type]:
     """The columns of a level's table and their Python types (``int``,
     ``str``), in the order of the layout."""
     found: dict[str, type] = {"pk": int}
+    sequence = next((q for q in SEQUENCES if q.item_table == table), None)
+    if sequence is not None:
+        found.update(owner_pk=int, position=int)
+        for attribute in sequence.items:
+            found[attribute.column] = attribute.sql_type
+            if attribute.key_column:
+                found[attribute.key_column] = str
+        return found
     if table in _PARENTS:
         found[_PARENTS[table][0]] = int
     for attribute in ATTRIBUTES:
@@ -551,14 +689,16 @@ def create_statements(types: SqlTypes) -> list[str]:
     """``CREATE TABLE`` and ``CREATE INDEX`` statements of the layout, each
     ``IF NOT EXISTS`` (so an upgrade may run them over an older layout)."""
     statements = []
-    for table in ("patient", "study", "series", "instance"):
+    for table in ("patient", "study", "series", "instance",
+                  *(q.item_table for q in SEQUENCES)):
         parts = []
         for column, kind in columns(table).items():
             if column == "pk":
                 parts.append(f"pk {types.primary_key}")
                 continue
             sql = f"{column} {types.integer if kind is int else types.text}"
-            if table == "patient" and column in ("patient_id", "issuer_of_patient_id"):
+            if (table == "patient" and column in ("patient_id", "issuer_of_patient_id")
+                    or column in ("owner_pk", "position")):
                 sql += " NOT NULL"
             parts.append(sql)
         if table in _PARENTS:
@@ -668,8 +808,10 @@ class SqlIndex:
                                    f" dicomtwist ({SCHEMA_VERSION}) at {self.location}")
         if found < SCHEMA_VERSION:
             # Every step so far only adds (version 1 -> 2: the metadata
-            # table where it is missing, schema_version): the statements
-            # of the current layout, IF NOT EXISTS, are the upgrade.
+            # table where it is missing, schema_version; 2 -> 3: the item
+            # tables of SEQUENCES, empty for the instances already
+            # indexed until --reindex): the statements of the current
+            # layout, IF NOT EXISTS, are the upgrade.
             for statement in create_statements(self.types):
                 self._execute(statement)
             self._execute("DELETE FROM schema_version")
@@ -709,7 +851,37 @@ class SqlIndex:
             "size": size,
             "specific_character_set": _character_set(ds),
         }
-        self._add_row(row, extra, metadata)
+        sequences = _sequence_items(ds)
+        if not sequences:
+            self._add_row(row, extra, metadata)
+            return
+        with self.transaction():
+            self._add_row(row, extra, metadata)
+            self._set_items(row, sequences)
+
+    def _set_items(self, row: dict,
+                   sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
+        """Replace the items of the study's and series' kept sequences with
+        this instance's (a parent takes the latest non-empty values)."""
+        for sequence, items in sequences.items():
+            unique = _BY_KEYWORD[UNIQUE_KEYS[_LEVEL_OF[sequence.table]]]
+            uid = row[unique.keyword]
+            owner = f"SELECT pk FROM {sequence.table} WHERE {unique.column} = ?"
+            self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk = ({owner})",
+                          (uid,))
+            for position, values in enumerate(items):
+                columns = ", ".join(values)
+                marks = ", ".join("?" for _ in values)
+                self._execute(f"INSERT INTO {sequence.item_table} (owner_pk, position, "
+                              f"{columns}) SELECT pk, ?, {marks} FROM {sequence.table} "
+                              f"WHERE {unique.column} = ?",
+                              (position, *values.values(), uid))
+
+    def _delete_items(self, table: str, pk: int) -> None:
+        """Delete the sequence items of a study or series row being deleted."""
+        for sequence in SEQUENCES:
+            if sequence.table == table:
+                self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk = ?", (pk,))
 
     def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None) -> None:
         with self.transaction():
@@ -746,11 +918,13 @@ class SqlIndex:
                         "WHERE pk = ?", (count, pk))
             else:
                 execute("DELETE FROM series WHERE pk = ?", (pk,))
+                self._delete_items("series", pk)
         for pk in sorted(studies):
             n_series = execute("SELECT COUNT(*) FROM series WHERE study_pk = ?",
                                (pk,)).fetchone()[0]
             if not n_series:
                 execute("DELETE FROM study WHERE pk = ?", (pk,))
+                self._delete_items("study", pk)
                 continue
             n_instances = execute(
                 "SELECT COUNT(*) FROM instance i JOIN series se ON se.pk = i.series_pk "
@@ -840,7 +1014,8 @@ class SqlIndex:
     def clear(self) -> None:
         """Remove every row."""
         with self.transaction():
-            for table in ("metadata", "instance", "series", "study", "patient"):
+            for table in ("metadata", *(q.item_table for q in SEQUENCES),
+                          "instance", "series", "study", "patient"):
                 self._execute(f"DELETE FROM {table}")
 
     # Reading
@@ -870,7 +1045,8 @@ class SqlIndex:
             return execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     # C-FIND
 
-    def find(self, identifier: Dataset, model: str) -> Iterator[Dataset]:
+    def find(self, identifier: Dataset, model: str, *,
+             relational: bool = False) -> Iterator[Dataset]:
         """Match an identifier; one response per matching entity at its level.
 
         The identifier is checked before this returns; the rows are then
@@ -882,13 +1058,16 @@ class SqlIndex:
             or ``"PATIENT_STUDY_ONLY"``.
         :returns: response identifiers holding exactly the requested keys,
             Query/Retrieve Level, and Specific Character Set when needed.
+        :param relational: relational queries were negotiated (PS3.4
+            C.4.1.2.2): the unique keys of the levels above the query level
+            may be left out, or given with any matching value.
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
-        plan = self._plan(identifier, model)
+        plan = self._plan(identifier, model, relational=relational)
         return self._run(plan, partial(self._response, plan))
 
-    def find_encoded(self, identifier: Dataset, model: str,
-                     transfer_syntax: str) -> Iterator[bytes]:
+    def find_encoded(self, identifier: Dataset, model: str, transfer_syntax: str, *,
+                     relational: bool = False) -> Iterator[bytes]:
         """As :meth:`find`, each response identifier encoded in a transfer syntax.
 
         The bytes are those of ``encode_dataset`` of :meth:`find`'s data
@@ -896,9 +1075,10 @@ class SqlIndex:
         straight from the row (see ``responses``), with no data set.
 
         :param transfer_syntax: the presentation context's transfer syntax.
+        :param relational: as for :meth:`find`.
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
-        plan = self._plan(identifier, model)
+        plan = self._plan(identifier, model, relational=relational)
         encoder = ResponseEncoder(plan.keys, partial(self._response, plan),
                                   plan.character_set, transfer_syntax)
         return self._run(plan, encoder.encode)
@@ -945,6 +1125,13 @@ class SqlIndex:
             if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET) or tag.element == 0:
                 continue
             seen.add(tag)
+            sequence = _SEQUENCE_BY_TAG.get(tag)
+            if sequence is not None and element.VR == "SQ":
+                key, found = self._sequence_key(sequence, element, level, depth)
+                keys.append(key)
+                if found is not None:
+                    conditions.append(found)
+                continue
             attribute = _BY_TAG.get(tag)
             if attribute is None:
                 constant = "ONLINE" if tag == _INSTANCE_AVAILABILITY else None
@@ -977,6 +1164,72 @@ class SqlIndex:
         return _Plan(level, table, tuple(keys), sql, params,
                      identifier.get("SpecificCharacterSet"))
 
+    def _sequence_key(self, sequence: SequenceAttribute, element: DataElement, level: str,
+                      depth: int) -> tuple[_ReturnKey, Condition | None]:
+        """The return key and the condition of a kept sequence key
+        (sequence matching, PS3.4 C.2.2.2.6).
+
+        The key holds one item (or none: universal matching, every kept
+        attribute of the items returned).  The keys of the item are
+        matched by the rules of C.2.2.2 against each item of the entity's
+        sequence; the entity matches when one item matches them all, and
+        the response holds the matching items with the item's keys.
+
+        :raises QueryError: more than one item, or a matching key below
+            the query level.
+        """
+        query = list(element.value or ())
+        if len(query) > 1:
+            raise QueryError(comment=f"{sequence.keyword} needs one item, not {len(query)}")
+        if query:
+            item_elements = [e for e in query[0] if e.tag.element != 0]
+        else:
+            item_elements = [DataElement(a.tag, a.vr, None) for a in sequence.items]
+        if _DEPTH[sequence.table] > depth:
+            if any(not matching.is_universal(e.value) for e in item_elements
+                   if e.VR != "SQ"):
+                raise QueryError(comment=f"{sequence.keyword} is below the {level} level")
+            return _ReturnKey(element.tag, "SQ", None), None
+        items: list[_ReturnKey] = []
+        conditions: list[Condition] = []
+        for item_element in item_elements:
+            attribute = sequence.item(item_element.tag)
+            if attribute is None:
+                # Not kept: returned empty (the service answers 0xFF01).
+                vr = str(item_element.VR).split(" or ")[0]
+                items.append(_ReturnKey(item_element.tag, vr, None))
+                continue
+            items.append(_ReturnKey(attribute.tag, attribute.vr, f"q.{attribute.column}"))
+            key_column = f"q.{attribute.key_column}" if attribute.key_column else None
+            found = matching.condition(f"q.{attribute.column}", item_element.value,
+                                       attribute.vr, key_column, dialect=self.dialect)
+            if found is not None:
+                conditions.append(found)
+        alias = _ALIASES[sequence.table]
+        where = "".join(f" AND ({c.sql})" for c in conditions)
+        params = tuple(p for c in conditions for p in c.params)
+        columns = "".join(f", {k.expression}" for k in items if k.expression)
+        # Parameters: the owners' pks, then the item condition's.
+        item_sql = (f"SELECT q.owner_pk{columns} FROM {sequence.item_table} q "
+                    f"WHERE q.owner_pk IN ({{owners}}){where} ORDER BY q.owner_pk, q.position")
+        # No item asked: every kept attribute that has a value is returned.
+        key = _ReturnKey(element.tag, "SQ", f"{alias}.pk", constant=not query,
+                         items=tuple(items), item_sql=item_sql, item_params=params)
+        if not conditions:
+            return key, None
+        return key, Condition(f"EXISTS (SELECT 1 FROM {sequence.item_table} q "
+                              f"WHERE q.owner_pk = {alias}.pk{where})", params)
+
+    def _items(self, key: _ReturnKey, owners: list[int],
+               execute: Callable[..., Any]) -> dict[int, list[tuple]]:
+        """The matching items of a sequence key for each owner pk."""
+        found: dict[int, list[tuple]] = {}
+        unique = sorted(set(owners))
+        sql = key.item_sql.format(owners=", ".join("?" for _ in unique))
+        for row in execute(sql, tuple(unique) + key.item_params).fetchall():
+            found.setdefault(row[0], []).append(tuple(row[1:]))
+        return found
+
     def _condition(self, attribute: Attribute, value: object) -> Condition | None:
         if attribute.keyword in _DERIVED_MATCH:
             template, column, vr = _DERIVED_MATCH[attribute.keyword]
@@ -993,9 +1246,12 @@ class SqlIndex:
         """``respond`` to each matching row after the first ``skip``,
         ``batch_size`` rows per lock."""
         last = 0
+        sequences = plan.sequences
         while True:
             with self._reading() as execute:
                 rows = execute(plan.sql, plan.params + (last, self.batch_size)).fetchall()
+                if sequences and rows:
+                    rows = self._with_items(rows, sequences, execute)
             for row in rows:
                 if skip:
                     skip -= 1
@@ -1005,6 +1261,18 @@ class SqlIndex:
                 return
             last = rows[-1][0]
 
+    def _with_items(self, rows: list, sequences: tuple[tuple[int, _ReturnKey], ...],
+                    execute: Callable[..., Any]) -> list[tuple]:
+        """The rows with each kept sequence's owner pk replaced by its
+        matching items (a list of value tuples aligned with the item keys)."""
+        rows = [list(row) for row in rows]
+        for position, key in sequences:
+            items = self._items(key, [row[position] for row in rows], execute)
+            for row in rows:
+                row[position] = items.get(row[position], [])
+        # The pk stays first: batches continue after the last one.
+        return [tuple(row) for row in rows]
+
     @staticmethod
     def _response(plan: _Plan, row: tuple) -> Dataset:
         response = Dataset()
@@ -1012,7 +1280,22 @@ class SqlIndex:
         non_ascii = False
         for key in plan.keys:
             if key.vr == "SQ":
-                response.add(DataElement(key.tag, "SQ", DicomSequence()))
+                items = next(values) if key.expression else ()
+                sequence = DicomSequence()
+                for found in items:
+                    item = Dataset()
+                    values_of_item = iter(found)
+                    for item_key in key.items:
+                        value = next(values_of_item) if item_key.expression else None
+                        if value is None and key.constant:
+                            continue
+                        if value is None:
+                            value = [] if item_key.vr == "SQ" else ""
+                        elif isinstance(value, str) and not value.isascii():
+                            non_ascii = True
+                        item.add(DataElement(item_key.tag, item_key.vr, value))
+                    sequence.append(item)
+                response.add(DataElement(key.tag, "SQ", sequence))
                 continue
             value = next(values) if key.expression else key.constant
             if value is None:
@@ -1077,17 +1360,23 @@ class SqlIndex:
 
     # C-MOVE and C-GET
 
-    def retrieve(self, identifier: Dataset, model: str) -> list[InstanceRecord]:
+    def retrieve(self, identifier: Dataset, model: str, *,
+                 relational: bool = False) -> list[InstanceRecord]:
         """The instances under the entities a C-MOVE or C-GET identifier names.
 
         The identifier needs the unique key of its level (a list of UIDs is
         allowed there; PS3.4 C.4.2.2.1, C.4.3.2.1) and a single value for the
         unique key of each level above. Other keys are ignored.
 
+        :param relational: relational retrieval was negotiated (PS3.4
+            C.4.2.2.1.2, C.4.3.2.1.2): the unique keys of the levels above
+            may be left out (a list of SOP Instance UIDs alone names
+            instances of any series); given, they narrow the match.
         :raises QueryError: 0xA900 if the identifier is not valid for the model.
         """
         level = _query_level(identifier, model)
-        _check_higher_unique_keys(identifier, model, level)
+        if not relational:
+            _check_higher_unique_keys(identifier, model, level)
         attribute = _BY_KEYWORD[UNIQUE_KEYS[level]]
         values = matching.split_values(identifier.get(attribute.keyword))
         if not values or any(not v or "*" in v or "?" in v for v in values):
@@ -1099,8 +1388,10 @@ class SqlIndex:
         for name in levels[:levels.index(level) + 1]:
             attribute = _BY_KEYWORD[UNIQUE_KEYS[name]]
             column = f"{_ALIASES[attribute.table]}.{attribute.column}"
-            conditions.append(matching.condition(column, identifier[attribute.tag].value,
-                                                 attribute.vr, dialect=self.dialect))
+            found = matching.condition(column, identifier.get(attribute.tag, _EMPTY).value,
+                                       attribute.vr, dialect=self.dialect)
+            if found is not None:  # None: left out by a relational retrieve
+                conditions.append(found)
         issuer = identifier.get("IssuerOfPatientID")
         if "PATIENT" in levels[:levels.index(level) + 1] and issuer:
             conditions.append(Condition("p.issuer_of_patient_id = ?", (str(issuer),)))
