@@ -238,6 +238,11 @@ class Dialect:
         """The statement with this dialect's placeholders (``?`` here)."""
         return text
 
+    def first_group(self, column: str) -> str:
+        """The SQL expression of ``column``'s text before its first ``=``
+        (a PN key's alphabetic component group), all of it without one."""
+        return f"substr({column}, 1, instr({column} || '=', '=') - 1)"
+
 
 class _Postgres(Dialect):
     """PostgreSQL: ``LIKE`` with an escape character, ``%s`` placeholders."""
@@ -251,6 +256,9 @@ class _Postgres(Dialect):
         # psycopg's placeholders are %s, so a literal % is %%; the builder
         # writes no '?' other than placeholders (values are parameters).
         return text.replace("%", "%%").replace("?", "%s")
+
+    def first_group(self, column: str) -> str:
+        return f"split_part({column}, '=', 1)"
 
 
 SQLITE = Dialect()
@@ -314,8 +322,14 @@ def _single_condition(column: str, key_column: str, text: str, vr: str,
             return dialect.wildcard(key_column, target)
         # A name without '=' may also match the first (alphabetic) group of
         # a name that has ideographic and phonetic groups (PS3.5 6.2.1.2).
-        return Condition.any_of([dialect.wildcard(key_column, target),
-                                 dialect.wildcard(key_column, target + "=*")])
+        # "target=*" keeps an index usable for a prefix; the group itself
+        # is then checked, as a wild card in the target could otherwise
+        # match across the '=' ("?" would match "==A").
+        group = dialect.wildcard(dialect.first_group(key_column), target)
+        prefix = dialect.wildcard(key_column, target + "=*")
+        return Condition.any_of([
+            dialect.wildcard(key_column, target),
+            Condition(f"{prefix.sql} AND {group.sql}", prefix.params + group.params)])
     if vr in NUMERIC_VRS:
         try:
             return Condition(f"{column} = ?", (int(text),))
