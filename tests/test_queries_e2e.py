@@ -157,7 +157,8 @@ class RelationalTests(DicomqrCase):
     @inline
     async def test_negotiated(self) -> None:
         """With relational-queries and -retrieval negotiated: the AC answers
-        them 1 (and the other FIND options 0); a SERIES query without Study
+        them and combined date-time matching 1 (fuzzy matching and timezone
+        adjustment 0); a SERIES query without Study
         Instance UID and a Patient Root IMAGE query by name find across
         studies; C-GET and C-MOVE of a list of instances of two studies,
         without study and series, send exactly those."""
@@ -175,7 +176,7 @@ class RelationalTests(DicomqrCase):
         result = await self.relational("--modality", "MR", "--name", "Smith*",
                                        "--get", "\\".join(wanted),
                                        "--move", "\\".join(moved))
-        self.assertEqual(result["extended"], {STUDY_FIND: "01000000", PATIENT_FIND: "01000000",
+        self.assertEqual(result["extended"], {STUDY_FIND: "01010000", PATIENT_FIND: "01010000",
                                               STUDY_GET: "01", STUDY_MOVE: "01"})
         self.assertEqual(result["series"]["statuses"], [0xFF00, 0x0000])
         self.assertEqual(result["series"]["uids"],

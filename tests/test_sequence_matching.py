@@ -1,4 +1,5 @@
-"""Tests for sequence matching (PS3.4 C.2.2.2.6), relational queries and
+"""Tests for sequence matching (PS3.4 C.2.2.2.6), combined date-time
+matching (C.2.2.2.5.1), relational queries and
 retrievals (PS3.4 C.4.1.2.2, C.4.2.2.1) and unsupported keys in the index,
 on both backends (:func:`tests.backends.both`)."""
 
@@ -376,3 +377,59 @@ for _suite in (SequenceMatchingTests, SequenceRulesTests, SequenceStorageTests,
                SchemaUpgradeTests, RelationalTests):
     both(_suite)
 del _suite
+
+
+class CombinedDateTimeTests(IndexTestCase):
+    """Combined date-time matching (PS3.4 C.2.2.2.5.1), when negotiated."""
+
+    STUDIES = {"1": ("20060705", "090000"), "2": ("20060705", "110000"),
+               "3": ("20060706", "030000"), "4": ("20060707", "170000"),
+               "5": ("20060707", "190000"), "6": ("20060708", "120000"),
+               "7": ("20060706", None)}
+
+    CASES = [
+        # Study Date, Study Time, combined matches, independent matches
+        ("20060705-20060707", "1000-1800", "2347", "24"),
+        ("20060705-", "1000-", "234567", "2456"),
+        ("-20060707", "-1800", "12347", "1234"),
+        ("20060705-20060707", "-1800", "12347", "1234"),
+        ("20060705-20060707", "1000-", "23457", "245"),
+        ("20060705-20060707", "1100", "2", "2"),
+        ("20060706", "0000-0400", "3", "3"),
+        ("20060705-20060707", "", "123457", "123457"),
+        ("20060705-20060707\\20060708", "1000-1800", "246", "246"),
+    ]
+
+    def setUp(self):
+        super().setUp()
+        for uid, (date, time) in self.STUDIES.items():
+            extra = {"StudyTime": time} if time else {}
+            self.index.add(instance(f"{uid}.1.1", series=f"{uid}.1", study=uid,
+                                    StudyDate=date, **extra),
+                           f"{uid}.dcm", ExplicitVRLittleEndian, 1)
+
+    def test_cases(self):
+        """Two ranges are one date-time range; anything else is matched as
+        before, and without the negotiation always independently."""
+        for date, time, combined, independent in self.CASES:
+            identifier = query("STUDY", StudyDate=date, StudyTime=time)
+            for flag, expected in ((True, combined), (False, independent)):
+                found = "".join(sorted(r.StudyInstanceUID for r in self.index.find(
+                    identifier, "STUDY", combined=flag)))
+                self.assertEqual(found, expected, (date, time, flag))
+
+    def test_series_level_and_encoded(self):
+        """At SERIES level the study pair is still combined; find_encoded
+        takes the option too."""
+        identifier = query("SERIES", StudyInstanceUID="2", StudyDate="20060705-20060707",
+                           StudyTime="1000-1800")
+        self.assertEqual(len(list(self.index.find_encoded(
+            identifier, "STUDY", ExplicitVRLittleEndian, combined=True))), 1)
+
+    def test_bad_range(self):
+        """An unreadable range is still 0xA900."""
+        identifier = query("STUDY", StudyDate="2006-x", StudyTime="1000-1800")
+        self.assertRaises(QueryError, self.index.find, identifier, "STUDY", combined=True)
+
+
+both(CombinedDateTimeTests)

@@ -104,13 +104,14 @@ class IndexBackend(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """A block of writes committed together (durable at its end)."""
 
-    def find(self, identifier: Dataset, model: str, *,
-             relational: bool = False) -> Iterator[Dataset]:
+    def find(self, identifier: Dataset, model: str, *, relational: bool = False,
+             combined: bool = False) -> Iterator[Dataset]:
         """C-FIND: one response identifier per match (``relational``:
-        relational queries were negotiated)."""
+        relational queries were negotiated; ``combined``: combined
+        date-time matching was)."""
 
     def find_encoded(self, identifier: Dataset, model: str, transfer_syntax: str, *,
-                     relational: bool = False) -> Iterator[bytes]:
+                     relational: bool = False, combined: bool = False) -> Iterator[bytes]:
         """C-FIND: each response identifier encoded in ``transfer_syntax``."""
 
     def query(self, identifier: Dataset, model: str, *, relational: bool = False,
