@@ -189,14 +189,15 @@ def markdown(results: dict) -> str:
     if notes:
         lines += ["Notes:", "", *notes, ""]
     if results.get("memory"):
+        servers = [p for p in peers if p != "disk"]
         lines += ["## Peak resident memory per phase (MiB)", "",
                   "Sampled from /proc every 0.1 s (VmRSS, and VmHWM of single-process"
                   " servers); for dcmqrscp, which forks per association, the PSS"
                   " (proportional set size) summed over its processes.", "",
-                  "| Phase | " + " | ".join(LABELS[p] for p in peers) + " |",
-                  "|---|" + "---:|" * len(peers)]
+                  "| Phase | " + " | ".join(LABELS[p] for p in servers) + " |",
+                  "|---|" + "---:|" * len(servers)]
         for phase, row in results["memory"].items():
-            lines.append(f"| {phase} | " + " | ".join(fmt(row.get(p)) for p in peers) + " |")
+            lines.append(f"| {phase} | " + " | ".join(fmt(row.get(p)) for p in servers) + " |")
         lines.append("")
     rows = targets(results)
     lines += ["## Targets (issue 6)", "", "| Target | Measured | Met |", "|---|---|---|"]

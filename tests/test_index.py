@@ -346,8 +346,17 @@ class WriteTests(IndexTestCase):
 
         def broken(*args, **kwargs):
             raise OSError("disk I/O error")
-        self.patch(self.index, "_tidy", broken)
-        self.patch(self.index, "_count_new", broken)
+        if self.backend == "postgresql":
+            # The add is one statement: it fails once the server has run it.
+            execute = self.index._execute
+
+            def executed_then_broken(*args, **kwargs):
+                execute(*args, **kwargs)
+                broken()
+            self.patch(self.index, "_execute", executed_then_broken)
+        else:
+            self.patch(self.index, "_tidy", broken)
+            self.patch(self.index, "_count_new", broken)
         self.assertRaises(OSError, self.index.add,
                           instance("2.1.1.1", series="2.1.1", study="2.1", patient="P2"),
                           "b", ExplicitVRLittleEndian, 1)
@@ -365,6 +374,20 @@ class WriteTests(IndexTestCase):
                               ExplicitVRLittleEndian, 1)
             self.index.add(instance("1.1.1.3"), "c", ExplicitVRLittleEndian, 1)
         self.assertEqual(self.index.paths(), ["a", "c"])
+
+    def test_refused_statement_rolls_back_its_block(self):
+        """A statement the database refuses in a nested block rolls back
+        that block alone (its add too); the transaction goes on and commits."""
+        with self.index.transaction():
+            self.index.add(instance("1.1.1.1"), "a", ExplicitVRLittleEndian, 1)
+            with self.assertRaises(Exception):
+                with self.index.transaction():
+                    self.index.add(instance("1.1.1.2"), "b", ExplicitVRLittleEndian, 1)
+                    self.index._execute("SELECT * FROM no_such_table")
+            self.index.add(instance("1.1.1.3"), "c", ExplicitVRLittleEndian, 1)
+        self.assertEqual(self.index.paths(), ["a", "c"])
+        self.assertEqual(self.sql("SELECT number_of_series_related_instances FROM series"),
+                         [(2,)])
 
     def test_transaction_rolls_back_on_error(self):
         """An exception out of a transaction block undoes all its adds."""

@@ -1,8 +1,10 @@
 """Tests for dicomtwist.storage.index: opening, schema versions, several
-connections at once, and a PostgreSQL server going away."""
+connections at once, a PostgreSQL server going away, and the round trips
+of the PostgreSQL add path."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -269,6 +271,63 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(counted, snapshot(index))
 
 
+    def test_emptied_patient_given_a_study_meanwhile(self):
+        """A move that empties a patient while another connection is giving
+        that patient a new study waits for it, and keeps the patient."""
+        import time
+
+        a, b = self.indexes[:2]
+        a.add(instance("7.1.1.1", series="7.1.1", study="7.1", patient="P3"), "x",
+              ExplicitVRLittleEndian, 1)
+        holding, release, failures = threading.Event(), threading.Event(), []
+
+        def give_study():
+            with b.transaction():
+                b.add(instance("7.3.1.1", series="7.3.1", study="7.3", patient="P3"), "y",
+                      ExplicitVRLittleEndian, 1)
+                holding.set()
+                release.wait(30)
+
+        def move():
+            # The series goes to study 7.2 of patient P4: study 7.1 and
+            # (but for the other connection's study) patient P3 are emptied.
+            try:
+                a.add(instance("7.1.1.1", series="7.1.1", study="7.2", patient="P4"), "x",
+                      ExplicitVRLittleEndian, 1)
+            except Exception as e:  # reported below
+                failures.append(e)
+        giver = threading.Thread(target=give_study)
+        giver.start()
+        self.assertTrue(holding.wait(30))
+        mover = threading.Thread(target=move)
+        mover.start()
+        deadline = time.monotonic() + 30
+        while not pg_sql(self.uri, "SELECT 1 FROM pg_stat_activity WHERE "
+                                   "wait_event_type = 'Lock' AND datname = current_database()"):
+            self.assertLess(time.monotonic(), deadline, "the move never waited")
+            time.sleep(0.05)
+        release.set()
+        giver.join(30)
+        mover.join(30)
+        self.assertEqual(failures, [])
+        index = self.indexes[0]
+        self.assertEqual(index._sql("SELECT p.patient_id, st.study_instance_uid FROM study st "
+                                    "JOIN patient p ON p.pk = st.patient_pk "
+                                    "ORDER BY st.study_instance_uid"),
+                         [("P4", "7.2"), ("P3", "7.3")])
+        counted = snapshot(index)
+        recount(index)
+        self.assertEqual(counted, snapshot(index))
+
+
+def pg_sql(uri: str, statement: str) -> list[tuple]:
+    """Run one query on its own connection; its rows."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as conn:
+        return conn.execute(statement).fetchall()
+
+
 class ServerGoneTests(SynchronousTestCase):
     """The PostgreSQL server stopping and starting under an open index."""
 
@@ -305,3 +364,182 @@ class ServerGoneTests(SynchronousTestCase):
                 time.sleep(0.2)
         index.add(instance("5.1.1.3"), "c", ExplicitVRLittleEndian, 1)
         self.assertEqual(index.count("IMAGE"), 2)
+
+
+class _RecordingConnection:
+    """What :class:`~dicomtwist.storage.index.postgres._Session` sends, one
+    list per round trip: a statement alone, or the commands of a pipeline."""
+
+    def __init__(self) -> None:
+        self.round_trips: list[list[str]] = []
+        self._pipeline: list[str] | None = None
+
+    def execute(self, sql: str, params: tuple | None = None, prepare: bool | None = None):
+        if self._pipeline is not None:
+            self._pipeline.append(sql)
+            return None
+        self.round_trips.append([sql])
+        if sql == "FAIL":
+            raise ZeroDivisionError(sql)
+        return None
+
+    @contextlib.contextmanager
+    def pipeline(self):
+        self._pipeline = []
+        try:
+            yield
+        finally:
+            sent, self._pipeline = self._pipeline, None
+            self.round_trips.append(sent)
+        if "FAIL" in sent:
+            raise ZeroDivisionError("FAIL")
+
+
+class SessionTests(SynchronousTestCase):
+    """A PostgreSQL transaction's BEGIN, SAVEPOINT and RELEASE travel with
+    its next statement; empty blocks send nothing."""
+
+    def setUp(self):
+        from dicomtwist.storage.index.postgres import _Session
+
+        self.conn = _RecordingConnection()
+        self.session = _Session(self.conn)
+
+    def run_failing(self, statement: str | None) -> None:
+        """A nested block that runs ``statement`` (if any), then fails."""
+        with self.assertRaises(ZeroDivisionError):
+            with self.session.block():
+                if statement:
+                    self.session.run(statement, ())
+                raise ZeroDivisionError("in the block")
+
+    def test_commands_travel_with_statements(self):
+        """Each savepoint's statement is one round trip with the commands
+        queued before it; the commit drops the last RELEASE."""
+        session = self.session
+        with session.block():
+            for statement in ("one", "two"):
+                with session.block(), session.block():
+                    session.run(statement, ())
+        self.assertEqual(self.conn.round_trips, [
+            ["BEGIN", "SAVEPOINT s2", "SAVEPOINT s3", "one"],
+            ["RELEASE SAVEPOINT s3", "RELEASE SAVEPOINT s2", "SAVEPOINT s2",
+             "SAVEPOINT s3", "two"],
+            ["COMMIT"]])
+
+    def test_empty_blocks_send_nothing(self):
+        """A block with no statement, nested or not, costs no round trip."""
+        session = self.session
+        with session.block(), session.block():
+            pass
+        self.assertEqual(self.conn.round_trips, [])
+        with session.block():
+            session.run("one", ())
+            with session.block(), session.block():
+                pass
+            session.run("two", ())
+        self.assertEqual(self.conn.round_trips, [["BEGIN", "one"], ["two"], ["COMMIT"]])
+
+    def test_failed_block_rolled_back(self):
+        """A savepoint that ran a statement and failed is rolled back (its
+        inner savepoints with it), then released with the next statement."""
+        session = self.session
+        with session.block():
+            with self.assertRaises(ZeroDivisionError):
+                with session.block():
+                    with session.block():
+                        session.run("one", ())
+                    raise ZeroDivisionError("in the block")
+            session.run("two", ())
+        self.assertEqual(self.conn.round_trips, [
+            ["BEGIN", "SAVEPOINT s2", "SAVEPOINT s3", "one"],
+            ["ROLLBACK TO SAVEPOINT s2"],
+            ["RELEASE SAVEPOINT s2", "two"],
+            ["COMMIT"]])
+
+    def test_failed_statement_rolled_back(self):
+        """A statement failing in its pipeline: its savepoint is rolled back."""
+        with self.session.block():
+            self.run_failing("FAIL")
+        self.assertEqual(self.conn.round_trips, [
+            ["BEGIN", "SAVEPOINT s2", "FAIL"], ["ROLLBACK TO SAVEPOINT s2"], ["COMMIT"]])
+
+    def test_failure_before_any_statement(self):
+        """A block failing before any statement sends nothing for it."""
+        with self.session.block():
+            self.session.run("one", ())
+            self.run_failing(None)
+            self.session.run("two", ())
+        self.assertEqual(self.conn.round_trips, [["BEGIN", "one"], ["two"], ["COMMIT"]])
+
+    def test_outermost_failure_rolls_back(self):
+        """The outermost block failing after a statement rolls back; before
+        any, sends nothing."""
+        self.run_failing(None)
+        self.assertEqual(self.conn.round_trips, [])
+        self.run_failing("one")
+        self.assertEqual(self.conn.round_trips, [["BEGIN", "one"], ["ROLLBACK"]])
+
+
+class AddFunctionTests(SynchronousTestCase):
+    """The server-side function of the PostgreSQL add path."""
+
+    def test_created_once_and_again_when_missing(self):
+        """Opening creates the function; a second daemon opening the same
+        database finds it; a database without it (made by an earlier
+        daemon, or with it dropped) gets it, and adds work."""
+        from dicomtwist.storage.index.postgres import _ADD_FUNCTION, PostgresIndex
+
+        uri = pg.create_database()
+        self.addCleanup(pg.drop_database, uri)
+
+        def functions(index) -> list[str]:
+            return [r[0] for r in index._sql(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'dicomtwist_add_%'")]
+
+        first = PostgresIndex(uri)
+        self.addCleanup(first.close)
+        second = PostgresIndex(uri)
+        self.addCleanup(second.close)
+        self.assertEqual(functions(second), [_ADD_FUNCTION.name])
+        second.add(instance("6.1.1.1"), "a", ExplicitVRLittleEndian, 1)
+        first._sql(f"DROP FUNCTION {_ADD_FUNCTION.name}")
+        third = PostgresIndex(uri)
+        self.addCleanup(third.close)
+        self.assertEqual(functions(third), [_ADD_FUNCTION.name])
+        third.add(instance("6.1.1.2"), "b", ExplicitVRLittleEndian, 1)
+        self.assertEqual(third.paths(), ["a", "b"])
+
+    def test_one_round_trip_per_add(self):
+        """In a group commit each add, with the store's savepoint around it,
+        is one round trip to the server."""
+        import psycopg
+
+        from dicomtwist.storage.index.postgres import PostgresIndex
+
+        uri = pg.create_database()
+        self.addCleanup(pg.drop_database, uri)
+        index = PostgresIndex(uri)
+        self.addCleanup(index.close)
+        index.add(instance("6.2.1.0"), "first", ExplicitVRLittleEndian, 1)
+        sent = []
+        execute, pipeline = psycopg.Connection.execute, psycopg.Connection.pipeline
+
+        def recording_execute(conn, *args, **kwargs):
+            if not conn._pipeline:
+                sent.append("statement")
+            return execute(conn, *args, **kwargs)
+
+        def recording_pipeline(conn):
+            sent.append("pipeline")
+            return pipeline(conn)
+        self.patch(psycopg.Connection, "execute", recording_execute)
+        self.patch(psycopg.Connection, "pipeline", recording_pipeline)
+        with index.transaction():
+            for n in range(1, 6):
+                sent.append("add")
+                with index.transaction():
+                    index.add(instance(f"6.2.1.{n}"), f"p{n}", ExplicitVRLittleEndian, 1,
+                              metadata=b"x")
+        # Besides: the pool's connection check and the commit.
+        self.assertEqual(sent, ["statement"] + ["add", "pipeline"] * 5 + ["statement"])

@@ -1,11 +1,9 @@
-"""Tests for start-up recovery and --reindex."""
+"""Tests for start-up recovery and --reindex, on both index backends."""
 
 from __future__ import annotations
 
 import os
 import time
-
-from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist.storage.files import (
     bucket,
@@ -14,8 +12,8 @@ from dicomtwist.storage.files import (
     relative_path,
     stored_instances,
 )
-from dicomtwist.storage.index import Index
 from dicomtwist.storage.recovery import recover, reindex
+from tests.backends import both
 from tests.helpers import ct_dataset
 
 
@@ -31,13 +29,13 @@ def write(root: str, ds, flat: bool = False) -> str:
     return path
 
 
-class RecoveryTests(SynchronousTestCase):
+class RecoveryTests:
     """Recovery makes the files and the index agree."""
 
     def setUp(self):
         self.root = self.mktemp()
         os.makedirs(self.root)
-        self.index = Index(os.path.join(self.root, "..", "index.sqlite"))
+        self.index = self.make_index()
 
     def store(self, index: bool = True, flat: bool = False, **values):
         """Write an instance file as the archive does (nested), or as it
@@ -165,15 +163,14 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIsNone(self.index.get_path(cut.SOPInstanceUID))
 
 
-class LayoutRecoveryTests(SynchronousTestCase):
+class LayoutRecoveryTests:
     """Recovery and ``--reindex`` handle the nested layout and the earlier
     flat one side by side."""
 
     def setUp(self):
         self.root = os.path.realpath(self.mktemp())
         os.makedirs(self.root)
-        self.index = Index(os.path.join(self.root, "..", "index.sqlite"))
-        self.addCleanup(self.index.close)
+        self.index = self.make_index()
 
     def write(self, flat: bool, index: str | None = None, **values):
         """An instance file in one layout, indexed by ``index`` if given."""
@@ -270,3 +267,7 @@ class LayoutRecoveryTests(SynchronousTestCase):
         self.assertEqual((report.files_indexed, report.unreadable), (0, []))
         self.assertEqual(self.index.count("IMAGE"), 0)
         self.assertEqual(list(stored_instances(self.root)), [])
+
+
+both(RecoveryTests)
+both(LayoutRecoveryTests)

@@ -667,3 +667,82 @@ class RestartWhileOtherStoresTests(ScaleoutCase):
         self.assertEqual(sorted(set(stored) - rows), [])
         self.assertEqual(sorted(set(stored) - set(self.stored_files())), [])
         self.assertEqual(statuses, ["0x0000"] * 300)
+
+
+class IndexMaintenanceTests(ScaleoutCase):
+    """``--reindex`` and start-up recovery against a PostgreSQL index."""
+
+    def write(self, uid: str, flat: bool = False) -> str:
+        """An instance file of one series, in the nested layout or the earlier
+        flat one, unindexed; its path relative to the instance directory."""
+        from dicomtwist.storage.files import flat_name, relative_path
+
+        study = f"{ROOT}.9"
+        ds = ct_dataset(PatientID="MAINT-1", StudyInstanceUID=study,
+                        SeriesInstanceUID=f"{study}.1", SOPInstanceUID=uid)
+        relative = flat_name(uid) if flat else relative_path(uid)
+        path = os.path.join(self.instances, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        return relative
+
+    def index_rows(self, rows: dict[str, str]) -> None:
+        """Index instances of the series by ``{uid: path}`` (files or not)."""
+        from dicomtwist.storage.index import open_index
+
+        index = open_index(self.uri)
+        try:
+            for uid, path in rows.items():
+                ds = ct_dataset(PatientID="MAINT-1", StudyInstanceUID=f"{ROOT}.9",
+                                SeriesInstanceUID=f"{ROOT}.9.1", SOPInstanceUID=uid)
+                index.add(ds, path, "1.2.840.10008.1.2.1", 100)
+        finally:
+            index.close()
+
+    async def series_counts(self, node: Node) -> list[tuple[str, int]]:
+        """``(Series Instance UID, Number of Series Related Instances)`` of
+        the study, by C-FIND through ``node``."""
+        found = await self.findscu(node, "QueryRetrieveLevel=SERIES",
+                                   f"StudyInstanceUID={ROOT}.9", "SeriesInstanceUID",
+                                   "NumberOfSeriesRelatedInstances")
+        return [(str(ds.SeriesInstanceUID), int(ds.NumberOfSeriesRelatedInstances))
+                for ds in found]
+
+    @inline
+    async def test_reindex(self) -> None:
+        """``dicomqr --reindex`` rebuilds a PostgreSQL index from the files of
+        both layouts: a row without a file goes, a row with a wrong path is
+        corrected, unindexed files are indexed, counts are exact."""
+        uids = [f"{ROOT}.9.1.{n}" for n in range(1, 5)]
+        paths = {uid: self.write(uid, flat=(n == 3)) for n, uid in enumerate(uids)}
+        self.index_rows({uids[0]: "elsewhere/x.dcm", f"{ROOT}.9.1.99": "gone.dcm"})
+        code, output = await self.run_daemon(
+            "-c", self.config, "--database-location", self.uri,
+            "--instance-location", self.instances, "--reindex")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Indexed 4 instance(s); 0 file(s) could not be read", output)
+        self.assertEqual(sql(self.uri, "SELECT sop_instance_uid, path FROM instance "
+                                       "ORDER BY sop_instance_uid"),
+                         sorted(paths.items()))
+        node = await self.start_node("NODE")
+        self.assertEqual(await self.series_counts(node), [(f"{ROOT}.9.1", 4)])
+
+    @inline
+    async def test_startup_recovery(self) -> None:
+        """A node starting on a PostgreSQL index recovers: an unindexed file
+        is indexed, a row without a file is dropped, a stale temporary file
+        goes; counts are exact."""
+        from dicomtwist.storage import files
+
+        kept, orphan, gone = (f"{ROOT}.9.1.{n}" for n in (1, 2, 3))
+        self.index_rows({kept: self.write(kept), gone: files.relative_path(gone)})
+        self.write(orphan)
+        stale = os.path.join(self.instances, files.TEMP_PREFIX + "othernode-x.part")
+        with open(stale, "wb") as fp:
+            fp.write(b"partial")
+        old = time.time() - files.STALE_AFTER - 60
+        os.utime(stale, (old, old))
+        node = await self.start_node("NODE")
+        self.assertEqual(temporary_files(self.instances), [])
+        self.assertEqual(self.indexed_rows(), [(kept, 1), (orphan, 1)])
+        self.assertEqual(await self.series_counts(node), [(f"{ROOT}.9.1", 2)])

@@ -234,3 +234,40 @@ class WindowedGetTests(QueryRetrieveTestCase):
             pump.flush()
         self.assertEqual(self.successResultOf(d)[-1][0].status, Status.SUCCESS)
         self.release(client, pump)
+
+
+class ConfigTests(SynchronousTestCase):
+    """The ``window`` of a destination and the archive's ``async_operations``."""
+
+    def load(self, text: str) -> configuration.Config:
+        path = self.mktemp()
+        with open(path, "w") as fp:
+            fp.write(text)
+        return configuration.load(path)
+
+    def test_keys(self) -> None:
+        """Both keys are read; their defaults are 1 (no window)."""
+        config = self.load("[DEFAULT]\nasync_operations: 8\n\n[PACS]\naddress: 10.0.0.1\n"
+                           "port: 104\nwindow: 4\n\n[OTHER]\naddress: 10.0.0.2\nport: 104\n")
+        self.assertEqual(config.async_operations, 8)
+        self.assertEqual(config.destinations["PACS"].window, 4)
+        self.assertEqual(config.destinations["OTHER"].window, 1)
+        self.assertEqual(configuration.Config().async_operations, 1)
+
+    def test_bad_window(self) -> None:
+        """A window below 1 names the destination and the key."""
+        with self.assertRaises(configuration.ConfigError) as caught:
+            self.load("[PACS]\naddress: 10.0.0.1\nport: 104\nwindow: 0\n")
+        self.assertIn("[PACS]: invalid window '0'", str(caught.exception))
+
+    def test_policy(self) -> None:
+        """The archive's policy grants async_operations both ways, or nothing at 1."""
+        settings = configuration.Config(async_operations=3)
+        factory = tap.build_factory(settings, None, None, _NoIndex())
+        self.assertEqual(factory.policy.window, (3, 3))
+        factory = tap.build_factory(configuration.Config(), None, None, _NoIndex())
+        self.assertIsNone(factory.policy.window)
+
+
+class _NoIndex:
+    """An index nobody asks anything while the factory is built."""

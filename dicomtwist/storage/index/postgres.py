@@ -41,6 +41,7 @@ values are dropped on ``add``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -61,6 +62,7 @@ from dicomtwist.storage.index.base import (
     IndexUnavailable,
     SqlIndex,
     SqlTypes,
+    columns,
 )
 
 __all__ = ["PostgresIndex"]
@@ -80,6 +82,260 @@ def _without_nul(value: object) -> object:
     if isinstance(value, str) and "\0" in value:
         return value.replace("\0", "")
     return value
+
+
+class _Session:
+    """One connection bound to a thread for a transaction, whose ``BEGIN``,
+    ``SAVEPOINT`` and ``RELEASE`` commands ride along with its statements.
+
+    A block's opening command is queued, not sent: the next statement
+    takes the queue with it in one pipeline (psycopg's pipeline mode: one
+    round trip, the statement's error raised as before).  A block that
+    runs no statement costs nothing; the ``RELEASE`` of a savepoint waits
+    in the queue for the next statement, and the ``COMMIT`` that releases
+    every savepoint drops it.  So in a group commit each instance's
+    savepoints (the store's and ``_retrying``'s) and its ``add`` cost one
+    round trip, where each command used to cost its own.
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self._queued: list[str] = []
+        #: Open blocks, and how many of them (outermost first) were sent.
+        self._depth = 0
+        self._sent = 0
+
+    def run(self, sql: str, params: tuple) -> Any:
+        """Run one statement in the transaction; its cursor."""
+        conn = self.conn
+        if not self._queued:
+            return conn.execute(sql, params)
+        queued, self._queued = self._queued, []
+        self._sent = self._depth
+        with conn.pipeline():
+            for command in queued:
+                conn.execute(command, prepare=False)
+            cursor = conn.execute(sql, params)
+        return cursor
+
+    @contextmanager
+    def block(self) -> Iterator[None]:
+        """A transaction (outermost) or a savepoint (nested)."""
+        self._depth += 1
+        level = self._depth
+        savepoint = f"s{level}" if level > 1 else None
+        mark = len(self._queued)
+        self._queued.append(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            sent = self._sent >= level
+            self._depth -= 1
+            self._sent = min(self._sent, self._depth)
+            if not sent:
+                # Nothing of it reached the server (nor of the blocks it
+                # held, whose commands follow its own in the queue).
+                del self._queued[mark:]
+                raise
+            # What is queued belongs to blocks inside it: gone with it.
+            self._queued.clear()
+            try:
+                if savepoint:
+                    self.conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}", prepare=False)
+                    self._queued.append(f"RELEASE SAVEPOINT {savepoint}")
+                else:
+                    self.conn.execute("ROLLBACK", prepare=False)
+            except psycopg.Error:
+                pass  # a broken connection: the pool discards it
+            raise
+        sent = self._sent >= level
+        self._depth -= 1
+        self._sent = min(self._sent, self._depth)
+        if not sent:
+            del self._queued[mark:]
+        elif savepoint:
+            self._queued.append(f"RELEASE SAVEPOINT {savepoint}")
+        else:
+            self._queued.clear()
+            self.conn.execute("COMMIT", prepare=False)
+
+
+def _substitute(sql: str, *expressions: str) -> str:
+    """``sql`` with its ``?`` placeholders replaced by SQL expressions, in order."""
+    parts = sql.split("?")
+    if len(parts) != len(expressions) + 1:
+        raise ValueError("placeholders and expressions differ in number")
+    return "".join(p + e for p, e in zip(parts, expressions)) + parts[-1]
+
+
+#: The tables whose values the add function takes, one text array each,
+#: in its argument order.
+_ADD_TABLES = ("patient", "study", "series", "instance")
+_ADD_ARGUMENTS = {"patient": "a_patient", "study": "a_study", "series": "a_series",
+                  "instance": "a_instance"}
+_ADD_KEYS = {"patient": ("patient_id", "issuer_of_patient_id"),
+             "study": ("study_instance_uid",), "series": ("series_instance_uid",),
+             "instance": ("sop_instance_uid",)}
+
+
+class _AddFunction:
+    """The server-side function (PL/pgSQL) that indexes one instance in
+    one statement.
+
+    It does what the client did in ten statements, with the same locks in
+    the same order: the patient upsert; the study's and the series' claim
+    (update and lock the row, or insert it; again if another connection
+    inserted it meanwhile); the instance insert, or lock of the row it
+    would replace; for a new instance that moved nothing, the derived
+    counts (PS3.4 C.3.4) read from the locked rows; the metadata.  It
+    returns ``(patient pk, study pk, previous patient of the study, series
+    pk, previous study of the series, instance pk, previous series of the
+    instance)``, a previous parent NULL for a row it inserted; for
+    anything else (a replacement, a move between parents) the client
+    goes on in the same transaction and recounts.
+
+    Its source is made from the layout (:func:`base.columns`), and its
+    name carries a digest of the source, so each version of the layout
+    and of this code has its own function: the daemon creates it with the
+    schema if it is missing, and daemons of other versions on the same
+    database keep theirs (nothing else depends on it; dropping one no
+    daemon uses is safe).
+    """
+
+    def __init__(self) -> None:
+        from dicomtwist.storage.index.base import _WRITTEN_COLUMNS
+
+        #: Each table's columns as the function takes them, in order.
+        self.columns: dict[str, tuple[str, ...]] = {}
+        for table in _ADD_TABLES:
+            names: list[str] = []
+            for _, column, key_column, _ in _WRITTEN_COLUMNS[table]:
+                names.append(column)
+                if key_column:
+                    names.append(key_column)
+            self.columns[table] = tuple(names)
+        parents = {"study": "patient_pk", "series": "study_pk", "instance": "series_pk"}
+        #: The instance's columns that ``add`` passes besides the data set's
+        #: values (``extra``: transfer syntax, path, size, character set).
+        self.extra = tuple(c for c in columns("instance")
+                           if c not in ("pk", parents["instance"])
+                           and c not in self.columns["instance"])
+        self.columns["instance"] += self.extra
+        self._integers = {table: frozenset(c for c, kind in columns(table).items()
+                                           if kind is int) for table in _ADD_TABLES}
+        body = self._body()
+        self.name = "dicomtwist_add_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+        self.create = f"CREATE FUNCTION {self.name}{body}"
+        self.call = (f"SELECT * FROM {self.name}(?::text[], ?::text[], ?::text[], "
+                     "?::text[], ?::bytea)")
+
+    def values(self, table: str, row: dict, extra: dict[str, object]) -> list[object]:
+        """The values of ``table``'s columns for one instance, in order."""
+        values = list(SqlIndex._table_values(table, row).values())
+        if table == "instance":
+            values.extend(extra.get(c) for c in self.extra)
+        return values
+
+    def arguments(self, table: str, row: dict, extra: dict[str, object]) -> list[str | None]:
+        """:meth:`values` as the function's text array takes them."""
+        return [v if v is None or isinstance(v, str) else str(v)
+                for v in self.values(table, row, extra)]
+
+    def install(self, execute: Callable[..., Any]) -> None:
+        """Create the function unless the database has it (in the schema
+        transaction, under its advisory lock)."""
+        found = execute("SELECT 1 FROM pg_proc WHERE proname = ? "
+                        "AND pronamespace = to_regnamespace(current_schema())",
+                        (self.name,)).fetchone()
+        if found is None:
+            execute(self.create)
+
+    def _value(self, table: str, column: str) -> str:
+        """The SQL expression of one column's argument."""
+        expression = f"{_ADD_ARGUMENTS[table]}[{self.columns[table].index(column) + 1}]"
+        return f"{expression}::bigint" if column in self._integers[table] else expression
+
+    def _claim(self, table: str, parent: str, parent_value: str, pk: str,
+               previous: str) -> str:
+        names = self.columns[table]
+        key = _ADD_KEYS[table][0]
+        updates = ", ".join([f"{parent} = {parent_value}"] + [
+            f"{c} = COALESCE({self._value(table, c)}, t.{c})" for c in names if c != key])
+        values = ", ".join(self._value(table, c) for c in names)
+        return f"""
+  LOOP
+    WITH old AS (SELECT pk, {parent} AS parent FROM {table}
+                 WHERE {key} = {self._value(table, key)} FOR UPDATE)
+    UPDATE {table} t SET {updates} FROM old WHERE t.pk = old.pk
+      RETURNING t.pk, old.parent INTO {pk}, {previous};
+    EXIT WHEN FOUND;
+    -- Not there: insert it; if another connection just did, its insert
+    -- is committed by now (ON CONFLICT waited): update it.
+    INSERT INTO {table} ({', '.join(names)}, {parent}) VALUES ({values}, {parent_value})
+      ON CONFLICT ({key}) DO NOTHING RETURNING pk INTO {pk};
+    EXIT WHEN FOUND;
+  END LOOP;"""
+
+    def _body(self) -> str:
+        value = self._value
+        patient = self.columns["patient"]
+        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, patient.{c})" for c in patient
+                            if c not in _ADD_KEYS["patient"])
+        instance = self.columns["instance"]
+        uid = value("instance", "sop_instance_uid")
+        count_patient = _substitute(COUNT_NEW_PATIENT, "(o_old_patient IS NULL)::int",
+                                    "(o_old_study IS NULL)::int", "o_patient")
+        return f"""(
+  a_patient text[], a_study text[], a_series text[], a_instance text[], a_metadata bytea,
+  OUT o_patient bigint, OUT o_study bigint, OUT o_old_patient bigint,
+  OUT o_series bigint, OUT o_old_study bigint,
+  OUT o_instance bigint, OUT o_old_series bigint)
+LANGUAGE plpgsql AS $dicomtwist$
+BEGIN
+  INSERT INTO patient ({', '.join(patient)})
+    VALUES ({', '.join(value("patient", c) for c in patient)})
+    ON CONFLICT ({', '.join(_ADD_KEYS["patient"])}) DO UPDATE SET {updates}
+    RETURNING pk INTO o_patient;{self._claim("study", "patient_pk", "o_patient",
+                                             "o_study", "o_old_patient")}{
+        self._claim("series", "study_pk", "o_study", "o_series", "o_old_study")}
+  LOOP
+    INSERT INTO instance ({', '.join(instance)}, series_pk)
+      VALUES ({', '.join(value("instance", c) for c in instance)}, o_series)
+      ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING pk INTO o_instance;
+    EXIT WHEN FOUND;
+    SELECT pk, series_pk INTO o_instance, o_old_series FROM instance
+      WHERE sop_instance_uid = {uid} FOR UPDATE;
+    EXIT WHEN FOUND;
+  END LOOP;
+  IF o_old_series IS NULL AND (o_old_patient IS NULL OR o_old_patient = o_patient)
+      AND (o_old_study IS NULL OR o_old_study = o_study) THEN
+    -- A new instance that moved nothing: its counts, from the locked rows.
+    UPDATE series SET number_of_series_related_instances =
+      COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = o_series;
+    UPDATE study SET number_of_study_related_series =
+      COALESCE(number_of_study_related_series, 0) + (o_old_study IS NULL)::int,
+      number_of_study_related_instances = COALESCE(number_of_study_related_instances, 0) + 1,
+      -- The stored classes and this one, distinct and sorted.
+      sop_classes_in_study = (SELECT string_agg(c, '\\' ORDER BY c COLLATE "C") FROM
+        (SELECT DISTINCT c FROM unnest(string_to_array(sop_classes_in_study, '\\')
+         || {value("instance", "sop_class_uid")}) AS c
+         WHERE c IS NOT NULL AND c != '') AS classes),
+      modalities_in_study = (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
+        FROM series WHERE study_pk = o_study AND modality IS NOT NULL AND modality != '')
+      WHERE pk = o_study;
+    {count_patient};
+  END IF;
+  IF a_metadata IS NULL THEN
+    DELETE FROM metadata WHERE sop_instance_uid = {uid};
+  ELSE
+    INSERT INTO metadata (sop_instance_uid, json) VALUES ({uid}, a_metadata)
+      ON CONFLICT (sop_instance_uid) DO UPDATE SET json = excluded.json;
+  END IF;
+END
+$dicomtwist$"""
+
+
+_ADD_FUNCTION = _AddFunction()
 
 
 class PostgresIndex(SqlIndex):
@@ -126,14 +382,10 @@ class PostgresIndex(SqlIndex):
         #: The version the database had when opened (0: new).
         self.opened_version = 0
         try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                self._local.conn = conn
-                try:
-                    with conn.transaction():
-                        self._execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-                        self.opened_version = self._prepare_schema()
-                finally:
-                    self._local.conn = None
+            with psycopg.connect(conninfo, autocommit=True) as conn, self._bound(conn):
+                self._execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+                self.opened_version = self._prepare_schema()
+                _ADD_FUNCTION.install(self._execute)
         except psycopg.Error as e:
             raise IndexUnavailable(f"cannot open the index at {self.location}: "
                                    f"{_first_line(e)}") from None
@@ -165,23 +417,36 @@ class PostgresIndex(SqlIndex):
             found = self._statements[sql] = self.dialect.sql(sql)
         return found
 
-    def _run_on(self, conn: psycopg.Connection, sql: str, params: Iterable = ()) -> Any:
-        return conn.execute(self._statement(sql), tuple(params))
-
     @contextmanager
     def _reading(self) -> Iterator[Callable[..., Any]]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield partial(self._run_on, conn)
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            yield partial(self._run_in, session)
             return
         with self._pool.connection() as conn:
             yield partial(self._run_on, conn)
 
+    def _run_on(self, conn: psycopg.Connection, sql: str, params: Iterable = ()) -> Any:
+        return conn.execute(self._statement(sql), tuple(params))
+
+    def _run_in(self, session: _Session, sql: str, params: Iterable = ()) -> Any:
+        return session.run(self._statement(sql), tuple(params))
+
     def _execute(self, sql: str, params: Iterable = ()) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        session = getattr(self._local, "session", None)
+        if session is None:
             raise RuntimeError("PostgresIndex._execute outside a transaction")
-        return self._run_on(conn, sql, params)
+        return session.run(self._statement(sql), tuple(params))
+
+    @contextmanager
+    def _bound(self, conn: psycopg.Connection) -> Iterator[_Session]:
+        """Bind ``conn`` to the calling thread for one outermost block."""
+        session = self._local.session = _Session(conn)
+        try:
+            with session.block():
+                yield session
+        finally:
+            self._local.session = None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -190,20 +455,17 @@ class PostgresIndex(SqlIndex):
         One pooled connection is bound to the calling thread for the
         block; nested blocks (and each ``add`` or ``remove``) are
         savepoints on it: one that fails rolls back alone and raises.
-        Everything is committed when the outermost block exits.
+        Everything is committed when the outermost block exits.  The
+        ``BEGIN``, ``SAVEPOINT`` and ``RELEASE`` commands cost no round
+        trip of their own (see :class:`_Session`).
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            with conn.transaction():
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            with session.block():
                 yield
             return
-        with self._pool.connection() as conn:
-            self._local.conn = conn
-            try:
-                with conn.transaction():
-                    yield
-            finally:
-                self._local.conn = None
+        with self._pool.connection() as conn, self._bound(conn):
+            yield
 
     def _retrying(self, action: Callable[[], Any]) -> Any:
         """Run ``action`` in a savepoint, again if PostgreSQL chose it as
@@ -224,11 +486,7 @@ class PostgresIndex(SqlIndex):
     def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None) -> None:
         row = {k: _without_nul(v) for k, v in row.items()}
         extra = {k: _without_nul(v) for k, v in extra.items()}
-
-        def add() -> None:
-            self._add(row, extra)
-            self._set_metadata(str(row["SOPInstanceUID"]), metadata)
-        self._retrying(add)
+        self._retrying(partial(self._add, row, extra, metadata))
 
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance, and the series, study and patient it empties.
@@ -275,6 +533,15 @@ class PostgresIndex(SqlIndex):
             if again is None or tuple(again) == tuple(row):
                 return again
 
+    def _lock_study_row(self, pk: int) -> int | None:
+        """Lock one study row, then its patient (whose studies ``_tidy``
+        counts before it may delete it: unlocked, another connection could
+        be giving it a study meanwhile); the patient pk, None if gone."""
+        patient_pk = self._lock("study", pk)
+        if patient_pk is not None:
+            self._lock("patient", patient_pk)
+        return patient_pk
+
     def _lock(self, table: str, pk: int) -> Any:
         """Lock one row; its parent pk (None for a patient)."""
         parent = {"study": "patient_pk", "series": "study_pk"}.get(table, "pk")
@@ -282,75 +549,17 @@ class PostgresIndex(SqlIndex):
                               (pk,)).fetchone()
         return None if found is None or table == "patient" else found[0]
 
-    def _upsert_patient(self, values: dict[str, object]) -> int:
-        columns = tuple(values)
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, patient.{c})" for c in columns
-                            if c not in ("patient_id", "issuer_of_patient_id"))
-        sql = (f"INSERT INTO patient ({', '.join(columns)}) "
-               f"VALUES ({', '.join('?' for _ in columns)}) "
-               "ON CONFLICT (patient_id, issuer_of_patient_id) "
-               f"DO UPDATE SET {updates} RETURNING pk")
-        return self._execute(sql, tuple(values.values())).fetchone()[0]
-
-    def _claim(self, table: str, key_column: str, parent_column: str,
-               values: dict[str, object]) -> tuple[int, int | None]:
-        """Update and lock the row of ``values[key_column]``, or insert it.
-
-        :returns: ``(pk, previous parent)``, the previous parent None for a
-            row this call inserted.
-        """
-        columns = tuple(values)
-        updates = ", ".join(f"{c} = COALESCE(?, t.{c})" for c in columns if c != key_column)
-        update = (f"WITH old AS (SELECT pk, {parent_column} AS parent FROM {table} "
-                  f"WHERE {key_column} = ? FOR UPDATE) "
-                  f"UPDATE {table} t SET {updates} FROM old WHERE t.pk = old.pk "
-                  "RETURNING t.pk, old.parent")
-        insert = (f"INSERT INTO {table} ({', '.join(columns)}) "
-                  f"VALUES ({', '.join('?' for _ in columns)}) "
-                  f"ON CONFLICT ({key_column}) DO NOTHING RETURNING pk")
-        update_params = (values[key_column],) + tuple(
-            v for c, v in values.items() if c != key_column)
-        while True:
-            found = self._execute(update, update_params).fetchone()
-            if found is not None:
-                return found[0], found[1]
-            # Not there: insert it; if another connection just did, its
-            # insert is committed by now (ON CONFLICT waited), so update.
-            created = self._execute(insert, tuple(values.values())).fetchone()
-            if created is not None:
-                return created[0], None
-
-    def _add(self, row: dict, extra: dict[str, object]) -> None:
-        execute = self._execute
-        patient_pk = self._upsert_patient(self._table_values("patient", row))
-        values = self._table_values("study", row)
-        values["patient_pk"] = patient_pk
-        study_pk, old_patient = self._claim("study", "study_instance_uid", "patient_pk", values)
-        values = self._table_values("series", row)
-        values["study_pk"] = study_pk
-        series_pk, old_study = self._claim("series", "series_instance_uid", "study_pk", values)
-        values = self._table_values("instance", row)
-        values["series_pk"] = series_pk
-        values.update(extra)
-        columns = tuple(values)
-        insert = (f"INSERT INTO instance ({', '.join(columns)}) "
-                  f"VALUES ({', '.join('?' for _ in columns)}) "
-                  "ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING pk")
-        uid = row["SOPInstanceUID"]
-        while True:
-            if execute(insert, tuple(values.values())).fetchone() is not None:
-                old = None
-                break
-            old = execute("SELECT pk, series_pk FROM instance WHERE sop_instance_uid = ? "
-                          "FOR UPDATE", (uid,)).fetchone()
-            if old is not None:
-                break
-        new_study = old_patient is None
-        new_series = old_study is None
-        if old is None and old_patient in (None, patient_pk) and old_study in (None, study_pk):
-            self._count_new(series_pk, study_pk, patient_pk, new_series, new_study,
-                            row.get("SOPClassUID"))
-            return
+    def _add(self, row: dict, extra: dict[str, object],
+             metadata: bytes | None = None) -> None:
+        # One statement: the server-side function does the upserts, the
+        # claims, the instance, the counts of a new instance and the
+        # metadata, and says what it found.
+        values = [_ADD_FUNCTION.arguments(table, row, extra) for table in _ADD_TABLES]
+        found = self._execute(_ADD_FUNCTION.call, (*values, metadata)).fetchone()
+        patient_pk, study_pk, old_patient, series_pk, old_study, instance_pk, old_series = found
+        if old_series is None and old_patient in (None, patient_pk) and (
+                old_study in (None, study_pk)):
+            return  # a new instance that moved nothing: counted already
         # A replaced instance, or a study or series that changed parent:
         # lock the old parents too, then recount every row touched.
         series, studies, patients = {series_pk}, {study_pk}, {patient_pk}
@@ -359,36 +568,16 @@ class PostgresIndex(SqlIndex):
             self._lock("patient", old_patient)
         if old_study is not None and old_study != study_pk:
             studies.add(old_study)
-            patients.add(self._lock("study", old_study))
-        if old is not None:
-            old_series = old[1]
+            patients.add(self._lock_study_row(old_study))
+        if old_series is not None:
             series.add(old_series)
             old_study_pk = self._lock("series", old_series)
             studies.add(old_study_pk)
-            patients.add(self._lock("study", old_study_pk))
+            patients.add(self._lock_study_row(old_study_pk))
+            columns = _ADD_FUNCTION.columns["instance"]
             assignments = ", ".join(f"{c} = ?" for c in columns)
-            execute(f"UPDATE instance SET {assignments} WHERE pk = ?",
-                    (*values.values(), old[0]))
+            self._execute(f"UPDATE instance SET {assignments}, series_pk = ? WHERE pk = ?",
+                          (*_ADD_FUNCTION.values("instance", row, extra), series_pk,
+                           instance_pk))
         patients.discard(None)
         self._tidy(series, studies, patients)
-
-    def _count_new(self, series_pk: int, study_pk: int, patient_pk: int, new_series: bool,
-                   new_study: bool, sop_class: object) -> None:
-        """Derived attributes after adding one new instance (PS3.4 C.3.4),
-        read from the locked rows, so exact under concurrent adds."""
-        execute = self._execute
-        execute("UPDATE series SET number_of_series_related_instances = "
-                "COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = ?", (series_pk,))
-        execute("UPDATE study SET number_of_study_related_series = "
-                "COALESCE(number_of_study_related_series, 0) + ?, "
-                "number_of_study_related_instances = "
-                "COALESCE(number_of_study_related_instances, 0) + 1, "
-                # The stored classes and this one, distinct and sorted.
-                "sop_classes_in_study = (SELECT string_agg(c, '\\' ORDER BY c COLLATE \"C\") FROM "
-                "(SELECT DISTINCT c FROM unnest(string_to_array(sop_classes_in_study, '\\') "
-                "|| ?::text) AS c WHERE c IS NOT NULL AND c != '') AS classes), "
-                "modalities_in_study = (SELECT string_agg(DISTINCT modality, '\\' "
-                "ORDER BY modality) FROM series WHERE study_pk = ? "
-                "AND modality IS NOT NULL AND modality != '') WHERE pk = ?",
-                (int(new_series), str(sop_class) if sop_class else None, study_pk, study_pk))
-        execute(COUNT_NEW_PATIENT, (int(new_study), int(new_series), patient_pk))
