@@ -237,6 +237,14 @@ class SequenceStorageTests(IndexTestCase):
         for sequence in SEQUENCES:
             self.assertEqual(self.sql(f"SELECT COUNT(*) FROM {sequence.item_table}"), [(0,)])
 
+    def test_study_deleted(self):
+        """delete_study removes the items of the study and of its series."""
+        sequences_archive(self.index)
+        self.index.delete_study("2.1")
+        self.assertEqual(self.codes(), [("1.1", 0, "CT-HEAD"), ("1.1", 1, "CT-NECK")])
+        self.assertEqual(self.sql("SELECT requested_procedure_id FROM "
+                                  "request_attributes_item"), [("RP1",)])
+
     def test_cleared(self):
         """clear empties the item tables."""
         sequences_archive(self.index)

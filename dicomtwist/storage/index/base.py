@@ -1011,6 +1011,10 @@ class SqlIndex:
                           (study_pk,))
             self._execute(f"DELETE FROM instance WHERE series_pk IN ({of_study})",
                           (study_pk,))
+            for sequence in SEQUENCES:
+                if sequence.table == "series":
+                    self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk IN "
+                                  f"({of_study})", (study_pk,))
             self._execute("DELETE FROM series WHERE study_pk = ?", (study_pk,))
             self._tidy(set(), {study_pk}, {patient_pk})
             return paths
