@@ -97,7 +97,9 @@ def _first_batch(find: Any, *args: Any) -> tuple[Iterator[Any], list[Any]]:
 def _negotiated(request: ServiceRequest, option: int) -> bool:
     """Whether the requestor negotiated an option (sub-field ``option``) of
     SOP Class Extended Negotiation for the request's SOP class."""
-    negotiated = request.association.negotiated
+    # A request made by the archive itself (the web API's send) has no
+    # association, so nothing negotiated.
+    negotiated = getattr(request.association, "negotiated", None)
     return negotiated is not None and negotiated.extended_option(
         request.context.abstract_syntax, option)
 
