@@ -19,6 +19,10 @@ Layout, one table per Query/Retrieve level (PS3.4 C.6):
   integer key of its parent.
 - ``metadata``: each instance's DICOMweb metadata, apart from the narrow
   rows C-FIND scans.
+- ``procedure_code_item``, ``referenced_study_item``,
+  ``request_attributes_item``: the items of the sequences kept for
+  sequence matching (:data:`SEQUENCES`), each row owned by a study or
+  series row (``owner_pk``).
 - ``schema_version``: one row, the layout's version (:data:`SCHEMA_VERSION`).
 
 Values are stored decoded to ``str`` as pydicom gives them after applying
@@ -40,7 +44,9 @@ in Study, SOP Classes in Study) are columns recomputed for the rows an
 
 Schema versions (:data:`SCHEMA_VERSION`): version 1 is the layout without a
 version record (dicomtwist up to the PostgreSQL backend; some such files
-lack the ``metadata`` table); version 2 adds ``schema_version``.  Opening
+lack the ``metadata`` table); version 2 adds ``schema_version``; version
+3 the item tables (empty, after an upgrade, for the instances indexed
+before it, until ``--reindex``).  Opening
 an index creates the schema in an empty database, upgrades an older one
 automatically in one transaction (each step only adds: tables, indexes),
 and refuses a newer one (:class:`IndexUnavailable`), so that an older
