@@ -305,6 +305,26 @@ class SchemaUpgradeTests:
             item(CodeValue="X")]), "STUDY")
         self.assertEqual(response.ProcedureCodeSequence[0].CodeValue, "X")
 
+    def test_upgrade_warns_to_reindex(self):
+        """open_index says, once, that instances indexed before the upgrade
+        need --reindex for sequence matching; not for a new index."""
+        from twisted.logger import globalLogPublisher
+        from twisted.internet.testing import EventLoggingObserver
+
+        from dicomtwist.storage.index import open_index
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        location = self.new_location()
+        index = open_index(location)
+        index.add(instance("1.1.1.1"), "a.dcm", ExplicitVRLittleEndian, 1)
+        index._sql("UPDATE schema_version SET version = 2")
+        index.close()
+        self.addCleanup(open_index(location).close)
+        self.addCleanup(open_index(location).close)
+        warnings = [e for e in observer if "--reindex" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual((warnings[0]["old"], warnings[0]["new"]), (2, 3))
+
 
 class RelationalTests(IndexTestCase):
     """Relational queries and retrievals leave out the unique keys above."""
