@@ -176,6 +176,19 @@ class SequenceRulesTests(IndexTestCase):
         self.assertEqual(len(responses), 3)
         self.assertEqual({len(r.RequestAttributesSequence) for r in responses}, {0})
 
+    def test_nested_sequence_in_the_item(self):
+        """A sequence inside the query item is not kept: returned empty in
+        each item (and named by unsupported_keys)."""
+        from dicomtwist.storage.index import unsupported_keys
+
+        identifier = query("STUDY", ProcedureCodeSequence=[
+            item(CodeValue="MR*", ConceptCodeSequence=[item(CodeValue="X")])])
+        [response] = self.index.find(identifier, "STUDY")
+        [found] = response.ProcedureCodeSequence
+        self.assertEqual((found.CodeValue, len(found.ConceptCodeSequence)), ("MR-KNEE", 0))
+        self.assertEqual(unsupported_keys(identifier),
+                         ["ProcedureCodeSequence>ConceptCodeSequence"])
+
     def test_encoded_responses_hold_the_items(self):
         """find_encoded writes the same items as find (the pydicom path)."""
         from dicomtwist.dimse.codec import encode_dataset
