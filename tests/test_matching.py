@@ -327,6 +327,15 @@ class AgreementTests:
         self.assertEqual(self.sql_matches("PN", query, stored or None),
                          _predicate_matches("PN", query, stored or None))
 
+    def test_person_name_wildcard_stays_in_the_first_group(self):
+        """A wild card matched against the alphabetic group does not reach
+        across '=' into the other groups (found by the property above)."""
+        for query, stored, expected in [("?", "==A", False), ("a*b", "A=B=C", False),
+                                        ("a*", "A=B=C", True), ("*=b*", "A=B=C", True),
+                                        ("doe", "Doe=X", True), ("doe?", "Doe=X", False)]:
+            self.assertEqual(self.sql_matches("PN", query, stored), expected, (query, stored))
+            self.assertEqual(_predicate_matches("PN", query, stored), expected, (query, stored))
+
 
 class AgreementTestsSqlite(AgreementTests, SynchronousTestCase):
     """The sqlite conditions agree with the predicates."""

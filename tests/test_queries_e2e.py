@@ -8,9 +8,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 from pydicom.dataset import Dataset
 from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
 
 from tests import peers
 from tests.helpers import CT_IMAGE_STORAGE, ct_dataset
@@ -157,7 +159,8 @@ class RelationalTests(DicomqrCase):
     @inline
     async def test_negotiated(self) -> None:
         """With relational-queries and -retrieval negotiated: the AC answers
-        them 1 (and the other FIND options 0); a SERIES query without Study
+        them and combined date-time matching 1 (fuzzy matching and timezone
+        adjustment 0); a SERIES query without Study
         Instance UID and a Patient Root IMAGE query by name find across
         studies; C-GET and C-MOVE of a list of instances of two studies,
         without study and series, send exactly those."""
@@ -175,7 +178,7 @@ class RelationalTests(DicomqrCase):
         result = await self.relational("--modality", "MR", "--name", "Smith*",
                                        "--get", "\\".join(wanted),
                                        "--move", "\\".join(moved))
-        self.assertEqual(result["extended"], {STUDY_FIND: "01000000", PATIENT_FIND: "01000000",
+        self.assertEqual(result["extended"], {STUDY_FIND: "01010000", PATIENT_FIND: "01010000",
                                               STUDY_GET: "01", STUDY_MOVE: "01"})
         self.assertEqual(result["series"]["statuses"], [0xFF00, 0x0000])
         self.assertEqual(result["series"]["uids"],
@@ -204,3 +207,31 @@ class RelationalTests(DicomqrCase):
         for operation in ("series", "images", "get", "move"):
             self.assertEqual(result[operation]["statuses"], [0xA900], operation)
         self.assertEqual(result["received"], [])
+
+    @inline
+    async def test_our_movescu(self) -> None:
+        """dicomtwist's own movescu with --relational-retrieval moves a list of
+        instances of two studies, without their study and series, into its
+        inline Storage SCP; without the option the archive answers 0xA900."""
+        await self.start_archive()
+        await self.store_all()
+        received = os.path.join(self.work, "movescu")
+        os.makedirs(received)
+        wanted = [f"{ROOT}.1.1.2.1", f"{ROOT}.2.2.1.3"]
+        args = ["-m", "dicomtwist", "movescu", peers.LOCALHOST, str(self.port), "-S",
+                "-aec", "QRSCP", "--store", "--store-port", str(self.storescp_port),
+                "-od", received, "-k", "QueryRetrieveLevel=IMAGE",
+                "-k", "SOPInstanceUID=" + "\\".join(wanted)]
+
+        def movescu(*more: str):
+            d = getProcessOutputAndValue(sys.executable, [*args, *more], env=self.env(),
+                                         reactor=reactor)
+            return d.addTimeout(60, reactor)
+
+        out, err, code = await movescu()
+        self.assertNotEqual(code, 0, (out + err).decode())
+        self.assertIn("0xA900", (out + err).decode())
+        self.assertEqual(os.listdir(received), [])
+        out, err, code = await movescu("--relational-retrieval")
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertReceived(glob.glob(os.path.join(received, "*")), wanted)

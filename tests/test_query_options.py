@@ -78,13 +78,13 @@ class NegotiationTests(SynchronousTestCase):
         return {e.sop_class_uid: bytes(e.info) for e in ac.user_information.sop_class_extended}
 
     def test_table(self):
-        """FIND: relational-queries accepted, combined date-time, fuzzy
-        matching, timezone and enhanced conversion answered 0; MOVE and GET:
-        relational-retrieval accepted, enhanced conversion 0."""
+        """FIND: relational-queries and combined date-time matching accepted,
+        fuzzy matching, timezone and enhanced conversion answered 0; MOVE and
+        GET: relational-retrieval accepted, enhanced conversion 0."""
         for extended, expected in [
             ({STUDY_FIND: b"\x01"}, {STUDY_FIND: b"\x01"}),
-            ({STUDY_FIND: b"\x01\x01\x01\x01\x01"}, {STUDY_FIND: b"\x01\x00\x00\x00\x00"}),
-            ({STUDY_FIND: b"\x00\x01\x01"}, {STUDY_FIND: b"\x00\x00\x00"}),
+            ({STUDY_FIND: b"\x01\x01\x01\x01\x01"}, {STUDY_FIND: b"\x01\x01\x00\x00\x00"}),
+            ({STUDY_FIND: b"\x00\x01\x01"}, {STUDY_FIND: b"\x00\x01\x00"}),
             ({STUDY_MOVE: b"\x01\x01", STUDY_GET: b"\x01"},
              {STUDY_MOVE: b"\x01\x00", STUDY_GET: b"\x01"}),
             ({STUDY_GET: b"\x00"}, {STUDY_GET: b"\x00"}),
@@ -107,19 +107,20 @@ class NegotiationTests(SynchronousTestCase):
     def test_extended_option(self):
         """Negotiated.extended_option reads one agreed sub-field (1-based); a
         missing one is 0."""
-        _, negotiated, _ = self.negotiate({STUDY_FIND: b"\x01\x01", STUDY_MOVE: b"\x00"})
+        _, negotiated, _ = self.negotiate({STUDY_FIND: b"\x01\x00\x01", STUDY_MOVE: b"\x00"})
         self.assertTrue(negotiated.extended_option(STUDY_FIND, 1))
         self.assertFalse(negotiated.extended_option(STUDY_FIND, 2))
         self.assertFalse(negotiated.extended_option(STUDY_FIND, 3))
+        self.assertFalse(negotiated.extended_option(STUDY_FIND, 4))
         self.assertFalse(negotiated.extended_option(STUDY_MOVE, 1))
         self.assertFalse(negotiated.extended_option(STUDY_GET, 1))
 
     def test_sub_item_bytes(self):
         """The answer is a 56H sub-item: UID length, UID, the bytes."""
-        ac, _, _ = self.negotiate({STUDY_FIND: b"\x01\x01"})
-        item = SOPClassExtendedNegotiationSubItem(STUDY_FIND, b"\x01\x00")
+        ac, _, _ = self.negotiate({STUDY_FIND: b"\x01\x01\x01"})
+        item = SOPClassExtendedNegotiationSubItem(STUDY_FIND, b"\x01\x01\x00")
         self.assertIn(item.encode(), ac.encode())
-        self.assertEqual(item.encode()[:6], b"\x56\x00\x00\x1f\x00\x1b")
+        self.assertEqual(item.encode()[:6], b"\x56\x00\x00\x20\x00\x1b")
 
 
 RELATIONAL = {uid: b"\x01" for uid in EXTENDED_NEGOTIATION}
@@ -160,6 +161,19 @@ class RelationalServiceTests(QueryRetrieveTestCase):
         self.assertEqual(sorted(ds.SOPInstanceUID for _, ds in responses[:-1]),
                          ["1.2.3.2.1.1.1", "1.2.3.2.1.1.2"])
         self.assertEqual([r.status for r, _ in responses][-1], Status.SUCCESS)
+
+    def test_combined_date_time(self):
+        """Study Date and Study Time ranges are one date-time range only when
+        combined date-time matching was negotiated (the stored studies have
+        no time: midnight)."""
+        identifier = query("STUDY", StudyInstanceUID="", StudyDate="20240105-20240210",
+                           StudyTime="0100-2300")
+        for extended, expected in [(None, []), ({STUDY_FIND: b"\x01"}, []),
+                                   ({STUDY_FIND: b"\x00\x01"}, ["1.2.3.1.2"])]:
+            responses = self.find_on(identifier, STUDY_FIND, extended)
+            self.assertEqual([ds.StudyInstanceUID for _, ds in responses[:-1]], expected,
+                             extended)
+            self.assertEqual(responses[-1][0].status, Status.SUCCESS)
 
     def get(self, identifier: Dataset, sop_class: str, extended: dict | None):
         received = []

@@ -1,4 +1,5 @@
-"""Tests for sequence matching (PS3.4 C.2.2.2.6), relational queries and
+"""Tests for sequence matching (PS3.4 C.2.2.2.6), combined date-time
+matching (C.2.2.2.5.1), relational queries and
 retrievals (PS3.4 C.4.1.2.2, C.4.2.2.1) and unsupported keys in the index,
 on both backends (:func:`tests.backends.both`)."""
 
@@ -175,6 +176,19 @@ class SequenceRulesTests(IndexTestCase):
         self.assertEqual(len(responses), 3)
         self.assertEqual({len(r.RequestAttributesSequence) for r in responses}, {0})
 
+    def test_nested_sequence_in_the_item(self):
+        """A sequence inside the query item is not kept: returned empty in
+        each item (and named by unsupported_keys)."""
+        from dicomtwist.storage.index import unsupported_keys
+
+        identifier = query("STUDY", ProcedureCodeSequence=[
+            item(CodeValue="MR*", ConceptCodeSequence=[item(CodeValue="X")])])
+        [response] = self.index.find(identifier, "STUDY")
+        [found] = response.ProcedureCodeSequence
+        self.assertEqual((found.CodeValue, len(found.ConceptCodeSequence)), ("MR-KNEE", 0))
+        self.assertEqual(unsupported_keys(identifier),
+                         ["ProcedureCodeSequence>ConceptCodeSequence"])
+
     def test_encoded_responses_hold_the_items(self):
         """find_encoded writes the same items as find (the pydicom path)."""
         from dicomtwist.dimse.codec import encode_dataset
@@ -236,6 +250,14 @@ class SequenceStorageTests(IndexTestCase):
         for sequence in SEQUENCES:
             self.assertEqual(self.sql(f"SELECT COUNT(*) FROM {sequence.item_table}"), [(0,)])
 
+    def test_study_deleted(self):
+        """delete_study removes the items of the study and of its series."""
+        sequences_archive(self.index)
+        self.index.delete_study("2.1")
+        self.assertEqual(self.codes(), [("1.1", 0, "CT-HEAD"), ("1.1", 1, "CT-NECK")])
+        self.assertEqual(self.sql("SELECT requested_procedure_id FROM "
+                                  "request_attributes_item"), [("RP1",)])
+
     def test_cleared(self):
         """clear empties the item tables."""
         sequences_archive(self.index)
@@ -295,6 +317,26 @@ class SchemaUpgradeTests:
         [response] = upgraded.find(query("STUDY", ProcedureCodeSequence=[
             item(CodeValue="X")]), "STUDY")
         self.assertEqual(response.ProcedureCodeSequence[0].CodeValue, "X")
+
+    def test_upgrade_warns_to_reindex(self):
+        """open_index says, once, that instances indexed before the upgrade
+        need --reindex for sequence matching; not for a new index."""
+        from twisted.logger import globalLogPublisher
+        from twisted.internet.testing import EventLoggingObserver
+
+        from dicomtwist.storage.index import open_index
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        location = self.new_location()
+        index = open_index(location)
+        index.add(instance("1.1.1.1"), "a.dcm", ExplicitVRLittleEndian, 1)
+        index._sql("UPDATE schema_version SET version = 2")
+        index.close()
+        self.addCleanup(open_index(location).close)
+        self.addCleanup(open_index(location).close)
+        warnings = [e for e in observer if "--reindex" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual((warnings[0]["old"], warnings[0]["new"]), (2, 3))
 
 
 class RelationalTests(IndexTestCase):
@@ -376,3 +418,59 @@ for _suite in (SequenceMatchingTests, SequenceRulesTests, SequenceStorageTests,
                SchemaUpgradeTests, RelationalTests):
     both(_suite)
 del _suite
+
+
+class CombinedDateTimeTests(IndexTestCase):
+    """Combined date-time matching (PS3.4 C.2.2.2.5.1), when negotiated."""
+
+    STUDIES = {"1": ("20060705", "090000"), "2": ("20060705", "110000"),
+               "3": ("20060706", "030000"), "4": ("20060707", "170000"),
+               "5": ("20060707", "190000"), "6": ("20060708", "120000"),
+               "7": ("20060706", None)}
+
+    CASES = [
+        # Study Date, Study Time, combined matches, independent matches
+        ("20060705-20060707", "1000-1800", "2347", "24"),
+        ("20060705-", "1000-", "234567", "2456"),
+        ("-20060707", "-1800", "12347", "1234"),
+        ("20060705-20060707", "-1800", "12347", "1234"),
+        ("20060705-20060707", "1000-", "23457", "245"),
+        ("20060705-20060707", "1100", "2", "2"),
+        ("20060706", "0000-0400", "3", "3"),
+        ("20060705-20060707", "", "123457", "123457"),
+        ("20060705-20060707\\20060708", "1000-1800", "246", "246"),
+    ]
+
+    def setUp(self):
+        super().setUp()
+        for uid, (date, time) in self.STUDIES.items():
+            extra = {"StudyTime": time} if time else {}
+            self.index.add(instance(f"{uid}.1.1", series=f"{uid}.1", study=uid,
+                                    StudyDate=date, **extra),
+                           f"{uid}.dcm", ExplicitVRLittleEndian, 1)
+
+    def test_cases(self):
+        """Two ranges are one date-time range; anything else is matched as
+        before, and without the negotiation always independently."""
+        for date, time, combined, independent in self.CASES:
+            identifier = query("STUDY", StudyDate=date, StudyTime=time)
+            for flag, expected in ((True, combined), (False, independent)):
+                found = "".join(sorted(r.StudyInstanceUID for r in self.index.find(
+                    identifier, "STUDY", combined=flag)))
+                self.assertEqual(found, expected, (date, time, flag))
+
+    def test_series_level_and_encoded(self):
+        """At SERIES level the study pair is still combined; find_encoded
+        takes the option too."""
+        identifier = query("SERIES", StudyInstanceUID="2", StudyDate="20060705-20060707",
+                           StudyTime="1000-1800")
+        self.assertEqual(len(list(self.index.find_encoded(
+            identifier, "STUDY", ExplicitVRLittleEndian, combined=True))), 1)
+
+    def test_bad_range(self):
+        """An unreadable range is still 0xA900."""
+        identifier = query("STUDY", StudyDate="2006-x", StudyTime="1000-1800")
+        self.assertRaises(QueryError, self.index.find, identifier, "STUDY", combined=True)
+
+
+both(CombinedDateTimeTests)

@@ -60,15 +60,18 @@ GET_MODELS = {
     "1.2.840.10008.5.1.4.1.2.3.3": "PATIENT_STUDY_ONLY",
 }
 #: SOP Class Extended Negotiation we answer (PS3.4 C.5.1.1, C.5.2.1,
-#: C.5.3.1): for the FIND classes, byte 1 relational-queries (supported);
-#: combined date-time matching, fuzzy semantic matching of person names,
-#: timezone query adjustment and enhanced multi-frame image conversion
-#: are answered 0.  For MOVE and GET, byte 1 relational-retrieval
-#: (supported); enhanced multi-frame image conversion 0.
-EXTENDED_NEGOTIATION = {uid: b"\x01" for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS)}
+#: C.5.3.1): for the FIND classes, byte 1 relational-queries and byte 2
+#: combined date-time matching (supported); fuzzy semantic matching of
+#: person names, timezone query adjustment and enhanced multi-frame image
+#: conversion are answered 0.  For MOVE and GET, byte 1
+#: relational-retrieval (supported); enhanced multi-frame image conversion 0.
+EXTENDED_NEGOTIATION = {**{uid: b"\x01\x01" for uid in FIND_MODELS},
+                        **{uid: b"\x01" for uid in (*MOVE_MODELS, *GET_MODELS)}}
 #: Sub-field 1 of each: relational-queries (FIND), relational-retrieval
 #: (MOVE, GET).
 RELATIONAL = 1
+#: Sub-field 2 of the FIND classes: combined date-time matching.
+COMBINED_DATE_TIME = 2
 #: Worklist and UPS Pull: negotiated and answered, with no records (as the
 #: reference does), unless a worklist directory is configured
 #: (:mod:`dicomtwist.services.worklist` then answers the worklist).
@@ -91,12 +94,19 @@ def _first_batch(find: Any, *args: Any) -> tuple[Iterator[Any], list[Any]]:
     return matches, _take(matches, BATCH)
 
 
-def _relational(request: ServiceRequest) -> bool:
-    """Whether the requestor negotiated relational queries or retrievals
-    for the request's SOP class (SOP Class Extended Negotiation)."""
-    negotiated = request.association.negotiated
+def _negotiated(request: ServiceRequest, option: int) -> bool:
+    """Whether the requestor negotiated an option (sub-field ``option``) of
+    SOP Class Extended Negotiation for the request's SOP class."""
+    # A request made by the archive itself (the web API's send) has no
+    # association, so nothing negotiated.
+    negotiated = getattr(request.association, "negotiated", None)
     return negotiated is not None and negotiated.extended_option(
-        request.context.abstract_syntax, RELATIONAL)
+        request.context.abstract_syntax, option)
+
+
+def _relational(request: ServiceRequest) -> bool:
+    """Whether the requestor negotiated relational queries or retrievals."""
+    return _negotiated(request, RELATIONAL)
 
 
 def _service_error(error: Exception) -> DIMSEServiceError:
@@ -182,7 +192,8 @@ class QueryRetrieve:
             # The query is planned and its first batch fetched in one trip
             # to the pool (most queries need no second).
             matches, batch = await self._thread(
-                _first_batch, partial(self.index.find_encoded, relational=_relational(request)),
+                _first_batch, partial(self.index.find_encoded, relational=_relational(request),
+                                      combined=_negotiated(request, COMBINED_DATE_TIME)),
                 identifier, model, request.context.transfer_syntax)
             while True:
                 for match in batch:

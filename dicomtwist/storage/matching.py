@@ -40,11 +40,11 @@ Rules, in the order of PS3.4 C.2.2.2:
   ordinary characters.
 - range matching (C.2.2.2.5): ``A-B``, ``-B``, ``A-`` for DA, TM and DT.
   When both Study Date and Study Time are given they are matched
-  independently (no combined date-time matching, which would need the
-  extended negotiation of C.2.2.2.5.1 / PS3.4 C.5.1.1.2); DT offsets from
-  UTC are ignored.
-- sequence matching (C.2.2.2.6): not supported; a sequence key is a
-  universal match and is answered with an empty sequence.
+  independently, unless combined date-time matching was negotiated
+  (C.2.2.2.5.1, PS3.4 C.5.1.1): then two ranges are one date-time range
+  (:func:`combined_condition`); DT offsets from UTC are ignored.
+- sequence matching (C.2.2.2.6): the index builds it from these rules,
+  one condition per key of the query item (``storage.index.base``).
 - multiple values: an identifier value with several values (for example
   Modalities in Study ``CT\\MR``) matches an entity if any one of them
   matches, each by the rules above.
@@ -73,6 +73,8 @@ __all__ = [
     "like_pattern",
     "is_universal",
     "match_key",
+    "combined_bounds",
+    "combined_condition",
     "predicate",
     "range_bounds",
     "split_values",
@@ -238,6 +240,11 @@ class Dialect:
         """The statement with this dialect's placeholders (``?`` here)."""
         return text
 
+    def first_group(self, column: str) -> str:
+        """The SQL expression of ``column``'s text before its first ``=``
+        (a PN key's alphabetic component group), all of it without one."""
+        return f"substr({column}, 1, instr({column} || '=', '=') - 1)"
+
 
 class _Postgres(Dialect):
     """PostgreSQL: ``LIKE`` with an escape character, ``%s`` placeholders."""
@@ -251,6 +258,9 @@ class _Postgres(Dialect):
         # psycopg's placeholders are %s, so a literal % is %%; the builder
         # writes no '?' other than placeholders (values are parameters).
         return text.replace("%", "%%").replace("?", "%s")
+
+    def first_group(self, column: str) -> str:
+        return f"split_part({column}, '=', 1)"
 
 
 SQLITE = Dialect()
@@ -293,6 +303,51 @@ def range_bounds(text: str, vr: str) -> tuple[str | None, str | None]:
     return (_pad_datetime(low, "0") if low else None, _pad_datetime(high, "9") if high else None)
 
 
+def combined_bounds(date: object, time: object) -> tuple[str | None, str | None] | None:
+    """The bounds of a combined date-time range (PS3.4 C.2.2.2.5.1), when
+    combined date-time matching was negotiated.
+
+    A Date and its Time key (Study Date and Study Time...) are combined when
+    both hold one range value: ``20060705-20060707`` with ``1000-1800``
+    means from 2006-07-05 10:00 to 2006-07-07 18:00, not 10:00 to 18:00 on
+    each day.  An open time bound is the start (end) of its day; an open
+    date bound leaves that end of the range open.  Anything else (a single
+    value, a list, a universal or empty value) is matched independently.
+
+    :returns: ``(low, high)`` comparable with a stored date followed by the
+        ``match_key`` of its time (``YYYYMMDDHHMMSS.FFFFFF``), either None
+        when open; None when the keys are not combined.
+    :raises QueryError: a range that cannot be read.
+    """
+    dates, times = split_values(date), split_values(time)
+    if len(dates) != 1 or len(times) != 1 or "-" not in dates[0] or "-" not in times[0]:
+        return None
+    date_low, date_high = range_bounds(dates[0], "DA")
+    time_low, time_high = range_bounds(times[0], "TM")
+    low = None if date_low is None else date_low + (time_low or _pad_time("", "0"))
+    high = None if date_high is None else date_high + (time_high or _pad_time("", "9"))
+    return low, high
+
+
+def combined_condition(date_column: str, time_key_column: str, date: object,
+                       time: object) -> Condition | None:
+    """The SQL condition of a combined date-time range (see
+    :func:`combined_bounds`), or None when the keys are not combined.
+
+    A stored date without a time counts as its midnight.
+    """
+    bounds = combined_bounds(date, time)
+    if bounds is None:
+        return None
+    value = f"({date_column} || COALESCE({time_key_column}, '{_pad_time('', '0')}'))"
+    parts, params = [f"{date_column} IS NOT NULL"], []
+    for bound, operator in zip(bounds, (">=", "<=")):
+        if bound is not None:
+            parts.append(f"{value} {operator} ?")
+            params.append(bound)
+    return Condition(" AND ".join(parts), tuple(params))
+
+
 def _single_condition(column: str, key_column: str, text: str, vr: str,
                       dialect: Dialect) -> Condition:
     if text == EMPTY_VALUE:
@@ -314,8 +369,14 @@ def _single_condition(column: str, key_column: str, text: str, vr: str,
             return dialect.wildcard(key_column, target)
         # A name without '=' may also match the first (alphabetic) group of
         # a name that has ideographic and phonetic groups (PS3.5 6.2.1.2).
-        return Condition.any_of([dialect.wildcard(key_column, target),
-                                 dialect.wildcard(key_column, target + "=*")])
+        # "target=*" keeps an index usable for a prefix; the group itself
+        # is then checked, as a wild card in the target could otherwise
+        # match across the '=' ("?" would match "==A").
+        group = dialect.wildcard(dialect.first_group(key_column), target)
+        prefix = dialect.wildcard(key_column, target + "=*")
+        return Condition.any_of([
+            dialect.wildcard(key_column, target),
+            Condition(f"{prefix.sql} AND {group.sql}", prefix.params + group.params)])
     if vr in NUMERIC_VRS:
         try:
             return Condition(f"{column} = ?", (int(text),))

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
+from dicomtwist import log as dlog
 from dicomtwist.storage.index.base import (
     ATTRIBUTES,
     BATCH_SIZE,
@@ -70,6 +71,11 @@ __all__ = [
 Index = SqliteIndex
 """The sqlite index (``Index(path)``), as before there were two backends."""
 
+#: The schema version that added the sequence item tables (sequence matching).
+SEQUENCE_ITEMS_VERSION = 3
+
+_log = dlog.logger()
+
 # For the tests of row decoding.
 _ADDED, _character_set, _row, _stored_value = _ADDED, _character_set, _row, _stored_value
 
@@ -104,13 +110,14 @@ class IndexBackend(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """A block of writes committed together (durable at its end)."""
 
-    def find(self, identifier: Dataset, model: str, *,
-             relational: bool = False) -> Iterator[Dataset]:
+    def find(self, identifier: Dataset, model: str, *, relational: bool = False,
+             combined: bool = False) -> Iterator[Dataset]:
         """C-FIND: one response identifier per match (``relational``:
-        relational queries were negotiated)."""
+        relational queries were negotiated; ``combined``: combined
+        date-time matching was)."""
 
     def find_encoded(self, identifier: Dataset, model: str, transfer_syntax: str, *,
-                     relational: bool = False) -> Iterator[bytes]:
+                     relational: bool = False, combined: bool = False) -> Iterator[bytes]:
         """C-FIND: each response identifier encoded in ``transfer_syntax``."""
 
     def query(self, identifier: Dataset, model: str, *, relational: bool = False,
@@ -188,8 +195,17 @@ def open_index(location: str, **options: object) -> IndexBackend:
     :raises IndexUnavailable: one line naming the location (no password):
         unreachable, not a database, or a schema newer than this code.
     """
+    index: IndexBackend
     if is_postgres_location(location):
         from dicomtwist.storage.index.postgres import PostgresIndex
 
-        return PostgresIndex(location, **options)  # type: ignore[arg-type]
-    return SqliteIndex(location, **options)  # type: ignore[arg-type]
+        index = PostgresIndex(location, **options)  # type: ignore[arg-type]
+    else:
+        index = SqliteIndex(location, **options)  # type: ignore[arg-type]
+    opened = getattr(index, "opened_version", 0)
+    if 0 < opened < SEQUENCE_ITEMS_VERSION and index.count("IMAGE"):
+        _log.warn("Index at {location} upgraded from schema version {old} to {new}:"
+                  " sequence matching sees the instances stored before the upgrade"
+                  " only after --reindex", location=index.location, old=opened,
+                  new=SCHEMA_VERSION)
+    return index

@@ -19,6 +19,10 @@ Layout, one table per Query/Retrieve level (PS3.4 C.6):
   integer key of its parent.
 - ``metadata``: each instance's DICOMweb metadata, apart from the narrow
   rows C-FIND scans.
+- ``procedure_code_item``, ``referenced_study_item``,
+  ``request_attributes_item``: the items of the sequences kept for
+  sequence matching (:data:`SEQUENCES`), each row owned by a study or
+  series row (``owner_pk``).
 - ``schema_version``: one row, the layout's version (:data:`SCHEMA_VERSION`).
 
 Values are stored decoded to ``str`` as pydicom gives them after applying
@@ -40,7 +44,9 @@ in Study, SOP Classes in Study) are columns recomputed for the rows an
 
 Schema versions (:data:`SCHEMA_VERSION`): version 1 is the layout without a
 version record (dicomtwist up to the PostgreSQL backend; some such files
-lack the ``metadata`` table); version 2 adds ``schema_version``.  Opening
+lack the ``metadata`` table); version 2 adds ``schema_version``; version
+3 the item tables (empty, after an upgrade, for the instances indexed
+before it, until ``--reindex``).  Opening
 an index creates the schema in an empty database, upgrades an older one
 automatically in one transaction (each step only adds: tables, indexes),
 and refuses a newer one (:class:`IndexUnavailable`), so that an older
@@ -110,6 +116,10 @@ UNIQUE_KEYS = {
 """The unique key of each level (PS3.4 C.6.1.1, C.6.2.1)."""
 
 _LEVEL_OF = {table: level for level, table in TABLES.items()}
+#: Date and Time keys matched as one range when combined date-time matching
+#: was negotiated (PS3.4 C.2.2.2.5.1).
+DATE_TIME_PAIRS = (("PatientBirthDate", "PatientBirthTime"), ("StudyDate", "StudyTime"),
+                   ("SeriesDate", "SeriesTime"), ("ContentDate", "ContentTime"))
 _EMPTY = DataElement(0x00000000, "UL", None)
 _QUERY_RETRIEVE_LEVEL = Tag("QueryRetrieveLevel")
 _SPECIFIC_CHARACTER_SET = Tag("SpecificCharacterSet")
@@ -1007,6 +1017,10 @@ class SqlIndex:
                           (study_pk,))
             self._execute(f"DELETE FROM instance WHERE series_pk IN ({of_study})",
                           (study_pk,))
+            for sequence in SEQUENCES:
+                if sequence.table == "series":
+                    self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk IN "
+                                  f"({of_study})", (study_pk,))
             self._execute("DELETE FROM series WHERE study_pk = ?", (study_pk,))
             self._tidy(set(), {study_pk}, {patient_pk})
             return paths
@@ -1045,8 +1059,8 @@ class SqlIndex:
             return execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     # C-FIND
 
-    def find(self, identifier: Dataset, model: str, *,
-             relational: bool = False) -> Iterator[Dataset]:
+    def find(self, identifier: Dataset, model: str, *, relational: bool = False,
+             combined: bool = False) -> Iterator[Dataset]:
         """Match an identifier; one response per matching entity at its level.
 
         The identifier is checked before this returns; the rows are then
@@ -1061,13 +1075,16 @@ class SqlIndex:
         :param relational: relational queries were negotiated (PS3.4
             C.4.1.2.2): the unique keys of the levels above the query level
             may be left out, or given with any matching value.
+        :param combined: combined date-time matching was negotiated (PS3.4
+            C.2.2.2.5.1): a date range and a time range of a pair in
+            :data:`DATE_TIME_PAIRS` are one date-time range.
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
-        plan = self._plan(identifier, model, relational=relational)
+        plan = self._plan(identifier, model, relational=relational, combined=combined)
         return self._run(plan, partial(self._response, plan))
 
     def find_encoded(self, identifier: Dataset, model: str, transfer_syntax: str, *,
-                     relational: bool = False) -> Iterator[bytes]:
+                     relational: bool = False, combined: bool = False) -> Iterator[bytes]:
         """As :meth:`find`, each response identifier encoded in a transfer syntax.
 
         The bytes are those of ``encode_dataset`` of :meth:`find`'s data
@@ -1076,9 +1093,10 @@ class SqlIndex:
 
         :param transfer_syntax: the presentation context's transfer syntax.
         :param relational: as for :meth:`find`.
+        :param combined: as for :meth:`find`.
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
-        plan = self._plan(identifier, model, relational=relational)
+        plan = self._plan(identifier, model, relational=relational, combined=combined)
         encoder = ResponseEncoder(plan.keys, partial(self._response, plan),
                                   plan.character_set, transfer_syntax)
         return self._run(plan, encoder.encode)
@@ -1111,7 +1129,8 @@ class SqlIndex:
             rows = islice(rows, limit)
         return keys, rows
 
-    def _plan(self, identifier: Dataset, model: str, relational: bool = False) -> _Plan:
+    def _plan(self, identifier: Dataset, model: str, relational: bool = False,
+              combined: bool = False) -> _Plan:
         level = _query_level(identifier, model)
         if not relational:
             _check_higher_unique_keys(identifier, model, level)
@@ -1120,6 +1139,10 @@ class SqlIndex:
         keys: list[_ReturnKey] = []
         conditions: list[Condition] = []
         seen = set()
+        #: Keys matched by a combined date-time condition instead of alone.
+        paired: set[BaseTag] = set()
+        if combined:
+            conditions.extend(self._combined(identifier, depth, paired))
         for element in identifier:
             tag = element.tag
             if tag in (_QUERY_RETRIEVE_LEVEL, _SPECIFIC_CHARACTER_SET) or tag.element == 0:
@@ -1148,6 +1171,8 @@ class SqlIndex:
                 continue
             alias = _ALIASES[attribute.table]
             keys.append(_ReturnKey(tag, attribute.vr, f"{alias}.{attribute.column}"))
+            if tag in paired:
+                continue
             found = self._condition(attribute, element.value)
             if found is not None:
                 conditions.append(found)
@@ -1163,6 +1188,26 @@ class SqlIndex:
         params = tuple(p for c in conditions for p in c.params)
         return _Plan(level, table, tuple(keys), sql, params,
                      identifier.get("SpecificCharacterSet"))
+
+    def _combined(self, identifier: Dataset, depth: int,
+                  paired: set[BaseTag]) -> list[Condition]:
+        """The combined date-time conditions of an identifier's pairs of
+        Date and Time keys at or above the query level (adds their tags to
+        ``paired``)."""
+        found = []
+        for date_keyword, time_keyword in DATE_TIME_PAIRS:
+            date, time = _BY_KEYWORD[date_keyword], _BY_KEYWORD[time_keyword]
+            if (date.tag not in identifier or time.tag not in identifier
+                    or _DEPTH[date.table] > depth):
+                continue
+            alias = _ALIASES[date.table]
+            condition = matching.combined_condition(
+                f"{alias}.{date.column}", f"{alias}.{time.key_column}",
+                identifier[date.tag].value, identifier[time.tag].value)
+            if condition is not None:
+                found.append(condition)
+                paired.update((date.tag, time.tag))
+        return found
 
     def _sequence_key(self, sequence: SequenceAttribute, element: DataElement, level: str,
                       depth: int) -> tuple[_ReturnKey, Condition | None]:
