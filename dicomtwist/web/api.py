@@ -42,6 +42,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 import dicomtwist
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.status import Category, category
 from dicomtwist.storage.files import is_valid_uid, stored_file
@@ -256,6 +257,28 @@ def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
     return len(paths), deleted
 
 
+def study_contents(index: Any, study: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """A study's patient ID and name and its ``(SOP class, SOP instance)``
+    pairs, for the audit trail's record of a deletion (blocking)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    identifier.PatientID = ""
+    identifier.PatientName = ""
+    patient_id = patient_name = ""
+    for match in index.find(identifier, "STUDY"):
+        patient_id = str(match.get("PatientID", "") or "")
+        patient_name = str(match.get("PatientName", "") or "")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study
+    identifier.SOPInstanceUID = ""
+    identifier.SOPClassUID = ""
+    instances = tuple((str(match.get("SOPClassUID", "") or ""), str(match.SOPInstanceUID))
+                      for match in index.find(identifier, "STUDY", relational=True))
+    return patient_id, patient_name, instances
+
+
 def _json(request: server.Request, code: int, value: Any,
           headers: dict[str, str] | None = None) -> None:
     body = json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -427,10 +450,17 @@ class ApiResource(Resource):
     async def delete(self, request: server.Request, study: str) -> None:
         """``DELETE /api/studies/{study}``."""
         principal = self.authorize(request, "delete")
+        contents = None
+        if events.bus.observed and is_valid_uid(study):
+            contents = await self.context.run(study_contents, self.context.index, study)
         instances, files = await self.context.run(delete_study, self.context.index,
                                                   self.context.directory, study)
         if not instances:
             raise HttpError(404, f"no study {study}")
+        if contents is not None:
+            events.bus.publish(events.StudyDeleted(
+                "http", request.getClientAddress().host or "",
+                principal.name if principal is not None else "", study, *contents))
         self.log.info("Deleted study {uid}: {instances} instance(s), {files} file(s)"
                       " ({user}, web)", uid=study, instances=instances, files=files,
                       user=principal.name if principal is not None else "anonymous")
