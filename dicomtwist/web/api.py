@@ -39,7 +39,6 @@ from typing import Any, Callable
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.web import server
-from twisted.web.resource import Resource
 
 import dicomtwist
 from dicomtwist import events
@@ -47,13 +46,8 @@ from dicomtwist import log as dlog
 from dicomtwist.status import Category, category
 from dicomtwist.storage.files import is_valid_uid, stored_file
 from dicomtwist.web.auth import PERMISSIONS, Principal
-from dicomtwist.web.dicomweb.resource import (
-    DicomWebContext,
-    HttpError,
-    query_args,
-    send_body,
-    send_error,
-)
+from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, query_args, send_body
+from dicomtwist.web.routed import RoutedResource
 
 __all__ = ["ApiResource", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
 
@@ -290,7 +284,7 @@ def _wants_events(request: server.Request) -> bool:
     return "text/event-stream" in (request.getHeader("accept") or "")
 
 
-class ApiResource(Resource):
+class ApiResource(RoutedResource):
     """``/api``: a leaf that routes the rest of its path itself.
 
     :param context: what the DICOMweb services work with (index, pools,
@@ -302,7 +296,6 @@ class ApiResource(Resource):
     :param associations: the number of active associations (None: unknown).
     """
 
-    isLeaf = True
     log = dlog.logger()
 
     def __init__(self, context: DicomWebContext,
@@ -314,25 +307,6 @@ class ApiResource(Resource):
         self.settings = settings
         self.jobs = Jobs(retriever, context.reactor)
         self.associations = associations
-
-    def render(self, request: server.Request) -> Any:
-        """Route, authorize and serve one request."""
-        Deferred.fromCoroutine(self._serve(request))
-        return server.NOT_DONE_YET
-
-    async def _serve(self, request: server.Request) -> None:
-        method = request.method.decode("ascii", "replace")
-        try:
-            segments = [s.decode("utf-8", "replace") for s in request.postpath]
-            if segments and segments[-1] == "":
-                segments = segments[:-1]
-            await self._route(request, "GET" if method == "HEAD" else method, segments)
-        except HttpError as e:
-            send_error(request, e)
-        except Exception:
-            self.log.failure("Serving {method} {uri} failed", method=method,
-                             uri=request.uri[:200])
-            send_error(request, HttpError(500, "internal error"))
 
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
         n = len(segments)
