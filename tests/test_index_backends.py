@@ -546,10 +546,12 @@ class AddFunctionTests(SynchronousTestCase):
         self.assertEqual(third.paths(), ["a", "b"])
 
     def test_one_round_trip_per_add(self):
-        """In a group commit each add, with the store's savepoint around it,
-        is one round trip to the server; the batch adds the commit, and the
-        pool's check of the connection unless it came back just before."""
+        """In a group commit each add, with the store's savepoint around it
+        and the items of its kept sequences, is one round trip to the
+        server; the batch adds the commit, and the pool's check of the
+        connection unless it came back just before."""
         import psycopg
+        from pydicom.dataset import Dataset
 
         from dicomtwist.storage.index import postgres
 
@@ -577,7 +579,15 @@ class AddFunctionTests(SynchronousTestCase):
             with index.transaction():
                 for n in range(1, 6):
                     sent.append("add")
+                    code, request = Dataset(), Dataset()
+                    code.CodeValue = f"C{n}"
+                    request.RequestedProcedureID = f"R{n}"
                     with index.transaction():
-                        index.add(instance(f"6.2.{fresh}.{n}"), f"p{fresh}.{n}",
-                                  ExplicitVRLittleEndian, 1, metadata=b"x")
+                        index.add(instance(f"6.2.{fresh}.{n}", ProcedureCodeSequence=[code],
+                                           RequestAttributesSequence=[request, request]),
+                                  f"p{fresh}.{n}", ExplicitVRLittleEndian, 1, metadata=b"x")
             self.assertEqual(sent, check + ["add", "pipeline"] * 5 + ["statement"])
+        self.assertEqual(index._sql("SELECT code_value FROM procedure_code_item"), [("C5",)])
+        self.assertEqual(index._sql("SELECT position, requested_procedure_id FROM "
+                                    "request_attributes_item ORDER BY position"),
+                         [(0, "R5"), (1, "R5")])

@@ -861,13 +861,7 @@ class SqlIndex:
             "size": size,
             "specific_character_set": _character_set(ds),
         }
-        sequences = _sequence_items(ds)
-        if not sequences:
-            self._add_row(row, extra, metadata)
-            return
-        with self.transaction():
-            self._add_row(row, extra, metadata)
-            self._set_items(row, sequences)
+        self._add_row(row, extra, metadata, _sequence_items(ds))
 
     def _set_items(self, row: dict,
                    sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
@@ -893,10 +887,13 @@ class SqlIndex:
             if sequence.table == table:
                 self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk = ?", (pk,))
 
-    def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None) -> None:
+    def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None,
+                 sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
         with self.transaction():
             self._add(row, extra)
             self._set_metadata(row["SOPInstanceUID"], metadata)
+            if sequences:
+                self._set_items(row, sequences)
 
     def _set_metadata(self, sop_instance_uid: str, metadata: bytes | None) -> None:
         if metadata is None:

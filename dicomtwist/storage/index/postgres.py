@@ -70,6 +70,8 @@ from dicomtwist.storage.index.base import (
     BATCH_SIZE,
     COUNT_NEW_PATIENT,
     IndexUnavailable,
+    SEQUENCES,
+    SequenceAttribute,
     SqlIndex,
     SqlTypes,
     columns,
@@ -202,6 +204,11 @@ def _check_connection(conn: psycopg.Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
+def _text(value: object) -> str | None:
+    """A value as an element of the add function's text arrays."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
 def _substitute(sql: str, *expressions: str) -> str:
     """``sql`` with its ``?`` placeholders replaced by SQL expressions, in order."""
     parts = sql.split("?")
@@ -229,7 +236,9 @@ class _AddFunction:
     (update and lock the row, or insert it; again if another connection
     inserted it meanwhile); the instance insert, or lock of the row it
     would replace; for a new instance that moved nothing, the derived
-    counts (PS3.4 C.3.4) read from the locked rows; the metadata.  It
+    counts (PS3.4 C.3.4) read from the locked rows; the metadata; the
+    items of the kept sequences (:data:`base.SEQUENCES`) of its study and
+    series.  It
     returns ``(patient pk, study pk, previous patient of the study, series
     pk, previous study of the series, instance pk, previous series of the
     instance)``, a previous parent NULL for a row it inserted; for
@@ -265,11 +274,16 @@ class _AddFunction:
         self.columns["instance"] += self.extra
         self._integers = {table: frozenset(c for c, kind in columns(table).items()
                                            if kind is int) for table in _ADD_TABLES}
+        #: Each kept sequence's item columns, in order (:data:`base.SEQUENCES`).
+        self.item_columns = {
+            sequence: tuple(c for c in columns(sequence.item_table)
+                            if c not in ("pk", "owner_pk", "position"))
+            for sequence in SEQUENCES}
         body = self._body()
         self.name = "dicomtwist_add_" + hashlib.sha1(body.encode()).hexdigest()[:12]
         self.create = f"CREATE FUNCTION {self.name}{body}"
         self.call = (f"SELECT * FROM {self.name}(?::text[], ?::text[], ?::text[], "
-                     "?::text[], ?::bytea)")
+                     "?::text[], ?::bytea" + ", ?::text[]" * len(SEQUENCES) + ")")
 
     def values(self, table: str, row: dict, extra: dict[str, object]) -> list[object]:
         """The values of ``table``'s columns for one instance, in order."""
@@ -280,8 +294,19 @@ class _AddFunction:
 
     def arguments(self, table: str, row: dict, extra: dict[str, object]) -> list[str | None]:
         """:meth:`values` as the function's text array takes them."""
-        return [v if v is None or isinstance(v, str) else str(v)
-                for v in self.values(table, row, extra)]
+        return [_text(v) for v in self.values(table, row, extra)]
+
+    def items(self, sequences: dict[SequenceAttribute, list[dict[str, object]]],
+              ) -> list[list[list[str | None]] | None]:
+        """The items of each kept sequence as the function takes them: a
+        two-dimensional text array (item by column), None for a sequence
+        the instance does not have (its owner keeps its items)."""
+        found: list[list[list[str | None]] | None] = []
+        for sequence, names in self.item_columns.items():
+            items = sequences.get(sequence)
+            found.append(None if not items else [[_text(item.get(c)) for c in names]
+                                                 for item in items])
+        return found
 
     def install(self, execute: Callable[..., Any]) -> None:
         """Create the function unless the database has it (in the schema
@@ -328,7 +353,8 @@ class _AddFunction:
         count_patient = _substitute(COUNT_NEW_PATIENT, "(o_old_patient IS NULL)::int",
                                     "(o_old_study IS NULL)::int", "o_patient")
         return f"""(
-  a_patient text[], a_study text[], a_series text[], a_instance text[], a_metadata bytea,
+  a_patient text[], a_study text[], a_series text[], a_instance text[], a_metadata bytea,{
+      "".join(f" a_items{n} text[]," for n in range(len(SEQUENCES)))}
   OUT o_patient bigint, OUT o_study bigint, OUT o_old_patient bigint,
   OUT o_series bigint, OUT o_old_study bigint,
   OUT o_instance bigint, OUT o_old_series bigint)
@@ -372,9 +398,27 @@ BEGIN
   ELSE
     INSERT INTO metadata (sop_instance_uid, json) VALUES ({uid}, a_metadata)
       ON CONFLICT (sop_instance_uid) DO UPDATE SET json = excluded.json;
-  END IF;
+  END IF;{self._items()}
 END
 $dicomtwist$"""
+
+    def _items(self) -> str:
+        """Replace the items of the owners' kept sequences with the
+        instance's (an owner takes the latest non-empty values)."""
+        owners = {"study": "o_study", "series": "o_series"}
+        parts = []
+        for n, (sequence, names) in enumerate(self.item_columns.items()):
+            integers = {c for c, kind in columns(sequence.item_table).items() if kind is int}
+            values = ", ".join(f"a_items{n}[k][{i + 1}]" + ("::bigint" if c in integers else "")
+                               for i, c in enumerate(names))
+            owner = owners[sequence.table]
+            parts.append(f"""
+  IF a_items{n} IS NOT NULL THEN
+    DELETE FROM {sequence.item_table} WHERE owner_pk = {owner};
+    INSERT INTO {sequence.item_table} (owner_pk, position, {', '.join(names)})
+      SELECT {owner}, k - 1, {values} FROM generate_subscripts(a_items{n}, 1) AS k;
+  END IF;""")
+        return "".join(parts)
 
 
 _ADD_FUNCTION = _AddFunction()
@@ -572,10 +616,11 @@ class PostgresIndex(SqlIndex):
 
     # Writing
 
-    def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None) -> None:
+    def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None,
+                 sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
         row = {k: _without_nul(v) for k, v in row.items()}
         extra = {k: _without_nul(v) for k, v in extra.items()}
-        self._retrying(partial(self._add, row, extra, metadata))
+        self._retrying(partial(self._add, row, extra, metadata, sequences))
 
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance, and the series, study and patient it empties.
@@ -638,13 +683,15 @@ class PostgresIndex(SqlIndex):
                               (pk,)).fetchone()
         return None if found is None or table == "patient" else found[0]
 
-    def _add(self, row: dict, extra: dict[str, object],
-             metadata: bytes | None = None) -> None:
+    def _add(self, row: dict, extra: dict[str, object], metadata: bytes | None = None,
+             sequences: dict[SequenceAttribute, list[dict[str, object]]] | None = None,
+             ) -> None:
         # One statement: the server-side function does the upserts, the
-        # claims, the instance, the counts of a new instance and the
-        # metadata, and says what it found.
+        # claims, the instance, the counts of a new instance, the metadata
+        # and the sequence items, and says what it found.
         values = [_ADD_FUNCTION.arguments(table, row, extra) for table in _ADD_TABLES]
-        found = self._execute(_ADD_FUNCTION.call, (*values, metadata)).fetchone()
+        items = _ADD_FUNCTION.items(sequences or {})
+        found = self._execute(_ADD_FUNCTION.call, (*values, metadata, *items)).fetchone()
         patient_pk, study_pk, old_patient, series_pk, old_study, instance_pk, old_series = found
         if old_series is None and old_patient in (None, patient_pk) and (
                 old_study in (None, study_pk)):
