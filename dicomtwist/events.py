@@ -32,7 +32,7 @@ __all__ = [
     "AssociationAccepted", "AssociationRejected", "AssociationEnded",
     "OperationCompleted", "InstanceStored", "InstanceSent", "StoreFailed",
     "QueryPerformed", "RetrieveStarted", "RetrieveEnded",
-    "AuthenticationFailed", "HttpRequestServed",
+    "AuthenticationFailed", "HttpRequestServed", "StudyDeleted",
 ]
 
 Observer = Callable[[Any], None]
@@ -273,6 +273,21 @@ class RetrieveEnded:
     status: int
     sop_instance_uids: tuple[str, ...] = field(default=(), repr=False)
     association_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StudyDeleted:
+    """A study was deleted (its index rows, then its files) at a user's
+    request: ``user`` is the HTTP user (empty without authentication).
+    ``instances``: ``(SOP Class UID, SOP Instance UID)`` pairs removed."""
+
+    via: str
+    peer_host: str
+    user: str
+    study_instance_uid: str
+    patient_id: str
+    patient_name: str
+    instances: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 # -- security and HTTP --------------------------------------------------------

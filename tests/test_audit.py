@@ -633,6 +633,26 @@ class TrailTests(SynchronousTestCase):
         self.assertEqual(participants(tls_failed)[1]["UserID"], "203.0.113.6")
         self.assertEqual(participants(login)[0]["UserID"], "alice")
 
+    def test_study_deleted(self) -> None:
+        """A deletion from the web page: DICOM Study Deleted (action D), the
+        user as the one requestor, the study with its instances and the
+        patient."""
+        self.bus.publish(events.StudyDeleted("http", "192.0.2.1", "alice", STUDY, "PID-1",
+                                             "Doe^Jane", ((CT, "1.1"), (CT, "1.2"))))
+        root, = self.sent()
+        ident = root.find("EventIdentification")
+        self.assertEqual((self.event_id(root), ident.get("EventActionCode"),
+                          ident.get("EventOutcomeIndicator")), ("110105", "D", "0"))
+        self.assertEqual([(p["UserID"], p["UserIsRequestor"], p["NetworkAccessPointID"])
+                          for p in participants(root)], [("alice", "true", "192.0.2.1")])
+        self.assertEqual([(c.get("UID"), c.get("NumberOfInstances"),
+                           [i.get("UID") for i in c.findall("Instance")])
+                          for c in root.findall(".//SOPClass")], [(CT, "2", ["1.1", "1.2"])])
+        self.assertEqual([o.get("ParticipantObjectID")
+                          for o in root.findall("ParticipantObjectIdentification")],
+                         [STUDY, "PID-1"])
+        self.assertEqual(root.find(".//ParticipantObjectName").text, "Doe^Jane")
+
     def test_http_forbidden(self) -> None:
         """An authenticated HTTP user refused a permission: Security Alert,
         Use of Restricted Function, the user as performer."""

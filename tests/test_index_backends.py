@@ -366,6 +366,41 @@ class ServerGoneTests(SynchronousTestCase):
         self.assertEqual(index.count("IMAGE"), 2)
 
 
+class BrokenConnectionTests(SynchronousTestCase):
+    """Pooled connections the server closed while they sat in the pool (as
+    a restart does) are replaced by the call that finds them broken."""
+
+    def test_replaced_without_failing(self):
+        """With every pooled connection closed by the server, and the pool
+        lending them without a check (recently returned), adds, reads and
+        transactions still succeed."""
+        from dicomtwist.storage.index import postgres
+
+        self.patch(postgres, "_FRESH", 3600)
+        uri = pg.create_database()
+        self.addCleanup(pg.drop_database, uri)
+        index = postgres.PostgresIndex(uri, max_size=3)
+        self.addCleanup(index.close)
+
+        def close_all() -> None:
+            pg_sql(uri, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid != pg_backend_pid()")
+        index.add(instance("8.1.1.1"), "a", ExplicitVRLittleEndian, 1)
+        self.assertEqual(index.get_path("8.1.1.1"), "a")
+        close_all()
+        index.add(instance("8.1.1.2"), "b", ExplicitVRLittleEndian, 1)
+        close_all()
+        self.assertEqual(index.get_path("8.1.1.2"), "b")
+        close_all()
+        with index.transaction():
+            index.add(instance("8.1.1.3"), "c", ExplicitVRLittleEndian, 1)
+            index.add(instance("8.1.1.4"), "d", ExplicitVRLittleEndian, 1)
+        close_all()
+        self.assertEqual(index.paths(), ["a", "b", "c", "d"])
+        self.assertEqual(index._sql("SELECT number_of_series_related_instances FROM series"),
+                         [(4,)])
+
+
 class _RecordingConnection:
     """What :class:`~dicomtwist.storage.index.postgres._Session` sends, one
     list per round trip: a statement alone, or the commands of a pipeline."""
@@ -512,14 +547,15 @@ class AddFunctionTests(SynchronousTestCase):
 
     def test_one_round_trip_per_add(self):
         """In a group commit each add, with the store's savepoint around it,
-        is one round trip to the server."""
+        is one round trip to the server; the batch adds the commit, and the
+        pool's check of the connection unless it came back just before."""
         import psycopg
 
-        from dicomtwist.storage.index.postgres import PostgresIndex
+        from dicomtwist.storage.index import postgres
 
         uri = pg.create_database()
         self.addCleanup(pg.drop_database, uri)
-        index = PostgresIndex(uri)
+        index = postgres.PostgresIndex(uri)
         self.addCleanup(index.close)
         index.add(instance("6.2.1.0"), "first", ExplicitVRLittleEndian, 1)
         sent = []
@@ -535,11 +571,13 @@ class AddFunctionTests(SynchronousTestCase):
             return pipeline(conn)
         self.patch(psycopg.Connection, "execute", recording_execute)
         self.patch(psycopg.Connection, "pipeline", recording_pipeline)
-        with index.transaction():
-            for n in range(1, 6):
-                sent.append("add")
-                with index.transaction():
-                    index.add(instance(f"6.2.1.{n}"), f"p{n}", ExplicitVRLittleEndian, 1,
-                              metadata=b"x")
-        # Besides: the pool's connection check and the commit.
-        self.assertEqual(sent, ["statement"] + ["add", "pipeline"] * 5 + ["statement"])
+        for fresh, check in ((3600, []), (0, ["statement"])):
+            self.patch(postgres, "_FRESH", fresh)
+            del sent[:]
+            with index.transaction():
+                for n in range(1, 6):
+                    sent.append("add")
+                    with index.transaction():
+                        index.add(instance(f"6.2.{fresh}.{n}"), f"p{fresh}.{n}",
+                                  ExplicitVRLittleEndian, 1, metadata=b"x")
+            self.assertEqual(sent, check + ["add", "pipeline"] * 5 + ["statement"])

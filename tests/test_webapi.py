@@ -324,6 +324,22 @@ class DeleteTests(ApiTestCase):
         self.assertEqual((response.code, response.json()), (200, []))
         self.assertEqual(self.get(f"/studies/{ct.StudyInstanceUID}").code, 404)
 
+    def test_delete_is_published(self) -> None:
+        """A deletion publishes StudyDeleted with the patient and every instance
+        removed (the audit trail's DICOM Study Deleted message)."""
+        from dicomtwist import events
+
+        ct = self.ingest_file(CT)
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        response = self.api_request("DELETE", f"/api/studies/{ct.StudyInstanceUID}")
+        self.assertEqual(response.code, 200)
+        (deleted,) = [e for e in seen if isinstance(e, events.StudyDeleted)]
+        self.assertEqual((deleted.via, deleted.study_instance_uid, deleted.patient_id,
+                          deleted.patient_name, deleted.instances),
+                         ("http", ct.StudyInstanceUID, ct.PatientID, str(ct.PatientName),
+                          ((ct.SOPClassUID, ct.SOPInstanceUID),)))
+
     def test_delete_unknown_study(self) -> None:
         """Deleting a study that is not there is 404."""
         self.assertEqual(self.api_request("DELETE", "/api/studies/1.2.3").code, 404)

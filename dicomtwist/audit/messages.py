@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 __all__ = [
     "Code", "Participant", "Source", "Study",
     "application_activity", "instances_transferred", "begin_transferring",
-    "query", "security_alert", "user_authentication",
+    "query", "security_alert", "study_deleted", "user_authentication",
     "event_time",
 ]
 
@@ -40,6 +40,7 @@ class Code:
 APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 BEGIN_TRANSFERRING = Code("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+STUDY_DELETED = Code("110105", "DCM", "DICOM Study Deleted")
 QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
@@ -265,6 +266,22 @@ def begin_transferring(source: Source, when: float, sender: Participant,
         message.study(study)
     for patient_id, name in patients:
         message.patient(patient_id, name)
+    return message.encode()
+
+
+def study_deleted(source: Source, when: float, outcome: str, deleter: Participant,
+                  study: Study, patient: tuple[str, str]) -> bytes:
+    """DICOM Study Deleted (PS3.15 A.5.3.8): a study was removed.
+
+    The one active participant is who deleted it (the requestor: the HTTP
+    user at an address); the study, with its instances by SOP class, and
+    its patient are the participant objects.
+    """
+    message = _Message(STUDY_DELETED, "D", when, outcome)
+    message.participant(deleter)
+    message.source(source)
+    message.study(study)
+    message.patient(*patient)
     return message.encode()
 
 

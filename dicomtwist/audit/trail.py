@@ -141,6 +141,7 @@ class AuditTrail:
             events.RetrieveStarted: self._retrieve_started,
             events.InstanceSent: self._instance_sent,
             events.RetrieveEnded: self._retrieve_ended,
+            events.StudyDeleted: self._study_deleted,
         }
 
     @property
@@ -251,6 +252,17 @@ class AuditTrail:
                                  for sop_class, uids in batch.instances.items()})
         self._emit(m.instances_transferred, "U" if batch.duplicate else "C", m.SUCCESS,
                    batch.peer, self._us(m.DESTINATION), (study,), (batch.patient,))
+
+    def _study_deleted(self, event: events.StudyDeleted) -> None:
+        deleter = m.Participant(event.user or event.peer_host or "-", True, None, (),
+                                event.peer_host)
+        instances: dict[str, list[str]] = {}
+        for sop_class, sop_instance in event.instances:
+            instances.setdefault(sop_class, []).append(sop_instance)
+        study = m.Study(event.study_instance_uid,
+                        {k: tuple(v) for k, v in instances.items()})
+        self._emit(m.study_deleted, m.SUCCESS, deleter, study,
+                   (event.patient_id, event.patient_name))
 
     def _association_ended(self, event: events.AssociationEnded) -> None:
         for key in [k for k in self._stored if k[0] == event.association_id]:

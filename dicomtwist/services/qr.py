@@ -17,7 +17,6 @@ sub-operations.
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from functools import partial
 from itertools import islice
@@ -39,6 +38,7 @@ from dicomtwist.association import (
     file_dataset,
 )
 from dicomtwist.errors import DIMSEServiceError
+from dicomtwist.services.published import published_find
 from dicomtwist.status import Category, Status, category
 from dicomtwist.storage.files import real_directory, scratch_file, stored_file
 from dicomtwist.storage.index import unsupported_keys
@@ -143,39 +143,8 @@ class QueryRetrieve:
     def handle_find(self, request: ServiceRequest) -> AsyncIterator[Any]:
         """C-FIND handler: an async iterator of pending matches."""
         if events.bus.observed:
-            return self._find_published(request)
+            return published_find(request, self._find(request))
         return self._find(request)
-
-    async def _find_published(self, request: ServiceRequest) -> AsyncIterator[Any]:
-        """:meth:`_find`, then :class:`~dicomtwist.events.QueryPerformed`."""
-        matches = 0
-        status = Status.SUCCESS
-        try:
-            async for response in self._find(request):
-                matches += 1
-                yield response
-        except DIMSEServiceError as e:
-            status = e.status
-            raise
-        except Exception:
-            status = Status.UNABLE_TO_PROCESS
-            raise
-        finally:
-            if request.cancelled and status == Status.SUCCESS:
-                status = Status.CANCEL
-            assoc = request.association
-            level = ""
-            try:
-                level = str(request.dataset().get("QueryRetrieveLevel", ""))
-            except Exception:
-                pass
-            data = request.data
-            events.bus.publish(events.QueryPerformed(
-                "dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
-                request.message.affected_sop_class_uid, level,
-                bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"",
-                matches, int(status), time.monotonic() - request.received,
-                request.context.transfer_syntax, assoc.association_id))
 
     async def _find(self, request: ServiceRequest) -> AsyncIterator[Any]:
         sop_class = request.message.affected_sop_class_uid

@@ -65,6 +65,7 @@ from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.association import Response
 from dicomtwist.errors import DIMSEServiceError
+from dicomtwist.services.published import published_find
 from dicomtwist.status import Status
 
 #: Modality Worklist Information Model - FIND (PS3.4 K.6).
@@ -937,33 +938,8 @@ class Worklist:
         event bus observed (audit trail, metrics), then a
         :class:`~dicomtwist.events.QueryPerformed`."""
         if events.bus.observed:
-            return self._find_published(request)
+            return published_find(request, self._find(request))
         return self._find(request)
-
-    async def _find_published(self, request: Any) -> AsyncIterator[Response]:
-        matches = 0
-        status: int = Status.SUCCESS
-        try:
-            async for response in self._find(request):
-                matches += 1
-                yield response
-        except DIMSEServiceError as e:
-            status = e.status
-            raise
-        except Exception:
-            status = Status.UNABLE_TO_PROCESS
-            raise
-        finally:
-            if request.cancelled and status == Status.SUCCESS:
-                status = Status.CANCEL
-            assoc = request.association
-            data = request.data
-            events.bus.publish(events.QueryPerformed(
-                "dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
-                request.message.affected_sop_class_uid, "",
-                bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"",
-                matches, int(status), time.monotonic() - request.received,
-                request.context.transfer_syntax, assoc.association_id))
 
     async def _find(self, request: Any) -> AsyncIterator[Response]:
         identifier = request.dataset()

@@ -39,20 +39,15 @@ from typing import Any, Callable
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.web import server
-from twisted.web.resource import Resource
 
 import dicomtwist
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.status import Category, category
 from dicomtwist.storage.files import is_valid_uid, stored_file
 from dicomtwist.web.auth import PERMISSIONS, Principal
-from dicomtwist.web.dicomweb.resource import (
-    DicomWebContext,
-    HttpError,
-    query_args,
-    send_body,
-    send_error,
-)
+from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, query_args, send_body
+from dicomtwist.web.routed import RoutedResource
 
 __all__ = ["ApiResource", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
 
@@ -256,6 +251,28 @@ def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
     return len(paths), deleted
 
 
+def study_contents(index: Any, study: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """A study's patient ID and name and its ``(SOP class, SOP instance)``
+    pairs, for the audit trail's record of a deletion (blocking)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    identifier.PatientID = ""
+    identifier.PatientName = ""
+    patient_id = patient_name = ""
+    for match in index.find(identifier, "STUDY"):
+        patient_id = str(match.get("PatientID", "") or "")
+        patient_name = str(match.get("PatientName", "") or "")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study
+    identifier.SOPInstanceUID = ""
+    identifier.SOPClassUID = ""
+    instances = tuple((str(match.get("SOPClassUID", "") or ""), str(match.SOPInstanceUID))
+                      for match in index.find(identifier, "STUDY", relational=True))
+    return patient_id, patient_name, instances
+
+
 def _json(request: server.Request, code: int, value: Any,
           headers: dict[str, str] | None = None) -> None:
     body = json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -267,7 +284,7 @@ def _wants_events(request: server.Request) -> bool:
     return "text/event-stream" in (request.getHeader("accept") or "")
 
 
-class ApiResource(Resource):
+class ApiResource(RoutedResource):
     """``/api``: a leaf that routes the rest of its path itself.
 
     :param context: what the DICOMweb services work with (index, pools,
@@ -279,7 +296,6 @@ class ApiResource(Resource):
     :param associations: the number of active associations (None: unknown).
     """
 
-    isLeaf = True
     log = dlog.logger()
 
     def __init__(self, context: DicomWebContext,
@@ -291,25 +307,6 @@ class ApiResource(Resource):
         self.settings = settings
         self.jobs = Jobs(retriever, context.reactor)
         self.associations = associations
-
-    def render(self, request: server.Request) -> Any:
-        """Route, authorize and serve one request."""
-        Deferred.fromCoroutine(self._serve(request))
-        return server.NOT_DONE_YET
-
-    async def _serve(self, request: server.Request) -> None:
-        method = request.method.decode("ascii", "replace")
-        try:
-            segments = [s.decode("utf-8", "replace") for s in request.postpath]
-            if segments and segments[-1] == "":
-                segments = segments[:-1]
-            await self._route(request, "GET" if method == "HEAD" else method, segments)
-        except HttpError as e:
-            send_error(request, e)
-        except Exception:
-            self.log.failure("Serving {method} {uri} failed", method=method,
-                             uri=request.uri[:200])
-            send_error(request, HttpError(500, "internal error"))
 
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
         n = len(segments)
@@ -427,10 +424,17 @@ class ApiResource(Resource):
     async def delete(self, request: server.Request, study: str) -> None:
         """``DELETE /api/studies/{study}``."""
         principal = self.authorize(request, "delete")
+        contents = None
+        if events.bus.observed and is_valid_uid(study):
+            contents = await self.context.run(study_contents, self.context.index, study)
         instances, files = await self.context.run(delete_study, self.context.index,
                                                   self.context.directory, study)
         if not instances:
             raise HttpError(404, f"no study {study}")
+        if contents is not None:
+            events.bus.publish(events.StudyDeleted(
+                "http", request.getClientAddress().host or "",
+                principal.name if principal is not None else "", study, *contents))
         self.log.info("Deleted study {uid}: {instances} instance(s), {files} file(s)"
                       " ({user}, web)", uid=study, instances=instances, files=files,
                       user=principal.name if principal is not None else "anonymous")

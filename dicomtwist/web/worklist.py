@@ -32,13 +32,12 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from pydicom.dataset import Dataset
-from twisted.internet.defer import Deferred
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from dicomtwist import log as dlog
 from dicomtwist.services import worklist
-from dicomtwist.web.dicomweb.resource import HttpError, send_body, send_error
+from dicomtwist.web.dicomweb.resource import HttpError, send_body
+from dicomtwist.web.routed import RoutedResource
 
 __all__ = ["MAX_BODY", "WorklistResource", "body_sink"]
 
@@ -137,7 +136,7 @@ def _non_ascii(element: Any) -> bool:
     return any(not v.isascii() for v in worklist.values_of(element))
 
 
-class WorklistResource(Resource):
+class WorklistResource(RoutedResource):
     """``/worklist``: a leaf that routes the rest of its path itself.
 
     :param context: where blocking work runs (``run``: the archive's pool).
@@ -146,8 +145,8 @@ class WorklistResource(Resource):
         (None without authentication); raises :class:`HttpError` 401/403.
     """
 
-    isLeaf = True
     log = dlog.logger()
+    route = "worklist"
 
     def __init__(self, context: Any, directory: str,
                  authorize: Callable[[Any, str], Any]) -> None:
@@ -155,26 +154,6 @@ class WorklistResource(Resource):
         self.context = context
         self.directory = worklist.WorklistDirectory(directory)
         self.authorize = authorize
-
-    def render(self, request: server.Request) -> Any:
-        """Route, authorize and serve one request."""
-        request.route = "worklist"
-        Deferred.fromCoroutine(self._serve(request))
-        return server.NOT_DONE_YET
-
-    async def _serve(self, request: server.Request) -> None:
-        method = request.method.decode("ascii", "replace")
-        try:
-            segments = [s.decode("utf-8", "replace") for s in request.postpath]
-            if segments and segments[-1] == "":
-                segments = segments[:-1]
-            await self._route(request, "GET" if method == "HEAD" else method, segments)
-        except HttpError as e:
-            send_error(request, e)
-        except Exception:
-            self.log.failure("Serving {method} {uri} failed", method=method,
-                             uri=request.uri[:200])
-            send_error(request, HttpError(500, "internal error"))
 
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
         if not segments:

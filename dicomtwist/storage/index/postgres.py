@@ -10,18 +10,28 @@ look-ups of a path by SOP Instance UID, 8 at a time): 8 threads through
 this index 0.22 ms a call (with the pool's connection check, one more round
 trip per borrow), 8 asyncio tasks on an ``AsyncConnectionPool`` without
 the check 0.10 ms a call.  The difference is the check and the thread
-hop; a C-FIND or a group commit costs several round trips more, so the
-blocking API stays, and the check (which makes reconnection after a
-server restart transparent) could be dropped for speed if wanted.
+hop, so the blocking API stays, and the check is skipped for a connection
+that came back to the pool in good order less than a second before
+(:func:`_check_connection`).
 
-Connections: a block of :meth:`PostgresIndex.transaction` binds one pooled
-connection to the calling thread until it ends (nested blocks and each
-``add``/``remove`` are savepoints on it); reads outside a transaction take
-a connection for one batch of rows and give it back, so a C-FIND being
-streamed holds no connection between batches.  The pool checks a
-connection before lending it and reconnects by itself when the server
-comes back; while it is away, calls fail within ``pool_timeout`` (and
-``connect_timeout``, ``statement_timeout``), never hang.
+Round trips are what an index on another process (or machine) costs, so
+each write counts them: a block of :meth:`PostgresIndex.transaction`
+binds one pooled connection to the calling thread until it ends (nested
+blocks and each ``add``/``remove`` are savepoints on it), and its
+``BEGIN``, ``SAVEPOINT`` and ``RELEASE`` commands travel with its next
+statement (:class:`_Session`); an ``add`` is one statement, a server-side
+function (:class:`_AddFunction`).  In the store pipeline's group commit
+an instance costs one round trip, and a batch one more for its
+``COMMIT`` (``benchmarks/pg_add.py`` measures it).  Reads outside a
+transaction take a connection for one batch of rows and give it back, so
+a C-FIND being streamed holds no connection between batches.
+
+A connection found broken by the first round trip of a transaction, or
+by a read (the server restarted, or closed it while it sat in the pool),
+is replaced and the call goes on: nothing of it had reached the server.
+The pool reconnects by itself when the server comes back; while it is
+away, calls fail within ``pool_timeout`` (and ``connect_timeout``,
+``statement_timeout``), never hang.
 
 Concurrency between daemons is PostgreSQL's: an ``add`` locks the rows it
 touches, top down (the patient by its upsert, then the study and the
@@ -29,9 +39,9 @@ series ``FOR UPDATE``, then the instance), and only then reads what it
 bumps, so the derived counts stay exact when several daemons store into
 one study at once; a second ``add`` of the same SOP Instance UID waits for
 the first and replaces it (one row).  A move between parents, a
-replacement or a removal also locks the old parents, then recounts them.
-Two such transactions can deadlock; PostgreSQL aborts one, whose
-savepoint is retried.
+replacement or a removal also locks the old parents (and the patient of
+a study it may empty), then recounts them.  Two such transactions can
+deadlock; PostgreSQL aborts one, whose savepoint is retried.
 
 Text columns are ``COLLATE "C"`` (byte order, as sqlite's ``BINARY``), so
 ranges, ``LIKE`` and sorted derived values agree with sqlite whatever the
@@ -98,25 +108,39 @@ class _Session:
     round trip, where each command used to cost its own.
     """
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection,
+                 renew: Callable[[psycopg.Connection], psycopg.Connection] | None = None,
+                 ) -> None:
         self.conn = conn
+        self._renew = renew
         self._queued: list[str] = []
         #: Open blocks, and how many of them (outermost first) were sent.
         self._depth = 0
         self._sent = 0
 
     def run(self, sql: str, params: tuple) -> Any:
-        """Run one statement in the transaction; its cursor."""
-        conn = self.conn
+        """Run one statement in the transaction; its cursor.
+
+        The transaction's first round trip (its ``BEGIN`` queued with it)
+        found the connection broken -- the server restarted, or closed it
+        while it sat in the pool: nothing of the transaction reached the
+        server, so it is sent again on another connection (``renew``).
+        """
         if not self._queued:
-            return conn.execute(sql, params)
+            return self.conn.execute(sql, params)
         queued, self._queued = self._queued, []
         self._sent = self._depth
-        with conn.pipeline():
-            for command in queued:
-                conn.execute(command, prepare=False)
-            cursor = conn.execute(sql, params)
-        return cursor
+        while True:
+            conn = self.conn
+            try:
+                with conn.pipeline():
+                    for command in queued:
+                        conn.execute(command, prepare=False)
+                    return conn.execute(sql, params)
+            except psycopg.OperationalError:
+                if self._renew is None or queued[0] != "BEGIN" or not conn.broken:
+                    raise
+                self.conn = self._renew(conn)
 
     @contextmanager
     def block(self) -> Iterator[None]:
@@ -158,6 +182,24 @@ class _Session:
         else:
             self._queued.clear()
             self.conn.execute("COMMIT", prepare=False)
+
+
+#: Seconds since a connection came back to the pool in good order during
+#: which the pool lends it again without a round trip to check it.
+_FRESH = 1.0
+
+
+def _check_connection(conn: psycopg.Connection) -> None:
+    """The pool's check of a connection before lending it: a round trip
+    (``ConnectionPool.check_connection``), unless the connection came back
+    in good order less than :data:`_FRESH` seconds ago -- the common case
+    under load, where the check would cost each group commit and each
+    C-FIND batch a round trip.  One that broke meanwhile (a server
+    restart) fails the first statement on it, which is then sent again on
+    another connection (``_Session.run``, ``PostgresIndex._read_on``)."""
+    returned = getattr(conn, "_dicomtwist_returned", None)
+    if returned is None or time.monotonic() - returned >= _FRESH:
+        ConnectionPool.check_connection(conn)
 
 
 def _substitute(sql: str, *expressions: str) -> str:
@@ -389,10 +431,13 @@ class PostgresIndex(SqlIndex):
         except psycopg.Error as e:
             raise IndexUnavailable(f"cannot open the index at {self.location}: "
                                    f"{_first_line(e)}") from None
+        #: Connections renewed in a row at most by one call (every pooled
+        #: one may be broken after a server restart).
+        self._renewals = max_size + 1
         self._pool = ConnectionPool(
             conninfo, kwargs={"autocommit": True}, min_size=1, max_size=max_size,
             timeout=pool_timeout, open=False, name="dicomtwist-index",
-            check=ConnectionPool.check_connection)
+            check=_check_connection)
         try:
             self._pool.open(wait=True, timeout=connect_timeout + pool_timeout)
         except Exception as e:
@@ -423,11 +468,39 @@ class PostgresIndex(SqlIndex):
         if session is not None:
             yield partial(self._run_in, session)
             return
-        with self._pool.connection() as conn:
-            yield partial(self._run_on, conn)
+        borrowed = [self._pool.getconn()]
+        healthy = False
+        try:
+            yield partial(self._read_on, borrowed)
+            healthy = True
+        finally:
+            self._give_back(borrowed[0], healthy)
 
-    def _run_on(self, conn: psycopg.Connection, sql: str, params: Iterable = ()) -> Any:
-        return conn.execute(self._statement(sql), tuple(params))
+    def _read_on(self, borrowed: list[psycopg.Connection], sql: str,
+                 params: Iterable = ()) -> Any:
+        """Run a read on the borrowed connection, on another one if it
+        is found broken (reads can be repeated)."""
+        sql, params = self._statement(sql), tuple(params)
+        renewals = self._renewals
+        while True:
+            conn = borrowed[0]
+            try:
+                return conn.execute(sql, params)
+            except psycopg.OperationalError:
+                if not conn.broken or not renewals:
+                    raise
+                renewals -= 1
+                borrowed[0] = self._renew(conn)
+
+    def _renew(self, broken: psycopg.Connection) -> psycopg.Connection:
+        """Give a broken connection back (the pool replaces it); another."""
+        self._pool.putconn(broken)
+        return self._pool.getconn()
+
+    def _give_back(self, conn: psycopg.Connection, healthy: bool) -> None:
+        if healthy and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn._dicomtwist_returned = time.monotonic()  # type: ignore[attr-defined]
+        self._pool.putconn(conn)
 
     def _run_in(self, session: _Session, sql: str, params: Iterable = ()) -> Any:
         return session.run(self._statement(sql), tuple(params))
@@ -440,7 +513,8 @@ class PostgresIndex(SqlIndex):
 
     @contextmanager
     def _bound(self, conn: psycopg.Connection) -> Iterator[_Session]:
-        """Bind ``conn`` to the calling thread for one outermost block."""
+        """Bind ``conn`` (not pooled: the schema's) to the calling thread
+        for one outermost block."""
         session = self._local.session = _Session(conn)
         try:
             with session.block():
@@ -464,8 +538,23 @@ class PostgresIndex(SqlIndex):
             with session.block():
                 yield
             return
-        with self._pool.connection() as conn, self._bound(conn):
-            yield
+        renewals = self._renewals
+
+        def renew(broken: psycopg.Connection) -> psycopg.Connection:
+            nonlocal renewals
+            if not renewals:
+                raise psycopg.OperationalError("no working connection to the index")
+            renewals -= 1
+            return self._renew(broken)
+        session = self._local.session = _Session(self._pool.getconn(), renew)
+        healthy = False
+        try:
+            with session.block():
+                yield
+            healthy = True
+        finally:
+            self._local.session = None
+            self._give_back(session.conn, healthy)
 
     def _retrying(self, action: Callable[[], Any]) -> Any:
         """Run ``action`` in a savepoint, again if PostgreSQL chose it as
