@@ -17,6 +17,7 @@ import os
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import config as configuration
@@ -62,6 +63,15 @@ def request(transaction: str = "1.2.3.99", references=((CT_IMAGE_STORAGE, STORED
             items.append(item)
         ds.ReferencedSOPSequence = Sequence(items)
     return ds
+
+
+def _pdu_types(data: bytes) -> list[int]:
+    """The types of the whole PDUs in ``data``, in order."""
+    types, offset = [], 0
+    while offset + 6 <= len(data):
+        types.append(data[offset])
+        offset += 6 + int.from_bytes(data[offset + 2:offset + 6], "big")
+    return types
 
 
 class ParseRequestTests(SynchronousTestCase):
@@ -360,6 +370,60 @@ class CommitmentSuite:
         self.assertEqual(len(self.reports), 1)
         self.assertEqual(self.outstanding(), [])
         self.release(client, pump)
+
+    def test_report_answered_then_released_at_once(self) -> None:
+        """The modality answers the report and releases straight away: its
+        N-EVENT-REPORT-RSP and A-RELEASE-RQ reach the archive in one read,
+        and the response is taken before the release (PS3.8 7.2: the
+        release follows the last P-DATA), so the report counts as
+        delivered on that association."""
+        client, pump = self.connect()
+        self.action(client, pump, request())
+        self.reactor.advance(0)
+        pump.pump()  # the report reaches the modality, which answers it
+        self.assertEqual(len(self.reports), 1)
+        released = client.release()
+        pdus = _pdu_types(b"".join(client.transport.stream))
+        self.assertEqual(pdus, [0x04, 0x05], "P-DATA-TF then A-RELEASE-RQ, in one read")
+        clients = len(self.reactor.tcpClients)
+        pump.flush()
+        self.successResultOf(released)
+        self.assertEqual(self.outstanding(), [], "reported on the same association")
+        self.reactor.advance(0)
+        self.assertEqual(len(self.reactor.tcpClients), clients, "no new association")
+        self.assertEqual(len(self.reports), 1)
+
+    def test_released_with_report_unanswered(self) -> None:
+        """The modality releases without answering the report (it can no longer:
+        PS3.8 Table 9-10 has no P-DATA request in Sta7): the release is
+        answered, the report fails when the connection closes, and goes on a
+        new association."""
+        client, pump = self.connect()
+        unanswered: list = []
+
+        def hold(request):
+            self.reports.append((request.association, request.message, request.dataset()))
+            unanswered.append(Deferred())
+            return unanswered[-1]
+
+        client.handlers = {**client.handlers, "n-event-report": hold}
+        self.action(client, pump, request())
+        self.reactor.advance(0)
+        pump.pump()
+        self.assertEqual(len(self.reports), 1)
+        clients = len(self.reactor.tcpClients)
+        released = client.release()
+        pump.flush()
+        self.successResultOf(released)
+        self.assertEqual(self.outstanding(), ["1.2.3.99.json"])
+        self.reactor.advance(0)
+        self.assertEqual(len(self.reactor.tcpClients), clients + 1, "a new association")
+        sub, _, sub_pump = connect_in_memory(self.reactor, self.modality())
+        for _ in range(5):
+            sub_pump.flush()
+        self.assertEqual(len(self.reports), 2)
+        self.assertReport(self.reports[1], 1, [(CT_IMAGE_STORAGE, STORED[0])], [])
+        self.assertEqual(self.outstanding(), [])
 
     def test_scp_role_refused(self) -> None:
         """A destination that does not accept us as SCP gets no report: it stays outstanding

@@ -51,21 +51,51 @@ def report_of(event: evt.Event) -> dict:
     }
 
 
-def commit(args: argparse.Namespace) -> dict:
-    """Request storage commitment and wait for its report."""
-    reports: list[dict] = []
-    arrived = threading.Event()
+class Reports:
+    """The N-EVENT-REPORTs received (answered Success), and a wait for the
+    answer to the first one to be on its way.
 
-    def on_report(event: evt.Event) -> tuple[int, None]:
-        reports.append(report_of(event))
+    pynetdicom serves an N-EVENT-REPORT request in a thread of its own and
+    fires ``EVT_DIMSE_SENT`` *before* it queues the response's P-DATA for
+    its DUL thread.  Releasing (or shutting the server down) as soon as
+    that event fires may queue the A-RELEASE-RQ ahead of the response: the
+    archive then gets the release first and never the response (which
+    pynetdicom drops, or tries to send in Sta7, where its DUL thread dies
+    and the release times out).  So :meth:`wait` also waits for that
+    serving thread to end: the response is queued by then, ahead of
+    anything the caller sends next.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self._answered = threading.Event()
+        self._serving: threading.Thread | None = None
+
+    @property
+    def handlers(self) -> list:
+        """pynetdicom event handlers."""
+        return [(evt.EVT_N_EVENT_REPORT, self._on_report), (evt.EVT_DIMSE_SENT, self._on_sent)]
+
+    def _on_report(self, event: evt.Event) -> tuple[int, None]:
+        self.received.append(report_of(event))
         return 0x0000, None
 
-    def on_sent(event: evt.Event) -> None:
-        # Done once the answer to the report is on its way, not before.
-        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
-            arrived.set()
+    def _on_sent(self, event: evt.Event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP" and self._serving is None:
+            self._serving = threading.current_thread()
+            self._answered.set()
 
-    handlers = [(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DIMSE_SENT, on_sent)]
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a report to be answered, and
+        for its response to be queued for sending."""
+        if self._answered.wait(timeout) and self._serving is not threading.current_thread():
+            self._serving.join(timeout)
+
+
+def commit(args: argparse.Namespace) -> dict:
+    """Request storage commitment and wait for its report."""
+    reports = Reports()
+    handlers = reports.handlers
     ae = AE(ae_title=args.calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(StorageCommitmentPushModel)
@@ -74,7 +104,7 @@ def commit(args: argparse.Namespace) -> dict:
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
         server = ae.start_server(("127.0.0.1", args.listen), block=False,
                                  evt_handlers=handlers)
-    result: dict = {"associated": False, "action": None, "reports": reports}
+    result: dict = {"associated": False, "action": None, "reports": reports.received}
     assoc = ae.associate(args.host, args.port, ae_title=args.called,
                          evt_handlers=handlers if args.same else None)
     if assoc.is_established:
@@ -92,10 +122,10 @@ def commit(args: argparse.Namespace) -> dict:
         status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
         result["action"] = int(status.Status) if "Status" in status else None
         if args.same:
-            arrived.wait(args.wait)
+            reports.wait(args.wait)
         assoc.release()
         if not args.same:
-            arrived.wait(args.wait)
+            reports.wait(args.wait)
     if server is not None:
         server.shutdown()
     return result
@@ -103,26 +133,16 @@ def commit(args: argparse.Namespace) -> dict:
 
 def listen(args: argparse.Namespace) -> dict:
     """Wait for one report on our own SCP."""
-    reports: list[dict] = []
-    arrived = threading.Event()
-
-    def on_report(event: evt.Event) -> tuple[int, None]:
-        reports.append(report_of(event))
-        return 0x0000, None
-
-    def on_sent(event: evt.Event) -> None:
-        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
-            arrived.set()
-
+    reports = Reports()
     ae = AE(ae_title=args.calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    server = ae.start_server(("127.0.0.1", args.listen), block=False, evt_handlers=[
-        (evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DIMSE_SENT, on_sent)])
+    server = ae.start_server(("127.0.0.1", args.listen), block=False,
+                             evt_handlers=reports.handlers)
     print("LISTENING", flush=True)
-    arrived.wait(args.wait)
+    reports.wait(args.wait)
     server.shutdown()
-    return {"associated": True, "reports": reports}
+    return {"associated": True, "reports": reports.received}
 
 
 def step(**values) -> Dataset:
