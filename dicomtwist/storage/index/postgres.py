@@ -123,10 +123,10 @@ class _Session:
     def run(self, sql: str, params: tuple) -> Any:
         """Run one statement in the transaction; its cursor.
 
-        The transaction's first round trip (its ``BEGIN`` queued with it)
-        found the connection broken -- the server restarted, or closed it
-        while it sat in the pool: nothing of the transaction reached the
-        server, so it is sent again on another connection (``renew``).
+        If the transaction's first round trip (its ``BEGIN`` queued with
+        it) finds the connection broken -- the server restarted, or closed
+        it while it sat in the pool -- nothing of the transaction reached
+        the server: it is sent again on another connection (``renew``).
         """
         if not self._queued:
             return self.conn.execute(sql, params)
