@@ -234,6 +234,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "shutdown_grace": (_grace, 10.0),
     # Asynchronous Operations Window granted to requestors (docs/conformance.md).
     "async_operations": (_positive, 1),
+    # Pending C-MOVE/C-GET responses at most this often (docs/conformance.md).
+    "pending_interval": (_grace, 0.1),
     # Processes behind the listening ports (docs/scaling.md).
     "workers": (_count, 1),
     # Compression on ingest (docs/user-guide.md).
@@ -302,6 +304,9 @@ class Config:
     #: may invoke at once, and C-STORE sub-operations we may invoke at once
     #: on a C-GET SCU's association (1: no window is granted).
     async_operations: int = 1
+    #: Seconds between Pending C-MOVE/C-GET responses at least (0: one
+    #: after each sub-operation).
+    pending_interval: float = 0.1
     #: Archive processes behind the same listening ports (PostgreSQL only).
     workers: int = 1
     #: A lossless syntax to store uncompressed instances in (None: as

@@ -93,10 +93,13 @@ class QueryRetrieveTestCase(SynchronousTestCase):
         os.makedirs(self.instances)
         self.index = Index(os.path.join(base, "index.sqlite"))
         self.addCleanup(self.index.close)
+        # A Pending response after every sub-operation, so the counts can
+        # be checked one by one (PendingIntervalTests checks the default).
         self.settings = configuration.Config(
             instance_location=self.instances,
             database_location=os.path.join(base, "index.sqlite"),
-            destinations={"DEST": configuration.Destination("DEST", "127.0.0.1", 11113)})
+            destinations={"DEST": configuration.Destination("DEST", "127.0.0.1", 11113)},
+            pending_interval=0)
         self.reactor = InlineReactor()
         self.pool = InlinePool()
         self.factory = tap.build_factory(self.settings, self.reactor, self.pool, self.index)
@@ -446,6 +449,60 @@ class GetTests(QueryRetrieveTestCase):
         [(final, _)] = responses
         self.assertEqual((final.status, final.number_of_completed_sub_operations),
                          (Status.SUCCESS, 0))
+
+
+class PendingIntervalTests(QueryRetrieveTestCase):
+    """Pending C-GET/C-MOVE responses at most one per ``pending_interval``
+    (default 0.1 s): the first sub-operation is reported, the next only
+    once the interval has passed; the final response has the totals."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.settings.pending_interval = configuration.Config().pending_interval
+        self.factory = tap.build_factory(self.settings, self.reactor, self.pool, self.index)
+
+    def get(self, seconds_per_store: float) -> tuple[list, list]:
+        """C-GET of study 1.2.3.1.1 (3 instances), each C-STORE taking
+        ``seconds_per_store`` on the reactor's clock."""
+        received = []
+
+        def on_store(request):
+            received.append(request)
+            self.reactor.advance(seconds_per_store)
+            return Status.SUCCESS
+
+        client, pump = self.connect(QUERY_CONTEXTS + [(CT_IMAGE_STORAGE, EXPLICIT)],
+                                    scp_role_classes=[CT_IMAGE_STORAGE])
+        d = client.get(query("STUDY", StudyInstanceUID="1.2.3.1.1"), STUDY_GET,
+                       on_store=on_store)
+        pump.flush()
+        responses = self.successResultOf(d)
+        self.release(client, pump)
+        self.assertEqual(len(received), 3)
+        return [(rsp.status, rsp.number_of_remaining_sub_operations,
+                 rsp.number_of_completed_sub_operations) for rsp, _ in responses]
+
+    def test_default(self) -> None:
+        """0.1 s by default; 0 is allowed (every sub-operation), a negative value is not."""
+        self.assertEqual(configuration.Config().pending_interval, 0.1)
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[DEFAULT]\npending_interval: 0\n")
+        self.assertEqual(configuration.load(path).pending_interval, 0)
+        with open(path, "w") as f:
+            f.write("[DEFAULT]\npending_interval: -1\n")
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.load(path)
+        self.assertIn("pending_interval", str(caught.exception))
+
+    def test_coalesced(self) -> None:
+        """Three sub-operations within the interval: one Pending response, after the first."""
+        self.assertEqual(self.get(0.0), [(Status.PENDING, 2, 1), (Status.SUCCESS, None, 3)])
+
+    def test_after_interval(self) -> None:
+        """0.06 s per sub-operation: reported after the first and the third."""
+        self.assertEqual(self.get(0.06), [(Status.PENDING, 2, 1), (Status.PENDING, 0, 3),
+                                          (Status.SUCCESS, None, 3)])
 
 
 class MoveTests(QueryRetrieveTestCase):

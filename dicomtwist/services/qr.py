@@ -10,8 +10,9 @@ requestor's own association; both send stored files as they are (no
 decoding) whenever the peer accepted the stored transfer syntax, and
 otherwise a copy converted to the best syntax it accepted
 (:mod:`dicomtwist.codec`, in a pool of its own); they report
-pending counts after each sub-operation, and honour C-CANCEL between
-sub-operations.
+pending counts after a sub-operation, at most one Pending response per
+``pending_interval`` seconds (PS3.4 C.4.2.3.1 makes them optional), and
+honour C-CANCEL between sub-operations.
 """
 
 from __future__ import annotations
@@ -322,6 +323,7 @@ class QueryRetrieve:
         remaining sub-operations fail one by one instead); those already
         sent are waited for, so the counts stay exact."""
         limit = _invoke_window(assoc)
+        interval = getattr(self.settings, "pending_interval", 0.0)
         sent: deque[tuple[Any, Deferred]] = deque()
         for record, preparation in prepared:
             if request.cancelled or (stop_when_closed and assoc.machine.is_closed):
@@ -331,11 +333,13 @@ class QueryRetrieve:
             while len(sent) >= limit:
                 record, answer = sent.popleft()
                 progress.done(record, await answer)
-                yield progress.pending()
+                if progress.due(self.reactor.seconds(), interval):
+                    yield progress.pending()
         while sent:
             record, answer = sent.popleft()
             progress.done(record, await answer)
-            yield progress.pending()
+            if progress.due(self.reactor.seconds(), interval):
+                yield progress.pending()
 
     def _pipeline(self, assoc: Association, records: list[Any], get: bool, lossy: bool,
                   order: tuple[str, ...] | None) -> Iterator[tuple[Any, Deferred]]:
@@ -521,6 +525,8 @@ class _Progress:
         #: SOP Instance UIDs sent successfully (kept only when somebody
         #: listens to the event bus: the retrieve's event lists them).
         self.sent: list[str] | None = None
+        #: When the last Pending response after a sub-operation went out.
+        self._reported: float | None = None
 
     def done(self, record: Any, status: int) -> None:
         self.remaining -= 1
@@ -546,6 +552,16 @@ class _Progress:
         if remaining:
             counts["number_of_remaining_sub_operations"] = self.remaining
         return counts
+
+    def due(self, now: float, interval: float) -> bool:
+        """Whether a sub-operation that just ended is reported by a Pending
+        response: the first is, then one when ``interval`` seconds have
+        passed since the last (0: every one).  The final response carries
+        the totals whatever was left out."""
+        if self._reported is not None and now - self._reported < interval:
+            return False
+        self._reported = now
+        return True
 
     def pending(self) -> Response:
         return Response(Status.PENDING, None, self._counts(True))
