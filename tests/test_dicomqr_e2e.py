@@ -116,8 +116,10 @@ class DicomqrCase(TestCase):
         self.storescp_port = free_port()
         self.config = os.path.join(self.work, "qrscp.ini")
         with open(self.config, "w") as fp:
+            # pending_interval 0: a Pending response after every
+            # sub-operation, so the clients' counts can be checked exactly.
             fp.write(f"[DEFAULT]\nae_title: QRSCP\nport: {self.port}\n"
-                     f"bind_address: 127.0.0.1\n"
+                     f"bind_address: 127.0.0.1\npending_interval: 0\n"
                      f"[STORESCP]\naddress: 127.0.0.1\nport: {self.storescp_port}\n")
 
     def env(self) -> dict[str, str]:

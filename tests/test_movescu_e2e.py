@@ -440,6 +440,8 @@ class DicomQRTests(MoveTestCase):
     bind_address: {LOCALHOST}
     instance_location: {os.path.join(workdir, "instances")}
     database_location: {os.path.join(workdir, "instances.sqlite")}
+    # A Pending response after every sub-operation (the lines checked below).
+    pending_interval: 0
 
 [STORESCP]
     address: {LOCALHOST}
