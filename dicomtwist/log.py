@@ -96,3 +96,9 @@ def level() -> LogLevel:
 def debug_enabled() -> bool:
     """True when debug events are shown."""
     return _threshold == 0
+
+
+def info_enabled() -> bool:
+    """True when info events are shown (hot paths test it before building
+    an event's fields)."""
+    return _threshold <= 1

@@ -22,7 +22,7 @@ from dicomtwist.association import (
     file_dataset,
 )
 from dicomtwist.dimse import messages as m
-from dicomtwist.dimse.codec import decode_dataset
+from dicomtwist.dimse.codec import decode_dataset, encode_command
 from dicomtwist.errors import AssociationAborted, AssociationRejected, DIMSEServiceError
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.status import Status
@@ -142,6 +142,34 @@ class EchoStoreTests(InMemoryTestCase):
         self.assertIsInstance(rsp, m.CEchoRSP)
         self.assertEqual(rsp.status, Status.SUCCESS)
         self.release(client, server, pump)
+
+    def test_repeated_echo(self) -> None:
+        """C-ECHOs repeated on a second association (the same command set
+        bytes: the same request message, and the kept response) are
+        answered as the first ones: each response names its request's
+        message ID, and its command set is the one a fresh encoding gives."""
+        answers = []
+        for _ in range(2):
+            client, server, pump = self.established({"echo": handle_echo})
+            recorder = PDURecorder(client)
+            sent = []
+            write = server._write_message
+
+            def recording(message, *args, **kwargs):
+                sent.append((message, args[2]))
+                return write(message, *args, **kwargs)
+
+            server._write_message = recording  # type: ignore[method-assign]
+            for _ in range(2):
+                d = client.echo()
+                pump.flush()
+                answers.append(self.successResultOf(d))
+            self.assertEqual(recorder.types, [0x04, 0x04])
+            for rsp, command in sent:
+                self.assertEqual(command, encode_command(rsp, False))
+            self.release(client, server, pump)
+        self.assertEqual([(a.message_id_being_responded_to, a.status, a.affected_sop_class_uid)
+                          for a in answers], [(1, 0, VERIFICATION), (2, 0, VERIFICATION)] * 2)
 
     def test_store(self) -> None:
         """A stored data set reaches the handler as bytes decoding to the same data set."""

@@ -17,6 +17,7 @@ from pydicom.uid import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist.dimse import codec
 from dicomtwist.dimse.codec import (
     COMMAND,
     LAST_FRAGMENT,
@@ -314,6 +315,27 @@ class RoundTripTests(SynchronousTestCase):
     def test_memoryview(self) -> None:
         """decode_command accepts a memoryview."""
         self.assertEqual(decode_command(memoryview(C_ECHO_RQ_BYTES)), (CEchoRQ(1), False))
+
+    def test_repeated_bytes_same_message(self) -> None:
+        """The same bytes again give the same (frozen) message object, equal
+        to a fresh decoding; other bytes give their own message; a long
+        command set is decoded afresh each time."""
+        first = decode_command(C_ECHO_RQ_BYTES)
+        self.assertIs(decode_command(bytearray(C_ECHO_RQ_BYTES)), first)
+        self.assertEqual(first, codec._decode_command(bytes(C_ECHO_RQ_BYTES)))
+        other = decode_command(encode_command(CEchoRQ(2), False))
+        self.assertEqual(other, (CEchoRQ(2), False))
+        long = encode_command(CStoreRQ(3, CT_IMAGE, "1.2." + "3" * 60), True)
+        self.assertGreater(len(long), codec.COMMAND_MEMO_MAX)
+        self.assertIsNot(decode_command(long), decode_command(long))
+        self.assertEqual(decode_command(long), (CStoreRQ(3, CT_IMAGE, "1.2." + "3" * 60), True))
+
+    def test_memo_bounded(self) -> None:
+        """The memo holds at most COMMAND_MEMO_SIZE command sets."""
+        for message_id in range(1, 3 * codec.COMMAND_MEMO_SIZE):
+            self.assertEqual(decode_command(encode_command(CEchoRQ(message_id), False)),
+                             (CEchoRQ(message_id), False))
+            self.assertLessEqual(len(codec._COMMAND_MEMO), codec.COMMAND_MEMO_SIZE)
 
     def test_other_present_value(self) -> None:
         """Any CommandDataSetType other than 0x0101 means a data set follows."""

@@ -640,6 +640,15 @@ class SocketWriteTests(TestCase):
             states.append(protocol.machine.state)
 
         self.patch(DicomProtocol, "_read_early", recording)
+        artim_calls: list[list] = []
+        make_connection = DicomProtocol.makeConnection
+
+        def making(protocol, transport):
+            make_connection(protocol, transport)
+            artim_calls.append([call for call in reactor.getDelayedCalls()
+                                if call.func == protocol._artim_expired])
+
+        self.patch(DicomProtocol, "makeConnection", making)
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.addCleanup(dlog.set_level, dlog.level())
         dlog.set_level(LogLevel.info)
@@ -651,6 +660,9 @@ class SocketWriteTests(TestCase):
         def check(received: list[int]) -> Deferred:
             self.assertEqual(received, [0x02, 0x04, 0x06])
             self.assertEqual(states, [State.STA6])
+            # ARTIM ran from the connection (AE-5) to the request (AE-6)
+            # within the accept: no timer was made for it.
+            self.assertEqual(artim_calls, [[]])
             # Logged in the order things happened: the connection, then
             # the association on it.
             texts = [formatEvent(e) for e in events]
@@ -662,6 +674,39 @@ class SocketWriteTests(TestCase):
             return built[0].closed
 
         return threads.deferToThread(_finish_echo, sock).addCallback(check)
+
+    def test_nodelay_set_once_on_the_listening_socket(self) -> None:
+        """The port's first connection sets TCP_NODELAY on the listening
+        socket, and the later ones inherit it, setting nothing themselves:
+        every accepted socket has it.  Each closes without a ``shutdown``
+        first (its socket is the process's alone)."""
+        calls: list[bool] = []
+        set_nodelay = tcp.Server.setTcpNoDelay
+        self.patch(tcp.Server, "setTcpNoDelay", lambda transport, enabled: (
+            calls.append(enabled), set_nodelay(transport, enabled))[-1])
+        seen: list[tuple[bool, bool]] = []
+        made = Association.connectionMade
+
+        def recording(assoc):
+            made(assoc)
+            handle = assoc.transport.getHandle()
+            seen.append((bool(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
+                         assoc.transport._shouldShutdown))
+
+        self.patch(Association, "connectionMade", recording)
+        _, port, built = self.listen({"echo": handle_echo})
+        echoed = self.echo(port)
+        for _ in range(2):
+            echoed.addCallback(lambda _: self.echo(port))
+
+        def check(received: list[int]) -> None:
+            self.assertEqual(received, [0x02, 0x04, 0x06])
+            self.assertEqual(calls, [True])
+            self.assertEqual(seen, [(True, False)] * 3)
+            listening = built[0].transport.server.socket
+            self.assertTrue(listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        return echoed.addCallback(check)
 
     def test_peer_gone_before_accept(self) -> None:
         """A peer that connected and closed before the accept ends its

@@ -66,6 +66,12 @@ from dicomtwist.ul.protocol import DicomProtocol
 
 #: Association ids: unique in the process, in the order connections came.
 _association_ids = itertools.count(1)
+#: Responses carrying a status alone, by (id of the request message,
+#: status): (request, response message, its encoded command set).  The
+#: entry holds the request, so its id is not reused while it is kept.
+_SIMPLE_RESPONSES: dict[tuple[int, int], tuple[m.Message, m.Message, bytes]] = {}
+#: At most this many; emptied when full.
+SIMPLE_RESPONSES_SIZE = 64
 #: The events' words for the access rules' reject reasons (bounded).
 _REJECT_REASONS = {
     RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED: "application-context",
@@ -97,7 +103,7 @@ class Association(Requestor, DicomProtocol):
                  "_establishment", "_establishment_observed", "closed", "_assembler",
                  "_outstanding", "_serving", "_message_id", "_send_queue", "_sending",
                  "_acse_timer", "_abort_cause", "_released", "_busy", "association_id",
-                 "log_fields", "_received_rq")
+                 "_log_fields", "_received_rq")
 
     def __init__(self, clock: IReactorTime, *, handlers: Mapping[str, Handler] | None = None,
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
@@ -117,8 +123,9 @@ class Association(Requestor, DicomProtocol):
         self.negotiated: Negotiated | None = None
         #: This association's id in the process (log lines and events).
         self.association_id = next(_association_ids)
-        #: Structured fields of its log events (see :meth:`_log_fields`).
-        self.log_fields: dict[str, Any] = {"association_id": self.association_id}
+        # The fields of its log events, made when first asked for once the
+        # A-ASSOCIATE-RQ is known (see ``log_fields``).
+        self._log_fields: dict[str, Any] | None = None
         self.ae_title = policy.ae_title if policy else ""
         self.peer_ae_title = ""
         #: The A-ASSOCIATE-RQ received (acceptor).
@@ -133,7 +140,7 @@ class Association(Requestor, DicomProtocol):
         self._outstanding: dict[int, _Outstanding] = {}
         self._serving: dict[int, ServiceRequest] = {}
         self._message_id = 0
-        self._send_queue: list[tuple[m.Message, int, Any, Deferred]] = []
+        self._send_queue: list[tuple[m.Message, int, Any, Deferred, bytes | None]] = []
         self._sending = False
         self._acse_timer: Any = None
         self._abort_cause: str | None = None
@@ -186,9 +193,9 @@ class Association(Requestor, DicomProtocol):
             self.ae_title = self.associate_rq.calling_ae_title
             self.peer_ae_title = self.associate_rq.called_ae_title
             self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
-            self.log.info("Requesting Association", **self._log_fields(self.associate_rq))
+            self.log.info("Requesting Association", **self.log_fields)
         super().connectionMade()
-        if self.associate_rq is None:
+        if self.associate_rq is None and dlog.info_enabled():
             self.log.info("Association received from {peer}", peer=self.peer_description,
                           association_id=self.association_id)
 
@@ -196,7 +203,8 @@ class Association(Requestor, DicomProtocol):
         """Acceptor: negotiate from the policy and answer AC or RJ."""
         self.peer_ae_title = rq.calling_ae_title
         self._received_rq = rq
-        self.log.debug("{text}", text=_Lines(rq))
+        if dlog.debug_enabled():
+            self.log.debug("{text}", text=_Lines(rq))
         assert self.policy is not None
         rj = None
         refusal = acse.explain_unacceptable(rq, self.policy, self.peer_host())
@@ -206,7 +214,7 @@ class Association(Requestor, DicomProtocol):
             self.log.warn("Refusing association from {calling} at {peer} (called {called}):"
                           " {why}", calling=rq.calling_ae_title, peer=self.peer_description,
                           called=rq.called_ae_title, why=refusal.explanation,
-                          **self._log_fields(rq))
+                          **self.log_fields)
             rj = refusal.reject()
             reason = ("address" if "(host_check)" in refusal.explanation
                       else _REJECT_REASONS.get(refusal.reason, "other"))
@@ -219,7 +227,7 @@ class Association(Requestor, DicomProtocol):
         if rj is not None:
             self.log.info("Association Rejected: calling {calling} from {peer}, reason {reason}",
                           calling=rq.calling_ae_title, peer=self.peer_description,
-                          reason=rj.reason, **self._log_fields(rq))
+                          reason=rj.reason, **self.log_fields)
             self.associate_response(rj)
             if events.bus.observed:
                 events.bus.publish(events.AssociationRejected(
@@ -229,24 +237,36 @@ class Association(Requestor, DicomProtocol):
         ac, negotiated = acse.negotiate_acceptor(rq, self.policy)
         self._start(negotiated)
         self.associate_response(ac)
-        self.log.info("Association Accepted: calling {calling} from {peer},"
-                      " {count} presentation context(s) accepted",
-                      calling=rq.calling_ae_title, peer=self.peer_description,
-                      count=len(negotiated.contexts), **self._log_fields(rq))
+        if dlog.info_enabled():
+            self.log.info("Association Accepted: calling {calling} from {peer},"
+                          " {count} presentation context(s) accepted",
+                          calling=rq.calling_ae_title, peer=self.peer_description,
+                          count=len(negotiated.contexts), **self.log_fields)
         self._settle(True)
         if events.bus.observed:
             events.bus.publish(events.AssociationAccepted(
                 self.association_id, self.peer_host() or "", self._peer_port(),
                 rq.calling_ae_title, rq.called_ae_title))
 
-    def _log_fields(self, rq: AAssociateRQ) -> dict[str, Any]:
+    @property
+    def log_fields(self) -> dict[str, Any]:
         """The structured fields of this association's log events (the JSON
-        log shows them), kept for its later events: ``association_id``,
-        ``peer_host``, ``calling_ae``, ``called_ae``."""
-        self.log_fields = {"association_id": self.association_id,
-                           "peer_host": self.peer_host() or "",
-                           "calling_ae": rq.calling_ae_title, "called_ae": rq.called_ae_title}
-        return self.log_fields
+        log shows them): ``association_id``, and once the A-ASSOCIATE-RQ is
+        known (received or sent) ``peer_host``, ``calling_ae``,
+        ``called_ae``.  Made when first asked for: an association that
+        logs nothing at the configured level never builds them."""
+        fields = self._log_fields
+        if fields is None:
+            rq = self._received_rq if self._received_rq is not None else self.associate_rq
+            if rq is None:
+                return {"association_id": self.association_id}
+            fields = {"association_id": self.association_id, "peer_host": self.peer_host() or "",
+                      "calling_ae": rq.calling_ae_title, "called_ae": rq.called_ae_title}
+            if self.transport is not None:
+                # Kept once the peer is known (a requestor not yet connected
+                # has no peer host).
+                self._log_fields = fields
+        return fields
 
     def _peer_port(self) -> int:
         peer = self.peer_address
@@ -314,8 +334,9 @@ class Association(Requestor, DicomProtocol):
 
     def on_release_rq(self, payload: Any) -> None:
         """The peer releases: answer (PS3.8 AR-2)."""
-        self.log.info("Association Released by {peer}", peer=self.peer_ae_title or self.peer_description,
-                      **self.log_fields)
+        if dlog.info_enabled():
+            self.log.info("Association Released by {peer}",
+                          peer=self.peer_ae_title or self.peer_description, **self.log_fields)
         self._released = True
         self.release_response()
 
@@ -380,7 +401,7 @@ class Association(Requestor, DicomProtocol):
         for request in self._serving.values():
             request.cancelled = True
         queue, self._send_queue = self._send_queue, []
-        for _, _, _, d in queue:
+        for _, _, _, d, _ in queue:
             d.errback(AssociationAborted(f"association ended: {cause}"))
         self.closed.callback(None)
 
@@ -400,40 +421,59 @@ class Association(Requestor, DicomProtocol):
 
     # -- sending ----------------------------------------------------------------
     def send_message(self, message: m.Message, context_id: int,
-                     data: bytes | FileDataSet | None = None) -> Deferred[None]:
+                     data: bytes | FileDataSet | None = None, *,
+                     command: bytes | None = None) -> Deferred[None]:
         """Queue a DIMSE message (and its data set) for sending.
 
         Messages go out one after another, never interleaved; the Deferred
         fires when the whole message is written.
+
+        :param command: the message's command set, already encoded (for a
+            data set or not as ``data`` says); None: encoded here.
         """
         d: Deferred[None] = Deferred()
-        self._send_queue.append((message, context_id, data, d))
+        self._send_queue.append((message, context_id, data, d, command))
         if not self._sending:
             self._pump()
         return d
 
     def _pump(self) -> None:
         while self._send_queue and not self._sending:
-            message, context_id, data, d = self._send_queue.pop(0)
-            max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
-            self.log.debug("Sending {message.summary()}", message=message)
+            message, context_id, data, d, command = self._send_queue.pop(0)
             try:
-                for pdu in fragment(context_id, encode_command(message, data is not None),
-                                    True, max_pdu):
-                    self.send_pdata(pdu)
                 if isinstance(data, FileDataSet):
+                    self._write_message(message, context_id, None, command, True)
                     self._sending = True
+                    max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
                     producer = FileProducer(self, data, context_id, max_pdu, Deferred())
                     producer._done.addBoth(self._sent_file, d)
                     producer.start()
                     return
-                if data is not None:
-                    for pdu in fragment(context_id, data, False, max_pdu):
-                        self.send_pdata(pdu)
+                self._write_message(message, context_id, data, command)
             except InvalidEventError as e:
                 d.errback(AssociationAborted(f"cannot send {message.NAME}: {e}"))
                 continue
             d.callback(None)
+
+    def _write_message(self, message: m.Message, context_id: int, data: Any,
+                       command: bytes | None, has_dataset: bool = False) -> None:
+        """Write a message's command set and its data set (bytes), if any,
+        in P-DATA-TF PDUs of the peer's maximum length.
+
+        :param has_dataset: a data set follows although ``data`` is None
+            (a file, sent by a producer after this).
+        :raises InvalidEventError: the association cannot send.
+        """
+        max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
+        if dlog.debug_enabled():
+            self.log.debug("Sending {message.summary()}", message=message)
+        if command is None:
+            command = encode_command(message, has_dataset or data is not None)
+        for pdu in fragment(context_id, command, True, max_pdu):
+            self.send_pdata(pdu)
+        if data is not None:
+            for pdu in fragment(context_id, data, False, max_pdu):
+                self.send_pdata(pdu)
 
     def _sent_file(self, result: Any, d: Deferred) -> None:
         self._sending = False
@@ -469,7 +509,8 @@ class Association(Requestor, DicomProtocol):
                 self._dispatch(*done)
 
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
-        self.log.debug("Received {message.summary()}", message=message)
+        if dlog.debug_enabled():
+            self.log.debug("Received {message.summary()}", message=message)
         if message.IS_RESPONSE:
             self._on_response(message, data)
         elif isinstance(message, m.CCancelRQ):
@@ -508,9 +549,10 @@ class Association(Requestor, DicomProtocol):
         message = request.message
         service = SERVICE_FOR.get(type(message))
         handler = self.handlers.get(service) if service else None
-        self.log.info("Received {name} Request (MsgID {id}) from {peer}",
-                      name=LOG_NAMES.get(service, service), id=message.message_id,
-                      peer=self.peer_ae_title, **self.log_fields)
+        if dlog.info_enabled():
+            self.log.info("Received {name} Request (MsgID {id}) from {peer}",
+                          name=LOG_NAMES.get(service, service), id=message.message_id,
+                          peer=self.peer_ae_title, **self.log_fields)
         sop_class = getattr(message, "affected_sop_class_uid", None) or getattr(
             message, "requested_sop_class_uid", None)
         if handler is None or (sop_class is not None
@@ -582,6 +624,55 @@ class Association(Requestor, DicomProtocol):
         if self.machine.is_closed:
             return
         message = request.message
+        data = response.dataset
+        status = int(response.status)
+        command = None
+        known = None
+        if data is None and not response.fields:
+            # A status alone answers the same request alike: kept for
+            # requests that repeat (decode_command's memo gives a repeated
+            # C-ECHO-RQ's bytes the same message object).
+            known = _SIMPLE_RESPONSES.get((id(message), status))
+        if known is not None and known[0] is message:
+            rsp, command = known[1], known[2]
+        else:
+            rsp = self._response_message(message, response)
+            if data is None and not response.fields:
+                command = encode_command(rsp, False)
+                if len(_SIMPLE_RESPONSES) >= SIMPLE_RESPONSES_SIZE:
+                    _SIMPLE_RESPONSES.clear()
+                _SIMPLE_RESPONSES[id(message), status] = (message, rsp, command)
+        if isinstance(data, Dataset):
+            data = encode_dataset(data, request.context.transfer_syntax)
+        service = SERVICE_FOR.get(type(message), "")
+        if dlog.info_enabled():
+            self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
+                          name=LOG_NAMES.get(service, service), id=message.message_id,
+                          status=status, status_name=status_name(status), **self.log_fields)
+        if self._sending or self._send_queue or isinstance(data, FileDataSet):
+            try:
+                await self.send_message(rsp, request.context.context_id, data, command=command)
+            except AssociationAborted:
+                pass
+        else:
+            # Nothing ahead of it: written now, as send_message would, without
+            # a Deferred to fire and await.
+            try:
+                self._write_message(rsp, request.context.context_id, data, command)
+            except InvalidEventError:
+                pass
+        if (events.bus.observed and self.policy is not None
+                and category(response.status) is not Category.PENDING):
+            events.bus.publish(events.OperationCompleted(
+                self.association_id, service, status,
+                time.monotonic() - request.received,
+                getattr(message, "affected_sop_class_uid", None)
+                or getattr(message, "requested_sop_class_uid", None) or "",
+                self.log_fields.get("peer_host", ""), self.peer_ae_title))
+
+    @staticmethod
+    def _response_message(message: m.Message, response: Response) -> m.Message:
+        """The response message answering ``message`` with ``response``."""
         rsp_class = RESPONSE_FOR[type(message)]
         kwargs: dict[str, Any] = {
             "message_id_being_responded_to": message.message_id,
@@ -602,27 +693,7 @@ class Association(Requestor, DicomProtocol):
         for name, value in response.fields.items():
             if name in names:
                 kwargs[name] = value
-        rsp = rsp_class(**kwargs)
-        data = response.dataset
-        if isinstance(data, Dataset):
-            data = encode_dataset(data, request.context.transfer_syntax)
-        service = SERVICE_FOR.get(type(message), "")
-        self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
-                      name=LOG_NAMES.get(service, service), id=message.message_id,
-                      status=int(response.status), status_name=status_name(response.status),
-                      **self.log_fields)
-        try:
-            await self.send_message(rsp, request.context.context_id, data)
-        except AssociationAborted:
-            pass
-        if (events.bus.observed and self.policy is not None
-                and category(response.status) is not Category.PENDING):
-            events.bus.publish(events.OperationCompleted(
-                self.association_id, service, int(response.status),
-                time.monotonic() - request.received,
-                getattr(message, "affected_sop_class_uid", None)
-                or getattr(message, "requested_sop_class_uid", None) or "",
-                self.log_fields.get("peer_host", ""), self.peer_ae_title))
+        return rsp_class(**kwargs)
 
     def _serve_failed(self, failure: Failure, request: ServiceRequest) -> None:
         self.log.failure("Serving {name} failed", failure, name=request.message.NAME)

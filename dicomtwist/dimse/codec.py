@@ -271,11 +271,23 @@ def _split_elements(data: bytes) -> dict[int, bytes]:
     return elements
 
 
+#: Recently decoded command sets by their bytes: a peer verifying again
+#: and again sends the same C-ECHO-RQ each time, and messages are frozen,
+#: so the same bytes may give the same message object.
+_COMMAND_MEMO: dict[bytes, tuple[Message, bool]] = {}
+#: At most this many; the memo is emptied when full.
+COMMAND_MEMO_SIZE = 64
+#: Longer command sets are not kept (a C-ECHO-RQ is 72 bytes, a C-STORE-RQ
+#: about 160 and never repeats: its SOP Instance UID differs).
+COMMAND_MEMO_MAX = 128
+
+
 def decode_command(data: bytes | memoryview) -> tuple[Message, bool]:
     """Decode a command set received from a peer (PS3.7 6.3, Annex E).
 
     Command elements a message does not use, and unknown or retired group
-    0000 elements, are ignored.
+    0000 elements, are ignored.  The same bytes as a recent command set
+    give the same (immutable) message.
 
     :param data: the command set, reassembled from its PDV fragments.
     :returns: the message and whether a data set follows it.
@@ -284,6 +296,19 @@ def decode_command(data: bytes | memoryview) -> tuple[Message, bool]:
         element or holds an undecodable value.
     """
     data = bytes(data)
+    known = _COMMAND_MEMO.get(data)
+    if known is not None:
+        return known
+    decoded = _decode_command(data)
+    if len(data) <= COMMAND_MEMO_MAX:
+        if len(_COMMAND_MEMO) >= COMMAND_MEMO_SIZE:
+            _COMMAND_MEMO.clear()
+        _COMMAND_MEMO[data] = decoded
+    return decoded
+
+
+def _decode_command(data: bytes) -> tuple[Message, bool]:
+    """:func:`decode_command`, computed."""
     elements = _split_elements(data)
     if not data.startswith(b"\x00\x00\x00\x00"):
         raise DIMSEDecodeError("command set does not start with Command Group Length")

@@ -18,6 +18,7 @@ takes.
 from __future__ import annotations
 
 import socket
+import weakref
 from typing import Any
 
 from twisted.internet import tcp
@@ -79,7 +80,8 @@ class DicomProtocol(Protocol):
     # One per connection: its state in slots rather than a dictionary
     # (Twisted's Protocol keeps one for transport, factory, connected).
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
-                 "_artim_running", "_feeding", "_queued", "_idle", "peer_description",
+                 "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
+                 "peer_description",
                  "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
@@ -93,11 +95,16 @@ class DicomProtocol(Protocol):
         # The ARTIM timer's call, and whether ARTIM runs.
         self._artim: IDelayedCall | None = None
         self._artim_running = False
+        # ARTIM was started while input was handled: its call is made when
+        # the handling ends (see :meth:`start_artim`).
+        self._artim_pending = False
         # Events raised while the machine runs an action (a hook answering
         # an indication at once) wait until the transition is complete.
         self._feeding = False
         self._queued: list[tuple[Event, Any]] = []
         self._idle: IDelayedCall | None = None
+        # When input last came (the network timeout counts from it).
+        self._last_input = 0.0
         self.peer_description = "?"
         #: The peer's address: ``transport.getPeer()`` once connected, or
         #: the address the factory was given (``buildProtocol(addr)``).
@@ -112,11 +119,18 @@ class DicomProtocol(Protocol):
 
     # -- Twisted Protocol -------------------------------------------------
     def connectionMade(self) -> None:
-        """Set TCP_NODELAY and the read size; start the requestor's or
-        acceptor's flow."""
-        _set_nodelay(self.transport)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
+        """Set TCP_NODELAY, the read size and how the socket closes; start
+        the requestor's or acceptor's flow."""
+        transport = self.transport
+        _set_nodelay(transport)
+        if type(transport) in _SOCKET_TRANSPORTS:
+            transport.bufferSize = READ_SIZE
+            # The socket is this process's alone (close-on-exec): ``close``
+            # ends the connection as Twisted's ``shutdown`` + ``close``
+            # would, with one system call less.
+            transport._shouldShutdown = False
+        elif hasattr(transport, "bufferSize"):
+            transport.bufferSize = READ_SIZE
         peer = self.peer_address
         if peer is None:
             peer = self.peer_address = self.transport.getPeer()
@@ -137,11 +151,21 @@ class DicomProtocol(Protocol):
 
     def makeConnection(self, transport: Any) -> None:
         """Connect, then (acceptor on plain TCP) :meth:`_read_early`, once
-        every ``connectionMade`` up the class chain has run."""
-        super().makeConnection(transport)
-        if (self.associate_rq is None and type(transport) is tcp.Server
-                and not transport.disconnecting):
-            self._read_early()
+        every ``connectionMade`` up the class chain has run.
+
+        Both are one handling of input: what they send goes out in one
+        write at the end, and ARTIM, started by the connection and
+        stopped by an A-ASSOCIATE-RQ found at once, never needs a timer.
+        """
+        early = self.associate_rq is None and type(transport) is tcp.Server
+        collecting = early and self._collect()
+        try:
+            super().makeConnection(transport)
+            if early and not transport.disconnecting:
+                self._read_early()
+        finally:
+            if collecting:
+                self._flush()
 
     def _read_early(self) -> None:
         """Read what a just-accepted peer has sent already.
@@ -176,7 +200,7 @@ class DicomProtocol(Protocol):
                 except PDUDecodeError as error:
                     self._decode_failed(error)
                     return
-                if self.log_pdus:
+                if self.log_pdus and dlog.debug_enabled():
                     self.log.debug("Received {pdu.summary()}", pdu=pdu)
                 self._event(RECEIVED_EVENTS[pdu_type], pdu)
                 if self.machine.is_closed:
@@ -192,7 +216,7 @@ class DicomProtocol(Protocol):
         self._cancel_idle()
         if not self.machine.is_closed:
             self._event(Event.EVT17, reason)
-        self._artim_running = False
+        self._artim_running = self._artim_pending = False
         if self._artim is not None and self._artim.active():
             self._artim.cancel()
         self._artim = None
@@ -224,7 +248,7 @@ class DicomProtocol(Protocol):
                 self._flush()
             self.transport.writeSequence(pdu)
             return
-        if self.log_pdus:
+        if self.log_pdus and dlog.debug_enabled():
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         self._write(pdu.encode())
 
@@ -260,6 +284,8 @@ class DicomProtocol(Protocol):
     def _flush(self) -> None:
         """Write what was collected while handling input, in one piece."""
         outgoing, self._outgoing = self._outgoing, None
+        if self._artim_pending and self._artim_running:
+            self._schedule_artim()
         if not outgoing:
             return
         self._send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
@@ -282,8 +308,21 @@ class DicomProtocol(Protocol):
         transport.write(bytes(data))
 
     def start_artim(self) -> None:
-        """Start, or restart, the ARTIM timer."""
+        """Start, or restart, the ARTIM timer.
+
+        While input is handled, the timer's call is made when the handling
+        ends, if ARTIM still runs then: an acceptor starts ARTIM on a new
+        connection (AE-5) and stops it on the A-ASSOCIATE-RQ (AE-6), which
+        :meth:`_read_early` usually finds at once; no call is made for that.
+        """
         self._artim_running = True
+        if self._outgoing is not None:
+            self._artim_pending = True
+            return
+        self._schedule_artim()
+
+    def _schedule_artim(self) -> None:
+        self._artim_pending = False
         artim = self._artim
         if artim is not None and artim.active():
             artim.reset(self.artim_timeout)
@@ -298,7 +337,7 @@ class DicomProtocol(Protocol):
         call holds about 450 bytes (benchmarks/idle_memory.py); the acceptor
         makes a second one only after its A-RELEASE-RP.
         """
-        self._artim_running = False
+        self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
         if artim is not None and artim.active():
             artim.cancel()
@@ -458,12 +497,16 @@ class DicomProtocol(Protocol):
             self._event(Event.EVT18)
 
     def _touch(self) -> None:
-        """Restart the network (idle) timeout."""
-        if self.network_timeout is None or self.machine.is_closed:
+        """Restart the network (idle) timeout.
+
+        Only the time is noted: the timer's call, made once, looks at it
+        when it comes and waits again for what is left (a read costs one
+        clock reading rather than moving the call).
+        """
+        if self.network_timeout is None:
             return
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.network_timeout)
-        else:
+        self._last_input = self.clock.seconds()
+        if self._idle is None and not self.machine.is_closed:
             self._idle = self.clock.callLater(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
@@ -473,6 +516,11 @@ class DicomProtocol(Protocol):
 
     def _idle_expired(self) -> None:
         self._idle = None
+        left = self._last_input + self.network_timeout - self.clock.seconds()
+        if left > 0:
+            # Input came since the call was made: wait for the rest.
+            self._idle = self.clock.callLater(left, self._idle_expired)
+            return
         if self.is_busy():
             # A long operation (a C-MOVE sub-operation, a big query) keeps a
             # quiet peer waiting legitimately: look again later.
@@ -535,8 +583,28 @@ def _nothing_queued(transport: Any) -> bool:
         return False
 
 
+#: Listening ports and what their accepted sockets do with TCP_NODELAY:
+#: True, they inherit it from the listening socket (set there by the
+#: first connection; Linux and the BSDs copy it to accepted sockets), so
+#: nothing is left to do per connection; False, they do not (set per
+#: connection); a number, how many more connections to check before
+#: deciding False (those accepted before the listening socket had it
+#: have not inherited it).
+_NODELAY_PORTS: weakref.WeakKeyDictionary[Any, bool | int] = weakref.WeakKeyDictionary()
+#: Accepted sockets checked for an inherited TCP_NODELAY before giving up.
+NODELAY_CHECKS = 32
+
+
 def _set_nodelay(transport: Any) -> None:
-    """Disable Nagle: each DIMSE turn would otherwise wait on delayed ACKs."""
+    """Disable Nagle: each DIMSE turn would otherwise wait on delayed ACKs.
+
+    An accepted plain TCP connection inherits the option from its
+    listening socket, where the first connection of the port sets it:
+    one ``setsockopt`` per port rather than per association (the next
+    connections check with ``getsockopt`` until one has it).
+    """
+    if type(transport) is tcp.Server and _inherits_nodelay(transport):
+        return
     set_nodelay = getattr(transport, "setTcpNoDelay", None)
     if set_nodelay is not None:
         try:
@@ -550,3 +618,31 @@ def _set_nodelay(transport: Any) -> None:
             get_handle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+
+
+def _inherits_nodelay(transport: tcp.Server) -> bool:
+    """True if this accepted socket has TCP_NODELAY from its listening
+    socket (see :data:`_NODELAY_PORTS`); otherwise the caller sets it."""
+    port = transport.server
+    try:
+        state = _NODELAY_PORTS.get(port)
+        if state is True or state is False:
+            return state
+        if state is None:
+            # The port's first connection: from now on its listening
+            # socket hands the option on.
+            port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _NODELAY_PORTS[port] = NODELAY_CHECKS
+            return False
+        if transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+            _NODELAY_PORTS[port] = True
+            return True
+        _NODELAY_PORTS[port] = state - 1 if state > 1 else False
+    except (OSError, AttributeError, TypeError):
+        # No listening socket to set (a port adopted another way), or not
+        # weakly referenceable: per connection.
+        try:
+            _NODELAY_PORTS[port] = False
+        except TypeError:
+            pass
+    return False
