@@ -282,24 +282,14 @@ class QueryRetrieve:
                         pass
 
     def _tls_for(self, destination: Any) -> Any:
-        """The TLS client options for a destination marked ``tls``, else None.
-
-        Its own ``tls_ca``/``tls_cert``/``tls_key``, or the archive's; the
-        destination's certificate must name its address.
-
-        :raises ValueError: a certificate or key file cannot be used.
-        """
+        """The TLS client options for a destination marked ``tls``, else None
+        (:func:`dicomtwist.tls.destination_options`, imported only then: a
+        daemon without TLS never loads it)."""
         if not getattr(destination, "tls", False):
             return None
         from dicomtwist import tls
 
-        settings = self.settings
-        certificate = destination.tls_cert or getattr(settings, "tls_cert", None)
-        key = destination.tls_key or (getattr(settings, "tls_key", None)
-                                      if not destination.tls_cert else None)
-        return tls.client_options(destination.address,
-                                  ca=destination.tls_ca or getattr(settings, "tls_ca", None),
-                                  certificate=certificate, private_key=key)
+        return tls.destination_options(destination, self.settings)
 
     async def _get_run(self, request: ServiceRequest, records: list[Any],
                        progress: "_Progress") -> AsyncIterator[Response]:
