@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from dicomtwist.dimse.codec import LAST_FRAGMENT
 from dicomtwist.errors import AssociationAborted, InvalidEventError
-from dicomtwist.ul.pdu import pdata_header
+from dicomtwist.ul.pdu import PDATA_HEADER_LENGTH, pack_pdata_header
 
 if TYPE_CHECKING:
     from dicomtwist.association.protocol import Association
@@ -102,52 +102,180 @@ def file_dataset(path: str, readahead: bool = False) -> FileDataSet:
                        values.get(0x0002), values.get(0x0003))
 
 
+#: Data set bytes read (one ``preadv``) and framed per batch of PDUs; each
+#: batch is one write: a 0.5 MB instance in 16 KB PDUs is one batch.
+BATCH_BYTES = 1 << 20
+#: At most this many PDUs per batch: ``preadv`` takes at most ``IOV_MAX``
+#: (1024 on Linux) buffers; only a peer with tiny PDUs reaches this.
+BATCH_PDUS = 512
+#: The framing buffer of a file of at least a batch: room for a batch of
+#: the largest PDUs (the data of a PDU is at most :data:`BATCH_BYTES`)
+#: or of :data:`BATCH_PDUS` small ones.
+BUFFER_BYTES = BATCH_BYTES + BATCH_PDUS * PDATA_HEADER_LENGTH
+#: Framing buffers kept for the next files (taken one per file being sent;
+#: allocating and zeroing a megabyte per instance would cost more than
+#: framing it).  Smaller ones (small files) are made to measure.
+SPARE_BUFFERS = 2
+_spare: list[bytearray] = []
+
+
+def _take_buffer(size: int) -> bytearray:
+    """A framing buffer of at least ``size`` bytes (at most
+    :data:`BUFFER_BYTES`): a spare one, or a new one."""
+    if size < BUFFER_BYTES // 8:
+        return bytearray(size)
+    if _spare:
+        return _spare.pop()
+    return bytearray(BUFFER_BYTES)
+
+
+def _give_back(buffer: bytearray) -> None:
+    """Keep ``buffer`` for the next file (nothing refers to it any more:
+    what was written of it was sent or copied)."""
+    if len(buffer) == BUFFER_BYTES and len(_spare) < SPARE_BUFFERS:
+        _spare.append(buffer)
+
+
+def _read_into(fd: int, slots: list[memoryview], position: int) -> bool:
+    """Fill ``slots`` from ``fd`` at ``position``, in order; False if the
+    file ends first."""
+    if hasattr(os, "preadv"):
+        got = os.preadv(fd, slots, position)
+        position += got
+        # Short (a file cut meanwhile, or a read split by the kernel): go
+        # on from where it stopped.
+        rest = []
+        for slot in slots:
+            if got >= len(slot):
+                got -= len(slot)
+            else:
+                rest.append(slot[got:] if got else slot)
+                got = 0
+        slots = rest
+    for slot in slots:
+        filled = 0
+        while filled < len(slot):
+            data = os.pread(fd, len(slot) - filled, position)
+            if not data:
+                return False
+            slot[filled:filled + len(data)] = data
+            filled += len(data)
+            position += len(data)
+    return True
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """Send a :class:`FileDataSet` as P-DATA-TF PDUs, pausing with the transport.
 
-    Memory use is one PDU whatever the file's size.
+    The file is read in batches of PDUs (:data:`BATCH_BYTES` of data) into
+    one buffer where each PDU's header sits in front of its data (one
+    ``preadv`` fills the data of the whole batch), and each batch goes to
+    the association as one write: no Python object per PDU, no copy of
+    the data in Python when the socket takes it at once
+    (:meth:`~dicomtwist.ul.protocol.DicomProtocol.send_pdu`).  Memory use
+    is one batch (plus what the transport buffers before it pauses us)
+    whatever the file's size.
     """
 
     def __init__(self, association: "Association", source: FileDataSet, context_id: int,
-                 max_pdu: int, done: Deferred) -> None:
+                 max_pdu: int, done: Deferred, head: bytes = b"") -> None:
         self._association = association
-        # A large buffer: one read() per megabyte, not one per PDU.
-        self._file = open(source.path, "rb", buffering=1 << 20)
-        self._file.seek(source.offset)
+        # PDUs going first (the message's command set): written with the
+        # first batch, in front of it, when they fit in the buffer.
+        self._head = head
+        self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._position = source.offset
         self._remaining = source.length
         self._context_id = context_id
-        self._chunk = (max_pdu or (1 << 20)) - 6
-        if max_pdu == 0 or self._chunk > (1 << 20):
-            self._chunk = 1 << 20
+        # The data of one PDU: its maximum length less the PDV item's
+        # header (length, context id, control: PS3.8 9.3.5.1).
+        chunk = (max_pdu or (1 << 20)) - 6
+        if max_pdu == 0 or chunk > BATCH_BYTES:
+            chunk = BATCH_BYTES
+        self._chunk = chunk
+        self._per_batch = min(BATCH_PDUS, max(1, BATCH_BYTES // chunk))
+        pdus = max(1, -(-source.length // chunk))
+        self._buffer: bytearray | None = None
+        self._buffer_size = min(pdus, self._per_batch) * (chunk + PDATA_HEADER_LENGTH) + len(head)
         self._done = done
         self._paused = False
         self._finished = False
         self._registered = False
 
     def start(self) -> None:
-        transport = self._association.transport
+        """Send the file, once the association has settled the event being
+        handled (:meth:`~dicomtwist.ul.protocol.DicomProtocol.when_settled`);
+        ``done`` fires when it is all written, or fails."""
+        self._association.when_settled(self._begin)
+
+    def _begin(self) -> None:
+        association = self._association
+        transport = association.transport
+        if transport is None or association.machine.is_closed:
+            self._finish(AssociationAborted("association ended before sending a data set"))
+            return
+        self._buffer = _take_buffer(self._buffer_size)
+        head = self._head
+        if head and len(self._buffer) < self._buffer_size:
+            # More than the room a batch leaves in the buffer: on its own.
+            self._head = b""
+            try:
+                association.send_pdata(head)
+            except InvalidEventError as e:
+                self._finish(AssociationAborted(f"association ended while sending: {e}"))
+                return
         transport.registerProducer(self, True)
+        association.sending_file = True
         self._registered = True
         self.resumeProducing()
 
     def resumeProducing(self) -> None:
         self._paused = False
         while not self._paused and not self._finished:
-            size = min(self._chunk, self._remaining)
-            data = self._file.read(size)
-            if len(data) != size:
+            try:
+                batch = self._next_batch()
+            except OSError as e:
+                self._finish(e)
+                return
+            if batch is None:
                 self._finish(IOError("stored file shorter than expected"))
                 return
-            self._remaining -= size
-            control = LAST_FRAGMENT if self._remaining == 0 else 0
             try:
-                self._association.send_pdata([pdata_header(self._context_id, control, size), data])
+                self._association.send_pdata(batch)
             except InvalidEventError as e:
                 self._finish(AssociationAborted(f"association ended while sending: {e}"))
                 return
             if self._remaining == 0:
                 self._finish(None)
+
+    def _next_batch(self) -> memoryview | None:
+        """Read and frame the next PDUs; None if the file ends too soon.
+
+        :returns: the PDUs, one after another, in the framing buffer.
+        """
+        chunk = self._chunk
+        pdus = min(self._per_batch, max(1, -(-self._remaining // chunk)))
+        view = memoryview(self._buffer)
+        slots = []
+        at = len(self._head)
+        if at:
+            view[:at] = self._head
+            self._head = b""
+        left = self._remaining
+        context_id = self._context_id
+        for _ in range(pdus):
+            size = chunk if left > chunk else left
+            left -= size
+            pack_pdata_header(view, at, context_id, LAST_FRAGMENT if left == 0 else 0, size)
+            at += PDATA_HEADER_LENGTH
+            slots.append(view[at:at + size])
+            at += size
+        if not _read_into(self._fd, slots, self._position):
+            return None
+        self._position += self._remaining - left
+        self._remaining = left
+        return view[:at]
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -159,13 +287,19 @@ class FileProducer:
         if self._finished:
             return
         self._finished = True
-        self._file.close()
-        transport = self._association.transport
-        if transport is not None and self._registered:
-            # Not ``transport.producer is self``: a TLS transport wraps the
-            # producer it is given, so ask for our own registration.
+        os.close(self._fd)
+        if self._buffer is not None:
+            _give_back(self._buffer)
+            self._buffer = None
+        association = self._association
+        transport = association.transport
+        if self._registered:
+            association.sending_file = False
+            if transport is not None:
+                # Not ``transport.producer is self``: a TLS transport wraps
+                # the producer it is given, so ask for our own registration.
+                transport.unregisterProducer()
             self._registered = False
-            transport.unregisterProducer()
         if error is None:
             self._done.callback(None)
         else:
