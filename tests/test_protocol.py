@@ -458,6 +458,37 @@ class AcceptorProtocolTests(SynchronousTestCase):
             self.assertEqual(self.flushLoggedErrors(), [])
             self.assertEqual(decode_written(self.take())[0].source, 2)
 
+    def test_held_buffer_copied(self) -> None:
+        """A PDU written from a reusable buffer while input is handled is
+        copied when held: what goes out is what was written, whatever the
+        buffer holds by the end of the handling."""
+        proto = self.associated()
+        buffer = bytearray(b"\x04\x00" + b"\x00" * 10)
+        collecting = proto._collect()
+        proto.send_pdu(memoryview(buffer))
+        buffer[:] = b"\xff" * 12
+        proto._flush()
+        self.assertTrue(collecting)
+        self.assertEqual(self.take(), b"\x04\x00" + b"\x00" * 10)
+
+    def test_when_settled(self) -> None:
+        """A call asked for while an event is handled waits until it and the
+        events its hooks raised are done; asked for otherwise, it runs now."""
+        proto = self.associated()
+        calls: list[str] = []
+        original = proto.on_pdata
+
+        def on_pdata(pdata):
+            proto.when_settled(lambda: calls.append(f"settled {proto._feeding}"))
+            calls.append("indicated")
+            original(pdata)
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(calls, ["indicated", "settled False"])
+        proto.when_settled(lambda: calls.append("now"))
+        self.assertEqual(calls[-1], "now")
+
     # -- rejection -------------------------------------------------------------------
     def test_reject_application_context(self) -> None:
         """A wrong application context is answered with A-ASSOCIATE-RJ(1, 1, 2); ARTIM then closes."""
