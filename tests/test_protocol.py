@@ -32,6 +32,7 @@ from dicomtwist.dimse.codec import decode_command, encode_command, fragment
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import State
+from dicomtwist.ul import protocol as ul_protocol
 from dicomtwist.ul.protocol import READ_SIZE, DicomProtocol
 from dicomtwist.ul.items import (
     ImplementationClassUIDSubItem,
@@ -809,6 +810,9 @@ class SocketWriteTests(TestCase):
         send = tcp.Server.writeSomeData
         self.patch(tcp.Server, "writeSomeData",
                    lambda transport, data: send(transport, memoryview(data)[:1000]))
+        send_now = ul_protocol._send_now
+        self.patch(ul_protocol, "_send_now",
+                   lambda transport, data: send_now(transport, memoryview(data)[:1000]))
         results = []
         for index in range(40):
             ds = Dataset()

@@ -303,26 +303,22 @@ class DicomProtocol(Protocol):
         A reply, or a batch of a file's PDUs, is sent now instead of
         asking the reactor to wait for writability (two ``epoll_ctl``
         calls and a reactor iteration per write, and a copy of the data
-        into the transport's buffer).  ``writeSomeData`` sends at most
-        ``SEND_LIMIT`` bytes a call: a large write calls it again while
-        the socket takes all it is given.  Whatever the socket does not
-        take, or an error, goes the usual way: a copy into the
-        transport's buffer, which pauses a registered producer when full.
+        into the transport's buffer), in one ``send``: not the
+        transport's ``writeSomeData``, which takes at most ``SEND_LIMIT``
+        (128 KiB) a call.  Whatever the socket does not take, or an
+        error, goes the usual way: a copy into the transport's buffer
+        (which pauses a registered producer when full), whose ``doWrite``
+        sends it or reports the error.
         """
         transport = self.transport
         if transport is None:
             return
         if type(transport) in _SOCKET_TRANSPORTS and _nothing_queued(transport):
-            limit = transport.SEND_LIMIT
-            while True:
-                sent = transport.writeSomeData(data)
-                if type(sent) is not int or sent <= 0:
-                    break
-                if sent >= len(data):
-                    return
+            sent = _send_now(transport, data)
+            if sent >= len(data):
+                return
+            if sent:
                 data = memoryview(data)[sent:]
-                if sent < limit:
-                    break
         transport.write(bytes(data))
 
     def start_artim(self) -> None:
@@ -607,6 +603,16 @@ _HOOKS = {
 #: Transports whose socket :meth:`DicomProtocol._flush` writes to directly
 #: when nothing is queued (exact types: a subclass may write differently).
 _SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client})
+
+
+def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
+    """One ``send`` of ``data`` on a TCP transport's socket: how many bytes
+    it took; 0 if it would block or failed (the transport's own write
+    then meets the error and reports it)."""
+    try:
+        return transport.socket.send(data)
+    except OSError:
+        return 0
 
 
 def _nothing_queued(transport: Any) -> bool:
