@@ -167,13 +167,12 @@ def main(argv: list[str]) -> int:
         for tree in trees:
             assoc_cost.stop(tree.server)
         destination.stop()
-    print(f"per sub-operation ({kinds}, {measured} sub-operations):")
     if args.tool == "callgrind":
-        assoc_cost.report_callgrind(f"{out}.callgrind", measured, args.top)
+        assoc_cost.report_callgrind(f"{out}.callgrind", measured, args.top, "sub-operation")
     elif args.tool == "cprofile":
-        assoc_cost.report_cprofile(f"{out}.prof", measured, args.top)
+        assoc_cost.report_cprofile(f"{out}.prof", measured, args.top, "sub-operation")
     elif args.tool == "strace":
-        assoc_cost.report_strace(f"{out}.strace", measured)
+        assoc_cost.report_strace(f"{out}.strace", measured, "sub-operation")
     return 0
 
 

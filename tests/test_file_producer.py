@@ -9,7 +9,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from dicomtwist.association import AcceptorFactory, Association, FileDataSet, associate, files
 from dicomtwist.dimse import messages as m
