@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from functools import partial
+from functools import lru_cache, partial
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
@@ -245,7 +245,7 @@ class QueryRetrieve:
         originator = (None if requestor is None
                       else (requestor.peer_ae_title, request.message.message_id))
         lossy = getattr(destination, "lossy", False)
-        order = getattr(destination, "preference", DEFAULT_ORDER)
+        order = tuple(getattr(destination, "preference", DEFAULT_ORDER))
         for batch in _batches(records, lossy, order):
             if request.cancelled:
                 return
@@ -582,14 +582,16 @@ def _codec() -> Any:
 DEFAULT_ORDER = ("stored", "lossless", "uncompressed")
 
 
-def _candidates(stored: str, lossy: bool, order: tuple[str, ...]) -> list[str]:
+@lru_cache(maxsize=64)
+def _candidates(stored: str, lossy: bool, order: tuple[str, ...]) -> tuple[str, ...]:
     """The transfer syntaxes proposed for an instance stored in ``stored``,
     best first: each one it can be converted to (Deflated and Big Endian
-    left out: nobody needs them that cannot take Little Endian)."""
+    left out: nobody needs them that cannot take Little Endian).  Asked
+    twice per instance of a C-MOVE with the same few arguments: kept."""
     codec = _codec()
     proposable = (stored, *codec.LOSSLESS_TARGETS, *UNCOMPRESSED,
                   *(codec.LOSSY_TARGETS if lossy else ()))
-    return codec.preference(stored, proposable, allow_lossy=lossy, order=order)
+    return tuple(codec.preference(stored, proposable, allow_lossy=lossy, order=order))
 
 
 def _contexts(records: Iterable[Any], lossy: bool = False,
