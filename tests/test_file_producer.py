@@ -11,14 +11,21 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from dicomtwist.association import AcceptorFactory, Association, FileDataSet, associate, files
+from dicomtwist.association import (
+    AcceptorFactory,
+    Association,
+    FileDataSet,
+    associate,
+    file_dataset,
+    files,
+)
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.codec import COMMAND, LAST_FRAGMENT, encode_command, fragment
 from dicomtwist.status import Status
 from dicomtwist.ul import protocol as ul_protocol
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.pdu import pdata_header
-from tests.helpers import CT_IMAGE_STORAGE, policy
+from tests.helpers import CT_IMAGE_STORAGE, ct_dataset, policy
 from tests.test_association import InMemoryTestCase
 
 #: The only context proposed: the files below are sent as they are.
@@ -78,6 +85,40 @@ def split_pdus(stream: bytes) -> list[bytes]:
         at += 6 + len(body)
     assert at == len(stream), (at, len(stream))
     return pdus
+
+
+class FileDatasetTests(TestCase):
+    """file_dataset: where the data set of a Part 10 file starts, read from
+    its File Meta Information alone."""
+
+    def check(self, ds) -> None:
+        path = self.mktemp()
+        ds.save_as(path, enforce_file_format=True)
+        with open(path, "rb") as fp:
+            raw = fp.read()
+        # The data set's first element: (0008,0016) SOP Class UID, UI.
+        offset = raw.index(b"\x08\x00\x16\x00UI", 132)
+        self.assertEqual(file_dataset(path, readahead=True), FileDataSet(
+            path, offset, len(raw) - offset, ExplicitVRLittleEndian, ds.SOPClassUID,
+            ds.SOPInstanceUID))
+
+    def test_located(self) -> None:
+        """Offset, length, transfer syntax and the meta group's UIDs."""
+        self.check(ct_dataset(64))
+
+    def test_long_meta_group(self) -> None:
+        """A meta group longer than the first read (4 KiB) is read on."""
+        ds = ct_dataset(64)
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+        ds.file_meta.PrivateInformation = b"\x01" * 6000
+        self.check(ds)
+
+    def test_not_part10(self) -> None:
+        """A file without the DICM prefix is refused."""
+        path = self.mktemp()
+        with open(path, "wb") as fp:
+            fp.write(b"\x00" * 200)
+        self.assertRaises(ValueError, file_dataset, path)
 
 
 class FileProducerTestCase(InMemoryTestCase):

@@ -63,17 +63,19 @@ def file_dataset(path: str, readahead: bool = False) -> FileDataSet:
 
     :raises ValueError: the file is not a Part 10 file.
     """
-    with open(path, "rb") as fp:
-        head = fp.read(4096)
-        size = os.fstat(fp.fileno()).st_size
+    # os.open and pread, not open(): no Python file object, and none of
+    # the system calls it makes (isatty's ioctl, a second fstat, lseek).
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 4096, 0)
         if len(head) < 132 or head[128:132] != b"DICM":
             raise ValueError(f"{path}: not a DICOM Part 10 file")
         values: dict[int, str] = {}
         offset = 132
         while True:
             if offset + 12 > len(head) and len(head) < size:
-                fp.seek(0)
-                head = fp.read(offset + 65536)
+                head = os.pread(fd, offset + 65536, 0)
             if offset + 8 > len(head):
                 break
             group, element, vr, short = _TAG_VR_LEN.unpack_from(head, offset)
@@ -87,14 +89,15 @@ def file_dataset(path: str, readahead: bool = False) -> FileDataSet:
                 value_at = offset + 8
             if element in (0x0002, 0x0003, 0x0010):
                 if value_at + length > len(head):
-                    fp.seek(value_at)
-                    raw = fp.read(length)
+                    raw = os.pread(fd, length, value_at)
                 else:
                     raw = head[value_at:value_at + length]
                 values[element] = raw.rstrip(b"\x00 ").decode("ascii", "replace")
             offset = value_at + length
         if readahead and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fp.fileno(), offset, size - offset, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, offset, size - offset, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
     transfer_syntax = values.get(0x0010)
     if transfer_syntax is None:
         raise ValueError(f"{path}: no Transfer Syntax UID in the file meta information")
