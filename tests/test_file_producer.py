@@ -221,16 +221,20 @@ class FramingTests(FileProducerTestCase):
         self.assertTrue(sent.endswith(pdata_header(1, LAST_FRAGMENT, 0)))
 
     def test_buffer_reused(self) -> None:
-        """A second file sent through the first one's buffer (kept spare)
-        goes out with its own bytes."""
+        """Files sent one after another through the first one's buffer (kept
+        spare) go out with their own bytes: one of the same layout (its PDU
+        headers found in place), one shorter (framed anew), then the first
+        layout again."""
         self.patch(files, "BUFFER_BYTES", 8192)
         self.patch(files, "BATCH_BYTES", 4096)
         self.check_sent(1000)
         self.assertEqual(len(files._spare), 1)
         spare = files._spare[0]
-        self.content = bytes(reversed(self.content))
-        self.check_sent(1000)
-        self.assertEqual(files._spare, [spare])
+        first = self.content
+        for content in (bytes(reversed(first)), first[:2500], first):
+            self.content = content
+            self.check_sent(1000)
+            self.assertEqual(files._spare, [spare])
 
     def test_file_shorter_than_said(self) -> None:
         """A file cut short fails the store with an I/O error."""

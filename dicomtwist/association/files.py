@@ -119,24 +119,47 @@ BUFFER_BYTES = BATCH_BYTES + BATCH_PDUS * PDATA_HEADER_LENGTH
 #: allocating and zeroing a megabyte per instance would cost more than
 #: framing it).  Smaller ones (small files) are made to measure.
 SPARE_BUFFERS = 2
-_spare: list[bytearray] = []
 
 
-def _take_buffer(size: int) -> bytearray:
+class _Frame:
+    """A framing buffer, and the layout of PDUs last framed in it: the
+    next batch of the same layout (the same command set length, PDU
+    sizes and control bytes) finds its PDU headers in place and its data
+    slots made, so framing it costs no Python object per PDU.
+
+    :ivar layout: what the headers in the buffer were written for, or None.
+    :ivar slots: the data slots of that layout (views of the buffer).
+    :ivar length: the bytes that layout fills.
+    """
+
+    __slots__ = ("data", "view", "layout", "slots", "length")
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+        self.layout: tuple[int, ...] | None = None
+        self.slots: list[memoryview] = []
+        self.length = 0
+
+
+_spare: list[_Frame] = []
+
+
+def _take_buffer(size: int) -> _Frame:
     """A framing buffer of at least ``size`` bytes (at most
     :data:`BUFFER_BYTES`): a spare one, or a new one."""
     if size < BUFFER_BYTES // 8:
-        return bytearray(size)
+        return _Frame(size)
     if _spare:
         return _spare.pop()
-    return bytearray(BUFFER_BYTES)
+    return _Frame(BUFFER_BYTES)
 
 
-def _give_back(buffer: bytearray) -> None:
-    """Keep ``buffer`` for the next file (nothing refers to it any more:
-    what was written of it was sent or copied)."""
-    if len(buffer) == BUFFER_BYTES and len(_spare) < SPARE_BUFFERS:
-        _spare.append(buffer)
+def _give_back(frame: _Frame) -> None:
+    """Keep ``frame`` for the next file (nothing refers to its buffer any
+    more: what was written of it was sent or copied)."""
+    if len(frame.data) == BUFFER_BYTES and len(_spare) < SPARE_BUFFERS:
+        _spare.append(frame)
 
 
 def _read_into(fd: int, slots: list[memoryview], position: int) -> bool:
@@ -199,7 +222,7 @@ class FileProducer:
         self._chunk = chunk
         self._per_batch = min(BATCH_PDUS, max(1, BATCH_BYTES // chunk))
         pdus = max(1, -(-source.length // chunk))
-        self._buffer: bytearray | None = None
+        self._buffer: _Frame | None = None
         self._buffer_size = min(pdus, self._per_batch) * (chunk + PDATA_HEADER_LENGTH) + len(head)
         self._done = done
         self._paused = False
@@ -220,7 +243,7 @@ class FileProducer:
             return
         self._buffer = _take_buffer(self._buffer_size)
         head = self._head
-        if head and len(self._buffer) < self._buffer_size:
+        if head and len(self._buffer.data) < self._buffer_size:
             # More than the room a batch leaves in the buffer: on its own.
             self._head = b""
             try:
@@ -258,27 +281,44 @@ class FileProducer:
         :returns: the PDUs, one after another, in the framing buffer.
         """
         chunk = self._chunk
-        pdus = min(self._per_batch, max(1, -(-self._remaining // chunk)))
-        view = memoryview(self._buffer)
-        slots = []
-        at = len(self._head)
-        if at:
-            view[:at] = self._head
+        remaining = self._remaining
+        pdus = min(self._per_batch, max(1, -(-remaining // chunk)))
+        data_length = min(remaining, pdus * chunk)
+        last = data_length - (pdus - 1) * chunk
+        head = self._head
+        frame = self._buffer
+        # The last PDU of the batch carries the last-fragment bit if it
+        # ends the data set.
+        layout = (len(head), chunk, pdus, last, data_length == remaining, self._context_id)
+        if head:
+            frame.view[:len(head)] = head
             self._head = b""
-        left = self._remaining
-        context_id = self._context_id
-        for _ in range(pdus):
-            size = chunk if left > chunk else left
-            left -= size
-            pack_pdata_header(view, at, context_id, LAST_FRAGMENT if left == 0 else 0, size)
+        if layout != frame.layout:
+            self._frame(frame, layout)
+        if not _read_into(self._fd, frame.slots, self._position):
+            return None
+        self._position += data_length
+        self._remaining = remaining - data_length
+        return frame.view[:frame.length]
+
+    @staticmethod
+    def _frame(frame: _Frame, layout: tuple[int, ...]) -> None:
+        """Write the PDU headers of ``layout`` into ``frame`` and make its
+        data slots."""
+        head_length, chunk, pdus, last, final, context_id = layout
+        view = frame.view
+        slots = []
+        at = head_length
+        for n in range(pdus):
+            size = chunk if n < pdus - 1 else last
+            control = LAST_FRAGMENT if final and n == pdus - 1 else 0
+            pack_pdata_header(view, at, context_id, control, size)
             at += PDATA_HEADER_LENGTH
             slots.append(view[at:at + size])
             at += size
-        if not _read_into(self._fd, slots, self._position):
-            return None
-        self._position += self._remaining - left
-        self._remaining = left
-        return view[:at]
+        frame.layout = layout
+        frame.slots = slots
+        frame.length = at
 
     def pauseProducing(self) -> None:
         self._paused = True
