@@ -474,19 +474,21 @@ class AcceptorProtocolTests(SynchronousTestCase):
 
     def test_when_settled(self) -> None:
         """A call asked for while an event is handled waits until it and the
-        events its hooks raised are done; asked for otherwise, it runs now."""
+        events its hooks raised are done (one asked for ``first`` goes
+        before those waiting); asked for otherwise, it runs now."""
         proto = self.associated()
         calls: list[str] = []
         original = proto.on_pdata
 
         def on_pdata(pdata):
             proto.when_settled(lambda: calls.append(f"settled {proto._feeding}"))
+            proto.when_settled(lambda: calls.append("first"), first=True)
             calls.append("indicated")
             original(pdata)
 
         proto.on_pdata = on_pdata
         proto.dataReceived(ECHO_RQ)
-        self.assertEqual(calls, ["indicated", "settled False"])
+        self.assertEqual(calls, ["indicated", "first", "settled False"])
         proto.when_settled(lambda: calls.append("now"))
         self.assertEqual(calls[-1], "now")
 

@@ -233,7 +233,7 @@ class FileProducer:
         """Send the file, once the association has settled the event being
         handled (:meth:`~dicomtwist.ul.protocol.DicomProtocol.when_settled`);
         ``done`` fires when it is all written, or fails."""
-        self._association.when_settled(self._begin)
+        self._association.when_settled(self._begin, first=True)
 
     def _begin(self) -> None:
         association = self._association

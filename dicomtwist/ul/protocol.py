@@ -457,7 +457,7 @@ class DicomProtocol(Protocol):
     #: (:meth:`when_settled`); None when there are none.
     _settled: list[Callable[[], None]] | None = None
 
-    def when_settled(self, f: Callable[[], None]) -> None:
+    def when_settled(self, f: Callable[[], None], first: bool = False) -> None:
         """Call ``f`` once the event being handled, and those its hooks
         raised, are complete; at once if no event is being handled.
 
@@ -466,13 +466,19 @@ class DicomProtocol(Protocol):
         each of its PDUs would otherwise wait in the queue of raised events
         until the whole file had been read, and the transport could never
         pause it.
+
+        :param first: call ``f`` before the calls already waiting (a
+            file's producer: what is sent goes before work that can wait).
         """
         if not self._feeding:
             f()
             return
         if self._settled is None:
             self._settled = []
-        self._settled.append(f)
+        if first:
+            self._settled.insert(0, f)
+        else:
+            self._settled.append(f)
 
     def _feed(self, event: Event, payload: Any) -> None:
         """Run one event, then any raised by the hooks during its action,
