@@ -121,6 +121,42 @@ class FileDatasetTests(TestCase):
         self.assertRaises(ValueError, file_dataset, path)
 
 
+class ReadIntoTests(TestCase):
+    """_read_into: slots filled in order, from a short ``preadv`` too."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.content = bytes(range(100))
+        with open(self.path, "wb") as fp:
+            fp.write(self.content)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
+    def slots(self, *sizes: int) -> tuple[bytearray, list[memoryview]]:
+        buffer = bytearray(sum(sizes))
+        view = memoryview(buffer)
+        slots, at = [], 0
+        for size in sizes:
+            slots.append(view[at:at + size])
+            at += size
+        return buffer, slots
+
+    def test_short_preadv_completed(self) -> None:
+        """A ``preadv`` that stops in the middle of a slot is completed from
+        there on."""
+        preadv = os.preadv
+        self.patch(os, "preadv", lambda fd, buffers, offset: preadv(
+            fd, [buffers[0], buffers[1][:15]], offset))
+        buffer, slots = self.slots(30, 30, 35)
+        self.assertTrue(files._read_into(self.fd, slots, 5, 95))
+        self.assertEqual(bytes(buffer), self.content[5:])
+
+    def test_file_ends_first(self) -> None:
+        """A file shorter than the slots: False."""
+        _, slots = self.slots(60, 60)
+        self.assertFalse(files._read_into(self.fd, slots, 0, 120))
+
+
 class FileProducerTestCase(InMemoryTestCase):
     """An established requestor whose transport is then a
     :class:`PacedTransport`: what it sends is checked byte for byte."""

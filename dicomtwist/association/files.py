@@ -162,11 +162,13 @@ def _give_back(frame: _Frame) -> None:
         _spare.append(frame)
 
 
-def _read_into(fd: int, slots: list[memoryview], position: int) -> bool:
-    """Fill ``slots`` from ``fd`` at ``position``, in order; False if the
-    file ends first."""
+def _read_into(fd: int, slots: list[memoryview], position: int, wanted: int) -> bool:
+    """Fill ``slots`` (``wanted`` bytes in all) from ``fd`` at
+    ``position``, in order; False if the file ends first."""
     if hasattr(os, "preadv"):
         got = os.preadv(fd, slots, position)
+        if got == wanted:
+            return True
         position += got
         # Short (a file cut meanwhile, or a read split by the kernel): go
         # on from where it stopped.
@@ -295,7 +297,7 @@ class FileProducer:
             self._head = b""
         if layout != frame.layout:
             self._frame(frame, layout)
-        if not _read_into(self._fd, frame.slots, self._position):
+        if not _read_into(self._fd, frame.slots, self._position, data_length):
             return None
         self._position += data_length
         self._remaining = remaining - data_length
