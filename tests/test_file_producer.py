@@ -47,6 +47,7 @@ class PacedTransport(StringTransport):
         self.paused = False
 
     def write(self, data: bytes) -> None:
+        """Buffer ``data``; pause the producer past the limit."""
         self.writes.append(len(data))
         super().write(data)
         if (self.producer is not None and self.streaming and not self.paused
@@ -92,6 +93,7 @@ class FileDatasetTests(TestCase):
     its File Meta Information alone."""
 
     def check(self, ds) -> None:
+        """``ds`` saved as a Part 10 file is located as it was written."""
         path = self.mktemp()
         ds.save_as(path, enforce_file_format=True)
         with open(path, "rb") as fp:
@@ -133,6 +135,7 @@ class ReadIntoTests(TestCase):
         self.addCleanup(os.close, self.fd)
 
     def slots(self, *sizes: int) -> tuple[bytearray, list[memoryview]]:
+        """A buffer cut into slots of ``sizes`` bytes."""
         buffer = bytearray(sum(sizes))
         view = memoryview(buffer)
         slots, at = [], 0
@@ -205,6 +208,11 @@ class FramingTests(FileProducerTestCase):
     content = bytes(range(256)) * 40 + b"tail!"  # 10,245 bytes
 
     def check_sent(self, max_pdu: int) -> tuple[Association, PacedTransport, bytes]:
+        """Store :attr:`content` to a peer taking ``max_pdu``; check the
+        bytes written are its command set then :func:`data_pdus`, exactly.
+
+        :returns: the requestor, its transport and the bytes written.
+        """
         client, transport = self.requestor(max_pdu)
         source = self.stored(self.content)
         message_id = client._message_id + 1
