@@ -121,6 +121,16 @@ class Negotiated:
         the acceptor up to its second, what the requestor performs."""
         return self.window[0] if requestor else self.window[1]
 
+    @cached_property
+    def by_abstract_syntax(self) -> dict[str, tuple[PresentationContext, ...]]:
+        """The accepted contexts of each abstract syntax, in the order of
+        :attr:`contexts` (made once: C-STORE sub-operations ask it per
+        instance, and a C-GET SCU may have proposed a hundred contexts)."""
+        grouped: dict[str, list[PresentationContext]] = {}
+        for context in self.contexts.values():
+            grouped.setdefault(context.abstract_syntax, []).append(context)
+        return {syntax: tuple(contexts) for syntax, contexts in grouped.items()}
+
     def extended_option(self, sop_class_uid: str, number: int) -> bool:
         """Whether sub-field ``number`` (1 for the first byte) of the
         Service-class-application-information was agreed for a SOP class

@@ -294,6 +294,18 @@ class RequestorTests(SynchronousTestCase):
         self.assertEqual(negotiated.peer_max_pdu, 4096)
         self.assertEqual(negotiated.our_max_pdu, acse.DEFAULT_MAX_PDU)
 
+    def test_by_abstract_syntax(self) -> None:
+        """The accepted contexts grouped by abstract syntax, in context ID
+        order, made once."""
+        ct_implicit = acse.PresentationContext(1, CT_IMAGE_STORAGE, IMPLICIT)
+        mr = acse.PresentationContext(3, MR_IMAGE_STORAGE, IMPLICIT)
+        ct_explicit = acse.PresentationContext(5, CT_IMAGE_STORAGE, EXPLICIT)
+        negotiated = acse.Negotiated({1: ct_implicit, 3: mr, 5: ct_explicit}, 16384, 16384)
+        grouped = negotiated.by_abstract_syntax
+        self.assertEqual(grouped, {CT_IMAGE_STORAGE: (ct_implicit, ct_explicit),
+                                   MR_IMAGE_STORAGE: (mr,)})
+        self.assertIs(negotiated.by_abstract_syntax, grouped)
+
     def test_interpret_ac_roles(self) -> None:
         """The AC's role answer for a proposed role sets the context's roles; no answer means the default."""
         request = acse.build_rq("SCP", "SCU", [(CT_IMAGE_STORAGE, [IMPLICIT]),

@@ -62,8 +62,7 @@ class Requestor:
         """
         if self.negotiated is None:
             raise ValueError("association not established")
-        candidates = [c for c in self.negotiated.contexts.values()
-                      if c.abstract_syntax == abstract_syntax]
+        candidates = self.negotiated.by_abstract_syntax.get(abstract_syntax, ())
         if transfer_syntax is not None:
             exact = [c for c in candidates if c.transfer_syntax == transfer_syntax]
             if exact:

@@ -386,11 +386,10 @@ class QueryRetrieve:
         path = self._path(record)
         # Prepared ahead of its turn: the kernel reads the file meanwhile.
         source = file_dataset(path, readahead=True)
-        contexts = assoc.negotiated.contexts.values() if assoc.negotiated else ()
-        accepted = [c.transfer_syntax for c in contexts
-                    if c.abstract_syntax == record.sop_class_uid and (c.scp_role or not get)]
-        if get and not accepted and any(c.abstract_syntax == record.sop_class_uid
-                                        for c in contexts):
+        contexts = (assoc.negotiated.by_abstract_syntax.get(record.sop_class_uid, ())
+                    if assoc.negotiated else ())
+        accepted = [c.transfer_syntax for c in contexts if c.scp_role or not get]
+        if get and not accepted and contexts:
             raise ValueError("the C-GET SCU did not take the SCP role for"
                              f" {record.sop_class_uid}")
         if source.transfer_syntax in accepted and (order or DEFAULT_ORDER)[0] == "stored":
