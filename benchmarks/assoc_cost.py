@@ -193,8 +193,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def report_callgrind(path: str, count: int, top: int) -> None:
-    """Instructions per association, and the top C functions by self cost."""
+def report_callgrind(path: str, count: int, top: int, unit: str = "association") -> None:
+    """Instructions per ``unit``, and the top C functions by self cost."""
     annotate = subprocess.run(["callgrind_annotate", "--threshold=100", path],
                               capture_output=True, text=True, check=True).stdout
     total = None
@@ -204,7 +204,7 @@ def report_callgrind(path: str, count: int, top: int) -> None:
             total = int(match.group(1).replace(",", ""))
     if total is None:
         raise SystemExit(f"no totals in {path}")
-    print(f"{total / count:,.0f} instructions per association ({count} associations)")
+    print(f"{total / count:,.0f} instructions per {unit} ({count} {unit}s)")
     print(f"(output: {path})")
     shown = 0
     for line in annotate.splitlines():
@@ -217,12 +217,12 @@ def report_callgrind(path: str, count: int, top: int) -> None:
                 break
 
 
-def report_cprofile(path: str, count: int, top: int) -> None:
-    """Python functions by their own time, per association."""
+def report_cprofile(path: str, count: int, top: int, unit: str = "association") -> None:
+    """Python functions by their own time, per ``unit``."""
     stats = pstats.Stats(path)
     total = stats.total_tt
-    print(f"profiled: {total / count * 1e6:.0f} us per association (with the profiler's"
-          f" overhead), {count} associations; {path}")
+    print(f"profiled: {total / count * 1e6:.0f} us per {unit} (with the profiler's"
+          f" overhead), {count} {unit}s; {path}")
     rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)
     print(f"{'self us':>8} {'cum us':>8} {'calls':>7}  function")
     for (filename, line, name), (_cc, calls, tt, ct, _callers) in rows[:top]:
@@ -231,11 +231,11 @@ def report_cprofile(path: str, count: int, top: int) -> None:
               f"  {name} ({where}:{line})")
 
 
-def report_strace(path: str, count: int) -> None:
-    """System calls per association."""
+def report_strace(path: str, count: int, unit: str = "association") -> None:
+    """System calls per ``unit``."""
     with open(path) as fp:
         text = fp.read()
-    print(f"system calls per association ({count} associations):")
+    print(f"system calls per {unit} ({count} {unit}s):")
     for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":

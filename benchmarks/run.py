@@ -211,6 +211,26 @@ def run_clients(commands: list[list[str]], timeout: float, cwd: str) -> tuple[li
     return runs, end - start
 
 
+def retrieve_command(kind: str, server: Server, study_uid: str) -> list[str]:
+    """The client of a C-MOVE of a study to the ``storescp`` destination
+    (``kind`` "move": ``movescu``) or of its C-GET (``getscu --ignore``)."""
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+    if kind == "move":
+        return [dcmtk("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aec", server.ae_title,
+                "-aem", servers.MOVE_DESTINATION, "127.0.0.1", str(server.port), *keys]
+    return [dcmtk("getscu"), "-v", "-S", "--ignore", "-aet", "GETSCU",
+            "-aec", server.ae_title, "127.0.0.1", str(server.port), *keys]
+
+
+def retrieved(kind: str, output: str, count: int) -> int:
+    """How many sub-operations a :func:`retrieve_command` client completed,
+    from its output (``count``: the study's instances)."""
+    if kind == "move":
+        return count if "Received Final Move Response (Success)" in output else 0
+    found = re.search(r"Number of Completed Suboperations\s*:\s*(\d+)", output)
+    return int(found.group(1)) if found else 0
+
+
 def write_fsync_loop(paths: list[str], directory: str) -> float:
     """Copy each file into ``directory`` (made, then deleted) with a plain
     loop: read it, write it to a new file, ``fsync``, close; one after the
@@ -534,22 +554,11 @@ class Bench:
         label = "C-MOVE" if kind == "move" else "C-GET"
         m = self.results.measure(kind, f"{label} of a {count}-instance CT study", "inst/s", True)
         mb = self.results.measure(kind + "_mb", f"{label} MB/s", "MB/s", True)
-        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
         for server in self.order(kind):
-            if kind == "move":
-                cmd = [dcmtk("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aec", server.ae_title,
-                       "-aem", servers.MOVE_DESTINATION, "127.0.0.1", str(server.port), *keys]
-            else:
-                cmd = [dcmtk("getscu"), "-v", "-S", "--ignore", "-aet", "GETSCU",
-                       "-aec", server.ae_title, "127.0.0.1", str(server.port), *keys]
+            cmd = retrieve_command(kind, server, study_uid)
             with self.tracking(server, label):
                 runs, elapsed = run_clients([cmd], self.scale.timeout, self.work)
-            out = runs[0].output
-            if kind == "move":
-                done = count if "Received Final Move Response (Success)" in out else 0
-            else:
-                found = re.search(r"Number of Completed Suboperations\s*:\s*(\d+)", out)
-                done = int(found.group(1)) if found else 0
+            done = retrieved(kind, runs[0].output, count)
             note = "" if done == count else f"{done}/{count} sub-operations completed"
             m.add(server.name, done / elapsed if done else None, note)
             mb.add(server.name, done * size / elapsed / 1e6 if done else None)

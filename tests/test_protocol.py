@@ -32,6 +32,7 @@ from dicomtwist.dimse.codec import decode_command, encode_command, fragment
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import State
+from dicomtwist.ul import protocol as ul_protocol
 from dicomtwist.ul.protocol import READ_SIZE, DicomProtocol
 from dicomtwist.ul.transport import AcceptedConnection, AcceptorEndpoint
 from dicomtwist.ul.items import (
@@ -459,6 +460,39 @@ class AcceptorProtocolTests(SynchronousTestCase):
             self.assertEqual(self.flushLoggedErrors(), [])
             self.assertEqual(decode_written(self.take())[0].source, 2)
 
+    def test_held_buffer_copied(self) -> None:
+        """A PDU written from a reusable buffer while input is handled is
+        copied when held: what goes out is what was written, whatever the
+        buffer holds by the end of the handling."""
+        proto = self.associated()
+        buffer = bytearray(b"\x04\x00" + b"\x00" * 10)
+        collecting = proto._collect()
+        proto.send_pdu(memoryview(buffer))
+        buffer[:] = b"\xff" * 12
+        proto._flush()
+        self.assertTrue(collecting)
+        self.assertEqual(self.take(), b"\x04\x00" + b"\x00" * 10)
+
+    def test_when_settled(self) -> None:
+        """A call asked for while an event is handled waits until it and the
+        events its hooks raised are done (one asked for ``first`` goes
+        before those waiting); asked for otherwise, it runs now."""
+        proto = self.associated()
+        calls: list[str] = []
+        original = proto.on_pdata
+
+        def on_pdata(pdata):
+            proto.when_settled(lambda: calls.append(f"settled {proto._feeding}"))
+            proto.when_settled(lambda: calls.append("first"), first=True)
+            calls.append("indicated")
+            original(pdata)
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(calls, ["indicated", "first", "settled False"])
+        proto.when_settled(lambda: calls.append("now"))
+        self.assertEqual(calls[-1], "now")
+
     # -- rejection -------------------------------------------------------------------
     def test_reject_application_context(self) -> None:
         """A wrong application context is answered with A-ASSOCIATE-RJ(1, 1, 2); ARTIM then closes."""
@@ -792,6 +826,9 @@ class SocketWriteTests(TestCase):
         send = tcp.Server.writeSomeData
         self.patch(tcp.Server, "writeSomeData",
                    lambda transport, data: send(transport, memoryview(data)[:1000]))
+        send_now = ul_protocol._send_now
+        self.patch(ul_protocol, "_send_now",
+                   lambda transport, data: send_now(transport, memoryview(data)[:1000]))
         results = []
         for index in range(40):
             ds = Dataset()

@@ -527,6 +527,48 @@ class MoveTests(QueryRetrieveTestCase):
         self.assertEqual([rsp.status for rsp, _ in self.successResultOf(d)], [0xA900])
         self.release(client, pump)
 
+    def test_next_prepared_after_sending(self) -> None:
+        """A sub-operation started by the previous one's response is sent
+        before the next record is prepared (its file's header read), so
+        that reading overlaps the peer's receiving."""
+        from copy import deepcopy
+
+        from dicomtwist.association import files
+        from dicomtwist.services import qr
+
+        extra = deepcopy(self.datasets[0])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = "1.2.3.1.1.1.3"
+        client, pump = self.connect([(CT_IMAGE_STORAGE, EXPLICIT)])
+        stored = client.store(extra)
+        pump.flush()
+        self.assertEqual(self.successResultOf(stored).status, Status.SUCCESS)
+        self.release(client, pump)
+        events: list[str] = []
+        read = qr.file_dataset
+        self.patch(qr, "file_dataset", lambda path, **kwargs: (
+            events.append("prepare"), read(path, **kwargs))[-1])
+        begin = files.FileProducer._begin
+        self.patch(files.FileProducer, "_begin", lambda producer: (
+            events.append("send"), begin(producer))[-1])
+        destination = AcceptorFactory(
+            self.reactor, policy(ae_title="DEST",
+                                 contexts={CT_IMAGE_STORAGE: [ExplicitVRLittleEndian]}),
+            {"store": lambda request: Status.SUCCESS})
+        client, pump = self.connect()
+        d = client.move(query("STUDY", StudyInstanceUID="1.2.3.1.1"), STUDY_MOVE, "DEST")
+        pump.flush()
+        _, _, sub_pump = connect_in_memory(self.reactor, destination)
+        for _ in range(20):
+            sub_pump.flush()
+            pump.flush()
+        responses = self.successResultOf(d)
+        self.assertEqual(responses[-1][0].number_of_completed_sub_operations, 4)
+        # Two ready at first (the one sent, and one ahead for the codec
+        # pool's one thread); then each next one once a send has started
+        # (the first starts on the A-ASSOCIATE-AC, the next ones on the
+        # C-STORE-RSPs, all while the association handles that input).
+        self.assertEqual(events, ["prepare"] * 2 + ["send", "prepare"] * 2 + ["send"] * 2)
+
     def test_move_to_destination(self) -> None:
         """A C-MOVE stores the study on a new association to the destination, with counts."""
         received = []

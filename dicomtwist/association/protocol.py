@@ -15,7 +15,7 @@ import itertools
 import os
 import time
 from types import CoroutineType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from pydicom.dataset import Dataset
 from twisted.internet import defer
@@ -442,10 +442,12 @@ class Association(Requestor, DicomProtocol):
             message, context_id, data, d, command = self._send_queue.pop(0)
             try:
                 if isinstance(data, FileDataSet):
-                    self._write_message(message, context_id, None, command, True)
-                    self._sending = True
+                    # The command set's PDUs go out with the file's first
+                    # PDUs, in one write.
                     max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
-                    producer = FileProducer(self, data, context_id, max_pdu, Deferred())
+                    head = b"".join(self._command_pdus(message, context_id, command, True))
+                    producer = FileProducer(self, data, context_id, max_pdu, Deferred(), head)
+                    self._sending = True
                     producer._done.addBoth(self._sent_file, d)
                     producer.start()
                     return
@@ -453,23 +455,32 @@ class Association(Requestor, DicomProtocol):
             except InvalidEventError as e:
                 d.errback(AssociationAborted(f"cannot send {message.NAME}: {e}"))
                 continue
+            except OSError as e:
+                # The file cannot be opened: nothing of the message was sent.
+                d.errback(e)
+                continue
             d.callback(None)
 
-    def _write_message(self, message: m.Message, context_id: int, data: Any,
-                       command: bytes | None, has_dataset: bool = False) -> None:
-        """Write a message's command set and its data set (bytes), if any,
-        in P-DATA-TF PDUs of the peer's maximum length.
-
-        :param has_dataset: a data set follows although ``data`` is None
-            (a file, sent by a producer after this).
-        :raises InvalidEventError: the association cannot send.
-        """
+    def _command_pdus(self, message: m.Message, context_id: int, command: bytes | None,
+                      has_dataset: bool) -> Iterator[bytes]:
+        """A message's command set in P-DATA-TF PDUs of the peer's maximum
+        length (``command``: already encoded, or None)."""
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
         if dlog.debug_enabled():
             self.log.debug("Sending {message.summary()}", message=message)
         if command is None:
-            command = encode_command(message, has_dataset or data is not None)
-        for pdu in fragment(context_id, command, True, max_pdu):
+            command = encode_command(message, has_dataset)
+        return fragment(context_id, command, True, max_pdu)
+
+    def _write_message(self, message: m.Message, context_id: int, data: Any,
+                       command: bytes | None) -> None:
+        """Write a message's command set and its data set (bytes), if any,
+        in P-DATA-TF PDUs of the peer's maximum length.
+
+        :raises InvalidEventError: the association cannot send.
+        """
+        max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
+        for pdu in self._command_pdus(message, context_id, command, data is not None):
             self.send_pdata(pdu)
         if data is not None:
             for pdu in fragment(context_id, data, False, max_pdu):

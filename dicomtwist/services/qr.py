@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from functools import partial
+from functools import lru_cache, partial
 from itertools import islice
 from typing import Any, AsyncIterator, Iterable, Iterator
 
@@ -245,7 +245,7 @@ class QueryRetrieve:
         originator = (None if requestor is None
                       else (requestor.peer_ae_title, request.message.message_id))
         lossy = getattr(destination, "lossy", False)
-        order = getattr(destination, "preference", DEFAULT_ORDER)
+        order = tuple(getattr(destination, "preference", DEFAULT_ORDER))
         for batch in _batches(records, lossy, order):
             if request.cancelled:
                 return
@@ -335,28 +335,41 @@ class QueryRetrieve:
                   order: tuple[str, ...] | None) -> Iterator[tuple[Any, Deferred]]:
         """``(record, preparation)`` for each record, with the conversions of
         the next ones already running in the codec pool (as many ahead as
-        it has threads), so that converting overlaps sending."""
+        it has threads), so that converting overlaps sending.
+
+        The next records are prepared once the association has settled the
+        event being handled
+        (:meth:`~dicomtwist.ul.protocol.DicomProtocol.when_settled`): a
+        sub-operation started by the previous one's response is sent
+        first, and the next file's header is read while the peer receives
+        it, not before."""
         ahead = max(1, getattr(self.codec_pool, "max", 1))
         pending: deque[tuple[Any, Deferred]] = deque()
         remaining = iter(records)
+        stopped = False
 
         def fill() -> None:
-            while len(pending) <= ahead:
+            while len(pending) <= ahead and not stopped:
                 record = next(remaining, None)
                 if record is None:
                     return
                 pending.append((record, Deferred.fromCoroutine(
                     self._prepare(assoc, record, get, lossy, order))))
 
-        fill()
         try:
-            while pending:
+            while True:
+                if not pending:
+                    # First, or asked for again before a deferred fill ran.
+                    fill()
+                    if not pending:
+                        return
                 record, prepared = pending.popleft()
-                fill()
+                assoc.when_settled(fill)
                 yield record, prepared
         finally:
             # Stopped early (cancel, abort): conversions still running are
-            # deleted when they finish.
+            # deleted when they finish; a deferred fill starts no more.
+            stopped = True
             for _, prepared in pending:
                 prepared.addCallbacks(lambda ready: _discard(ready[1]), lambda failure: None)
 
@@ -582,14 +595,16 @@ def _codec() -> Any:
 DEFAULT_ORDER = ("stored", "lossless", "uncompressed")
 
 
-def _candidates(stored: str, lossy: bool, order: tuple[str, ...]) -> list[str]:
+@lru_cache(maxsize=64)
+def _candidates(stored: str, lossy: bool, order: tuple[str, ...]) -> tuple[str, ...]:
     """The transfer syntaxes proposed for an instance stored in ``stored``,
     best first: each one it can be converted to (Deflated and Big Endian
-    left out: nobody needs them that cannot take Little Endian)."""
+    left out: nobody needs them that cannot take Little Endian).  Asked
+    twice per instance of a C-MOVE with the same few arguments: kept."""
     codec = _codec()
     proposable = (stored, *codec.LOSSLESS_TARGETS, *UNCOMPRESSED,
                   *(codec.LOSSY_TARGETS if lossy else ()))
-    return codec.preference(stored, proposable, allow_lossy=lossy, order=order)
+    return tuple(codec.preference(stored, proposable, allow_lossy=lossy, order=order))
 
 
 def _contexts(records: Iterable[Any], lossy: bool = False,

@@ -40,6 +40,8 @@ __all__ = [
     "PDU_HEADER",
     "decode_pdu",
     "pdata_header",
+    "pack_pdata_header",
+    "PDATA_HEADER_LENGTH",
     "AbortSource",
     "AbortReason",
     "RejectResult",
@@ -759,3 +761,16 @@ def pdata_header(context_id: int, control: int, data_length: int) -> bytes:
     :param data_length: the number of data bytes that will follow.
     """
     return _PDATA_HEADER.pack(PDataTF.PDU_TYPE, data_length + 6, data_length + 2, context_id, control)
+
+
+#: The length of :func:`pdata_header`'s bytes.
+PDATA_HEADER_LENGTH = _PDATA_HEADER.size
+
+
+def pack_pdata_header(buffer: bytearray | memoryview, offset: int, context_id: int,
+                      control: int, data_length: int) -> None:
+    """Write :func:`pdata_header`'s 12 bytes into ``buffer`` at ``offset``,
+    for a sender that frames data in place (the data follows at
+    ``offset + PDATA_HEADER_LENGTH``)."""
+    _PDATA_HEADER.pack_into(buffer, offset, PDataTF.PDU_TYPE, data_length + 6, data_length + 2,
+                            context_id, control)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -230,6 +230,11 @@ class DicomProtocol(Protocol):
     # -- effects called by the machine ------------------------------------
     #: Log a summary of every PDU at debug level.
     log_pdus = True
+    #: True while a file's producer is registered with the transport
+    #: (:class:`dicomtwist.association.files.FileProducer`): its PDUs are
+    #: then written at once, never held until the input being handled
+    #: ends (see :meth:`_held`).
+    sending_file = False
 
     def connect_transport(self) -> None:
         """AE-1: the endpoint has connected before we exist; nothing to do."""
@@ -253,26 +258,28 @@ class DicomProtocol(Protocol):
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         self._write(pdu.encode())
 
-    def _write(self, data: bytes) -> None:
-        """Write now, or at the end of the input being handled."""
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write now, or at the end of the input being handled.
+
+        ``data`` may be a view of a buffer its sender reuses once this
+        returns (a file's framing buffer): it is sent or copied here.
+        """
         held = self._held()
         if held is not None:
-            held.append(data)
+            held.append(data if type(data) is bytes else bytes(data))
             return
         if self._outgoing:
             self._flush()
-            self.transport.write(data)
-            return
         self._send(data)
 
     def _held(self) -> list[bytes] | None:
         """Where outgoing PDUs wait for the end of the input being handled;
-        None if they go out at once: no input is being handled, or a
-        registered producer (a file being sent) is paced by the
-        transport's buffer, so its PDUs are never held back."""
-        if getattr(self.transport, "producer", None) is None:
-            return self._outgoing
-        return None
+        None if they go out at once: no input is being handled, or a file
+        is being sent (its producer is paced by the transport's buffer, so
+        its PDUs are never held back)."""
+        if self.sending_file:
+            return None
+        return self._outgoing
 
     def _collect(self) -> bool:
         """Start collecting outgoing PDUs; False if already collecting (a
@@ -291,21 +298,28 @@ class DicomProtocol(Protocol):
             return
         self._send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
-    def _send(self, data: bytes) -> None:
-        """Write ``data``: straight to the socket when nothing is queued."""
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``: straight to the socket when nothing is queued.
+
+        A reply, or a batch of a file's PDUs, is sent now instead of
+        asking the reactor to wait for writability (two ``epoll_ctl``
+        calls and a reactor iteration per write, and a copy of the data
+        into the transport's buffer), in one ``send``: not the
+        transport's ``writeSomeData``, which takes at most ``SEND_LIMIT``
+        (128 KiB) a call.  Whatever the socket does not take, or an
+        error, goes the usual way: a copy into the transport's buffer
+        (which pauses a registered producer when full), whose ``doWrite``
+        sends it or reports the error.
+        """
         transport = self.transport
         if transport is None:
             return
         if type(transport) in _SOCKET_TRANSPORTS and _nothing_queued(transport):
-            # A reply: send it now instead of asking the reactor to wait
-            # for writability (two epoll_ctl calls and a reactor iteration
-            # per reply).  Whatever the socket does not take, or an error,
-            # goes the usual way.
-            sent = transport.writeSomeData(data)
-            if type(sent) is int:
-                if sent >= len(data):
-                    return
-                data = data[sent:]
+            sent = _send_now(transport, data)
+            if sent >= len(data):
+                return
+            if sent:
+                data = memoryview(data)[sent:]
         transport.write(bytes(data))
 
     def start_artim(self) -> None:
@@ -440,8 +454,36 @@ class DicomProtocol(Protocol):
         """The TCP connection is gone; release every resource."""
 
     # -- internals ----------------------------------------------------------
+    #: Calls waiting for the event being handled to complete
+    #: (:meth:`when_settled`); None when there are none.
+    _settled: list[Callable[[], None]] | None = None
+
+    def when_settled(self, f: Callable[[], None], first: bool = False) -> None:
+        """Call ``f`` once the event being handled, and those its hooks
+        raised, are complete; at once if no event is being handled.
+
+        A file's producer starts so: started from an indication's hook (a
+        C-STORE sub-operation begun by the response to the previous one),
+        each of its PDUs would otherwise wait in the queue of raised events
+        until the whole file had been read, and the transport could never
+        pause it.
+
+        :param first: call ``f`` before the calls already waiting (a
+            file's producer: what is sent goes before work that can wait).
+        """
+        if not self._feeding:
+            f()
+            return
+        if self._settled is None:
+            self._settled = []
+        if first:
+            self._settled.insert(0, f)
+        else:
+            self._settled.append(f)
+
     def _feed(self, event: Event, payload: Any) -> None:
-        """Run one event, then any raised by the hooks during its action."""
+        """Run one event, then any raised by the hooks during its action,
+        then what waits for them to settle (:meth:`when_settled`)."""
         if self._feeding:
             self._queued.append((event, payload))
             return
@@ -454,6 +496,11 @@ class DicomProtocol(Protocol):
         finally:
             self._feeding = False
             self._queued.clear()
+            settled = self._settled
+            if settled is not None:
+                self._settled = None
+                for f in settled:
+                    f()
 
     def _primitive(self, event: Event, payload: Any) -> None:
         """Feed a local primitive; InvalidEventError reaches the caller
@@ -567,10 +614,23 @@ _SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client, AcceptedConnection})
 _ACCEPTED = frozenset({tcp.Server, AcceptedConnection})
 
 
+def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
+    """One ``send`` of ``data`` on a TCP transport's socket: how many bytes
+    it took; 0 if it would block or failed (the transport's own write
+    then meets the error and reports it)."""
+    try:
+        return transport.socket.send(data)
+    except OSError:
+        return 0
+
+
 def _nothing_queued(transport: Any) -> bool:
-    """True when a TCP transport has no buffered data, no producer and no
-    close in progress: writing to its socket at once keeps the byte order
-    and is what ``doWrite`` would do one reactor iteration later.
+    """True when a TCP transport has no buffered data and no close in
+    progress: writing to its socket at once keeps the byte order and is
+    what ``doWrite`` would do one reactor iteration later.  A registered
+    producer (a file being sent) may write so too: Twisted pauses it
+    only when what it wrote fills the buffer, so while the buffer is
+    empty it is not paused.
 
     Reads attributes of Twisted's ``abstract.FileDescriptor`` and
     ``tcp.Connection`` (``_tempDataLen``, ``_writeDisconnected``,
@@ -579,7 +639,7 @@ def _nothing_queued(transport: Any) -> bool:
     """
     try:
         return not (transport.dataBuffer or transport._tempDataLen or transport.TLS
-                    or transport.producer is not None or transport.disconnecting
+                    or transport.disconnecting
                     or transport._writeDisconnected or transport._aborting
                     or not transport.connected)
     except AttributeError:
