@@ -7,6 +7,7 @@ Usage::
     python benchmarks/assoc_cost.py cprofile --count 3000 --top 40
     python benchmarks/assoc_cost.py strace --count 1000
     python benchmarks/assoc_cost.py cpu --ours-src /some/tree   # another tree
+    python benchmarks/assoc_cost.py cpu --server orthanc        # a peer, for comparison
 
 Starts ``dicomqr`` from this tree (or ``--ours-src``) alone, with the
 configuration of ``run.py`` (sqlite: a C-ECHO touches no index), warms it
@@ -95,7 +96,7 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
-def loop(server: Measured, count: int) -> float:
+def loop(server: servers.Server, count: int) -> float:
     """``count`` associations, one after another; their seconds."""
     done, failed, elapsed = rawclient.echo_loop(server.port, server.ae_title, count, 600.0)
     if failed or done != count:
@@ -104,7 +105,7 @@ def loop(server: Measured, count: int) -> float:
     return elapsed
 
 
-def stop(server: Measured, timeout: float = 300.0) -> None:
+def stop(server: servers.Server, timeout: float = 300.0) -> None:
     """SIGTERM the daemon and wait (valgrind writes its output at exit)."""
     process = server.process
     if process is None:
@@ -126,12 +127,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=30, help="functions listed")
     parser.add_argument("--ours-src", default=ROOT, help="the dicomtwist tree to run")
     parser.add_argument("--work", default=None, help="work directory (default: temporary)")
+    parser.add_argument("--server", default="ours", choices=sorted(servers.SERVERS),
+                        help="measure this server instead of ours (cpu and strace only;"
+                             " configured as run.py configures it)")
     args = parser.parse_args(argv)
+    if args.server != "ours" and args.tool not in ("cpu", "strace"):
+        parser.error(f"--server {args.server}: only with cpu or strace")
 
     servers.Ours.source = os.path.abspath(args.ours_src)
     work = args.work or tempfile.mkdtemp(prefix="assoc-cost-")
     os.makedirs(work, exist_ok=True)
-    server = Measured(os.path.join(work, "ours"), servers.free_port())
+    if args.server == "ours":
+        server = Measured(os.path.join(work, "ours"), servers.free_port())
+    else:
+        server = servers.SERVERS[args.server](os.path.join(work, args.server), servers.free_port())
     out = os.path.join(work, "out")
     if args.tool == "callgrind":
         server.wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no",

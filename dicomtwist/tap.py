@@ -705,7 +705,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         if archive.site is not None:
             factories.append(archive.site)
         for (fd, family), factory in zip(inherited, factories):
-            workers.AdoptedPortService(reactor, fd, family, factory).setServiceParent(top)
+            workers.AdoptedPortService(reactor, fd, family, factory,
+                                       acceptor=factory is archive.factory).setServiceParent(top)
         return top
     from dicomtwist import tls
 

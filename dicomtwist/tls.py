@@ -41,6 +41,8 @@ __all__ = [
 #: Keys of an ``ssl:`` listen description (Twisted's, plus ``caCerts``).
 SSL_KEYS = frozenset({"port", "interface", "backlog", "privateKey", "certKey",
                       "extraCertChain", "dhParameters", "caCerts"})
+#: Keywords of a ``tcp:`` listen description (Twisted's own).
+TCP_KEYS = frozenset({"port", "interface", "backlog"})
 #: File name endings read from a CA certificate directory.
 _CERTIFICATE_SUFFIXES = (".pem", ".crt", ".cer")
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
@@ -230,18 +232,39 @@ def listen_endpoint(reactor: Any, description: str,
     ``ssl:PORT[:interface=A][:backlog=N][:privateKey=K][:certKey=C]
     [:extraCertChain=F][:dhParameters=F][:caCerts=F]`` is built with
     :func:`server_options`; a missing ``privateKey``/``certKey``/``caCerts``
-    comes from ``defaults``.  Anything else goes to
-    :func:`~twisted.internet.endpoints.serverFromString`.
+    comes from ``defaults``.  ``tcp:PORT[:interface=A][:backlog=N]``
+    listens with :class:`dicomtwist.ul.transport.AcceptorPort`.  Anything
+    else goes to :func:`~twisted.internet.endpoints.serverFromString`.
 
     :raises ValueError: a bad description or an unusable file.
     """
     prefix, args, kwargs = split_description(description)
-    if prefix != "ssl":
+    if prefix not in ("ssl", "tcp"):
         return endpoints.serverFromString(reactor, description)
-    unknown = sorted(set(kwargs) - SSL_KEYS)
+    keys = SSL_KEYS if prefix == "ssl" else TCP_KEYS
+    unknown = sorted(set(kwargs) - keys)
     if unknown:
-        raise ValueError(f"{description!r}: unknown ssl option {unknown[0]!r}"
-                         f" (one of {', '.join(sorted(SSL_KEYS))})")
+        raise ValueError(f"{description!r}: unknown {prefix} option {unknown[0]!r}"
+                         f" (one of {', '.join(sorted(keys))})")
+    port, backlog = _port_and_backlog(description, args, kwargs)
+    if prefix == "tcp":
+        from dicomtwist.ul.transport import AcceptorEndpoint
+
+        return AcceptorEndpoint(reactor, port, backlog, kwargs.get("interface", ""))
+    private_key = kwargs.get("privateKey", defaults.private_key)
+    certificate = kwargs.get("certKey", defaults.certificate if "privateKey" not in kwargs
+                             else None) or private_key
+    if private_key is None or certificate is None:
+        raise ValueError(f"{description!r}: no privateKey= (nor tls_key/--tls-key)")
+    options = server_options(certificate, private_key, kwargs.get("caCerts", defaults.ca),
+                             kwargs.get("extraCertChain"), kwargs.get("dhParameters"))
+    return endpoints.SSL4ServerEndpoint(reactor, port, options, backlog=backlog,
+                                        interface=kwargs.get("interface", ""))
+
+
+def _port_and_backlog(description: str, args: list[str],
+                      kwargs: dict[str, str]) -> tuple[int, int]:
+    """The port and backlog of a ``tcp:``/``ssl:`` description."""
     if len(args) > 1 or (args and "port" in kwargs):
         raise ValueError(f"{description!r}: give the port once")
     raw_port = args[0] if args else kwargs.get("port")
@@ -254,12 +277,4 @@ def listen_endpoint(reactor: Any, description: str,
         raise ValueError(f"{description!r}: the port and backlog are numbers") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"{description!r}: a port is between 0 and 65535")
-    private_key = kwargs.get("privateKey", defaults.private_key)
-    certificate = kwargs.get("certKey", defaults.certificate if "privateKey" not in kwargs
-                             else None) or private_key
-    if private_key is None or certificate is None:
-        raise ValueError(f"{description!r}: no privateKey= (nor tls_key/--tls-key)")
-    options = server_options(certificate, private_key, kwargs.get("caCerts", defaults.ca),
-                             kwargs.get("extraCertChain"), kwargs.get("dhParameters"))
-    return endpoints.SSL4ServerEndpoint(reactor, port, options, backlog=backlog,
-                                        interface=kwargs.get("interface", ""))
+    return port, backlog

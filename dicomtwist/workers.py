@@ -110,11 +110,15 @@ def adopted() -> list[tuple[int, int]] | None:
 class AdoptedPortService(service.Service):
     """Accept on an inherited listening socket (a worker's port)."""
 
-    def __init__(self, reactor: Any, fd: int, family: int, factory: Any) -> None:
+    def __init__(self, reactor: Any, fd: int, family: int, factory: Any,
+                 acceptor: bool = False) -> None:
         self.reactor = reactor
         self.fd = fd
         self.family = family
         self.factory = factory
+        #: DICOM associations: accept with :class:`dicomtwist.ul.transport.AcceptorPort`
+        #: (as a ``tcp:`` listener does) rather than Twisted's port.
+        self.acceptor = acceptor
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
@@ -130,7 +134,12 @@ class AdoptedPortService(service.Service):
 
     def _adopt(self) -> None:
         if self.port is None:
-            self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+            if self.acceptor:
+                from dicomtwist.ul.transport import adopt
+
+                self.port = adopt(self.reactor, self.fd, self.family, self.factory)
+            else:
+                self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
             os.close(self.fd)
 
     def stopService(self) -> Any:

@@ -374,6 +374,28 @@ class MppsHttpTests(WebTestCase):
             self.assertEqual(response.code, 404, path)
             self.assertEqual(response.json()["status"], 404)
 
+    def test_read_only(self) -> None:
+        """Only GET (and HEAD) are served: anything else is 405 naming GET;
+        HEAD answers the headers alone."""
+        for method in ("POST", "PUT", "DELETE"):
+            response = self.request(method, API + "/mpps/1.2.3.501")
+            self.assertEqual((response.code, response.header("allow")), (405, "GET"), method)
+        response = self.request("HEAD", API + "/mpps/1.2.3.501")
+        self.assertEqual((response.code, response.body), (200, b""))
+        self.assertGreater(int(response.header("content-length")), 0)
+
+    def test_read_failure(self) -> None:
+        """A step directory that cannot be read is a logged 500, not a hang."""
+        def broken(*args):
+            raise OSError(5, "Input/output error")
+
+        mpps = self.site.resource.children[b"api"].children[b"mpps"]
+        self.patch(mpps.store, "all", broken)
+        response = self.request("GET", API + "/mpps")
+        self.assertEqual(response.code, 500)
+        self.assertEqual(response.json()["error"], "cannot read the performed procedure steps")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_empty(self) -> None:
         """Without any step the list is empty."""
         for name in os.listdir(self.steps.directory):

@@ -11,7 +11,7 @@ import weakref
 from pydicom.dataset import Dataset
 from twisted.internet import reactor, tcp, threads
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -34,6 +34,7 @@ from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import State
 from dicomtwist.ul import protocol as ul_protocol
 from dicomtwist.ul.protocol import READ_SIZE, DicomProtocol
+from dicomtwist.ul.transport import AcceptedConnection, AcceptorEndpoint
 from dicomtwist.ul.items import (
     ImplementationClassUIDSubItem,
     ImplementationVersionNameSubItem,
@@ -608,7 +609,15 @@ STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 class SocketWriteTests(TestCase):
-    """An acceptor on a real TCP port: answers go straight to the socket."""
+    """An acceptor on a real TCP port (Twisted's, as a test or a tool
+    listens): answers go straight to the socket."""
+
+    #: The type of the accepted connections' transport.
+    transport_type: type = tcp.Server
+
+    def listen_port(self, factory: AcceptorFactory) -> Deferred:
+        """Listen on a free loopback port; fires with the port."""
+        return succeed(reactor.listenTCP(0, factory, interface="127.0.0.1"))
 
     def listen(self, handlers: dict) -> tuple[AcceptorFactory, int, list[Association]]:
         """Listen on a free loopback port.
@@ -626,7 +635,7 @@ class SocketWriteTests(TestCase):
             return assoc
 
         factory.buildProtocol = record  # type: ignore[method-assign]
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = self.successResultOf(self.listen_port(factory))
         self.addCleanup(port.stopListening)
         return factory, port.getHost().port, built
 
@@ -657,6 +666,7 @@ class SocketWriteTests(TestCase):
             self.assertEqual(received, [0x02, 0x04, 0x06])
             self.assertEqual(buffered, [])
             [assoc] = built
+            self.assertIs(type(assoc.transport), self.transport_type)
             self.assertEqual(assoc.transport.bufferSize, READ_SIZE)
             return assoc.closed
 
@@ -735,12 +745,16 @@ class SocketWriteTests(TestCase):
 
         def check(received: list[int]) -> None:
             self.assertEqual(received, [0x02, 0x04, 0x06])
-            self.assertEqual(calls, [True])
+            self.assertEqual(calls, self.nodelay_calls)
             self.assertEqual(seen, [(True, False)] * 3)
             listening = built[0].transport.server.socket
             self.assertTrue(listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
         return echoed.addCallback(check)
+
+    #: ``setTcpNoDelay`` calls for three connections: the first one's
+    #: (it sets the option on the listening socket).
+    nodelay_calls = [True]
 
     def test_peer_gone_before_accept(self) -> None:
         """A peer that connected and closed before the accept ends its
@@ -840,3 +854,17 @@ class SocketWriteTests(TestCase):
                              [str(index) for index in range(40)])
 
         return associating.addCallback(find).addCallback(check)
+
+
+class AcceptorPortSocketWriteTests(SocketWriteTests):
+    """The same, on the daemon's own port (:class:`AcceptorPort`, what a
+    ``tcp:`` listen description builds): the same bytes, the same early
+    read and direct writes."""
+
+    transport_type = AcceptedConnection
+    #: The listening socket had TCP_NODELAY before any connection: none
+    #: sets it.
+    nodelay_calls: list[bool] = []
+
+    def listen_port(self, factory: AcceptorFactory) -> Deferred:
+        return AcceptorEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)

@@ -383,11 +383,15 @@ class DescriptionTests(SynchronousTestCase):
         self.assertEqual(endpoint._sslContextFactory.getContext().get_verify_mode(),
                          SSL.VERIFY_NONE)
 
-    def test_tcp_passes_through(self) -> None:
-        """A tcp: description is Twisted's own endpoint."""
-        from twisted.internet.endpoints import TCP4ServerEndpoint
+    def test_tcp_is_plain(self) -> None:
+        """A tcp: description is the plain acceptor endpoint; others pass
+        through to Twisted."""
+        from twisted.internet.endpoints import TCP6ServerEndpoint
 
-        self.assertIsInstance(tls.listen_endpoint(None, "tcp:104"), TCP4ServerEndpoint)
+        from dicomtwist.ul.transport import AcceptorEndpoint
+
+        self.assertIsInstance(tls.listen_endpoint(None, "tcp:104"), AcceptorEndpoint)
+        self.assertIsInstance(tls.listen_endpoint(None, "tcp6:104"), TCP6ServerEndpoint)
 
     def test_errors(self) -> None:
         """No key, a missing file, an unknown option or no port is a ValueError naming it."""

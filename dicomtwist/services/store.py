@@ -548,8 +548,8 @@ class ArchiveStore:
     def _sync_directories(self, items: list["_Prepared"]) -> None:
         """fsync every bucket directory the committed ``items`` were renamed
         into, once each; for a bucket not yet known durable, also its parent
-        and the instance directory (the entries of a new subdirectory),
-        deepest first.
+        and the instance directory (the entries of a new subdirectory); all
+        at once.
 
         :raises OSError: an fsync failed; the batch is then not answered
             Success.
@@ -564,14 +564,19 @@ class ArchiveStore:
             if not self._durable_buckets[number]:
                 new.append(number)
                 parents[os.path.dirname(leaf)] = None
-        # Level by level, deepest first; the directories of one level at
-        # once (a batch's instances land in as many buckets as there are
-        # instances, and concurrent fsyncs share the file system's journal
-        # commit, where one after another each waits for its own).
-        _fsync_all(list(leaves))
-        _fsync_all([d for d in parents if d != self.directory])
+        # All at once: every rename and mkdir they cover is done, and the
+        # batch is answered only when all have returned, so their order
+        # does not matter (a crash in between loses only what was not
+        # answered).  A batch's instances land in as many buckets as there
+        # are instances, and concurrent fsyncs share the file system's
+        # journal commit, where one after another each waits for its own
+        # (a new bucket's leaf, parent and the instance directory were three
+        # commits in a row).
+        directories = list(leaves)
+        directories += [d for d in parents if d != self.directory]
         if new:
-            fsync_directory(self.directory)
+            directories.append(self.directory)
+        _fsync_all(directories)
         for number in new:
             self._durable_buckets[number] = 1
 

@@ -30,6 +30,7 @@ from dicomtwist import log as dlog
 from dicomtwist.errors import InvalidEventError, PDUDecodeError
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import Event, Indication, Machine
+from dicomtwist.ul.transport import AcceptedConnection
 from dicomtwist.ul.pdu import (
     AAbort,
     AAssociateRJ,
@@ -157,7 +158,7 @@ class DicomProtocol(Protocol):
         write at the end, and ARTIM, started by the connection and
         stopped by an A-ASSOCIATE-RQ found at once, never needs a timer.
         """
-        early = self.associate_rq is None and type(transport) is tcp.Server
+        early = self.associate_rq is None and type(transport) in _ACCEPTED
         collecting = early and self._collect()
         try:
             super().makeConnection(transport)
@@ -608,7 +609,9 @@ _HOOKS = {
 
 #: Transports whose socket :meth:`DicomProtocol._flush` writes to directly
 #: when nothing is queued (exact types: a subclass may write differently).
-_SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client})
+_SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client, AcceptedConnection})
+#: Transports of an accepted plain TCP connection.
+_ACCEPTED = frozenset({tcp.Server, AcceptedConnection})
 
 
 def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
@@ -663,7 +666,7 @@ def _set_nodelay(transport: Any) -> None:
     one ``setsockopt`` per port rather than per association (the next
     connections check with ``getsockopt`` until one has it).
     """
-    if type(transport) is tcp.Server and _inherits_nodelay(transport):
+    if type(transport) in _ACCEPTED and _inherits_nodelay(transport):
         return
     set_nodelay = getattr(transport, "setTcpNoDelay", None)
     if set_nodelay is not None:
@@ -689,11 +692,15 @@ def _inherits_nodelay(transport: tcp.Server) -> bool:
         if state is True or state is False:
             return state
         if state is None:
-            # The port's first connection: from now on its listening
-            # socket hands the option on.
-            port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _NODELAY_PORTS[port] = NODELAY_CHECKS
-            return False
+            if getattr(port, "nodelay_set", False):
+                # An AcceptorPort set it when it started listening.
+                state = NODELAY_CHECKS
+            else:
+                # The port's first connection: from now on its listening
+                # socket hands the option on.
+                port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _NODELAY_PORTS[port] = NODELAY_CHECKS
+                return False
         if transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
             _NODELAY_PORTS[port] = True
             return True

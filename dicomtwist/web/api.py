@@ -46,8 +46,8 @@ from dicomtwist import log as dlog
 from dicomtwist.status import Category, category
 from dicomtwist.storage.files import is_valid_uid, stored_file
 from dicomtwist.web.auth import PERMISSIONS, Principal
-from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, query_args, send_body
-from dicomtwist.web.routed import RoutedResource
+from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, query_args
+from dicomtwist.web.routed import RoutedResource, allow, send_json
 
 __all__ = ["ApiResource", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
 
@@ -273,13 +273,6 @@ def study_contents(index: Any, study: str) -> tuple[str, str, tuple[tuple[str, s
     return patient_id, patient_name, instances
 
 
-def _json(request: server.Request, code: int, value: Any,
-          headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(value, ensure_ascii=False).encode("utf-8")
-    send_body(request, code, "application/json", body,
-              {"cache-control": "no-store", **(headers or {})})
-
-
 def _wants_events(request: server.Request) -> bool:
     return "text/event-stream" in (request.getHeader("accept") or "")
 
@@ -311,41 +304,35 @@ class ApiResource(RoutedResource):
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
         n = len(segments)
         if segments == ["status"]:
-            self._allow(method, "GET")
+            allow(method, "GET")
             return await self.status(request)
         if segments[:1] == ["jobs"] and n <= 2:
             if n == 1:
-                self._allow(method, "GET")
+                allow(method, "GET")
                 self.authorize(request, "query")
-                return _json(request, 200, [j.as_json() for j in self.jobs.all()])
+                return send_json(request, 200, [j.as_json() for j in self.jobs.all()])
             job = self.jobs.get(segments[1])
-            self._allow(method, "GET", "DELETE")
+            allow(method, "GET", "DELETE")
             self.authorize(request, "query" if method == "GET" else "send")
             if job is None:
                 raise HttpError(404, f"no job {segments[1]} in this process")
             if method == "DELETE":
                 job.cancelled = True
-                return _json(request, 202, job.as_json())
+                return send_json(request, 202, job.as_json())
             return self._job(request, job, 200)
         if segments[:1] == ["studies"] and n >= 2 and is_valid_uid(segments[1]):
             study = segments[1]
             if n == 2:
-                self._allow(method, "DELETE")
+                allow(method, "DELETE")
                 return await self.delete(request, study)
             if n == 3 and segments[2] == "send":
-                self._allow(method, "POST")
+                allow(method, "POST")
                 return self.send(request, study, None)
             if (n == 5 and segments[2] == "series" and is_valid_uid(segments[3])
                     and segments[4] == "send"):
-                self._allow(method, "POST")
+                allow(method, "POST")
                 return self.send(request, study, segments[3])
         raise HttpError(404, "no such resource")
-
-    @staticmethod
-    def _allow(method: str, *allowed: str) -> None:
-        if method not in allowed:
-            raise HttpError(405, f"{method} is not allowed here",
-                            {"Allow": ", ".join(allowed)})
 
     # -- status ------------------------------------------------------------
     async def status(self, request: server.Request) -> None:
@@ -369,7 +356,7 @@ class ApiResource(RoutedResource):
         else:
             permissions = sorted(principal.permissions)
             user = principal.name
-        _json(request, 200, {
+        send_json(request, 200, {
             "version": dicomtwist.__version__,
             "ae_title": self.settings.ae_title,
             "dicomweb": self.context.root,
@@ -399,7 +386,7 @@ class ApiResource(RoutedResource):
     def _job(self, request: server.Request, job: Job, code: int) -> None:
         location = f"/api/jobs/{job.id}"
         if not _wants_events(request):
-            _json(request, code, job.as_json(), {"location": location})
+            send_json(request, code, job.as_json(), headers={"location": location})
             return
         request.setResponseCode(200)
         request.setHeader("content-type", "text/event-stream; charset=utf-8")
@@ -438,4 +425,4 @@ class ApiResource(RoutedResource):
         self.log.info("Deleted study {uid}: {instances} instance(s), {files} file(s)"
                       " ({user}, web)", uid=study, instances=instances, files=files,
                       user=principal.name if principal is not None else "anonymous")
-        _json(request, 200, {"study": study, "instances": instances, "files": files})
+        send_json(request, 200, {"study": study, "instances": instances, "files": files})

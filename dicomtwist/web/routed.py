@@ -1,5 +1,5 @@
 """A resource that serves each request with one coroutine: the base of the
-archive's small JSON APIs (``/api``, ``/worklist``).
+archive's small JSON APIs (``/api``, ``/api/mpps``, ``/worklist``).
 
 A subclass gives ``_route(request, method, segments)``; ``HEAD`` is routed
 as ``GET``, a trailing slash is ignored, an :class:`HttpError` becomes its
@@ -8,6 +8,7 @@ answer and anything else a logged 500.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -15,9 +16,24 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from dicomtwist import log as dlog
-from dicomtwist.web.dicomweb.resource import HttpError, send_error
+from dicomtwist.web.dicomweb.resource import HttpError, send_body, send_error
 
-__all__ = ["RoutedResource"]
+__all__ = ["RoutedResource", "allow", "send_json"]
+
+
+def send_json(request: server.Request, code: int, value: Any,
+              content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+    """Answer with ``value`` as JSON (UTF-8), never cached."""
+    body = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    send_body(request, code, content_type, body, {"cache-control": "no-store",
+                                                  **(headers or {})})
+
+
+def allow(method: str, *allowed: str) -> None:
+    """Refuse any method but ``allowed`` with 405 and an ``Allow`` header."""
+    if method not in allowed:
+        raise HttpError(405, f"{method} is not allowed here", {"Allow": ", ".join(allowed)})
 
 
 class RoutedResource(Resource):

@@ -36,8 +36,8 @@ from twisted.web import server
 
 from dicomtwist import log as dlog
 from dicomtwist.services import worklist
-from dicomtwist.web.dicomweb.resource import HttpError, send_body
-from dicomtwist.web.routed import RoutedResource
+from dicomtwist.web.dicomweb.resource import HttpError
+from dicomtwist.web.routed import RoutedResource, allow, send_json
 
 __all__ = ["MAX_BODY", "WorklistResource", "body_sink"]
 
@@ -90,13 +90,6 @@ def chain(*choosers: Callable[..., Any]) -> Callable[..., Any]:
         return None
 
     return choose
-
-
-def _json(request: server.Request, code: int, value: Any, content_type: str,
-          headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(value, ensure_ascii=False).encode("utf-8")
-    send_body(request, code, content_type, body, {"cache-control": "no-store",
-                                                  **(headers or {})})
 
 
 def parse_item(body: bytes) -> Dataset:
@@ -157,12 +150,12 @@ class WorklistResource(RoutedResource):
 
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
         if not segments:
-            _allow(method, "GET", "POST")
+            allow(method, "GET", "POST")
             if method == "GET":
                 return await self.all_items(request)
             return await self.save(request, None)
         if len(segments) == 1 and worklist.is_item_name(segments[0]):
-            _allow(method, "GET", "PUT", "DELETE")
+            allow(method, "GET", "PUT", "DELETE")
             if method == "GET":
                 return await self.get(request, segments[0])
             if method == "PUT":
@@ -174,7 +167,7 @@ class WorklistResource(RoutedResource):
         """``GET /worklist``."""
         self.authorize(request, "query")
         items, _ = await self.context.run(self._items)
-        _json(request, 200, [{"name": name, "item": item.to_json_dict()}
+        send_json(request, 200, [{"name": name, "item": item.to_json_dict()}
                              for name, item in items], "application/json")
 
     def _items(self) -> Any:
@@ -192,7 +185,7 @@ class WorklistResource(RoutedResource):
         if found is None:
             raise HttpError(404, f"no worklist item {name} (or it is not answered: see the"
                                  " log)")
-        _json(request, 200, found.to_json_dict(), "application/dicom+json")
+        send_json(request, 200, found.to_json_dict(), "application/dicom+json")
 
     async def save(self, request: server.Request, name: str | None) -> None:
         """``POST /worklist`` (a new name) or ``PUT /worklist/{name}``."""
@@ -213,8 +206,8 @@ class WorklistResource(RoutedResource):
                       what="added" if created else "replaced",
                       user=getattr(principal, "name", "anonymous"))
         location = f"{PATH}/{chosen}"
-        _json(request, 201 if created else 200, {"name": chosen, "href": location},
-              "application/json", {"location": location})
+        send_json(request, 201 if created else 200, {"name": chosen, "href": location},
+                  headers={"location": location})
 
     async def remove(self, request: server.Request, name: str) -> None:
         """``DELETE /worklist/{name}``."""
@@ -226,8 +219,3 @@ class WorklistResource(RoutedResource):
         if not (request.finished or request._disconnected):
             request.setResponseCode(204)
             request.finish()
-
-
-def _allow(method: str, *allowed: str) -> None:
-    if method not in allowed:
-        raise HttpError(405, f"{method} is not allowed here", {"Allow": ", ".join(allowed)})

@@ -1,0 +1,317 @@
+"""The acceptor's own TCP port and connections (dicomtwist.ul.transport):
+what a peer sees is what Twisted's give; what changes is how connections
+are accepted and closed."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from dicomtwist import tls
+from dicomtwist.ul import transport
+from dicomtwist.ul.transport import AcceptedConnection, AcceptorEndpoint, AcceptorPort
+
+
+class _Recorder(Protocol):
+    """Keeps what it received and how it ended; answers each chunk with
+    its length."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended: Deferred[Exception] = Deferred()
+        self.seen: dict = {}
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.seen = {"type": type(transport), "peer": transport.getPeer(),
+                     "host": transport.getHost(), "prefix": transport.logPrefix(),
+                     "repr": repr(transport), "nodelay": transport.getTcpNoDelay()}
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self.transport.write(b"%d\n" % len(self.data))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.ended.callback(reason.value)
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(_Recorder):
+    """Told of the peer's end of file, answers, then closes."""
+
+    read_closed = False
+
+    def readConnectionLost(self) -> None:
+        self.read_closed = True
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class _Built(Factory):
+    """Builds ``protocol`` and keeps each one built."""
+
+    def __init__(self, protocol: type = _Recorder) -> None:
+        self.protocol = protocol
+        self.built: list[Protocol] = []
+
+    def buildProtocol(self, addr):
+        built = super().buildProtocol(addr)
+        built.addr = addr
+        self.built.append(built)
+        return built
+
+
+def _exchange(port: int, payload: bytes, half_close: bool = False) -> bytes:
+    """In a thread: send ``payload``, end (or half-close) the connection,
+    read everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        if not half_close:
+            received = sock.recv(100)
+            sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(100):
+            received += chunk
+        return received
+
+
+class RealSocketTests(TestCase):
+    """On the reactor, over loopback."""
+
+    def listen(self, factory: Factory) -> AcceptorPort:
+        port = self.successResultOf(AcceptorEndpoint(reactor, 0, interface="127.0.0.1")
+                                    .listen(factory))
+        self.addCleanup(port.stopListening)
+        return port
+
+    def test_connection_and_end_of_file(self) -> None:
+        """A connection is accepted into an AcceptedConnection with the
+        peer's address; data flows both ways; the peer's end of file
+        ends it with ConnectionDone, and the socket is closed."""
+        from twisted.internet import threads
+
+        factory = _Built()
+        port = self.listen(factory)
+        self.assertTrue(port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        exchanged = threads.deferToThread(_exchange, port.getHost().port, b"hello")
+
+        def check(answer: bytes) -> Deferred:
+            self.assertEqual(answer, b"5\n")
+            [protocol] = factory.built
+            self.assertEqual(protocol.data, b"hello")
+            self.assertEqual(protocol.addr.host, "127.0.0.1")
+            seen = protocol.seen
+            self.assertIs(seen["type"], AcceptedConnection)
+            self.assertEqual(seen["peer"], protocol.addr)
+            self.assertEqual(seen["host"].port, port.getHost().port)
+            self.assertEqual(seen["prefix"], "DicomProtocol")
+            self.assertIn("_Recorder #0", seen["repr"])
+            self.assertTrue(seen["nodelay"])
+            return protocol.ended
+
+        def ended(reason: Exception) -> None:
+            self.assertIsInstance(reason, ConnectionDone)
+            [protocol] = factory.built
+            self.assertFalse(hasattr(protocol.transport, "socket"))
+            self.assertFalse(protocol.transport.connected)
+
+        return exchanged.addCallback(check).addCallback(ended)
+
+    def test_half_closeable_protocol(self) -> None:
+        """A protocol that half-closes is told of the end of file and may
+        still write (Twisted's way)."""
+        from twisted.internet import threads
+
+        factory = _Built(_HalfCloser)
+        port = self.listen(factory)
+        exchanged = threads.deferToThread(_exchange, port.getHost().port, b"abc",
+                                          half_close=True)
+
+        def check(answer: bytes) -> Deferred:
+            self.assertEqual(answer, b"3\nbye")
+            self.assertTrue(factory.built[0].read_closed)
+            return factory.built[0].ended
+
+        return exchanged.addCallback(check)
+
+    def test_port_in_use(self) -> None:
+        """Listening on a port in use fails with CannotListenError."""
+        port = self.listen(_Built())
+        failed = AcceptorEndpoint(reactor, port.getHost().port, interface="127.0.0.1").listen(
+            _Built())
+        self.failureResultOf(failed, CannotListenError)
+
+    def test_adopted_socket(self) -> None:
+        """``adopt`` accepts on a listening socket made elsewhere (a
+        ``--workers`` worker's), with the same connections."""
+        from twisted.internet import threads
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        factory = _Built()
+        port = transport.adopt(reactor, sock.fileno(), socket.AF_INET, factory)
+        sock.close()
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, AcceptorPort)
+        exchanged = threads.deferToThread(_exchange, port.getHost().port, b"xy")
+
+        def check(answer: bytes) -> Deferred:
+            self.assertEqual(answer, b"2\n")
+            self.assertIs(type(factory.built[0].transport), AcceptedConnection)
+            return factory.built[0].ended
+
+        return exchanged.addCallback(check)
+
+
+class _Listener:
+    """A listening socket's stand-in: ``_accept`` hands out the queued
+    connections, then fails with EAGAIN (or with ``error``)."""
+
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.calls = 0
+        self.error: int | None = None
+        self.opened: list[socket.socket] = []
+
+    def _accept(self):
+        self.calls += 1
+        if self.error is not None:
+            raise OSError(self.error, errno.errorcode[self.error])
+        if not self.waiting:
+            raise BlockingIOError(errno.EAGAIN, "EAGAIN")
+        self.waiting -= 1
+        a, b = socket.socketpair()
+        self.opened += [a, b]
+        return a.detach(), ("127.0.0.1", 40000 + self.calls)
+
+
+class AcceptLoopTests(SynchronousTestCase):
+    """How many ``accept`` calls a readiness makes."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactor()
+        # (Unix socket pairs stand in for TCP sockets: a plain protocol.)
+        self.factory = _Built(Protocol)
+        self.port = AcceptorPort(0, self.factory, reactor=self.reactor)
+        self.listener = self.port.socket = _Listener()
+        self.port._family, self.port._type = socket.AF_INET, socket.SOCK_STREAM
+        self.addCleanup(self.close_all)
+
+    def close_all(self) -> None:
+        for protocol in self.factory.built:
+            protocol.transport.socket.close()
+        for sock in self.listener.opened:
+            sock.close()
+
+    def readiness(self, waiting: int) -> int:
+        """``waiting`` connections arrive; the port is told once.
+
+        :returns: the ``accept`` calls it made.
+        """
+        self.listener.waiting += waiting
+        before = self.listener.calls
+        self.port.doRead()
+        return self.listener.calls - before
+
+    def test_steady_single_connections(self) -> None:
+        """One connection per readiness: one ``accept`` each, and one that
+        fails every GROW_AFTER + 1 readinesses (Twisted's port fails every
+        other one)."""
+        calls = [self.readiness(1) for _ in range(50)]
+        self.assertEqual(len(self.factory.built), 50)
+        self.assertEqual(sum(calls), 50 + 50 // (transport.GROW_AFTER + 1))
+        self.assertEqual(self.listener.waiting, 0)
+
+    def test_burst_grows_then_shrinks(self) -> None:
+        """A burst is taken ever more at once (doubling), up to
+        MAX_ACCEPTS; a quiet readiness brings the number back down."""
+        taken = []
+        for _ in range(40):
+            before = len(self.factory.built)
+            self.readiness(1000)
+            taken.append(len(self.factory.built) - before)
+        self.assertEqual(taken[:transport.GROW_AFTER], [1] * transport.GROW_AFTER)
+        self.assertEqual(max(taken), transport.MAX_ACCEPTS)
+        self.assertEqual(taken, sorted(taken))
+        self.listener.waiting = 0
+        self.readiness(2)
+        self.assertEqual(self.port._accepts, 2)
+
+    def test_each_connection_built_and_connected(self) -> None:
+        """Each accepted socket gets a protocol, a session number and the
+        peer's address; a factory returning None closes the socket."""
+        self.readiness(1)
+        [first] = self.factory.built
+        self.assertEqual((first.addr.host, first.addr.port), ("127.0.0.1", 40001))
+        self.assertEqual(first.transport.sessionno, 0)
+        self.assertIn(first.transport, self.reactor.readers)
+        self.factory.buildProtocol = lambda addr: None
+        self.readiness(1)
+        self.assertEqual(self.port.sessionno, 1)
+
+    def test_other_errors_go_to_twisted(self) -> None:
+        """An ``accept`` failing other than with EAGAIN (EMFILE here) is
+        handed to Twisted's own loop, which knows what to do with it."""
+        handed: list[AcceptorPort] = []
+        self.patch(tcp.Port, "doRead", lambda port: handed.append(port))
+        self.listener.error = errno.EMFILE
+        self.readiness(1)
+        self.assertEqual(handed, [self.port])
+        self.assertEqual(self.factory.built, [])
+
+    def test_failure_in_protocol_spares_the_port(self) -> None:
+        """An exception while connecting a protocol is logged; the port is
+        not closed and the next readiness accepts."""
+        self.factory.buildProtocol = lambda addr: 1 / 0
+        self.readiness(1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        del self.factory.buildProtocol
+        self.readiness(1)
+        self.assertEqual(len(self.factory.built), 1)
+
+
+class DescriptionTests(SynchronousTestCase):
+    """``tcp:`` listen descriptions build an AcceptorEndpoint."""
+
+    def test_tcp(self) -> None:
+        endpoint = tls.listen_endpoint(None, "tcp:104:interface=127.0.0.1:backlog=128")
+        self.assertIsInstance(endpoint, AcceptorEndpoint)
+        self.assertEqual((endpoint.port, endpoint.interface, endpoint.backlog),
+                         (104, "127.0.0.1", 128))
+        endpoint = tls.listen_endpoint(None, "tcp:port=11112")
+        self.assertEqual((endpoint.port, endpoint.interface, endpoint.backlog),
+                         (11112, "", 50))
+
+    def test_errors(self) -> None:
+        """A bad tcp: description is a ValueError naming what is wrong."""
+        cases = {
+            "tcp:104:privateKey=x": "unknown tcp option 'privateKey'",
+            "tcp:http": "numbers",
+            "tcp:70000": "between 0 and 65535",
+            "tcp:104:port=105": "once",
+            "tcp:interface=127.0.0.1": "no port",
+        }
+        for description, fragment in cases.items():
+            with self.assertRaises(ValueError, msg=description) as caught:
+                tls.listen_endpoint(None, description)
+            self.assertIn(fragment, str(caught.exception))
