@@ -289,6 +289,14 @@ class FramingTests(FileProducerTestCase):
         self.failureResultOf(client.store(source), IOError)
         self.assertIsNone(transport.producer)
 
+    def test_no_room_for_data(self) -> None:
+        """A peer whose maximum PDU length leaves no room for data (6 bytes)
+        fails the store; nothing is sent."""
+        client, transport = self.requestor(6)
+        self.failureResultOf(client.store(self.stored(b"x")), ValueError)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(client._outstanding, {})
+
     def test_missing_file(self) -> None:
         """A file that cannot be opened fails the store; nothing is sent."""
         client, transport = self.requestor(1000)

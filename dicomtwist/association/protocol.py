@@ -455,8 +455,10 @@ class Association(Requestor, DicomProtocol):
             except InvalidEventError as e:
                 d.errback(AssociationAborted(f"cannot send {message.NAME}: {e}"))
                 continue
-            except OSError as e:
-                # The file cannot be opened: nothing of the message was sent.
+            except (OSError, ValueError) as e:
+                # The file cannot be opened, or the peer's maximum PDU
+                # length leaves no room for data: nothing of the message
+                # was sent.
                 d.errback(e)
                 continue
             d.callback(None)
