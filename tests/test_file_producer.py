@@ -24,7 +24,8 @@ from dicomtwist.dimse.codec import COMMAND, LAST_FRAGMENT, encode_command, fragm
 from dicomtwist.status import Status
 from dicomtwist.ul import protocol as ul_protocol
 from dicomtwist.ul.framing import PDUFramer
-from dicomtwist.ul.pdu import pdata_header
+from dicomtwist.ul.fsm import State
+from dicomtwist.ul.pdu import AAbort, pdata_header
 from tests.helpers import CT_IMAGE_STORAGE, ct_dataset, policy
 from tests.test_association import InMemoryTestCase
 
@@ -288,6 +289,19 @@ class FramingTests(FileProducerTestCase):
                              source.sop_class_uid, source.sop_instance_uid)
         self.failureResultOf(client.store(source), IOError)
         self.assertIsNone(transport.producer)
+
+    def test_file_cut_while_sent(self) -> None:
+        """A file found shorter after part of it was sent fails the store
+        and aborts the association: the peer holds half a data set."""
+        self.patch(files, "BATCH_BYTES", 2000)
+        client, transport = self.requestor(1000)
+        source = self.stored(b"x" * 3000)
+        source = FileDataSet(source.path, source.offset, 5000, source.transfer_syntax,
+                             source.sop_class_uid, source.sop_instance_uid)
+        stored = client.store(source)
+        self.assertTrue(transport.value().endswith(AAbort(0, 0).encode()))
+        self.assertEqual(client.machine.state, State.STA13)
+        self.failureResultOf(stored, IOError)
 
     def test_no_room_for_data(self) -> None:
         """A peer whose maximum PDU length leaves no room for data (6 bytes)

@@ -212,7 +212,10 @@ class FileProducer:
         # PDUs going first (the message's command set): written with the
         # first batch, in front of it, when they fit in the buffer.
         self._head = head
+        self._path = source.path
         self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # Part of the message was sent (a failure then aborts).
+        self._sent = False
         self._position = source.offset
         self._remaining = source.length
         self._context_id = context_id
@@ -264,16 +267,17 @@ class FileProducer:
             try:
                 batch = self._next_batch()
             except OSError as e:
-                self._finish(e)
+                self._failed_reading(e)
                 return
             if batch is None:
-                self._finish(IOError("stored file shorter than expected"))
+                self._failed_reading(IOError("stored file shorter than expected"))
                 return
             try:
                 self._association.send_pdata(batch)
             except InvalidEventError as e:
                 self._finish(AssociationAborted(f"association ended while sending: {e}"))
                 return
+            self._sent = True
             if self._remaining == 0:
                 self._finish(None)
 
@@ -321,6 +325,18 @@ class FileProducer:
         frame.layout = layout
         frame.slots = slots
         frame.length = at
+
+    def _failed_reading(self, error: Exception) -> None:
+        """The file could not be read to its end: fail.  If part of the
+        message went out, the association is aborted: the peer holds an
+        unfinished data set, and no other message may follow it (PS3.7
+        6.3.1: a message's fragments are sent one after another)."""
+        if self._sent:
+            association = self._association
+            association.log.warn("Aborting: stored file {path} could not be read to its end"
+                                 " ({error})", path=self._path, error=str(error))
+            association.abort()
+        self._finish(error)
 
     def pauseProducing(self) -> None:
         self._paused = True
