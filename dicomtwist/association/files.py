@@ -328,9 +328,8 @@ class FileProducer:
 
     def _failed_reading(self, error: Exception) -> None:
         """The file could not be read to its end: fail.  If part of the
-        message went out, the association is aborted: the peer holds an
-        unfinished data set, and no other message may follow it (PS3.7
-        6.3.1: a message's fragments are sent one after another)."""
+        message went out, the association is aborted: the peer holds a
+        data set whose last fragment (PS3.8 Annex E) will never come."""
         if self._sent:
             association = self._association
             association.log.warn("Aborting: stored file {path} could not be read to its end"
