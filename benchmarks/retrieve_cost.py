@@ -30,7 +30,11 @@ of one sub-operation (one instance sent):
   counted: deterministic), with the top C functions;
 * ``cprofile``: Python's profiler in the daemon, by own time per
   sub-operation;
-* ``strace``: the system calls the daemon makes per sub-operation.
+* ``strace``: the system calls the daemon makes per sub-operation;
+* ``memory``: instead of the CT study, one instance of ``--large-mib``
+  MiB of pixel data (:func:`benchmarks.stream_memory.write_instance`),
+  retrieved once by each kind; prints the daemon's peak resident set
+  (``VmHWM``) before and after: streaming keeps it where it was.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import assoc_cost, data, run, servers  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+
+from benchmarks import assoc_cost, data, run, servers, stream_memory  # noqa: E402
 from benchmarks.assoc_cost import Measured, cpu_ticks  # noqa: E402
 
 
@@ -100,7 +106,7 @@ def store_study(tree: Tree, paths: list[str], work: str) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tool", choices=("cpu", "callgrind", "cprofile", "strace"))
+    parser.add_argument("tool", choices=("cpu", "callgrind", "cprofile", "strace", "memory"))
     parser.add_argument("--ours-src", action="append", default=None,
                         help="a dicomtwist tree to run (repeat to compare trees; default: this one)")
     parser.add_argument("--kinds", default="move,get", help="move, get or both")
@@ -109,18 +115,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=5,
                         help="retrievals of each kind per round (per measurement)")
     parser.add_argument("--top", type=int, default=30, help="functions listed")
+    parser.add_argument("--large-mib", type=int, default=300, help="memory: the instance's size")
     parser.add_argument("--work", default=None, help="work directory (default: temporary)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     sources = [os.path.abspath(s) for s in (args.ours_src or [ROOT])]
-    if args.tool != "cpu" and len(sources) > 1:
+    if args.tool not in ("cpu", "memory") and len(sources) > 1:
         parser.error(f"{args.tool} measures one tree at a time")
 
     work = args.work or tempfile.mkdtemp(prefix="retrieve-cost-")
     os.makedirs(work, exist_ok=True)
     destination = servers.Destination(os.path.join(work, "destination"))
     destination.start()
-    paths, study_uid = data.write_ct_set(os.path.join(work, "ct-study"), args.instances)
+    if args.tool == "memory":
+        path = os.path.join(work, "large.dcm")
+        stream_memory.write_instance(path, args.large_mib)
+        paths, study_uid = [path], dcmread(path, stop_before_pixels=True).StudyInstanceUID
+        args.instances = 1
+    else:
+        paths, study_uid = data.write_ct_set(os.path.join(work, "ct-study"), args.instances)
     trees = [Tree(source, os.path.join(work, f"ours-{i}"), destination.port)
              for i, source in enumerate(sources)]
     out = os.path.join(work, "out")
@@ -135,8 +148,20 @@ def main(argv: list[str]) -> int:
         for tree in trees:
             tree.start()
             store_study(tree, paths, work)
+            if args.tool == "memory":
+                continue
             for kind in kinds:
                 tree.retrieve(kind, study_uid, args.instances, 1, work)
+        if args.tool == "memory":
+            for tree in trees:
+                before = servers.status_kib(tree.server.process.pid)["VmHWM"]
+                for kind in kinds:
+                    tree.retrieve(kind, study_uid, 1, 1, work)
+                    after = servers.status_kib(tree.server.process.pid)["VmHWM"]
+                    print(f"{tree.source} {kind} of {args.large_mib} MiB: peak resident"
+                          f" {before / 1024:,.1f} -> {after / 1024:,.1f} MiB")
+                    before = after
+            return 0
         if args.tool == "cpu":
             cpu_rounds(trees, kinds, study_uid, args, work)
             return 0
