@@ -672,6 +672,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     daemon = reactor is None
     if reactor is None:
+        # Our reactor, unless one was chosen (twistd --reactor) or made.
+        from dicomtwist import reactor as dicom_reactor
+
+        dicom_reactor.install()
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
     settings = options["settings"]
@@ -962,6 +966,9 @@ def run() -> None:
         print(f"dicomqr: error: {e} (dicomqr --help lists the options)", file=sys.stderr)
         sys.exit(2)
     # After the options: optional.load() has decided what Twisted loads.
+    from dicomtwist import reactor as dicom_reactor
+
+    dicom_reactor.install()
     from twisted.internet import reactor
 
     logs.start_logging(options["level"], sys.stderr, options["settings"].log_format)

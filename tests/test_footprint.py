@@ -63,11 +63,18 @@ class StartedDaemonTests(TestCase):
         self.assert_lean(report["modules"])
         self.assertIn("pydicom", report["modules"])
         self.assertIn("twisted.internet.tcp", report["modules"])
+        self.assertEqual(report["reactor"], "dicomtwist.reactor.DicomReactor")
+
+    async def test_twistd_reactor_option_kept(self) -> None:
+        """``twistd --reactor=poll dicomqr`` runs on the reactor chosen."""
+        report = await self.report("--reactor=poll", "--port", str(free_port()))
+        self.assertEqual(report["reactor"], "twisted.internet.pollreactor.PollReactor")
 
     async def test_console_script_default(self) -> None:
         """The ``dicomqr`` console script with the defaults is as lean."""
         report = await self.report("--console", "--port", str(free_port()))
         self.assert_lean(report["modules"])
+        self.assertEqual(report["reactor"], "dicomtwist.reactor.DicomReactor")
 
     async def test_tls_listener_loads_tls(self) -> None:
         """An ``ssl:`` listener loads pyOpenSSL, still without pixel codecs."""

@@ -1,6 +1,7 @@
 """Start the archive as ``twistd -n dicomqr ARGS`` (or ``dicomqr ARGS`` with
 ``--console``) would, and once the reactor runs write the names in
-``sys.modules`` (JSON) and the resident set (KiB) to OUT, then stop.
+``sys.modules`` (JSON), the resident set (KiB) and the reactor's class to
+OUT, then stop.  ``--reactor=NAME`` first in ARGS goes to twistd.
 
 Usage: ``dicomqr_modules.py OUT [--console] ARGS...``
 """
@@ -31,7 +32,9 @@ def makeService(options, reactor=None):
 
     def report() -> None:
         with open(out, "w") as fp:
-            json.dump({"modules": sorted(sys.modules), "rss_kib": rss_kib()}, fp)
+            json.dump({"modules": sorted(sys.modules), "rss_kib": rss_kib(),
+                       "reactor": f"{type(running).__module__}.{type(running).__name__}"},
+                      fp)
         running.stop()
 
     running.callWhenRunning(running.callLater, 0, report)
@@ -45,5 +48,6 @@ if console:
 else:
     from twisted.scripts.twistd import run
 
-    sys.argv = ["twistd", "-n", "--pidfile=", "dicomqr", *args]
+    chosen = args[:1] if args[:1] and args[0].startswith("--reactor=") else []
+    sys.argv = ["twistd", "-n", "--pidfile=", *chosen, "dicomqr", *args[len(chosen):]]
     run()

@@ -1,0 +1,86 @@
+"""The daemon's reactor: Twisted's epoll reactor without a log context
+per event.
+
+For every readiness it reports, Twisted's ``EPollReactor`` calls the
+selectable through ``log.callWithLogger``: it asks the selectable for its
+``logPrefix()`` and runs the call inside a new context (a dictionary
+copied and pushed on a thread-local stack, then popped), so that a legacy
+``log.msg`` made meanwhile is tagged with the connection's ``system``.
+An association of one C-ECHO is four such events, and the wrappers cost
+more than its state machine: 13% of the daemon's instructions per
+association (``benchmarks/assoc_cost.py``, docs/benchmarks.md).
+
+:class:`DicomReactor` dispatches each event directly.  Nothing of the
+archive's own logging depends on that context (its events carry their
+fields: peer, AE titles, association id); a legacy log line from
+Twisted's own code while an event is handled is tagged ``-`` instead of,
+say, ``DicomProtocol``.  An exception escaping the handling of one event
+is logged, as Twisted logs it, and the other events of the poll are still
+handled.
+
+:func:`install` makes it the global reactor of the daemon (``dicomqr``,
+``twistd dicomqr`` and the ``--workers`` processes) when no reactor was
+chosen: ``twistd --reactor=NAME dicomqr`` keeps the one named.  It needs
+epoll (Linux); elsewhere Twisted's default reactor is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from twisted.python import log
+
+__all__ = ["DicomReactor", "install"]
+
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - not Linux
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+
+if EPollReactor is not None:
+
+    class DicomReactor(EPollReactor):
+        """``EPollReactor``, each event dispatched without a log context."""
+
+        def doPoll(self, timeout: float | None) -> None:
+            """Poll, and handle each event reported."""
+            if timeout is None:
+                timeout = -1  # wait indefinitely
+            try:
+                events = self._poller.poll(timeout, len(self._selectables))
+            except OSError as err:
+                if err.errno == errno.EINTR:
+                    return
+                raise
+            selectables = self._selectables
+            handle = self._doReadOrWrite
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    # What callWithLogger does: log, go on with the others.
+                    log.err(None, f"Unhandled error handling an event of {selectable!r}")
+
+        doIteration = doPoll
+
+
+def install() -> bool:
+    """Install a :class:`DicomReactor` as the global reactor, unless a
+    reactor is installed already (``twistd --reactor``, or an import of
+    ``twisted.internet.reactor``) or epoll is missing.
+
+    :returns: whether it was installed.
+    """
+    if "twisted.internet.reactor" in sys.modules or EPollReactor is None:
+        return False
+    from twisted.internet.main import installReactor
+
+    installReactor(DicomReactor())
+    return True
