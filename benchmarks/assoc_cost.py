@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -87,6 +88,54 @@ class Measured(servers.Ours):
 
     def wait_ready(self) -> None:
         servers.wait_for_port(self.port, self.process, timeout=600.0)
+
+
+def instrument(server: Measured, tool: str, out: str) -> None:
+    """Before the start: run ``server`` under callgrind (instrumentation
+    off) or with the profiling launcher, as ``tool`` needs."""
+    if tool == "callgrind":
+        server.wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                          f"--callgrind-out-file={out}.callgrind"]
+    elif tool == "cprofile":
+        server.launcher = PROFILED
+        server.extra_env = {"ASSOC_COST_PROFILE": f"{out}.prof"}
+
+
+def measured(tool: str, pid: int, out: str, run: Callable[[], object]) -> None:
+    """Call ``run()`` with ``tool`` measuring the daemon ``pid`` around it
+    (callgrind's instrumentation, the profiler, strace): its output goes to
+    ``out`` + ``.callgrind``/``.prof``/``.strace``."""
+    tracer = None
+    if tool == "callgrind":
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                       capture_output=True)
+    elif tool == "cprofile":
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.5)
+    elif tool == "strace":
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", f"{out}.strace",
+                                   "-p", str(pid)], stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    run()
+    if tool == "callgrind":
+        subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True,
+                       capture_output=True)
+    elif tool == "cprofile":
+        os.kill(pid, signal.SIGUSR2)
+        time.sleep(2.0)
+    elif tracer is not None:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(60)
+
+
+def report(tool: str, out: str, count: int, top: int, unit: str = "association") -> None:
+    """Print what ``tool`` measured, per ``unit``."""
+    if tool == "callgrind":
+        report_callgrind(f"{out}.callgrind", count, top, unit)
+    elif tool == "cprofile":
+        report_cprofile(f"{out}.prof", count, top, unit)
+    elif tool == "strace":
+        report_strace(f"{out}.strace", count, unit)
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -142,12 +191,7 @@ def main(argv: list[str]) -> int:
     else:
         server = servers.SERVERS[args.server](os.path.join(work, args.server), servers.free_port())
     out = os.path.join(work, "out")
-    if args.tool == "callgrind":
-        server.wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                          f"--callgrind-out-file={out}.callgrind"]
-    elif args.tool == "cprofile":
-        server.launcher = PROFILED
-        server.extra_env = {"ASSOC_COST_PROFILE": f"{out}.prof"}
+    instrument(server, args.tool, out)
     server.start()
     pid = server.process.pid
     try:
@@ -163,33 +207,11 @@ def main(argv: list[str]) -> int:
                   f" ({args.count / elapsed:,.0f}/s, one client)")
             print(f"daemon CPU per association: {user + system:.0f} us"
                   f" (user {user:.0f}, system {system:.0f})")
-        elif args.tool == "callgrind":
-            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
-                           capture_output=True)
-            loop(server, args.count)
-            subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True,
-                           capture_output=True)
-        elif args.tool == "cprofile":
-            os.kill(pid, signal.SIGUSR1)
-            time.sleep(0.5)
-            loop(server, args.count)
-            os.kill(pid, signal.SIGUSR2)
-            time.sleep(2.0)
-        elif args.tool == "strace":
-            tracer = subprocess.Popen(["strace", "-f", "-c", "-o", f"{out}.strace",
-                                       "-p", str(pid)], stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
-            loop(server, args.count)
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(60)
+        else:
+            measured(args.tool, pid, out, lambda: loop(server, args.count))
     finally:
         stop(server)
-    if args.tool == "callgrind":
-        report_callgrind(f"{out}.callgrind", args.count, args.top)
-    elif args.tool == "cprofile":
-        report_cprofile(f"{out}.prof", args.count, args.top)
-    elif args.tool == "strace":
-        report_strace(f"{out}.strace", args.count)
+    report(args.tool, out, args.count, args.top)
     return 0
 
 

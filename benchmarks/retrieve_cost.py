@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -137,12 +135,7 @@ def main(argv: list[str]) -> int:
     trees = [Tree(source, os.path.join(work, f"ours-{i}"), destination.port)
              for i, source in enumerate(sources)]
     out = os.path.join(work, "out")
-    if args.tool == "callgrind":
-        trees[0].server.wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                                   f"--callgrind-out-file={out}.callgrind"]
-    elif args.tool == "cprofile":
-        trees[0].server.launcher = assoc_cost.PROFILED
-        trees[0].server.extra_env = {"ASSOC_COST_PROFILE": f"{out}.prof"}
+    assoc_cost.instrument(trees[0].server, args.tool, out)
     measured = len(kinds) * args.repeat * args.instances
     try:
         for tree in trees:
@@ -167,37 +160,17 @@ def main(argv: list[str]) -> int:
             return 0
         tree = trees[0]
         pid = tree.server.process.pid
-        if args.tool == "callgrind":
-            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
-                           capture_output=True)
-        elif args.tool == "cprofile":
-            os.kill(pid, signal.SIGUSR1)
-            time.sleep(0.5)
-        elif args.tool == "strace":
-            tracer = subprocess.Popen(["strace", "-f", "-c", "-o", f"{out}.strace",
-                                       "-p", str(pid)], stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
-        for kind in kinds:
-            tree.retrieve(kind, study_uid, args.instances, args.repeat, work)
-        if args.tool == "callgrind":
-            subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True,
-                           capture_output=True)
-        elif args.tool == "cprofile":
-            os.kill(pid, signal.SIGUSR2)
-            time.sleep(2.0)
-        elif args.tool == "strace":
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(60)
+
+        def run() -> None:
+            for kind in kinds:
+                tree.retrieve(kind, study_uid, args.instances, args.repeat, work)
+
+        assoc_cost.measured(args.tool, pid, out, run)
     finally:
         for tree in trees:
             assoc_cost.stop(tree.server)
         destination.stop()
-    if args.tool == "callgrind":
-        assoc_cost.report_callgrind(f"{out}.callgrind", measured, args.top, "sub-operation")
-    elif args.tool == "cprofile":
-        assoc_cost.report_cprofile(f"{out}.prof", measured, args.top, "sub-operation")
-    elif args.tool == "strace":
-        assoc_cost.report_strace(f"{out}.strace", measured, "sub-operation")
+    assoc_cost.report(args.tool, out, measured, args.top, "sub-operation")
     return 0
 
 
