@@ -290,6 +290,24 @@ class StudyDeleted:
     instances: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
+@dataclass(frozen=True)
+class ProcedureStepRecorded:
+    """A Modality Performed Procedure Step was created (N-CREATE,
+    ``action="C"``) or updated (N-SET, ``action="U"``) and kept."""
+
+    via: str
+    peer_host: str
+    calling_ae: str
+    sop_instance_uid: str
+    action: str
+    status: str
+    patient_id: str
+    patient_name: str
+    study_instance_uids: tuple[str, ...] = ()
+    accession_numbers: tuple[str, ...] = ()
+    association_id: int | None = None
+
+
 # -- security and HTTP --------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -653,6 +653,32 @@ class TrailTests(SynchronousTestCase):
                          [STUDY, "PID-1"])
         self.assertEqual(root.find(".//ParticipantObjectName").text, "Doe^Jane")
 
+    def test_procedure_step(self) -> None:
+        """An MPPS N-CREATE kept: Procedure Record (PS3.15 A.5.3, 110111) with
+        action C, the modality as requestor and the archive, each study
+        with the step's UID as MPPS and its accession number, the patient;
+        an N-SET is action U."""
+        for action in ("C", "U"):
+            self.bus.publish(events.ProcedureStepRecorded(
+                "dimse", "192.0.2.9", "MODALITY", "1.2.3.501", action,
+                "IN PROGRESS" if action == "C" else "COMPLETED", "PID-1", "Doe^Jane",
+                (STUDY,), ("ACC1",), 3))
+        created, updated = self.sent()
+        for root, action in ((created, "C"), (updated, "U")):
+            ident = root.find("EventIdentification")
+            self.assertEqual((self.event_id(root), ident.get("EventActionCode"),
+                              ident.get("EventOutcomeIndicator")), ("110111", action, "0"))
+        self.assertEqual(created.find(".//EventOutcomeDescription").text,
+                         "Performed Procedure Step IN PROGRESS")
+        self.assertEqual([(p["UserID"], p["UserIsRequestor"])
+                          for p in participants(created)],
+                         [("MODALITY", "true"), (SOURCE.ae_title, "false")])
+        self.assertEqual([o.get("ParticipantObjectID")
+                          for o in created.findall("ParticipantObjectIdentification")],
+                         [STUDY, "PID-1"])
+        self.assertEqual(created.find(".//MPPS").get("UID"), "1.2.3.501")
+        self.assertEqual(created.find(".//Accession").get("Number"), "ACC1")
+
     def test_http_forbidden(self) -> None:
         """An authenticated HTTP user refused a permission: Security Alert,
         Use of Restricted Function, the user as performer."""

@@ -17,6 +17,7 @@ from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist import events
 from dicomtwist import config as configuration
 from dicomtwist import tap
 from dicomtwist.association import associate
@@ -286,6 +287,23 @@ class MppsServiceTests(SynchronousTestCase):
         self.assertEqual(rsp.error_comment,
                          "Performed Procedure Step Object may no longer be updated")
         self.assertEqual(self.store.get(STEP).PerformedProcedureStepDescription, "")
+
+    def test_steps_published(self) -> None:
+        """A kept N-CREATE and N-SET are told to the bus (the audit trail's
+        Procedure Record): action, status, patient, studies and accession
+        numbers; a refused one is not."""
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        self.call(self.client.n_create(MPPS, STEP, create_list()))
+        self.call(self.client.n_set(MPPS, STEP, final_list()))
+        self.call(self.client.n_create(MPPS, STEP, create_list()))  # 0x0111
+        steps = [e for e in seen if isinstance(e, events.ProcedureStepRecorded)]
+        self.assertEqual([(e.action, e.status, e.sop_instance_uid, e.calling_ae, e.patient_id,
+                           e.patient_name, e.study_instance_uids, e.accession_numbers)
+                          for e in steps],
+                         [(action, status, STEP, "MODALITY", "PID1", "Doe^Jane",
+                           ("1.2.3.400",), ("ACC1",))
+                          for action, status in (("C", "IN PROGRESS"), ("U", "COMPLETED"))])
 
     def test_duplicate(self) -> None:
         """A second N-CREATE of the same step: 0x0111, the first kept."""

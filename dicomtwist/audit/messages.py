@@ -41,6 +41,7 @@ APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 BEGIN_TRANSFERRING = Code("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
 STUDY_DELETED = Code("110105", "DCM", "DICOM Study Deleted")
+PROCEDURE_RECORD = Code("110111", "DCM", "Procedure Record")
 QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
@@ -281,6 +282,33 @@ def study_deleted(source: Source, when: float, outcome: str, deleter: Participan
     message.participant(deleter)
     message.source(source)
     message.study(study)
+    message.patient(*patient)
+    return message.encode()
+
+
+def procedure_record(source: Source, when: float, action: str, outcome: str,
+                     requestor: Participant, responder: Participant, step_uid: str,
+                     studies: tuple[str, ...], accessions: tuple[str, ...],
+                     patient: tuple[str, str], description: str = "") -> bytes:
+    """Procedure Record (PS3.15 A.5.3, EventID 110111): a procedure step was created
+    (``C``) or updated (``U``).
+
+    The modality that reported it (the requestor) and the archive are the
+    active participants; each study it names (with the step's SOP Instance
+    UID as ``MPPS`` and its accession numbers) and its patient are the
+    participant objects.
+    """
+    message = _Message(PROCEDURE_RECORD, action, when, outcome, description=description)
+    message.participant(requestor)
+    message.participant(responder)
+    message.source(source)
+    for uid in studies:
+        element = message.participant_object(uid, STUDY_INSTANCE_UID, SYSTEM_OBJECT,
+                                             ROLE_REPORT)
+        described = ET.SubElement(element, "ParticipantObjectDescription")
+        ET.SubElement(described, "MPPS", {"UID": step_uid})
+        for number in accessions:
+            ET.SubElement(described, "Accession", {"Number": number})
     message.patient(*patient)
     return message.encode()
 

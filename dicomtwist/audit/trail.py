@@ -142,6 +142,7 @@ class AuditTrail:
             events.InstanceSent: self._instance_sent,
             events.RetrieveEnded: self._retrieve_ended,
             events.StudyDeleted: self._study_deleted,
+            events.ProcedureStepRecorded: self._procedure_step,
         }
 
     @property
@@ -263,6 +264,14 @@ class AuditTrail:
                         {k: tuple(v) for k, v in instances.items()})
         self._emit(m.study_deleted, m.SUCCESS, deleter, study,
                    (event.patient_id, event.patient_name))
+
+    def _procedure_step(self, event: events.ProcedureStepRecorded) -> None:
+        requestor = self._peer(event.calling_ae, event.peer_host, True, m.SOURCE)
+        self._emit(m.procedure_record, event.action, m.SUCCESS, requestor,
+                   self._us(m.DESTINATION), event.sop_instance_uid,
+                   event.study_instance_uids, event.accession_numbers,
+                   (event.patient_id, event.patient_name),
+                   f"Performed Procedure Step {event.status}" if event.status else "")
 
     def _association_ended(self, event: events.AssociationEnded) -> None:
         for key in [k for k in self._stored if k[0] == event.association_id]:

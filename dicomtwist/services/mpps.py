@@ -52,6 +52,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 
+from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.association import Response, ServiceRequest
 from dicomtwist.errors import DIMSEServiceError
@@ -489,6 +490,7 @@ class ModalityPerformedProcedureStep:
         self.log.info("MPPS {uid} created by {calling}: {status}", uid=uid,
                       calling=request.association.peer_ae_title,
                       status=ds.PerformedProcedureStepStatus)
+        _publish(request, ds, "C")
         fields = {"affected_sop_instance_uid": uid}
         if out_of_range is not None:
             return Response(Status.ATTRIBUTE_VALUE_OUT_OF_RANGE, out_of_range, fields)
@@ -509,6 +511,28 @@ class ModalityPerformedProcedureStep:
         self.log.info("MPPS {uid} set by {calling}: {status}", uid=uid,
                       calling=request.association.peer_ae_title,
                       status=merged.PerformedProcedureStepStatus)
+        _publish(request, merged, "U")
         if out_of_range is not None:
             return Response(Status.ATTRIBUTE_VALUE_OUT_OF_RANGE, out_of_range)
         return Response(Status.SUCCESS)
+
+
+def _publish(request: ServiceRequest, step: Dataset, action: str) -> None:
+    """Tell the bus a step was kept (the audit trail's Procedure Record)."""
+    if not events.bus.observed:
+        return
+    assoc = request.association
+    studies: list[str] = []
+    accessions: list[str] = []
+    for item in step.get("ScheduledStepAttributesSequence") or ():
+        study = str(item.get("StudyInstanceUID") or "")
+        if study and study not in studies:
+            studies.append(study)
+        accession = str(item.get("AccessionNumber") or "")
+        if accession and accession not in accessions:
+            accessions.append(accession)
+    events.bus.publish(events.ProcedureStepRecorded(
+        "dimse", assoc.peer_host() or "", assoc.peer_ae_title, str(step.SOPInstanceUID),
+        action, str(step.get("PerformedProcedureStepStatus") or ""),
+        str(step.get("PatientID") or ""), str(step.get("PatientName") or ""),
+        tuple(studies), tuple(accessions), assoc.association_id))
