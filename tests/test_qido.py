@@ -106,10 +106,29 @@ class ParseQueryTests(SynchronousTestCase):
                      {"PatientName": ['""']}):
             parse("STUDY", good)
 
-    def test_sequence_keys_warn(self) -> None:
-        """A sequence matching key is ignored with a Warning."""
-        query = parse("SERIES", {"00400275.00401001": ["X"]})
-        self.assertEqual(len(query.warnings), 1)
+    def test_sequence_keys(self) -> None:
+        """``{sequence}.{attribute}`` keys (tags or keywords) go into the
+        sequence's one item; ``includefield`` adds an item key to return."""
+        query = parse("SERIES", {"00400275.00401001": ["RP1"],
+                                 "RequestAttributesSequence.AccessionNumber": ["A*"],
+                                 "includefield": ["RequestAttributesSequence.StudyInstanceUID"]})
+        self.assertEqual(query.warnings, [])
+        [item] = query.identifier.RequestAttributesSequence
+        self.assertEqual((item.RequestedProcedureID, item.AccessionNumber,
+                          item.StudyInstanceUID), ("RP1", "A*", ""))
+
+    def test_sequence_keys_refused_or_warned(self) -> None:
+        """A sequence given a value itself, or nested two deep, is ignored
+        with a Warning; a first part that is no sequence is a 400."""
+        for args in ({"RequestAttributesSequence": ["X"]},
+                     {"ReferencedStudySequence.ReferencedSOPSequence.ReferencedSOPInstanceUID":
+                      ["1.2"]}):
+            self.assertEqual(len(parse("SERIES", args).warnings), 1, args)
+        with self.assertRaises(qido.QueryParameterError) as caught:
+            parse("SERIES", {"PatientID.CodeValue": ["X"]})
+        self.assertIn("not a sequence", str(caught.exception))
+        with self.assertRaises(qido.QueryParameterError):
+            parse("SERIES", {"RequestAttributesSequence.StudyInstanceUID": ["not a uid"]})
 
 
 class RenderMatchesTests(SynchronousTestCase):
@@ -132,6 +151,20 @@ class RenderMatchesTests(SynchronousTestCase):
         self.assertNotIn("00080050", match)
         self.assertEqual(match["00081190"], {"vr": "UR", "Value": ["http://h/dw/studies/1.2.3"]})
         self.assertEqual(match["00080005"], {"vr": "CS", "Value": ["ISO_IR 192"]})
+
+    def test_sequence_items(self) -> None:
+        """A kept sequence's items become DICOM JSON items (their keys with
+        a value); no item leaves the sequence out."""
+        code_value, meaning = Tag("CodeValue"), Tag("CodeMeaning")
+        keys = [(Tag("ProcedureCodeSequence"), "SQ", ((code_value, "SH"), (meaning, "LO"))),
+                (Tag("StudyInstanceUID"), "UI", ())]
+        rows = [([("MR-KNEE", "MR knee"), ("CT-HEAD", None)], "1.2.3"), ([], "1.2.4")]
+        first, second = json.loads(b"".join(qido.render_matches(keys, rows, "STUDY", "x")))
+        self.assertEqual(first["00081032"], {"vr": "SQ", "Value": [
+            {"00080100": {"vr": "SH", "Value": ["MR-KNEE"]},
+             "00080104": {"vr": "LO", "Value": ["MR knee"]}},
+            {"00080100": {"vr": "SH", "Value": ["CT-HEAD"]}}]})
+        self.assertNotIn("00081032", second)
 
     def test_empty(self) -> None:
         """No rows is an empty JSON array."""

@@ -6,6 +6,7 @@ on both backends (:func:`tests.backends.both`)."""
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.filewriter import write_dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -209,10 +210,30 @@ class SequenceRulesTests(IndexTestCase):
         self.assertEqual(responses, {"1.1": 2, "2.1": 1, "3.1": 0})
 
     def test_qido_values(self):
-        """query (QIDO-RS) gives a kept sequence's items as value tuples."""
+        """query (QIDO-RS) gives a kept sequence's items as value tuples,
+        with the item keys."""
         identifier = query("STUDY", ProcedureCodeSequence=[item(CodeValue="MR*")])
         keys, rows = self.index.query(identifier, "STUDY")
         self.assertEqual([tuple(r) for r in rows], [([("MR-KNEE",)], "2.1")])
+        self.assertEqual(keys[0][2], ((Tag("CodeValue"), "SH"),))
+
+    def test_qido_sequence_matching(self):
+        """A QIDO-RS search with ``{sequence}.{attribute}`` keys matches
+        as C-FIND does and answers the matching items in DICOM JSON."""
+        import json
+
+        from dicomtwist.web.dicomweb import qido
+
+        search = qido.parse_query("SERIES", {
+            "RequestAttributesSequence.RequestedProcedureID": ["RP*"],
+            "RequestAttributesSequence.ScheduledProcedureStepID": ["SPS2"]}, study="2.1")
+        keys, rows = self.index.query(search.identifier, "STUDY",
+                                      relational=search.relational)
+        matches = json.loads(b"".join(qido.render_matches(keys, rows, "SERIES", "http://h")))
+        self.assertEqual([m["0020000E"]["Value"] for m in matches], [["2.1.1"]])
+        self.assertEqual(matches[0]["00400275"], {"vr": "SQ", "Value": [
+            {"00401001": {"vr": "SH", "Value": ["RP2"]},
+             "00400009": {"vr": "SH", "Value": ["SPS2"]}}]})
 
 
 class SequenceStorageTests(IndexTestCase):

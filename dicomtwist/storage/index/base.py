@@ -1100,7 +1100,7 @@ class SqlIndex:
 
     def query(self, identifier: Dataset, model: str, *, relational: bool = False,
               offset: int = 0, limit: int | None = None,
-              ) -> tuple[tuple[tuple[BaseTag, str], ...], Iterator[tuple]]:
+              ) -> tuple[tuple[tuple[BaseTag, str, tuple], ...], Iterator[tuple]]:
         """Match an identifier as :meth:`find` does; the matches as plain values.
 
         The same planning and matching as C-FIND (QIDO-RS uses it), with
@@ -1109,13 +1109,17 @@ class SqlIndex:
         relational queries; QIDO-RS ``/series`` and ``/instances``), and
         ``offset``/``limit`` page through the matches in index order.
 
-        :returns: the return keys ``(tag, VR)`` in identifier order, and an
-            iterator of rows, one per match: a tuple of values aligned with
-            the keys (``str``, ``int`` or None for empty; sequences None).
+        :returns: the return keys ``(tag, VR, item keys)`` in identifier
+            order (the item keys, ``(tag, VR)`` pairs, of a kept sequence;
+            empty for any other key), and an iterator of rows, one per
+            match: a tuple of values aligned with the keys (``str``,
+            ``int`` or None for empty; a kept sequence's matching items as
+            tuples aligned with its item keys; other sequences None).
         :raises QueryError: 0xA900 for an identifier the model does not allow.
         """
         plan = self._plan(identifier, model, relational=relational)
-        keys = tuple((k.tag, k.vr) for k in plan.keys)
+        keys = tuple((k.tag, k.vr, tuple((i.tag, i.vr) for i in k.items if i.expression))
+                     for k in plan.keys)
 
         def values(row: tuple) -> tuple:
             found = iter(row[1:])

@@ -171,21 +171,31 @@ def parse_query(level: str, args: Mapping[str, Sequence[str]], *,
     for keyword in _returned(level, study is None, series is None and level == "IMAGE"):
         tag = Tag(keyword)
         keys[tag] = (_vr(tag), "")
+    #: Sequence -> its one item's keys (sequence matching, PS3.18 8.3.4.1:
+    #: ``{sequence}.{attribute}``; PS3.4 C.2.2.2.6).
+    items: dict[BaseTag, dict[BaseTag, tuple[str, str]]] = {}
     includes: list[str] = []
     for name, values in args.items():
         if name in _CONTROL:
             continue
+        value = values[-1]
         if "." in name:
-            query.warnings.append(
-                f"299 dicomtwist: sequence matching is not supported, {name} ignored")
+            found = _item_key(name, query)
+            if found is not None:
+                sequence, tag, vr = found
+                _check_value(name, value, vr)
+                keys[sequence] = ("SQ", "")
+                items.setdefault(sequence, {})[tag] = (vr, "" if value == "*" else value)
             continue
         tag = _attribute(name)
         vr = _vr(tag)
         if vr == "SQ":
-            query.warnings.append(
-                f"299 dicomtwist: sequence matching is not supported, {name} ignored")
+            if value in ("", "*"):
+                keys[tag] = ("SQ", "")  # returned, matched universally
+            else:
+                query.warnings.append(f"299 dicomtwist: a sequence is matched by its"
+                                      f" attributes ({name}.{{attribute}}), {name} ignored")
             continue
-        value = values[-1]
         _check_value(name, value, vr)
         keys[tag] = (vr, "" if value == "*" else value)
     for values in args.get("includefield", ()):
@@ -197,7 +207,11 @@ def parse_query(level: str, args: Mapping[str, Sequence[str]], *,
                 keys.setdefault(tag, (_vr(tag), ""))
             continue
         if "." in name:
-            query.warnings.append(f"299 dicomtwist: includefield {name} is not supported")
+            found = _item_key(name, query)
+            if found is not None:
+                sequence, tag, vr = found
+                keys.setdefault(sequence, ("SQ", ""))
+                items.setdefault(sequence, {}).setdefault(tag, (vr, ""))
             continue
         tag = _attribute(name)
         keys.setdefault(tag, (_vr(tag), ""))
@@ -209,7 +223,17 @@ def parse_query(level: str, args: Mapping[str, Sequence[str]], *,
     keys.pop(_SPECIFIC_CHARACTER_SET, None)
     for tag in sorted(keys):
         vr, value = keys[tag]
-        identifier.add_new(tag, vr, [] if vr == "SQ" else _element_value(vr, value))
+        if vr == "SQ":
+            sequence = []
+            if tag in items:
+                item = Dataset()
+                for item_tag in sorted(items[tag]):
+                    item_vr, item_value = items[tag][item_tag]
+                    item.add_new(item_tag, item_vr, _element_value(item_vr, item_value))
+                sequence.append(item)
+            identifier.add_new(tag, "SQ", sequence)
+            continue
+        identifier.add_new(tag, vr, _element_value(vr, value))
     query.relational = ((level in ("SERIES", "IMAGE") and study is None)
                         or (level == "IMAGE" and series is None))
     if "limit" in args:
@@ -224,6 +248,30 @@ def parse_query(level: str, args: Mapping[str, Sequence[str]], *,
             "299 dicomtwist: The fuzzymatching parameter is not supported. "
             "Only literal matching has been performed.")
     return query
+
+
+def _item_key(name: str, query: QidoQuery) -> tuple[BaseTag, BaseTag, str] | None:
+    """``{sequence}.{attribute}``: the sequence, the item attribute and its
+    VR; None (with a warning) for deeper nesting.
+
+    :raises QueryParameterError: an unknown attribute, or the first part is
+        not a sequence.
+    """
+    parts = name.split(".")
+    if len(parts) != 2:
+        query.warnings.append(f"299 dicomtwist: only one level of sequence matching is"
+                              f" supported, {name} ignored")
+        return None
+    sequence = _attribute(parts[0])
+    if _vr(sequence) != "SQ":
+        raise QueryParameterError(f"{name}: {parts[0]} is not a sequence")
+    tag = _attribute(parts[1])
+    vr = _vr(tag)
+    if vr == "SQ":
+        query.warnings.append(f"299 dicomtwist: only one level of sequence matching is"
+                              f" supported, {name} ignored")
+        return None
+    return sequence, tag, vr
 
 
 def _returned(level: str, all_studies: bool, all_series: bool) -> list[str]:
@@ -294,7 +342,7 @@ def element_json(vr: str, value: object) -> dict:
     return item
 
 
-def render_matches(keys: Sequence[tuple[BaseTag, str]], rows: Iterable[tuple],
+def render_matches(keys: Sequence[tuple], rows: Iterable[tuple],
                    level: str, base_url: str) -> Iterator[bytes]:
     """The JSON array of the matches, in pieces (one per match).
 
@@ -303,22 +351,27 @@ def render_matches(keys: Sequence[tuple[BaseTag, str]], rows: Iterable[tuple],
 
     :param base_url: the service root as the client reached it.
     """
-    index = {tag: n for n, (tag, _) in enumerate(keys)}
+    index = {key[0]: n for n, key in enumerate(keys)}
     study_at = index.get(_STUDY_UID)
     series_at = index.get(_SERIES_UID)
     sop_at = index.get(_SOP_UID)
-    names = [f"{int(tag):08X}" for tag, _ in keys]
+    names = [f"{int(key[0]):08X}" for key in keys]
     charset = {"vr": "CS", "Value": ["ISO_IR 192"]}
     yield b"["
     first = True
     for row in rows:
         match: dict[str, dict] = {"00080005": charset}
-        for name, (tag, vr), value in zip(names, keys, row):
-            if value is None or value == "":
+        for name, key, value in zip(names, keys, row):
+            if value is None or value == "" or value == []:
                 # Attributes without a value are left out, as Orthanc does:
                 # viewers (OHIF) read "Value" of any attribute present.
                 continue
-            match[name] = element_json(vr, value)
+            if key[1] == "SQ":
+                if isinstance(value, list):
+                    match[name] = {"vr": "SQ", "Value": [_item_json(key[2], item)
+                                                         for item in value]}
+                continue
+            match[name] = element_json(key[1], value)
         url = _retrieve_url(base_url, level, row, study_at, series_at, sop_at)
         if url:
             match["00081190"] = {"vr": "UR", "Value": [url]}
@@ -327,6 +380,15 @@ def render_matches(keys: Sequence[tuple[BaseTag, str]], rows: Iterable[tuple],
         yield text if first else b"," + text
         first = False
     yield b"]"
+
+
+def _item_json(item_keys: Sequence[tuple[BaseTag, str]], values: tuple) -> dict:
+    """One sequence item in DICOM JSON: its keys that have a value."""
+    item = {}
+    for (tag, vr), value in zip(item_keys, values):
+        if value is not None and value != "":
+            item[f"{int(tag):08X}"] = element_json(vr, value)
+    return dict(sorted(item.items()))
 
 
 def _retrieve_url(base: str, level: str, row: tuple, study_at: int | None,
