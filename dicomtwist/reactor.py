@@ -27,7 +27,9 @@ epoll (Linux); elsewhere Twisted's default reactor is used.
 from __future__ import annotations
 
 import errno
+import select
 import sys
+from typing import Any
 from twisted.python import log
 
 __all__ = ["DicomReactor", "install"]
@@ -69,6 +71,22 @@ if EPollReactor is not None:
                     log.err(None, f"Unhandled error handling an event of {selectable!r}")
 
         doIteration = doPoll
+
+        def addExclusiveReader(self, reader: Any) -> None:
+            """``addReader`` with ``EPOLLEXCLUSIVE``: of the processes
+            waiting on one descriptor, an event wakes one (or a few) rather
+            than all.  For a listening socket the ``--workers`` processes
+            share: without it every worker wakes for every connection, and
+            all but one find nothing to accept.  The reader must only ever
+            read (the kernel refuses to modify such a registration)."""
+            fd = reader.fileno()
+            if fd in self._reads:
+                return
+            if fd in self._writes:
+                raise ValueError(f"descriptor {fd} is registered for writing")
+            self._poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            self._reads.add(fd)
+            self._selectables[fd] = reader
 
 
 def install() -> bool:

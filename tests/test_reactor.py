@@ -128,3 +128,27 @@ class DicomReactorTests(SynchronousTestCase):
         self.addCleanup(self.reactor._selectables.__setitem__, fd, reader)
         self.reactor.doIteration(0)
         self.assertEqual(reader.received, [])
+
+    def test_exclusive_reader(self) -> None:
+        """An exclusive reader is woken like any reader (EPOLLEXCLUSIVE
+        only changes which of several waiting epolls wake), and removed
+        like one; a descriptor registered for writing is refused."""
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        reader = _Reader(self.reactor, ours)
+        self.reactor.addExclusiveReader(reader)
+        self.reactor.addExclusiveReader(reader)  # again: nothing changes
+        self.assertIn(reader, self.reactor.getReaders())
+        theirs.sendall(b"x")
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.received, [b"x"])
+        self.reactor.removeReader(reader)
+        self.assertNotIn(reader, self.reactor.getReaders())
+        theirs.sendall(b"y")
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.received, [b"x"])
+        reader.startWriting()
+        self.addCleanup(reader.stopWriting)
+        with self.assertRaises(ValueError):
+            self.reactor.addExclusiveReader(reader)

@@ -180,6 +180,49 @@ class RealSocketTests(TestCase):
         return exchanged.addCallback(check)
 
 
+class SharedSocketTests(SynchronousTestCase):
+    """A worker's adopted socket waits exclusively where the reactor can."""
+
+    def sockets(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        return sock
+
+    def test_adopted_waits_exclusively(self) -> None:
+        """``adopt`` registers with ``addExclusiveReader`` when the reactor
+        has it; a port of our own listening alone does not."""
+        from dicomtwist.reactor import DicomReactor
+
+        reactor = DicomReactor()
+        self.addCleanup(reactor._poller.close)
+        exclusive: list = []
+        add = reactor.addExclusiveReader
+        reactor.addExclusiveReader = lambda reader: (exclusive.append(reader), add(reader))
+        sock = self.sockets()
+        port = transport.adopt(reactor, sock.fileno(), socket.AF_INET, _Built())
+        self.addCleanup(port.socket.close)
+        self.addCleanup(reactor.removeReader, port)
+        self.assertEqual(exclusive, [port])
+        self.assertIn(port, reactor.getReaders())
+        own = AcceptorPort(0, _Built(), interface="127.0.0.1", reactor=reactor)
+        own.startListening()
+        self.addCleanup(own.socket.close)
+        self.addCleanup(reactor.removeReader, own)
+        self.assertEqual(exclusive, [port])
+        self.assertIn(own, reactor.getReaders())
+
+    def test_other_reactors(self) -> None:
+        """On a reactor without it, an adopted socket is read as usual."""
+        reactor = MemoryReactor()
+        sock = self.sockets()
+        port = transport.adopt(reactor, sock.fileno(), socket.AF_INET, _Built())
+        self.addCleanup(port.socket.close)
+        self.assertIn(port, reactor.readers)
+
+
 class _Listener:
     """A listening socket's stand-in: ``_accept`` hands out the queued
     connections, then fails with EAGAIN (or with ``error``)."""

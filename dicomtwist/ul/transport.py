@@ -117,6 +117,18 @@ class AcceptorPort(tcp.Port):
     transport = AcceptedConnection
     _accepts = 1
     _full = 0
+    #: The listening socket is shared with other processes (the workers of
+    #: ``--workers``): on a reactor that can, only one of them is woken
+    #: per connection (``DicomReactor.addExclusiveReader``).
+    shared = False
+
+    def startReading(self) -> None:
+        """Wait for connections; exclusively when the socket is shared."""
+        exclusive = getattr(self.reactor, "addExclusiveReader", None) if self.shared else None
+        if exclusive is None:
+            super().startReading()
+            return
+        exclusive(self)
 
     def startListening(self) -> None:
         """Listen (or adopt), with ``TCP_NODELAY`` on the listening socket."""
@@ -207,5 +219,6 @@ def adopt(reactor: Any, fd: int, family: int, factory: Any) -> AcceptorPort:
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise error.UnsupportedAddressFamily(family)
     port = AcceptorPort._fromListeningDescriptor(reactor, fd, family, factory)
+    port.shared = True
     port.startListening()
     return port
