@@ -30,6 +30,7 @@ import errno
 import select
 import sys
 from typing import Any
+
 from twisted.python import log
 
 __all__ = ["DicomReactor", "install"]

@@ -672,12 +672,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     daemon = reactor is None
     if reactor is None:
-        # Our reactor, unless one was chosen (twistd --reactor) or made.
-        from dicomtwist import reactor as dicom_reactor
-
-        dicom_reactor.install()
-        from twisted.internet import reactor as global_reactor
-        reactor = global_reactor
+        reactor = _global_reactor()
     settings = options["settings"]
     dlog.set_level(options["level"])
     if options["clean"]:
@@ -957,6 +952,17 @@ def reindex(settings: configuration.Config) -> int:
     return 1 if report.unreadable else 0
 
 
+def _global_reactor() -> Any:
+    """The process's reactor: ours (:mod:`dicomtwist.reactor`), unless one
+    was chosen (``twistd --reactor``) or installed already."""
+    from dicomtwist import reactor as dicom_reactor
+
+    dicom_reactor.install()
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def run() -> None:
     """The ``dicomqr`` console script: the archive in the foreground."""
     options = Options()
@@ -966,11 +972,7 @@ def run() -> None:
         print(f"dicomqr: error: {e} (dicomqr --help lists the options)", file=sys.stderr)
         sys.exit(2)
     # After the options: optional.load() has decided what Twisted loads.
-    from dicomtwist import reactor as dicom_reactor
-
-    dicom_reactor.install()
-    from twisted.internet import reactor
-
+    reactor = _global_reactor()
     logs.start_logging(options["level"], sys.stderr, options["settings"].log_format)
     top = makeService(options)
     from twisted.internet.error import CannotListenError

@@ -70,7 +70,6 @@ class AcceptedConnection(tcp.Server):
     #: What Twisted's log context calls events of this connection
     #: (``tcp.Server`` formats ``Protocol,session,host`` per connection).
     logstr = "DicomProtocol"
-    repstr = "<AcceptedConnection>"
 
     def __init__(self, sock: socket.socket, protocol: Any, client: tuple[Any, ...],
                  server: tcp.Port, sessionno: int, reactor: Any) -> None:
