@@ -150,7 +150,9 @@ def _keep(wanted: frozenset[int]) -> frozenset[int]:
             keep.add(tag & 0xFFFF0000 | (tag & 0xFF00) >> 8)
         elif tag in _DEPENDS_ON:
             keep.add(_DEPENDS_ON[tag])
-    return frozenset(keep)
+    # Plain ints: the scan asks ``tag in keep`` of every element, and a
+    # BaseTag member would answer each hit through its Python ``__eq__``.
+    return frozenset(int(tag) for tag in keep)
 
 
 def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: str,
@@ -234,6 +236,10 @@ def _character_set(value: bytes | None) -> tuple[str, ...]:
 # Attribute values a new Dataset may share with the prototype.
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
 _PROTOTYPE = vars(Dataset())
+#: The prototype's attributes a new data set shares, and those it copies.
+_SHARED = {name: value for name, value in _PROTOTYPE.items() if isinstance(value, _IMMUTABLE)}
+_COPIED = tuple((name, value) for name, value in _PROTOTYPE.items()
+                if not isinstance(value, _IMMUTABLE) and name != "_dict")
 
 
 def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little: bool,
@@ -248,8 +254,9 @@ def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little
     """
     ds = Dataset.__new__(Dataset)
     state = ds.__dict__
-    for name, value in _PROTOTYPE.items():
-        state[name] = value if isinstance(value, _IMMUTABLE) else copy(value)
+    state.update(_SHARED)
+    for name, value in _COPIED:
+        state[name] = value.copy() if type(value) is dict else copy(value)
     state["_dict"] = elements
     state["_read_implicit"] = implicit
     state["_read_little"] = little
