@@ -57,7 +57,7 @@ from dicomtwist.storage.files import (
     scratch_file,
     write_temporary,
 )
-from dicomtwist.storage.header import scan, scan_file
+from dicomtwist.storage.header import scan, scan_file, tag_object
 from dicomtwist.storage.index import INDEXED_TAGS
 
 
@@ -454,8 +454,8 @@ class ArchiveStore:
                 info.fsync = time.monotonic() - written
                 info.size = size
                 info.study_instance_uid = found_study
-                info.patient_id = _text(ds, 0x00100020)
-                info.patient_name = _text(ds, 0x00100010)
+                info.patient_id = _text(ds, _PATIENT_ID)
+                info.patient_name = _text(ds, _PATIENT_NAME)
                 prepared.info = info
             return prepared
         except OSError as e:
@@ -771,8 +771,13 @@ def file_dataset_offset(path: str) -> int:
     return offset
 
 
-#: SOP Instance, SOP Class, Study Instance and Series Instance UID.
-_CHECKED_UIDS = (0x00080018, 0x00080016, 0x0020000D, 0x0020000E)
+#: SOP Instance, SOP Class, Study Instance and Series Instance UID, as
+#: the header scanner's own tag objects (found by identity).
+_CHECKED_UIDS = tuple(map(tag_object, (0x00080018, 0x00080016, 0x0020000D, 0x0020000E)))
+
+
+_PATIENT_ID = tag_object(0x00100020)
+_PATIENT_NAME = tag_object(0x00100010)
 
 
 def _uid(ds: Dataset, tag: int) -> str:

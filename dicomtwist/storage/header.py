@@ -47,7 +47,7 @@ from pydicom.uid import UID
 
 from dicomtwist.storage.files import dataset_offset
 
-__all__ = ["HeaderError", "MAX_DEPTH", "scan"]
+__all__ = ["HeaderError", "MAX_DEPTH", "scan", "tag_object"]
 
 
 class HeaderError(ValueError):
@@ -338,11 +338,29 @@ def _raw(view: memoryview, tag: int, vr: str | None, length: int, start: int, st
         Item if its length is undefined: that item is not part of the value).
     """
     if length == _UNDEFINED:
-        return RawDataElement(BaseTag(tag), _undefined_vr(view, tag, vr, start, little), length,
-                              bytes(view[start:stop - 8]), start, implicit, little)
-    return RawDataElement(BaseTag(tag), vr, length,
+        return RawDataElement(tag_object(tag), _undefined_vr(view, tag, vr, start, little),
+                              length, bytes(view[start:stop - 8]), start, implicit, little)
+    return RawDataElement(tag_object(tag), vr, length,
                           bytes(view[start:stop]) if length else empty_value_for_VR(vr, raw=True),
                           start, implicit, little)
+
+
+#: One ``BaseTag`` per kept tag, shared by every scanned data set.
+_TAG_OBJECTS: dict[int, BaseTag] = {}
+
+
+def tag_object(tag: int) -> BaseTag:
+    """The ``BaseTag`` the scanner keys element ``tag`` by in every data set
+    it returns: look elements up with this very object (``ds._dict.get``)
+    and the dictionary finds it by identity, without calling
+    ``BaseTag.__eq__`` (Python code) as any other int or tag would.
+
+    Only kept tags are ever made, so the table stays small.
+    """
+    found = _TAG_OBJECTS.get(tag)
+    if found is None:
+        found = _TAG_OBJECTS.setdefault(tag, BaseTag(tag))
+    return found
 
 
 def _out_of_order(tag: int, previous: int, offset: int) -> HeaderError:
