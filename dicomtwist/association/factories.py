@@ -17,6 +17,7 @@ from dicomtwist.association.handlers import Handler
 from dicomtwist.association.protocol import Association
 from dicomtwist.dimse.assembly import SinkFactory, memory_sink
 from dicomtwist.ul.pdu import AAssociateRJ, RejectReason, RejectResult, RejectSource
+from dicomtwist.ul.timers import deadlines
 
 
 class AcceptorFactory(Factory):
@@ -49,6 +50,15 @@ class AcceptorFactory(Factory):
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
         self.associations: set[Association] = set()
+
+    def startFactory(self) -> None:
+        """Listening: keep the associations' shared timer call between
+        associations (see :mod:`dicomtwist.ul.timers`)."""
+        deadlines(self.reactor).hold()
+
+    def stopFactory(self) -> None:
+        """No longer listening: the shared timer call may go."""
+        deadlines(self.reactor).release()
 
     def buildProtocol(self, addr: Any) -> Association:
         """A new acceptor association with our policy and handlers."""

@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Callable
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -30,6 +30,7 @@ from dicomtwist import log as dlog
 from dicomtwist.errors import InvalidEventError, PDUDecodeError
 from dicomtwist.ul.framing import PDUFramer
 from dicomtwist.ul.fsm import Event, Indication, Machine
+from dicomtwist.ul.timers import Timer, deadlines
 from dicomtwist.ul.transport import AcceptedConnection
 from dicomtwist.ul.pdu import (
     AAbort,
@@ -81,6 +82,7 @@ class DicomProtocol(Protocol):
     # One per connection: its state in slots rather than a dictionary
     # (Twisted's Protocol keeps one for transport, factory, connected).
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
+                 "_timers",
                  "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
                  "peer_description",
                  "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
@@ -89,12 +91,15 @@ class DicomProtocol(Protocol):
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
                  network_timeout: float | None = None) -> None:
         self.clock = clock
+        # ARTIM and the network timeout, shared with every association on
+        # this clock (one clock call for all; see dicomtwist.ul.timers).
+        self._timers = deadlines(clock)
         self.machine = Machine(self)
         self.framer = PDUFramer(max_pdu)
         self.artim_timeout = artim_timeout
         self.network_timeout = network_timeout
-        # The ARTIM timer's call, and whether ARTIM runs.
-        self._artim: IDelayedCall | None = None
+        # The ARTIM timer, and whether ARTIM runs.
+        self._artim: Timer | None = None
         self._artim_running = False
         # ARTIM was started while input was handled: its call is made when
         # the handling ends (see :meth:`start_artim`).
@@ -103,7 +108,7 @@ class DicomProtocol(Protocol):
         # an indication at once) wait until the transition is complete.
         self._feeding = False
         self._queued: list[tuple[Event, Any]] = []
-        self._idle: IDelayedCall | None = None
+        self._idle: Timer | None = None
         # When input last came (the network timeout counts from it).
         self._last_input = 0.0
         self.peer_description = "?"
@@ -218,9 +223,8 @@ class DicomProtocol(Protocol):
         if not self.machine.is_closed:
             self._event(Event.EVT17, reason)
         self._artim_running = self._artim_pending = False
-        if self._artim is not None and self._artim.active():
-            self._artim.cancel()
-        self._artim = None
+        artim, self._artim = self._artim, None
+        self._timers.stop(artim)
         self.on_connection_lost(reason)
         # The machine, now idle (Sta1), takes no event that has an effect:
         # drop its reference to us, so that the association is freed by
@@ -338,24 +342,21 @@ class DicomProtocol(Protocol):
 
     def _schedule_artim(self) -> None:
         self._artim_pending = False
-        artim = self._artim
-        if artim is not None and artim.active():
-            artim.reset(self.artim_timeout)
-        else:
-            self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+        timers = self._timers
+        timers.stop(self._artim)
+        self._artim = timers.call_later(self.artim_timeout, self._artim_expired)
 
     def stop_artim(self) -> None:
         """Stop the ARTIM timer if it runs.
 
-        Its call is cancelled, not left pending for the next start: an
-        established association may stay idle for hours, and each pending
-        call holds about 450 bytes (benchmarks/idle_memory.py); the acceptor
-        makes a second one only after its A-RELEASE-RP.
+        The timer is stopped, not left pending for the next start: an
+        established association may stay idle for hours (a pending timer
+        would hold it); the acceptor starts ARTIM again only after its
+        A-RELEASE-RP.
         """
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        if artim is not None and artim.active():
-            artim.cancel()
+        self._timers.stop(artim)
 
     def close_transport(self) -> None:
         """Close the connection once pending writes are flushed."""
@@ -555,19 +556,18 @@ class DicomProtocol(Protocol):
             return
         self._last_input = self.clock.seconds()
         if self._idle is None and not self.machine.is_closed:
-            self._idle = self.clock.callLater(self.network_timeout, self._idle_expired)
+            self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        idle, self._idle = self._idle, None
+        self._timers.stop(idle)
 
     def _idle_expired(self) -> None:
         self._idle = None
         left = self._last_input + self.network_timeout - self.clock.seconds()
         if left > 0:
             # Input came since the call was made: wait for the rest.
-            self._idle = self.clock.callLater(left, self._idle_expired)
+            self._idle = self._timers.call_later(left, self._idle_expired)
             return
         if self.is_busy():
             # A long operation (a C-MOVE sub-operation, a big query) keeps a
