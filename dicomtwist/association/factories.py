@@ -50,22 +50,24 @@ class AcceptorFactory(Factory):
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
         self.associations: set[Association] = set()
+        #: The associations' timers (see :mod:`dicomtwist.ul.timers`).
+        self.timers = deadlines(reactor)
 
     def startFactory(self) -> None:
         """Listening: keep the associations' shared timer call between
-        associations (see :mod:`dicomtwist.ul.timers`)."""
-        deadlines(self.reactor).hold()
+        associations."""
+        self.timers.hold()
 
     def stopFactory(self) -> None:
         """No longer listening: the shared timer call may go."""
-        deadlines(self.reactor).release()
+        self.timers.release()
 
     def buildProtocol(self, addr: Any) -> Association:
         """A new acceptor association with our policy and handlers."""
         assoc = Association(self.reactor, handlers=self.handlers, sink_for=self.sink_for,
                             policy=self.policy, max_pdu=self.policy.max_pdu,
                             acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
-                            network_timeout=self.network_timeout)
+                            network_timeout=self.network_timeout, timers=self.timers)
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)

@@ -63,6 +63,7 @@ from dicomtwist.ul.pdu import (
     RejectReason,
 )
 from dicomtwist.ul.protocol import DicomProtocol
+from dicomtwist.ul.timers import Deadlines
 
 #: Association ids: unique in the process, in the order connections came.
 _association_ids = itertools.count(1)
@@ -109,9 +110,9 @@ class Association(Requestor, DicomProtocol):
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
                  max_pdu: int = acse.DEFAULT_MAX_PDU, acse_timeout: float = 30.0,
                  dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
-                 yield_every: int = 32) -> None:
+                 yield_every: int = 32, timers: Deadlines | None = None) -> None:
         super().__init__(clock, max_pdu=max_pdu, artim_timeout=acse_timeout,
-                         network_timeout=network_timeout)
+                         network_timeout=network_timeout, timers=timers)
         # Shared with the factory (every association of a port has the same
         # handlers), not copied: a C-GET requestor replaces it to add its own.
         self.handlers: Mapping[str, Handler] = handlers if handlers is not None else {}
@@ -195,7 +196,7 @@ class Association(Requestor, DicomProtocol):
             self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
             self.log.info("Requesting Association", **self.log_fields)
         super().connectionMade()
-        if self.associate_rq is None and dlog.info_enabled():
+        if self.associate_rq is None and dlog.info_on:
             self.log.info("Association received from {peer}", peer=self.peer_description,
                           association_id=self.association_id)
 
@@ -203,7 +204,7 @@ class Association(Requestor, DicomProtocol):
         """Acceptor: negotiate from the policy and answer AC or RJ."""
         self.peer_ae_title = rq.calling_ae_title
         self._received_rq = rq
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("{text}", text=_Lines(rq))
         assert self.policy is not None
         rj = None
@@ -237,7 +238,7 @@ class Association(Requestor, DicomProtocol):
         ac, negotiated = acse.negotiate_acceptor(rq, self.policy)
         self._start(negotiated)
         self.associate_response(ac)
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Association Accepted: calling {calling} from {peer},"
                           " {count} presentation context(s) accepted",
                           calling=rq.calling_ae_title, peer=self.peer_description,
@@ -334,7 +335,7 @@ class Association(Requestor, DicomProtocol):
 
     def on_release_rq(self, payload: Any) -> None:
         """The peer releases: answer (PS3.8 AR-2)."""
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Association Released by {peer}",
                           peer=self.peer_ae_title or self.peer_description, **self.log_fields)
         self._released = True
@@ -468,7 +469,7 @@ class Association(Requestor, DicomProtocol):
         """A message's command set in P-DATA-TF PDUs of the peer's maximum
         length (``command``: already encoded, or None)."""
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("Sending {message.summary()}", message=message)
         if command is None:
             command = encode_command(message, has_dataset)
@@ -522,7 +523,7 @@ class Association(Requestor, DicomProtocol):
                 self._dispatch(*done)
 
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("Received {message.summary()}", message=message)
         if message.IS_RESPONSE:
             self._on_response(message, data)
@@ -562,7 +563,7 @@ class Association(Requestor, DicomProtocol):
         message = request.message
         service = SERVICE_FOR.get(type(message))
         handler = self.handlers.get(service) if service else None
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Received {name} Request (MsgID {id}) from {peer}",
                           name=LOG_NAMES.get(service, service), id=message.message_id,
                           peer=self.peer_ae_title, **self.log_fields)
@@ -658,7 +659,7 @@ class Association(Requestor, DicomProtocol):
         if isinstance(data, Dataset):
             data = encode_dataset(data, request.context.transfer_syntax)
         service = SERVICE_FOR.get(type(message), "")
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
                           name=LOG_NAMES.get(service, service), id=message.message_id,
                           status=status, status_name=status_name(status), **self.log_fields)

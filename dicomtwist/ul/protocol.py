@@ -18,7 +18,6 @@ takes.
 from __future__ import annotations
 
 import socket
-import weakref
 from typing import Any, Callable
 
 from twisted.internet import tcp
@@ -29,8 +28,8 @@ from twisted.python.failure import Failure
 from dicomtwist import log as dlog
 from dicomtwist.errors import InvalidEventError, PDUDecodeError
 from dicomtwist.ul.framing import PDUFramer
-from dicomtwist.ul.fsm import Event, Indication, Machine
-from dicomtwist.ul.timers import Timer, deadlines
+from dicomtwist.ul.fsm import Event, Indication, Machine, State
+from dicomtwist.ul.timers import Deadlines, Timer, deadlines
 from dicomtwist.ul.transport import AcceptedConnection
 from dicomtwist.ul.pdu import (
     AAbort,
@@ -56,6 +55,10 @@ RECEIVED_EVENTS = {
     0x06: Event.EVT13,
     0x07: Event.EVT16,
 }
+
+#: The machine's idle state (read directly on the per-PDU path, where the
+#: ``is_closed`` property's call would cost more than the test).
+_CLOSED = State.STA1
 
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
@@ -89,11 +92,12 @@ class DicomProtocol(Protocol):
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
-                 network_timeout: float | None = None) -> None:
+                 network_timeout: float | None = None,
+                 timers: Deadlines | None = None) -> None:
         self.clock = clock
         # ARTIM and the network timeout, shared with every association on
         # this clock (one clock call for all; see dicomtwist.ul.timers).
-        self._timers = deadlines(clock)
+        self._timers = timers if timers is not None else deadlines(clock)
         self.machine = Machine(self)
         self.framer = PDUFramer(max_pdu)
         self.artim_timeout = artim_timeout
@@ -197,8 +201,15 @@ class DicomProtocol(Protocol):
 
         What the machine sends meanwhile goes out in one write at the end.
         """
-        self._touch()
-        collecting = self._collect()
+        if self.network_timeout is not None:
+            # What _touch does, inline: input came.
+            self._last_input = self.clock.seconds()
+            if self._idle is None:
+                self._touch()
+        collecting = self._outgoing is None
+        if collecting:
+            self._outgoing = []
+        machine = self.machine
         try:
             for pdu_type, body in self.framer.feed(data):
                 try:
@@ -206,10 +217,10 @@ class DicomProtocol(Protocol):
                 except PDUDecodeError as error:
                     self._decode_failed(error)
                     return
-                if self.log_pdus and dlog.debug_enabled():
+                if dlog.debug_on and self.log_pdus:
                     self.log.debug("Received {pdu.summary()}", pdu=pdu)
                 self._event(RECEIVED_EVENTS[pdu_type], pdu)
-                if self.machine.is_closed:
+                if machine._state is _CLOSED:
                     return
         except PDUDecodeError as error:
             self._decode_failed(error)
@@ -258,7 +269,7 @@ class DicomProtocol(Protocol):
                 self._flush()
             self.transport.writeSequence(pdu)
             return
-        if self.log_pdus and dlog.debug_enabled():
+        if dlog.debug_on and self.log_pdus:
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         self._write(pdu.encode())
 
@@ -646,14 +657,15 @@ def _nothing_queued(transport: Any) -> bool:
         return False
 
 
-#: Listening ports and what their accepted sockets do with TCP_NODELAY:
-#: True, they inherit it from the listening socket (set there by the
-#: first connection; Linux and the BSDs copy it to accepted sockets), so
-#: nothing is left to do per connection; False, they do not (set per
-#: connection); a number, how many more connections to check before
-#: deciding False (those accepted before the listening socket had it
-#: have not inherited it).
-_NODELAY_PORTS: weakref.WeakKeyDictionary[Any, bool | int] = weakref.WeakKeyDictionary()
+#: What a listening port's accepted sockets do with TCP_NODELAY, kept in
+#: the port's ``nodelay_inherited`` attribute: True, they inherit it from
+#: the listening socket (set there by the first connection; Linux and the
+#: BSDs copy it to accepted sockets), so nothing is left to do per
+#: connection; False, they do not (set per connection); a number, how many
+#: more connections to check before deciding False (those accepted before
+#: the listening socket had it have not inherited it); absent, not known
+#: yet.
+NODELAY_STATE = "nodelay_inherited"
 #: Accepted sockets checked for an inherited TCP_NODELAY before giving up.
 NODELAY_CHECKS = 32
 
@@ -685,12 +697,12 @@ def _set_nodelay(transport: Any) -> None:
 
 def _inherits_nodelay(transport: tcp.Server) -> bool:
     """True if this accepted socket has TCP_NODELAY from its listening
-    socket (see :data:`_NODELAY_PORTS`); otherwise the caller sets it."""
+    socket (see :data:`NODELAY_STATE`); otherwise the caller sets it."""
     port = transport.server
+    state = getattr(port, NODELAY_STATE, None)
+    if state is True or state is False:
+        return state
     try:
-        state = _NODELAY_PORTS.get(port)
-        if state is True or state is False:
-            return state
         if state is None:
             if getattr(port, "nodelay_set", False):
                 # An AcceptorPort set it when it started listening.
@@ -699,17 +711,17 @@ def _inherits_nodelay(transport: tcp.Server) -> bool:
                 # The port's first connection: from now on its listening
                 # socket hands the option on.
                 port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _NODELAY_PORTS[port] = NODELAY_CHECKS
+                setattr(port, NODELAY_STATE, NODELAY_CHECKS)
                 return False
         if transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
-            _NODELAY_PORTS[port] = True
+            setattr(port, NODELAY_STATE, True)
             return True
-        _NODELAY_PORTS[port] = state - 1 if state > 1 else False
+        setattr(port, NODELAY_STATE, state - 1 if state > 1 else False)
     except (OSError, AttributeError, TypeError):
-        # No listening socket to set (a port adopted another way), or not
-        # weakly referenceable: per connection.
+        # No listening socket to set (a port adopted another way), or no
+        # attributes to keep: per connection.
         try:
-            _NODELAY_PORTS[port] = False
-        except TypeError:
+            setattr(port, NODELAY_STATE, False)
+        except AttributeError:
             pass
     return False
