@@ -526,6 +526,23 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto.dataReceived(bytes(rq))
         self.assertEqual(self.take(), AAssociateRJ(1, 2, 2).encode())
 
+    def test_data_transfer_shortcut_agrees_with_the_table(self) -> None:
+        """The protocol takes Sta6's Evt9 and Evt10 directly (DT-1 sends the
+        P-DATA, DT-2 indicates it to ``on_pdata``, Sta6 stays): exactly the
+        cells of the machine's table."""
+        from dicomtwist.ul import fsm
+        self.assertEqual(fsm.TRANSITIONS[State.STA6, fsm.Event.EVT9], (fsm.dt_1, State.STA6))
+        self.assertEqual(fsm.TRANSITIONS[State.STA6, fsm.Event.EVT10], (fsm.dt_2, State.STA6))
+        self.assertEqual(ul_protocol._HOOKS[fsm.Indication.P_DATA], "on_pdata")
+        proto = self.associated()
+        received = []
+        proto.on_pdata = received.append
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual([type(p).__name__ for p in received], ["PDataTF"])
+        proto.send_pdata(ECHO_RQ)
+        self.assertEqual(self.take(), ECHO_RQ)
+        self.assertEqual(proto.machine.state, State.STA6)
+
     # -- timeouts ------------------------------------------------------------------
     def test_listening_factory_keeps_one_timer_call(self) -> None:
         """While its factory listens, associations one after another share

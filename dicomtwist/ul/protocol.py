@@ -60,6 +60,12 @@ RECEIVED_EVENTS = {
 #: ``is_closed`` property's call would cost more than the test).
 _CLOSED = State.STA1
 
+#: The machine's established state, and the two data-transfer events
+#: :meth:`DicomProtocol._feed` handles there directly (DT-1 and DT-2).
+_ESTABLISHED = State.STA6
+_RECEIVED_PDATA = Event.EVT10
+_SEND_PDATA = Event.EVT9
+
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
 
@@ -500,11 +506,25 @@ class DicomProtocol(Protocol):
             self._queued.append((event, payload))
             return
         self._feeding = True
+        machine = self.machine
+        queued = self._queued
         try:
-            self.machine.handle(event, payload)
-            while self._queued:
-                queued_event, queued_payload = self._queued.pop(0)
-                self.machine.handle(queued_event, queued_payload)
+            while True:
+                if machine._state is _ESTABLISHED and (event is _RECEIVED_PDATA
+                                                       or event is _SEND_PDATA):
+                    # Table 9-10's two data-transfer cells of Sta6, taken
+                    # directly (the machine would do the same through its
+                    # table, action and effects): DT-2 (Evt10) indicates
+                    # the P-DATA, DT-1 (Evt9) sends it; Sta6 stays.
+                    if event is _RECEIVED_PDATA:
+                        self.on_pdata(payload)
+                    else:
+                        self.send_pdu(payload)
+                else:
+                    machine.handle(event, payload)
+                if not queued:
+                    break
+                event, payload = queued.pop(0)
         finally:
             self._feeding = False
             self._queued.clear()
