@@ -263,7 +263,15 @@ class DicomProtocol(Protocol):
     def send_pdu(self, pdu: Any) -> None:
         """Write a PDU object, pre-encoded bytes, or a list of byte strings
         making up one PDU, to the transport."""
-        if isinstance(pdu, (bytes, bytearray, memoryview)):
+        if type(pdu) is bytes:
+            # Encoded already (a DIMSE message's PDUs): held, or written.
+            outgoing = self._outgoing
+            if outgoing is not None and not self.sending_file:
+                outgoing.append(pdu)
+                return
+            self._write(pdu)
+            return
+        if isinstance(pdu, (bytearray, memoryview)):
             self._write(pdu)
             return
         if isinstance(pdu, (list, tuple)):
@@ -408,7 +416,7 @@ class DicomProtocol(Protocol):
 
     def send_pdata(self, pdu: Any) -> None:
         """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes."""
-        self._primitive(Event.EVT9, pdu)
+        self._feed(_SEND_PDATA, pdu)
 
     def release_request(self) -> None:
         """A-RELEASE request (Evt11)."""
