@@ -71,12 +71,11 @@ class AcceptorFactory(Factory):
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)
-        # A bound method, not a closure: about 100 bytes less per association.
-        assoc.closed.addBoth(self._forget, assoc)
         return assoc
 
-    def _forget(self, result: Any, assoc: Association) -> None:
-        """An association has closed: it counts no more."""
+    def association_ended(self, assoc: Association) -> None:
+        """An association's connection has ended (its ``on_connection_lost``
+        calls this before firing ``closed``): it counts no more."""
         self.associations.discard(assoc)
         self.active.discard(assoc)
 

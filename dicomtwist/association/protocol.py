@@ -101,7 +101,7 @@ class Association(Requestor, DicomProtocol):
     # about 1.3 MB less (benchmarks/idle_memory.py).
     __slots__ = ("handlers", "sink_for", "policy", "acse_timeout", "dimse_timeout",
                  "yield_every", "negotiated", "ae_title", "peer_ae_title", "_established",
-                 "_establishment", "_establishment_observed", "closed", "_assembler",
+                 "_establishment", "_establishment_observed", "_closed", "_ended", "_assembler",
                  "_outstanding", "_serving", "_message_id", "_send_queue", "_sending",
                  "_acse_timer", "_abort_cause", "_released", "_busy", "association_id",
                  "_log_fields", "_received_rq")
@@ -136,7 +136,10 @@ class Association(Requestor, DicomProtocol):
         self._established: Deferred[Association] | None = None
         self._establishment: Any = None
         self._establishment_observed = False
-        self.closed: Deferred[None] = Deferred()
+        # ``closed`` is made when first asked for, like ``established``;
+        # whether the connection has ended.
+        self._closed: Deferred[None] | None = None
+        self._ended = False
         self._assembler: MessageAssembler | None = None
         self._outstanding: dict[int, _Outstanding] = {}
         self._serving: dict[int, ServiceRequest] = {}
@@ -163,6 +166,20 @@ class Association(Requestor, DicomProtocol):
             d = self._established = Deferred()
             if self._establishment is not None:
                 self._fire_established(d)
+        return d
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """Fires with None once the connection has ended (after
+        ``on_connection_lost`` has failed what was outstanding).
+
+        Made when first asked for: most acceptors' one has no listener.
+        """
+        d = self._closed
+        if d is None:
+            d = self._closed = Deferred()
+            if self._ended:
+                d.callback(None)
         return d
 
     def _settle(self, outcome: Any, observed: bool = False) -> None:
@@ -404,7 +421,12 @@ class Association(Requestor, DicomProtocol):
         queue, self._send_queue = self._send_queue, []
         for _, _, _, d, _ in queue:
             d.errback(AssociationAborted(f"association ended: {cause}"))
-        self.closed.callback(None)
+        self._ended = True
+        ended = getattr(self.factory, "association_ended", None)
+        if ended is not None:
+            ended(self)
+        if self._closed is not None:
+            self._closed.callback(None)
 
     def _acse_expired(self) -> None:
         self._acse_timer = None
