@@ -331,3 +331,176 @@ class IdleAssociations:
             if conn.state != "closed":
                 conn.sock.close()
                 conn.state = "closed"
+
+
+# -- C-STORE -------------------------------------------------------------------
+# For benchmarks/store_cost.py: one association sending stored instances
+# (already in memory, as their encoded data sets) one after another, each
+# C-STORE-RQ waiting for its C-STORE-RSP, as storescu does.
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+_META_ELEMENT = struct.Struct("<HH2sH")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance to send: its UIDs and its data set as encoded in the
+    file (after the File Meta Information)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset: bytes
+
+
+def read_instance(path: str) -> Instance:
+    """Read a Part 10 file (PS3.10 7.1) whose File Meta Information has a
+    Group Length, as the benchmarks' files do.
+
+    :raises ValueError: not such a file.
+    """
+    with open(path, "rb") as fp:
+        raw = fp.read()
+    if raw[128:132] != b"DICM":
+        raise ValueError(f"{path}: no DICM prefix")
+    group, element, vr, _, length = struct.unpack_from("<HH2sHL", raw, 132)
+    if (group, element, vr) != (0x0002, 0x0000, b"UL"):
+        raise ValueError(f"{path}: no File Meta Information Group Length")
+    end = 144 + length
+    values: dict[int, str] = {}
+    pos = 144
+    while pos < end:
+        group, element, vr, short = _META_ELEMENT.unpack_from(raw, pos)
+        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ"):
+            size = struct.unpack_from("<L", raw, pos + 8)[0]
+            start = pos + 12
+        else:
+            size, start = short, pos + 8
+        values[element] = raw[start:start + size].decode("ascii").rstrip("\0 ")
+        pos = start + size
+    return Instance(values[0x0002], values[0x0003], values[0x0010], raw[end:])
+
+
+def associate_rq_contexts(called: str, contexts: list[tuple[str, str]],
+                          calling: str = "STORESCU", max_pdu: int = 16384) -> bytes:
+    """A-ASSOCIATE-RQ proposing ``(abstract syntax, transfer syntax)``
+    contexts, numbered 1, 3, 5... (PS3.8 9.3.2)."""
+    items = b""
+    for n, (abstract, transfer) in enumerate(contexts):
+        items += _item(0x20, bytes([2 * n + 1, 0, 0, 0])
+                       + _item(0x30, abstract.encode()) + _item(0x40, transfer.encode()))
+    user = _item(0x50, _item(0x51, struct.pack(">L", max_pdu))
+                 + _item(0x52, IMPLEMENTATION_UID.encode())
+                 + _item(0x55, IMPLEMENTATION_VERSION.encode()))
+    body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + calling.encode().ljust(16)
+            + bytes(32) + _item(0x10, APPLICATION_CONTEXT.encode()) + items + user)
+    return PDU_HEADER.pack(0x01, len(body)) + body
+
+
+def _accepted(body: bytes) -> tuple[dict[int, str], int]:
+    """The accepted presentation contexts of an A-ASSOCIATE-AC body
+    (context ID -> transfer syntax) and the peer's maximum PDU length
+    (0: unlimited)."""
+    accepted: dict[int, str] = {}
+    max_pdu = 0
+    pos = 68
+    while pos + 4 <= len(body):
+        item_type, length = struct.unpack_from(">BxH", body, pos)
+        value = body[pos + 4:pos + 4 + length]
+        if item_type == 0x21 and value[2] == 0:
+            sub = value[4:]
+            if len(sub) >= 4 and sub[0] == 0x40:
+                size = struct.unpack_from(">H", sub, 2)[0]
+                accepted[value[0]] = sub[4:4 + size].decode("ascii").rstrip("\0 ")
+        elif item_type == 0x50:
+            sub_pos = 0
+            while sub_pos + 4 <= len(value):
+                sub_type, sub_length = struct.unpack_from(">BxH", value, sub_pos)
+                if sub_type == 0x51:
+                    max_pdu = struct.unpack_from(">L", value, sub_pos + 4)[0]
+                sub_pos += 4 + sub_length
+        pos += 4 + length
+    return accepted, max_pdu
+
+
+def store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian."""
+    rest = (_element(0, 0x0002, _uid(sop_class_uid))
+            + _element(0, 0x0100, struct.pack("<H", 0x0001))
+            + _element(0, 0x0110, struct.pack("<H", message_id))
+            + _element(0, 0x0700, struct.pack("<H", 0))
+            + _element(0, 0x0800, struct.pack("<H", 0x0000))
+            + _element(0, 0x1000, _uid(sop_instance_uid)))
+    return _element(0, 0x0000, struct.pack("<L", len(rest))) + rest
+
+
+def p_data(context_id: int, control: int, value: bytes | memoryview, max_pdu: int) -> list[bytes]:
+    """``value`` as P-DATA-TF PDUs of one PDV each, none longer than
+    ``max_pdu`` (0: no limit); ``control``'s last-fragment bit (0x02) set
+    on the last one only (PS3.8 9.3.5, E.2)."""
+    room = (max_pdu - 6) if max_pdu else len(value) or 1
+    pdus = []
+    view = memoryview(value)
+    pos = 0
+    while True:
+        chunk = view[pos:pos + room]
+        pos += len(chunk)
+        last = pos >= len(view)
+        flags = control | 0x02 if last else control & ~0x02
+        pdv = struct.pack(">LBB", len(chunk) + 2, context_id, flags) + bytes(chunk)
+        pdus.append(PDU_HEADER.pack(P_DATA_TF, len(pdv)) + pdv)
+        if last:
+            return pdus
+
+
+class StoreAssociation:
+    """One association sending C-STOREs, each waiting for its response.
+
+    The command set and the data set of a request go out in one
+    ``sendall`` (their own PDUs): the server's receive work per instance
+    is then the same in every run.
+
+    :raises PeerError: rejected, or no context accepted for what is sent.
+    """
+
+    def __init__(self, port: int, called: str, contexts: list[tuple[str, str]],
+                 timeout: float = 600.0) -> None:
+        self.sock = connect(port, timeout)
+        self.buffer = bytearray()
+        self.message_id = 0
+        self.sock.sendall(associate_rq_contexts(called, contexts))
+        pdu_type, body = read_pdu(self.sock, self.buffer)
+        if pdu_type != A_ASSOCIATE_AC:
+            self.sock.close()
+            raise PeerError(f"association answered with PDU type {pdu_type:#x}")
+        accepted, self.max_pdu = _accepted(body)
+        #: (abstract syntax, transfer syntax) -> context ID.
+        self.contexts = {(abstract, transfer): 2 * n + 1
+                         for n, (abstract, transfer) in enumerate(contexts)
+                         if accepted.get(2 * n + 1) == transfer}
+
+    def request(self, instance: Instance) -> bytes:
+        """The PDUs of one C-STORE-RQ and its data set (for :meth:`send`)."""
+        context = self.contexts.get((instance.sop_class_uid, instance.transfer_syntax))
+        if context is None:
+            raise PeerError(f"no accepted context for {instance.sop_class_uid}")
+        self.message_id = self.message_id % 0xFFFF + 1
+        command = store_rq(self.message_id, instance.sop_class_uid, instance.sop_instance_uid)
+        return b"".join(p_data(context, 0x01, command, self.max_pdu)
+                        + p_data(context, 0x00, instance.dataset, self.max_pdu))
+
+    def send(self, request: bytes) -> int:
+        """Send one prepared request and wait for its response; its status."""
+        self.sock.sendall(request)
+        pdu_type, body = read_pdu(self.sock, self.buffer)
+        if pdu_type != P_DATA_TF:
+            raise PeerError(f"C-STORE answered with PDU type {pdu_type:#x}")
+        return echo_status(body)  # the Status of any response command set
+
+    def release(self) -> None:
+        """A-RELEASE-RQ, wait for the RP, close."""
+        try:
+            self.sock.sendall(RELEASE_RQ)
+            read_pdu(self.sock, self.buffer)
+        finally:
+            self.sock.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from io import BytesIO
 
 from pydicom import dcmread
@@ -10,7 +12,16 @@ from pydicom.filewriter import write_file_meta_info
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomtwist.storage.files import instance_path, is_valid_uid, part10_header
+from dicomtwist.storage.files import (
+    TEMP_SUFFIX,
+    create_temporary,
+    instance_path,
+    is_valid_uid,
+    part10_header,
+    temp_prefix,
+    temporary_files,
+    write_temporary,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -64,3 +75,72 @@ class PathTests(SynchronousTestCase):
         root = self.mktemp()
         self.assertTrue(instance_path(root, "1.2.3").endswith("/1.2.3.dcm"))
         self.assertRaises(ValueError, instance_path, root, "../1.2")
+
+
+class TemporaryFileTests(SynchronousTestCase):
+    """Temporary store files: new names without a random draw."""
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    def test_write_temporary(self):
+        """write_temporary leaves one file with the header then the data,
+        mode 0600, named with this node's prefix and the ``.part`` suffix."""
+        path = write_temporary(self.directory, b"HEAD", b"data" * 10)
+        with open(path, "rb") as fp:
+            self.assertEqual(fp.read(), b"HEAD" + b"data" * 10)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        name = os.path.basename(path)
+        self.assertTrue(name.startswith(temp_prefix()), name)
+        self.assertTrue(name.endswith(TEMP_SUFFIX), name)
+        self.assertEqual(temporary_files(self.directory), [path])
+
+    def test_large_data_written_whole(self):
+        """A data set of 64 KiB or more is written after the header, whole."""
+        data = bytes(range(256)) * 1024
+        path = write_temporary(self.directory, b"H" * 132, memoryview(data))
+        with open(path, "rb") as fp:
+            self.assertEqual(fp.read(), b"H" * 132 + data)
+
+    def test_names_unique(self):
+        """Successive files get new names."""
+        paths = {create_temporary(self.directory, ".x-")[1] for _ in range(50)}
+        self.assertEqual(len(paths), 50)
+        self.assertEqual(len(os.listdir(self.directory)), 50)
+
+    def test_taken_name_skipped(self):
+        """A name already taken (a file left by a process that had our ID)
+        is skipped, never opened: the file keeps its content."""
+        fd, first = create_temporary(self.directory, ".x-")
+        os.close(fd)
+        pid, number = os.path.basename(first)[3:-len(TEMP_SUFFIX)].split("-")
+        taken = os.path.join(self.directory, f".x-{pid}-{int(number) + 1}{TEMP_SUFFIX}")
+        with open(taken, "wb") as fp:
+            fp.write(b"keep")
+        fd, path = create_temporary(self.directory, ".x-")
+        os.close(fd)
+        self.assertNotIn(path, (first, taken))
+        with open(taken, "rb") as fp:
+            self.assertEqual(fp.read(), b"keep")
+
+    def test_symbolic_link_never_followed(self):
+        """A symbolic link in the way is skipped like any taken name."""
+        fd, first = create_temporary(self.directory, ".y-")
+        os.close(fd)
+        pid, number = os.path.basename(first)[3:-len(TEMP_SUFFIX)].split("-")
+        target = os.path.join(self.directory, "target")
+        os.symlink(target, os.path.join(self.directory, f".y-{pid}-{int(number) + 1}{TEMP_SUFFIX}"))
+        fd, path = create_temporary(self.directory, ".y-")
+        os.close(fd)
+        self.assertFalse(os.path.exists(target))
+        self.assertTrue(os.path.isfile(path) and not os.path.islink(path))
+
+    def test_failure_leaves_nothing(self):
+        """A write that fails removes the new file."""
+        def broken(fd, data):
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "write", broken)
+        self.assertRaises(OSError, write_temporary, self.directory, b"H", b"data")
+        self.assertEqual(os.listdir(self.directory), [])

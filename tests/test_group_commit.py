@@ -186,6 +186,113 @@ class GroupCommitTests(SynchronousTestCase):
         self.flushLoggedErrors(RuntimeError)
 
 
+class CountingReactor(InlineReactor):
+    """An inline reactor that counts the calls made from threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads = 0
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        """Count, then run ``f`` now."""
+        self.from_threads += 1
+        f(*args, **kwargs)
+
+
+class AnswerTests(SynchronousTestCase):
+    """``store_spooled`` (C-STORE and STOW-RS) is answered from the worker
+    in one call to the reactor per batch."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.index = Index(os.path.join(self.root, "index.sqlite"))
+        self.addCleanup(self.index.close)
+        self.pool = QueuedPool()
+        self.reactor = CountingReactor()
+        self.store = ArchiveStore(self.reactor, self.pool, self.root, self.index)
+
+    def spooled(self):
+        """``(ds, spooled data set)`` of a new instance."""
+        ds = ct_dataset()
+        header = part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+        data = encode_dataset(ds, ExplicitVRLittleEndian)
+        return ds, Spooled(header, [memoryview(data)], None, len(data))
+
+    def start(self, ds, data) -> Deferred:
+        return Deferred.fromCoroutine(self.store.store_spooled(
+            ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, data))
+
+    def test_lone_store_one_call(self):
+        """A lone store goes to the pool once and comes back once, with
+        Success once its file and row are in place; its data set is
+        released."""
+        ds, data = self.spooled()
+        answer = self.start(ds, data)
+        self.assertNoResult(answer)
+        self.pool.run_next()
+        self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
+        self.assertEqual(self.reactor.from_threads, 1)
+        self.assertTrue(os.path.exists(instance_path(self.root, ds.SOPInstanceUID)))
+        self.assertEqual(self.index.get_path(ds.SOPInstanceUID), relative_path(ds.SOPInstanceUID))
+        self.assertIsNone(data.parts)
+        self.assertEqual(self.pool.jobs, [])
+
+    def test_batch_answered_in_one_call(self):
+        """Stores prepared while a commit runs are committed by another
+        worker and answered together, in one call; the first store's own
+        answer came in one call of its own before."""
+        first = self.spooled()
+        rest = [self.spooled() for _ in range(3)]
+        original = self.store.commit_batch
+        answers = []
+
+        def commit(items):
+            if not answers:
+                for ds, data in rest:
+                    answers.append(self.start(ds, data))
+                    self.pool.run_next()  # prepared, queued behind this commit
+            return original(items)
+
+        self.store.commit_batch = commit
+        answer = self.start(*first)
+        self.pool.run_next()
+        self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
+        self.assertEqual(self.reactor.from_threads, 1)
+        for queued in answers:
+            self.assertNoResult(queued)
+        self.pool.run_next()  # the hand-off
+        for queued in answers:
+            self.assertEqual(self.successResultOf(queued), (Status.SUCCESS, ""))
+        self.assertEqual(self.reactor.from_threads, 2)
+        self.assertEqual(self.index.count("IMAGE"), 4)
+        self.assertFalse(self.store._committing)
+
+    def test_refusal_answered(self):
+        """A data set that does not match its request is answered with the
+        failure status, without a commit."""
+        ds, data = self.spooled()
+        answer = Deferred.fromCoroutine(self.store.store_spooled(
+            ds.SOPClassUID, ds.SOPInstanceUID + ".9", ExplicitVRLittleEndian, data))
+        self.pool.run_next()
+        status, _ = self.successResultOf(answer)
+        self.assertEqual(status, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS)
+        self.assertEqual(self.index.count("IMAGE"), 0)
+
+    def test_exception_in_worker_fails_the_answer(self):
+        """An unexpected exception in the worker fails the answer (the
+        dispatcher then answers "unable to process")."""
+        def broken(*args):
+            raise RuntimeError("broken")
+
+        self.patch(self.store, "prepare", broken)
+        ds, data = self.spooled()
+        answer = self.start(ds, data)
+        self.pool.run_next()
+        self.failureResultOf(answer, RuntimeError)
+        self.assertIsNone(data.parts)
+
+
 def uid_in(wanted, start: int = 1) -> str:
     """A SOP Instance UID whose bucket satisfies ``wanted(bucket)``."""
     n = start

@@ -913,6 +913,77 @@ class DerivedCountTests:
         self.assertEqual(index._sql("SELECT patient_name FROM patient"), [("New^Name",)])
 
 
+    def test_second_study_of_a_patient(self):
+        """A second study for a known patient is counted on that patient,
+        and its own counts start from its first instance."""
+        index = self.make_index()
+        for n, study in enumerate(("6.1", "6.1", "6.2")):
+            index.add(instance(f"6.9.{n}", series=f"{study}.1", study=study, patient="P6"),
+                      f"f{n}", ExplicitVRLittleEndian, 1)
+        self.assertEqual(index._sql("SELECT number_of_patient_related_studies,"
+                                    " number_of_patient_related_series,"
+                                    " number_of_patient_related_instances FROM patient"),
+                         [(2, 2, 3)])
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
+    def test_deleted_study_stored_again(self):
+        """A study deleted and then stored again under the same UIDs gets
+        new rows with fresh counts (nothing remembered of the old ones)."""
+        index = self.make_index()
+        for n in range(3):
+            index.add(instance(f"5.9.{n}", series="5.1.1", study="5.1", patient="P5"),
+                      f"f{n}", ExplicitVRLittleEndian, 1)
+        index.delete_study("5.1")
+        self.assertEqual([index.count(level) for level in ("PATIENT", "STUDY", "SERIES")],
+                         [0, 0, 0])
+        index.add(instance("5.9.7", series="5.1.1", study="5.1", patient="P5"), "g",
+                  ExplicitVRLittleEndian, 1)
+        self.assertEqual([index.count(level) for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")],
+                         [1, 1, 1, 1])
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
+    def test_concurrent_adds(self):
+        """Adds from several threads into the same study, each in its own
+        transaction as the store's group commits are, keep exact counts."""
+        index = self.make_index()
+
+        def add(worker: int) -> None:
+            for n in range(15):
+                with index.transaction():
+                    index.add(instance(f"4.{worker}.{n}", series=f"4.{n % 2}", study="4",
+                                       patient="P4"), f"f{worker}.{n}",
+                              ExplicitVRLittleEndian, 1)
+
+        threads = [threading.Thread(target=add, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(index._sql("SELECT number_of_study_related_series,"
+                                    " number_of_study_related_instances FROM study"),
+                         [(2, 60)])
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
+    def test_metadata_of_a_replaced_or_new_instance(self):
+        """An instance stored again without metadata forgets the earlier
+        one; one removed and stored anew has none."""
+        index = self.make_index()
+        index.add(instance("3.1"), "a", ExplicitVRLittleEndian, 1, metadata=b"old")
+        self.assertEqual([r.metadata for r in index.instances("1.1", metadata=True)], [b"old"])
+        index.add(instance("3.1"), "a", ExplicitVRLittleEndian, 1)
+        self.assertEqual([r.metadata for r in index.instances("1.1", metadata=True)], [None])
+        index.add(instance("3.1"), "a", ExplicitVRLittleEndian, 1, metadata=b"again")
+        index.remove("3.1")
+        index.add(instance("3.1"), "a", ExplicitVRLittleEndian, 1)
+        self.assertEqual([r.metadata for r in index.instances("1.1", metadata=True)], [None])
+
+
 def snapshot(index) -> tuple:
     """Every derived value of the index, by row."""
     return (index._sql("SELECT pk, number_of_series_related_instances FROM series"

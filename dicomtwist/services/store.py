@@ -20,6 +20,7 @@ a row behind (a replaced instance keeps its old file and row).
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import mmap
 import os
@@ -34,7 +35,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from dicomtwist import events
@@ -46,12 +46,10 @@ from dicomtwist.dimse.messages import CStoreRQ, Message
 from dicomtwist.status import Status
 from dicomtwist.storage.files import (
     temp_prefix,
-    bucket,
     flat_name,
     free_bytes,
     fsync_directory,
     fsync_file,
-    instance_path,
     is_valid_uid,
     dataset_offset,
     part10_header,
@@ -178,7 +176,7 @@ def _refusal_for(error: OSError) -> Refused:
 class ArchiveStore:
     """C-STORE SCP writing into ``directory`` and indexing into ``index``.
 
-    :param reactor: for ``deferToThreadPool`` and ``callFromThread``.
+    :param reactor: for ``callFromThread``.
     :param pool: the thread pool for parsing, writing, fsync and sqlite work.
     :param directory: the instance directory (must exist).
     :param index: an object with ``add(ds, path, transfer_syntax, size)``
@@ -268,13 +266,14 @@ class ArchiveStore:
                            affected_sop_instance_uid=sop_instance_uid)
         answer: Deferred = Deferred()
         try:
-            result = await deferToThreadPool(self.reactor, self.pool, self.store, message,
-                                             transfer_syntax, data, answer, study, info)
+            # One trip to the pool, and one back for every instance its
+            # commit answers (not one for the trip and one for the answer).
+            self.pool.callInThreadWithCallback(
+                functools.partial(_answer_failure, self.reactor, answer), self._store_answered,
+                message, transfer_syntax, data, answer, study, info)
+            return await answer
         finally:
             data.release()
-        if result is None:
-            result = await answer
-        return result
 
     def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
         """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
@@ -339,12 +338,37 @@ class ArchiveStore:
             self._committing = True
         return self._commit_queued(own=prepared)
 
-    def _commit_queued(self, own: "_Prepared | None" = None) -> tuple[int, str] | None:
+    def _store_answered(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
+                        answer: Deferred, study: str | None = None,
+                        info: StoreInfo | None = None) -> None:
+        """:meth:`store`, in a worker thread, always answering through
+        ``answer``: an instance this worker commits is answered in the one
+        ``callFromThread`` that answers its whole batch."""
+        try:
+            prepared = self.prepare(message, transfer_syntax, data, study, info)
+        finally:
+            # The data set is written (or refused): its memory is free now,
+            # not once the commit is done.
+            data.release()
+        if isinstance(prepared, tuple):
+            self.reactor.callFromThread(answer.callback, prepared)
+            return
+        with self._lock:
+            self._queue.append((prepared, answer))
+            if self._committing:
+                return
+            self._committing = True
+        self._commit_queued(own=prepared, answer_own=True)
+
+    def _commit_queued(self, own: "_Prepared | None" = None,
+                       answer_own: bool = False) -> tuple[int, str] | None:
         """Commit the queue in batches (group commit), as the only committer.
 
         With ``own``, return its result as soon as its batch is done and
         hand what was queued meanwhile to another worker, so that its
-        answer is not held up.
+        answer is not held up.  With ``answer_own``, ``own`` is answered
+        through its Deferred like the others of its batch (one
+        ``callFromThread`` for the batch), and None is returned.
         """
         while True:
             with self._lock:
@@ -356,13 +380,13 @@ class ArchiveStore:
             mine = None
             answers = []
             for (item, answer), result in zip(batch, results):
-                if item is own:
+                if item is own and not answer_own:
                     mine = result
                 else:
                     answers.append((answer, result))
             if answers:
                 self.reactor.callFromThread(_fire, answers)
-            if mine is not None:
+            if own is not None:
                 with self._lock:
                     if not self._queue:
                         self._committing = False
@@ -405,7 +429,8 @@ class ArchiveStore:
             if study is not None and found_study != study:
                 return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                         f"Study Instance UID {found_study} is not {study}"[:64])
-            final = instance_path(self.directory, uid)
+            relative = relative_path(uid)  # one SHA-256 for the bucket, kept
+            final = f"{self.directory}/{relative}"
             compress = self._compress_to(transfer_syntax)
             written = time.monotonic()
             if temp is None:
@@ -421,7 +446,9 @@ class ArchiveStore:
             if compress:
                 transfer_syntax, size, metadata = self._compress(temp, transfer_syntax,
                                                                  compress, uid)
-            prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size, metadata)
+            prepared = _Prepared(ds, uid, temp, final, transfer_syntax, size, metadata,
+                                 relative=relative,
+                                 bucket=int(relative[:2] + relative[3:5], 16))
             temp = None
             if info is not None:
                 info.fsync = time.monotonic() - written
@@ -560,7 +587,7 @@ class ArchiveStore:
         for item in items:
             leaf = os.path.dirname(item.final)
             leaves[leaf] = None
-            number = _bucket_number(item.uid)
+            number = item.bucket
             if not self._durable_buckets[number]:
                 new.append(number)
                 parents[os.path.dirname(leaf)] = None
@@ -583,21 +610,20 @@ class ArchiveStore:
     def _commit_one(self, item: "_Prepared") -> tuple[int, str]:
         try:
             with self.index.transaction():
-                if not self._durable_buckets[_bucket_number(item.uid)]:
-                    os.makedirs(os.path.dirname(item.final), exist_ok=True)
+                if not self._durable_buckets[item.bucket]:
+                    _make_bucket(os.path.dirname(item.final))
                 if item.metadata is None:
-                    self.index.add(item.ds, relative_path(item.uid), item.transfer_syntax,
-                                   item.size)
+                    self.index.add(item.ds, item.relative, item.transfer_syntax, item.size)
                 else:
-                    self.index.add(item.ds, relative_path(item.uid), item.transfer_syntax,
+                    self.index.add(item.ds, item.relative, item.transfer_syntax,
                                    item.size, metadata=item.metadata)
                 try:
                     os.replace(item.temp, item.final)
                 except FileNotFoundError:
                     # The bucket went (removed by hand while running):
                     # make it again, and fsync it and its parents.
-                    self._durable_buckets[_bucket_number(item.uid)] = 0
-                    os.makedirs(os.path.dirname(item.final), exist_ok=True)
+                    self._durable_buckets[item.bucket] = 0
+                    _make_bucket(os.path.dirname(item.final))
                     os.replace(item.temp, item.final)
             item.temp = ""
             return Status.SUCCESS, ""
@@ -607,6 +633,27 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+
+def _make_bucket(leaf: str) -> None:
+    """Make a bucket directory and its parent as needed (``os.makedirs``
+    with ``exist_ok``, in one ``mkdir`` when the parent exists).
+
+    :raises OSError: as ``os.mkdir``, but for an existing directory.
+    """
+    try:
+        os.mkdir(leaf)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        try:
+            os.mkdir(os.path.dirname(leaf))
+        except FileExistsError:
+            pass
+        try:
+            os.mkdir(leaf)
+        except FileExistsError:
+            pass
 
 
 #: How many buckets the nested layout has (two levels of 256).
@@ -635,16 +682,14 @@ def _fsync_all(directories: list[str]) -> None:
         if _fsync_pool is None:
             _fsync_pool = ThreadPoolExecutor(FSYNC_CONCURRENCY,
                                              thread_name_prefix="dicomtwist-fsync")
-    futures = [_fsync_pool.submit(fsync_directory, d) for d in directories]
-    wait(futures)
+    # The last one in this thread, which would otherwise only wait.
+    futures = [_fsync_pool.submit(fsync_directory, d) for d in directories[:-1]]
+    try:
+        fsync_directory(directories[-1])
+    finally:
+        wait(futures)
     for future in futures:
         future.result()
-
-
-def _bucket_number(sop_instance_uid: str) -> int:
-    """An instance's bucket, ``ab/cd`` as 0xabcd."""
-    first, second = bucket(sop_instance_uid)
-    return int(first + second, 16)
 
 
 #: Syntaxes ``store_as`` compresses (uncompressed and Deflated).
@@ -684,6 +729,20 @@ def _fire(answers: list[tuple[Deferred, tuple[int, str]]]) -> None:
         answer.callback(result)
 
 
+def _answer_failure(reactor: IReactorThreads, answer: Deferred, success: bool,
+                    result: object) -> None:
+    """The pool's report on :meth:`ArchiveStore._store_answered`, in the
+    worker: an exception fails ``answer`` (on the reactor thread); a return
+    has answered it already."""
+    if not success:
+        reactor.callFromThread(_fail, answer, result)
+
+
+def _fail(answer: Deferred, failure: object) -> None:
+    if not answer.called:  # a failure after the batch was answered: logged by the pool
+        answer.errback(failure)
+
+
 def read_header(data: bytes, transfer_syntax: str) -> Dataset:
     """The indexed attributes of an encoded data set (no file meta).
 
@@ -705,7 +764,7 @@ def read_header_from_file(path: str, offset: int, transfer_syntax: str) -> Datas
         return dcmread(path, stop_before_pixels=True)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     """An instance whose file is fsynced and checked, ready to commit."""
 
@@ -717,6 +776,10 @@ class _Prepared:
     size: int
     metadata: bytes | None = None
     info: StoreInfo | None = None
+    #: Its path relative to the instance directory (``ab/cd/<uid>.dcm``).
+    relative: str = ""
+    #: Its bucket, ``ab/cd`` as 0xabcd.
+    bucket: int = 0
 
 
 def _text(ds: Dataset, tag: int) -> str:

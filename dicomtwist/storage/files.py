@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -256,21 +257,56 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def write_temporary(directory: str, header: bytes, data: bytes) -> str:
+#: Flags of a new temporary file: created, never an existing file or a
+#: symbolic link (as ``tempfile.mkstemp`` opens one), write only.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Numbers the temporary files of this process (:func:`create_temporary`).
+_serial = itertools.count(1)
+
+
+def create_temporary(directory: str, prefix: str, suffix: str = TEMP_SUFFIX) -> tuple[int, str]:
+    """Create a new file ``<prefix><pid>-<n><suffix>`` in ``directory``
+    (mode 0600, as ``tempfile.mkstemp`` makes them) and open it for writing.
+
+    The name is unique without a random draw: the process ID tells this
+    process's files from those of every other process running, and a
+    counter numbers them; ``O_EXCL`` makes sure, and a name taken (left
+    over by a process that had the same ID) is skipped.  A tenth of
+    ``mkstemp``'s cost, on the path of every store.
+
+    :returns: the open file descriptor and the path.
+    :raises OSError: the file cannot be created.
+    """
+    pid = os.getpid()
+    for _ in range(10000):
+        path = f"{directory}/{prefix}{pid}-{next(_serial)}{suffix}"
+        try:
+            return os.open(path, _CREATE, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
+def write_temporary(directory: str, header: bytes, data: bytes | memoryview,
+                    prefix: str | None = None) -> str:
     """Write ``header`` then ``data`` into a new temporary file in
     ``directory`` and fsync it; return its path.
 
+    :param prefix: the file name's prefix (default: :func:`temp_prefix`).
     :raises OSError: nothing is left behind.
     """
-    fd, path = tempfile.mkstemp(dir=directory, prefix=temp_prefix(), suffix=TEMP_SUFFIX)
+    fd, path = create_temporary(directory, temp_prefix() if prefix is None else prefix)
     try:
         try:
             # A small instance goes out in one write; a big one is not copied.
-            chunks = [header + data] if len(data) < 65536 else [header, data]
-            for chunk in map(memoryview, chunks):
-                while chunk:
-                    written = os.write(fd, chunk)
-                    chunk = chunk[written:]
+            if len(data) < 65536:
+                chunk = header + data
+                written = os.write(fd, chunk)
+                if written < len(chunk):
+                    _write_all(fd, memoryview(chunk)[written:])
+            else:
+                _write_all(fd, memoryview(header))
+                _write_all(fd, memoryview(data))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -281,6 +317,12 @@ def write_temporary(directory: str, header: bytes, data: bytes) -> str:
             pass
         raise
     return path
+
+
+def _write_all(fd: int, chunk: memoryview) -> None:
+    while chunk:
+        written = os.write(fd, chunk)
+        chunk = chunk[written:]
 
 
 def fsync_directory(directory: str) -> None:

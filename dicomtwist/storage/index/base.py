@@ -228,6 +228,9 @@ _BY_TAG = {a.tag: a for a in ATTRIBUTES}
 _ADDED = tuple(a for a in ATTRIBUTES if not a.derived)
 _ADDED_KEYWORDS = tuple(a.keyword for a in _ADDED)
 _ADDED_BY_TAG = {int(a.tag): a for a in _ADDED}
+#: ``tag -> (keyword, VR, stored as an integer, a date, the attribute)``
+#: of what ``add`` reads, for :func:`_row` (no property or call per element).
+_ROW_SPECS = {int(a.tag): (a.keyword, a.vr, a.sql_type is int, a.vr == "DA", a) for a in _ADDED}
 #: ``(keyword, column, key column or None, VR)`` of what ``add`` writes, by table.
 _WRITTEN_COLUMNS = {table: tuple((a.keyword, a.column, a.key_column, a.vr)
                                  for a in _ADDED if a.table == table)
@@ -482,23 +485,47 @@ def _raw_values(element: RawDataElement, vr: str, codec: str | None) -> list[str
 def _row(ds: Dataset) -> dict[str, object]:
     """Every written attribute of ``ds`` as the index stores it.
 
-    Raw elements of the common VRs and character sets are decoded here;
+    Raw elements of the common VRs and character sets are decoded here
+    (those of the ASCII VRs inline: this runs for every stored instance);
     the rest (and anything unusual) goes through pydicom, which gives the
     same values more slowly.  The elements are read from the data set's
-    own mapping: ``Dataset.get_item`` costs more than the decoding.
+    own mapping: ``Dataset.get_item`` costs more than the decoding, and
+    the tags are looked up as plain ``int`` s (a ``BaseTag`` key would
+    call its Python ``__eq__`` on every hit).
     """
     codec = _fast_codec(ds)
     row: dict[str, object] = dict.fromkeys(_ADDED_KEYWORDS)
+    specs = _ROW_SPECS
     for tag, element in ds._dict.items():
-        attribute = _ADDED_BY_TAG.get(tag)
-        if attribute is None:
+        spec = specs.get(int(tag))
+        if spec is None:
             continue
-        if isinstance(element, RawDataElement):
-            values = _raw_values(element, attribute.vr, codec)
-            if values is not None:
-                row[attribute.keyword] = _stored(values, attribute)
+        keyword, vr, is_int, is_date, attribute = spec
+        if isinstance(element, RawDataElement) and (element.VR is None or element.VR == vr):
+            raw = element.value
+            if not raw:
+                row[keyword] = None
                 continue
-        row[attribute.keyword] = _stored_value(ds, attribute)
+            if vr in _ASCII_VRS:
+                # What _stored(_raw_values(...)) gives, without the lists.
+                text = bytes(raw).decode("latin-1").rstrip(" \0")
+                if not text.strip("\\"):
+                    row[keyword] = None  # no value, or only empty ones
+                elif is_int:
+                    try:
+                        row[keyword] = int(text.split("\\", 1)[0])
+                    except ValueError:
+                        row[keyword] = None
+                elif is_date:
+                    row[keyword] = text.replace(".", "")
+                else:
+                    row[keyword] = text
+                continue
+            values = _raw_values(element, vr, codec)
+            if values is not None:
+                row[keyword] = _stored(values, attribute)
+                continue
+        row[keyword] = _stored_value(ds, attribute)
     return row
 
 
@@ -762,7 +789,7 @@ class SqlIndex:
     def _execute(self, sql: str, params: Iterable = ()) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    def _add(self, row: dict, extra: dict[str, object]) -> None:  # pragma: no cover
+    def _add(self, row: dict, extra: dict[str, object]) -> bool | None:  # pragma: no cover
         raise NotImplementedError
 
     def _lock_instance(self, sop_instance_uid: str) -> tuple | None:  # pragma: no cover
@@ -890,8 +917,12 @@ class SqlIndex:
     def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None,
                  sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
         with self.transaction():
-            self._add(row, extra)
-            self._set_metadata(row["SOPInstanceUID"], metadata)
+            new = self._add(row, extra)
+            if metadata is not None or new is not True:
+                # A new instance has no metadata row to forget: one exists
+                # only with its instance's row (remove, delete_study and
+                # clear delete both, set_metadata needs the instance).
+                self._set_metadata(row["SOPInstanceUID"], metadata)
             if sequences:
                 self._set_items(row, sequences)
 

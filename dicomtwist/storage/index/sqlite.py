@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +27,7 @@ from dicomtwist.storage.index.base import (
     IndexUnavailable,
     SqlIndex,
     SqlTypes,
+    _WRITTEN_COLUMNS,
 )
 
 __all__ = ["SqliteIndex"]
@@ -34,6 +36,10 @@ __all__ = ["SqliteIndex"]
 _SAME = object()
 #: Parent rows remembered before the memory is cleared.
 _KNOWN_LIMIT = 4096
+#: The attributes a parent row's values are made of, as a tuple, by table
+#: (what ``SqliteIndex._parent`` compares with the last written).
+_STATE = {table: itemgetter(*(keyword for keyword, *_ in columns))
+          for table, columns in _WRITTEN_COLUMNS.items()}
 
 
 class SqliteIndex(SqlIndex):
@@ -182,19 +188,26 @@ class SqliteIndex(SqlIndex):
             self._sql_cache[(table, columns, conflict, keep)] = sql
         return self._conn.execute(sql, list(values.values())).fetchone()[0]
 
-    def _parent(self, table: str, key: tuple, values: dict[str, object],
-                conflict: tuple[str, ...], where_parent: str | None) -> tuple[int, object]:
+    def _parent(self, table: str, key: tuple, state: tuple, row: dict,
+                parent: tuple[str, int] | None, conflict: tuple[str, ...],
+                where_parent: str | None) -> tuple[int, object]:
         """Upsert a parent row unless this connection wrote it with these
         values already.
 
+        :param state: what the row's values are made of: the instance's
+            values of its attributes, and its parent's pk (compared with
+            what was written last, before anything is computed from them).
+        :param parent: the column and pk of its parent row, if any.
         :returns: ``(pk, previous parent)``: the previous parent is
             ``_SAME`` when the row was known unchanged, None for a new row,
             or the parent pk the row had (``where_parent``'s column).
         """
-        state = tuple(values.values())
         known = self._known.get((table, key))
         if known is not None and known[1] == state:
             return known[0], _SAME
+        values = self._table_values(table, row)
+        if parent is not None:
+            values[parent[0]] = parent[1]
         previous = None
         if where_parent is not None:
             found = self._conn.execute(where_parent, key).fetchone()
@@ -205,21 +218,20 @@ class SqliteIndex(SqlIndex):
         self._known[(table, key)] = (pk, state)
         return pk, previous
 
-    def _add(self, row: dict, extra: dict[str, object]) -> None:
+    def _add(self, row: dict, extra: dict[str, object]) -> bool:
+        """Write the rows of one instance; True if it is new (no row of
+        its SOP Instance UID before)."""
         execute = self._conn.execute
-        values = self._table_values("patient", row)
         patient_pk, _ = self._parent(
-            "patient", (values["patient_id"], values["issuer_of_patient_id"]), values,
-            ("patient_id", "issuer_of_patient_id"), None)
-        values = self._table_values("study", row)
-        values["patient_pk"] = patient_pk
+            "patient", (row["PatientID"], row["IssuerOfPatientID"]), _STATE["patient"](row),
+            row, None, ("patient_id", "issuer_of_patient_id"), None)
         study_pk, old_study = self._parent(
-            "study", (row["StudyInstanceUID"],), values, ("study_instance_uid",),
+            "study", (row["StudyInstanceUID"],), (*_STATE["study"](row), patient_pk), row,
+            ("patient_pk", patient_pk), ("study_instance_uid",),
             "SELECT patient_pk FROM study WHERE study_instance_uid = ?")
-        values = self._table_values("series", row)
-        values["study_pk"] = study_pk
         series_pk, old_series = self._parent(
-            "series", (row["SeriesInstanceUID"],), values, ("series_instance_uid",),
+            "series", (row["SeriesInstanceUID"],), (*_STATE["series"](row), study_pk), row,
+            ("study_pk", study_pk), ("series_instance_uid",),
             "SELECT study_pk FROM series WHERE series_instance_uid = ?")
         values = self._table_values("instance", row)
         values["series_pk"] = series_pk
@@ -239,7 +251,7 @@ class SqliteIndex(SqlIndex):
             self._count_new(series_pk, study_pk, patient_pk, new_series=old_series is None,
                             new_study=old_study is None, series_changed=old_series is not _SAME,
                             sop_class=row.get("SOPClassUID"))
-            return
+            return True
         # A replaced instance, or a series or study that changed parent:
         # recount every row touched, old and new.
         old = execute(
@@ -259,6 +271,7 @@ class SqliteIndex(SqlIndex):
         if isinstance(old_study, int):
             patients.add(old_study)
         self._tidy(series, studies, patients)
+        return old is None
 
     def _count_new(self, series_pk: int, study_pk: int, patient_pk: int, new_series: bool,
                    new_study: bool, series_changed: bool, sop_class: object) -> None:
