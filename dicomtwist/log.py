@@ -18,6 +18,12 @@ _PRIORITY = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2,
              LogLevel.error: 3, LogLevel.critical: 4}
 #: Events below this priority are dropped.
 _threshold = _PRIORITY[LogLevel.info]
+#: Whether debug, and info, events are shown: for hot paths, which test
+#: them before building an event's fields (an attribute read rather than a
+#: call of :func:`debug_enabled` / :func:`info_enabled`).  Kept by
+#: :func:`set_level`; read them as ``dlog.debug_on``, never import them.
+debug_on = False
+info_on = True
 
 
 class FilteredLogger:
@@ -84,8 +90,10 @@ def logger() -> FilteredLogger:
 
 def set_level(level: LogLevel) -> None:
     """Show our events at ``level`` and above."""
-    global _threshold
+    global _threshold, debug_on, info_on
     _threshold = _PRIORITY[level]
+    debug_on = _threshold == 0
+    info_on = _threshold <= 1
 
 
 def level() -> LogLevel:

@@ -16,7 +16,10 @@ fields: peer, AE titles, association id); a legacy log line from
 Twisted's own code while an event is handled is tagged ``-`` instead of,
 say, ``DicomProtocol``.  An exception escaping the handling of one event
 is logged, as Twisted logs it, and the other events of the poll are still
-handled.
+handled.  Its loop also skips the steps of an iteration that have nothing
+to do (running due calls when none is due, a context manager per
+iteration), and a connection's readiness to read goes straight to its
+``doRead``.
 
 :func:`install` makes it the global reactor of the daemon (``dicomqr``,
 ``twistd dicomqr`` and the ``--workers`` processes) when no reactor was
@@ -31,9 +34,14 @@ import select
 import sys
 from typing import Any
 
+from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
 __all__ = ["DicomReactor", "install"]
+
+#: The longest poll, in seconds (epoll_wait takes milliseconds in an int;
+#: Twisted's own limit).
+MAX_POLL_TIMEOUT = 2147483
 
 
 try:
@@ -47,8 +55,53 @@ if EPollReactor is not None:
     class DicomReactor(EPollReactor):
         """``EPollReactor``, each event dispatched without a log context."""
 
+        def mainLoop(self) -> None:
+            """Run until stopped: timed and threads' calls, then a poll.
+
+            Twisted's loop, with its per-iteration steps made only when
+            they have work: ``runUntilCurrent`` when a call is due (a
+            thread's, a timed one, one just made) or the reactor just
+            stopped, ``timeout`` from the first timed call.  An error
+            escaping an iteration is logged and the loop goes on, as
+            Twisted's does.
+            """
+            while self._started:
+                try:
+                    self._iterate_while_started()
+                except BaseException:
+                    log.err(None, "Unexpected error in main loop")
+            log.msg("Main loop terminated.")
+
+        def _iterate_while_started(self) -> None:
+            seconds = self.seconds
+            poll = self.doIteration
+            while self._started:
+                pending = self._pendingTimedCalls
+                if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                        or self._cancellations > 50
+                        or (pending and pending[0].time <= seconds())):
+                    self.runUntilCurrent()
+                    if self._newTimedCalls:
+                        self._insertNewDelayedCalls()
+                    pending = self._pendingTimedCalls
+                if not self.running:
+                    poll(0)
+                elif pending:
+                    delay = pending[0].time - seconds()
+                    poll(0 if delay < 0 else delay if delay < MAX_POLL_TIMEOUT
+                         else MAX_POLL_TIMEOUT)
+                else:
+                    poll(None)
+
         def doPoll(self, timeout: float | None) -> None:
-            """Poll, and handle each event reported."""
+            """Poll, and handle each event reported.
+
+            A connection's plain readiness to read (the usual event) is
+            handled here, as ``_doReadOrWrite`` would: ``doRead``, and the
+            connection lost if it says so or raises.  Anything else (a
+            writable socket, a hang-up, an error) goes to
+            ``_doReadOrWrite``.
+            """
             if timeout is None:
                 timeout = -1  # wait indefinitely
             try:
@@ -64,7 +117,19 @@ if EPollReactor is not None:
                 if selectable is None:
                     continue
                 try:
-                    handle(selectable, fd, event)
+                    if event != select.EPOLLIN:
+                        handle(selectable, fd, event)
+                        continue
+                    try:
+                        if selectable.fileno() == -1:
+                            why = _NO_FILEDESC
+                        else:
+                            why = selectable.doRead()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        self._disconnectSelectable(selectable, why, True)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:

@@ -526,7 +526,50 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto.dataReceived(bytes(rq))
         self.assertEqual(self.take(), AAssociateRJ(1, 2, 2).encode())
 
+    def test_data_transfer_shortcut_agrees_with_the_table(self) -> None:
+        """The protocol takes Sta6's Evt9 and Evt10 directly (DT-1 sends the
+        P-DATA, DT-2 indicates it to ``on_pdata``, Sta6 stays): exactly the
+        cells of the machine's table."""
+        from dicomtwist.ul import fsm
+        self.assertEqual(fsm.TRANSITIONS[State.STA6, fsm.Event.EVT9], (fsm.dt_1, State.STA6))
+        self.assertEqual(fsm.TRANSITIONS[State.STA6, fsm.Event.EVT10], (fsm.dt_2, State.STA6))
+        self.assertEqual(ul_protocol._HOOKS[fsm.Indication.P_DATA], "on_pdata")
+        proto = self.associated()
+        received = []
+        proto.on_pdata = received.append
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual([type(p).__name__ for p in received], ["PDataTF"])
+        proto.send_pdata(ECHO_RQ)
+        self.assertEqual(self.take(), ECHO_RQ)
+        self.assertEqual(proto.machine.state, State.STA6)
+
     # -- timeouts ------------------------------------------------------------------
+    def test_listening_factory_keeps_one_timer_call(self) -> None:
+        """While its factory listens, associations one after another share
+        one clock call for their timers; it goes when the factory stops,
+        and the timers still fire on time meanwhile."""
+        factory = AcceptorFactory(self.clock, policy(), {"echo": handle_echo},
+                                  network_timeout=10)
+        factory.doStart()
+        calls = []
+        for _ in range(3):
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+            proto = factory.buildProtocol(transport.getPeer())
+            proto.makeConnection(transport)
+            proto.dataReceived(ECHOSCU_RQ + ECHO_RQ + RELEASE_RQ)
+            proto.connectionLost(Failure(ConnectionDone()))
+            calls.append(self.clock.getDelayedCalls())
+        self.assertEqual(len(calls[0]), 1)
+        self.assertEqual(calls, [calls[0]] * 3)
+        idle = factory.buildProtocol(self.transport.getPeer())
+        idle.makeConnection(self.transport)
+        idle.dataReceived(ECHOSCU_RQ)
+        self.clock.advance(10)
+        self.assertTrue(self.transport.disconnecting)
+        idle.connectionLost(Failure(ConnectionDone()))
+        factory.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_network_timeout(self) -> None:
         """An association idle for network_timeout seconds is aborted and closed."""
         proto = self.associated(network_timeout=10)
@@ -684,13 +727,12 @@ class SocketWriteTests(TestCase):
             states.append(protocol.machine.state)
 
         self.patch(DicomProtocol, "_read_early", recording)
-        artim_calls: list[list] = []
+        artim_timers: list = []
         make_connection = DicomProtocol.makeConnection
 
         def making(protocol, transport):
             make_connection(protocol, transport)
-            artim_calls.append([call for call in reactor.getDelayedCalls()
-                                if call.func == protocol._artim_expired])
+            artim_timers.append((protocol._artim, protocol._timers.pending()))
 
         self.patch(DicomProtocol, "makeConnection", making)
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -706,7 +748,7 @@ class SocketWriteTests(TestCase):
             self.assertEqual(states, [State.STA6])
             # ARTIM ran from the connection (AE-5) to the request (AE-6)
             # within the accept: no timer was made for it.
-            self.assertEqual(artim_calls, [[]])
+            self.assertEqual(artim_timers, [(None, 0)])
             # Logged in the order things happened: the connection, then
             # the association on it.
             texts = [formatEvent(e) for e in events]

@@ -95,20 +95,47 @@ class DicomReactorTests(SynchronousTestCase):
         other events of the same poll are handled."""
         first, theirs_first = self.reader()
         second, theirs_second = self.reader()
-        theirs_first.sendall(b"1")
+        theirs_first.close()  # its read finds the end of file
         theirs_second.sendall(b"2")
-        handle = self.reactor._doReadOrWrite
+        disconnect = self.reactor._disconnectSelectable
 
-        def failing(selectable, fd, event):
+        def failing(selectable, why, is_read):
             if selectable is first:
                 raise RuntimeError("broken handling")
-            return handle(selectable, fd, event)
+            return disconnect(selectable, why, is_read)
 
-        self.reactor._doReadOrWrite = failing
+        self.reactor._disconnectSelectable = failing
         self.reactor.doIteration(0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(second.received, [b"2"])
         self.assertEqual(first.received, [])
+
+    def test_failing_read_loses_the_connection(self) -> None:
+        """A ``doRead`` that raises is logged and its connection lost with
+        that error, as Twisted's ``_doReadOrWrite`` does."""
+        reader, theirs = self.reader()
+        theirs.sendall(b"x")
+
+        def failing():
+            raise ValueError("bad input handling")
+
+        reader.doRead = failing
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(reader.lost, [ValueError])
+        self.assertNotIn(reader.fileno(), self.reactor._selectables)
+
+    def test_closed_descriptor_lost(self) -> None:
+        """A reader whose descriptor is gone (``fileno()`` -1) is lost
+        without being read."""
+        reader, theirs = self.reader()
+        theirs.sendall(b"x")
+        fd = reader.fileno()
+        reader.fileno = lambda: -1
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.received, [])
+        self.assertEqual(reader.lost, [error.ConnectionFdescWentAway])
+        self.assertNotIn(fd, self.reactor._selectables)
 
     def test_unknown_descriptor_ignored(self) -> None:
         """An event for a descriptor no longer known is skipped."""
@@ -152,3 +179,86 @@ class DicomReactorTests(SynchronousTestCase):
         self.addCleanup(reader.stopWriting)
         with self.assertRaises(ValueError):
             self.reactor.addExclusiveReader(reader)
+
+
+class MainLoopTests(SynchronousTestCase):
+    """The loop runs due calls, polls as long as the first timed call
+    allows, and survives an error in an iteration."""
+
+    def setUp(self) -> None:
+        self.reactor = DicomReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.polls: list = []
+        poll = self.reactor.doIteration
+
+        def recording(timeout):
+            self.polls.append(timeout)
+            poll(0)
+
+        self.reactor.doIteration = recording
+
+    def run_loop(self) -> None:
+        self.reactor._started = True
+        self.reactor.running = True
+        self.reactor.mainLoop()
+
+    def test_timed_and_thread_calls(self) -> None:
+        """Calls made from threads and due timed calls run; the poll waits
+        no longer than the first timed call; the loop ends when stopped."""
+        done: list[str] = []
+        self.reactor.threadCallQueue.append((done.append, ("thread",), {}))
+        self.reactor.callLater(0, done.append, "due")
+        later = self.reactor.callLater(3600, done.append, "never")
+
+        def stop() -> None:
+            done.append("stop")
+            self.reactor._started = False
+
+        self.reactor.callLater(0, lambda: self.reactor.callLater(0, stop))
+        self.run_loop()
+        later.cancel()
+        self.assertEqual(done, ["thread", "due", "stop"])
+        self.assertTrue(self.polls)
+        self.assertTrue(all(t is not None and 0 <= t <= 3600 for t in self.polls), self.polls)
+
+    def test_poll_unbounded_without_timed_calls(self) -> None:
+        """With no timed call pending, the poll waits for input alone."""
+        timeouts: list = []
+
+        def record(timeout):
+            timeouts.append(timeout)
+            self.reactor._started = False
+
+        self.reactor.doIteration = record
+        self.reactor.threadCallQueue.append((lambda: None, (), {}))
+        self.run_loop()
+        self.assertEqual(timeouts, [None])
+
+    def test_error_in_iteration_logged_and_loop_goes_on(self) -> None:
+        done: list[str] = []
+
+        def broken_then_stop(timeout):
+            if not done:
+                done.append("broken")
+                raise RuntimeError("poll failed")
+            done.append("again")
+            self.reactor._started = False
+
+        self.reactor.doIteration = broken_then_stop
+        self.run_loop()
+        self.assertEqual(done, ["broken", "again"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_stopping_reactor_polls_without_waiting(self) -> None:
+        """Once ``running`` is false (stopping), polls do not block."""
+        timeouts: list = []
+
+        def record(timeout):
+            timeouts.append(timeout)
+            self.reactor._started = False
+
+        self.reactor.doIteration = record
+        self.reactor._started = True
+        self.reactor.running = False
+        self.reactor.mainLoop()
+        self.assertEqual(timeouts, [0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydicom.uid import ExplicitVRLittleEndian
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import acse, config as configuration, tap
@@ -263,9 +264,9 @@ class ConfigTests(SynchronousTestCase):
     def test_policy(self) -> None:
         """The archive's policy grants async_operations both ways, or nothing at 1."""
         settings = configuration.Config(async_operations=3)
-        factory = tap.build_factory(settings, None, None, _NoIndex())
+        factory = tap.build_factory(settings, Clock(), None, _NoIndex())
         self.assertEqual(factory.policy.window, (3, 3))
-        factory = tap.build_factory(configuration.Config(), None, None, _NoIndex())
+        factory = tap.build_factory(configuration.Config(), Clock(), None, _NoIndex())
         self.assertIsNone(factory.policy.window)
 
 

@@ -17,6 +17,7 @@ from dicomtwist.association.handlers import Handler
 from dicomtwist.association.protocol import Association
 from dicomtwist.dimse.assembly import SinkFactory, memory_sink
 from dicomtwist.ul.pdu import AAssociateRJ, RejectReason, RejectResult, RejectSource
+from dicomtwist.ul.timers import deadlines
 
 
 class AcceptorFactory(Factory):
@@ -49,22 +50,32 @@ class AcceptorFactory(Factory):
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
         self.associations: set[Association] = set()
+        #: The associations' timers (see :mod:`dicomtwist.ul.timers`).
+        self.timers = deadlines(reactor)
+
+    def startFactory(self) -> None:
+        """Listening: keep the associations' shared timer call between
+        associations."""
+        self.timers.hold()
+
+    def stopFactory(self) -> None:
+        """No longer listening: the shared timer call may go."""
+        self.timers.release()
 
     def buildProtocol(self, addr: Any) -> Association:
         """A new acceptor association with our policy and handlers."""
         assoc = Association(self.reactor, handlers=self.handlers, sink_for=self.sink_for,
                             policy=self.policy, max_pdu=self.policy.max_pdu,
                             acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
-                            network_timeout=self.network_timeout)
+                            network_timeout=self.network_timeout, timers=self.timers)
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)
-        # A bound method, not a closure: about 100 bytes less per association.
-        assoc.closed.addBoth(self._forget, assoc)
         return assoc
 
-    def _forget(self, result: Any, assoc: Association) -> None:
-        """An association has closed: it counts no more."""
+    def association_ended(self, assoc: Association) -> None:
+        """An association's connection has ended (its ``on_connection_lost``
+        calls this before firing ``closed``): it counts no more."""
         self.associations.discard(assoc)
         self.active.discard(assoc)
 

@@ -63,6 +63,7 @@ from dicomtwist.ul.pdu import (
     RejectReason,
 )
 from dicomtwist.ul.protocol import DicomProtocol
+from dicomtwist.ul.timers import Deadlines
 
 #: Association ids: unique in the process, in the order connections came.
 _association_ids = itertools.count(1)
@@ -100,7 +101,7 @@ class Association(Requestor, DicomProtocol):
     # about 1.3 MB less (benchmarks/idle_memory.py).
     __slots__ = ("handlers", "sink_for", "policy", "acse_timeout", "dimse_timeout",
                  "yield_every", "negotiated", "ae_title", "peer_ae_title", "_established",
-                 "_establishment", "_establishment_observed", "closed", "_assembler",
+                 "_establishment", "_establishment_observed", "_closed", "_ended", "_assembler",
                  "_outstanding", "_serving", "_message_id", "_send_queue", "_sending",
                  "_acse_timer", "_abort_cause", "_released", "_busy", "association_id",
                  "_log_fields", "_received_rq")
@@ -109,9 +110,9 @@ class Association(Requestor, DicomProtocol):
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
                  max_pdu: int = acse.DEFAULT_MAX_PDU, acse_timeout: float = 30.0,
                  dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
-                 yield_every: int = 32) -> None:
+                 yield_every: int = 32, timers: Deadlines | None = None) -> None:
         super().__init__(clock, max_pdu=max_pdu, artim_timeout=acse_timeout,
-                         network_timeout=network_timeout)
+                         network_timeout=network_timeout, timers=timers)
         # Shared with the factory (every association of a port has the same
         # handlers), not copied: a C-GET requestor replaces it to add its own.
         self.handlers: Mapping[str, Handler] = handlers if handlers is not None else {}
@@ -135,7 +136,10 @@ class Association(Requestor, DicomProtocol):
         self._established: Deferred[Association] | None = None
         self._establishment: Any = None
         self._establishment_observed = False
-        self.closed: Deferred[None] = Deferred()
+        # ``closed`` is made when first asked for, like ``established``;
+        # whether the connection has ended.
+        self._closed: Deferred[None] | None = None
+        self._ended = False
         self._assembler: MessageAssembler | None = None
         self._outstanding: dict[int, _Outstanding] = {}
         self._serving: dict[int, ServiceRequest] = {}
@@ -162,6 +166,20 @@ class Association(Requestor, DicomProtocol):
             d = self._established = Deferred()
             if self._establishment is not None:
                 self._fire_established(d)
+        return d
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """Fires with None once the connection has ended (after
+        ``on_connection_lost`` has failed what was outstanding).
+
+        Made when first asked for: most acceptors' one has no listener.
+        """
+        d = self._closed
+        if d is None:
+            d = self._closed = Deferred()
+            if self._ended:
+                d.callback(None)
         return d
 
     def _settle(self, outcome: Any, observed: bool = False) -> None:
@@ -195,7 +213,7 @@ class Association(Requestor, DicomProtocol):
             self._acse_timer = self.clock.callLater(self.acse_timeout, self._acse_expired)
             self.log.info("Requesting Association", **self.log_fields)
         super().connectionMade()
-        if self.associate_rq is None and dlog.info_enabled():
+        if self.associate_rq is None and dlog.info_on:
             self.log.info("Association received from {peer}", peer=self.peer_description,
                           association_id=self.association_id)
 
@@ -203,7 +221,7 @@ class Association(Requestor, DicomProtocol):
         """Acceptor: negotiate from the policy and answer AC or RJ."""
         self.peer_ae_title = rq.calling_ae_title
         self._received_rq = rq
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("{text}", text=_Lines(rq))
         assert self.policy is not None
         rj = None
@@ -237,7 +255,7 @@ class Association(Requestor, DicomProtocol):
         ac, negotiated = acse.negotiate_acceptor(rq, self.policy)
         self._start(negotiated)
         self.associate_response(ac)
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Association Accepted: calling {calling} from {peer},"
                           " {count} presentation context(s) accepted",
                           calling=rq.calling_ae_title, peer=self.peer_description,
@@ -334,7 +352,7 @@ class Association(Requestor, DicomProtocol):
 
     def on_release_rq(self, payload: Any) -> None:
         """The peer releases: answer (PS3.8 AR-2)."""
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Association Released by {peer}",
                           peer=self.peer_ae_title or self.peer_description, **self.log_fields)
         self._released = True
@@ -403,7 +421,12 @@ class Association(Requestor, DicomProtocol):
         queue, self._send_queue = self._send_queue, []
         for _, _, _, d, _ in queue:
             d.errback(AssociationAborted(f"association ended: {cause}"))
-        self.closed.callback(None)
+        self._ended = True
+        ended = getattr(self.factory, "association_ended", None)
+        if ended is not None:
+            ended(self)
+        if self._closed is not None:
+            self._closed.callback(None)
 
     def _acse_expired(self) -> None:
         self._acse_timer = None
@@ -468,7 +491,7 @@ class Association(Requestor, DicomProtocol):
         """A message's command set in P-DATA-TF PDUs of the peer's maximum
         length (``command``: already encoded, or None)."""
         max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("Sending {message.summary()}", message=message)
         if command is None:
             command = encode_command(message, has_dataset)
@@ -522,7 +545,7 @@ class Association(Requestor, DicomProtocol):
                 self._dispatch(*done)
 
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
-        if dlog.debug_enabled():
+        if dlog.debug_on:
             self.log.debug("Received {message.summary()}", message=message)
         if message.IS_RESPONSE:
             self._on_response(message, data)
@@ -562,7 +585,7 @@ class Association(Requestor, DicomProtocol):
         message = request.message
         service = SERVICE_FOR.get(type(message))
         handler = self.handlers.get(service) if service else None
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Received {name} Request (MsgID {id}) from {peer}",
                           name=LOG_NAMES.get(service, service), id=message.message_id,
                           peer=self.peer_ae_title, **self.log_fields)
@@ -658,7 +681,7 @@ class Association(Requestor, DicomProtocol):
         if isinstance(data, Dataset):
             data = encode_dataset(data, request.context.transfer_syntax)
         service = SERVICE_FOR.get(type(message), "")
-        if dlog.info_enabled():
+        if dlog.info_on:
             self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
                           name=LOG_NAMES.get(service, service), id=message.message_id,
                           status=status, status_name=status_name(status), **self.log_fields)

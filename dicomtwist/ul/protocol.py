@@ -18,18 +18,18 @@ takes.
 from __future__ import annotations
 
 import socket
-import weakref
 from typing import Any, Callable
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from dicomtwist import log as dlog
 from dicomtwist.errors import InvalidEventError, PDUDecodeError
 from dicomtwist.ul.framing import PDUFramer
-from dicomtwist.ul.fsm import Event, Indication, Machine
+from dicomtwist.ul.fsm import Event, Indication, Machine, State
+from dicomtwist.ul.timers import Deadlines, Timer, deadlines
 from dicomtwist.ul.transport import AcceptedConnection
 from dicomtwist.ul.pdu import (
     AAbort,
@@ -56,6 +56,16 @@ RECEIVED_EVENTS = {
     0x07: Event.EVT16,
 }
 
+#: The machine's idle state (read directly on the per-PDU path, where the
+#: ``is_closed`` property's call would cost more than the test).
+_CLOSED = State.STA1
+
+#: The machine's established state, and the two data-transfer events
+#: :meth:`DicomProtocol._feed` handles there directly (DT-1 and DT-2).
+_ESTABLISHED = State.STA6
+_RECEIVED_PDATA = Event.EVT10
+_SEND_PDATA = Event.EVT9
+
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
 
@@ -81,20 +91,25 @@ class DicomProtocol(Protocol):
     # One per connection: its state in slots rather than a dictionary
     # (Twisted's Protocol keeps one for transport, factory, connected).
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
+                 "_timers",
                  "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
                  "peer_description",
                  "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
-                 network_timeout: float | None = None) -> None:
+                 network_timeout: float | None = None,
+                 timers: Deadlines | None = None) -> None:
         self.clock = clock
+        # ARTIM and the network timeout, shared with every association on
+        # this clock (one clock call for all; see dicomtwist.ul.timers).
+        self._timers = timers if timers is not None else deadlines(clock)
         self.machine = Machine(self)
         self.framer = PDUFramer(max_pdu)
         self.artim_timeout = artim_timeout
         self.network_timeout = network_timeout
-        # The ARTIM timer's call, and whether ARTIM runs.
-        self._artim: IDelayedCall | None = None
+        # The ARTIM timer, and whether ARTIM runs.
+        self._artim: Timer | None = None
         self._artim_running = False
         # ARTIM was started while input was handled: its call is made when
         # the handling ends (see :meth:`start_artim`).
@@ -103,7 +118,7 @@ class DicomProtocol(Protocol):
         # an indication at once) wait until the transition is complete.
         self._feeding = False
         self._queued: list[tuple[Event, Any]] = []
-        self._idle: IDelayedCall | None = None
+        self._idle: Timer | None = None
         # When input last came (the network timeout counts from it).
         self._last_input = 0.0
         self.peer_description = "?"
@@ -192,8 +207,15 @@ class DicomProtocol(Protocol):
 
         What the machine sends meanwhile goes out in one write at the end.
         """
-        self._touch()
-        collecting = self._collect()
+        if self.network_timeout is not None:
+            # What _touch does, inline: input came.
+            self._last_input = self.clock.seconds()
+            if self._idle is None:
+                self._touch()
+        collecting = self._outgoing is None
+        if collecting:
+            self._outgoing = []
+        machine = self.machine
         try:
             for pdu_type, body in self.framer.feed(data):
                 try:
@@ -201,10 +223,10 @@ class DicomProtocol(Protocol):
                 except PDUDecodeError as error:
                     self._decode_failed(error)
                     return
-                if self.log_pdus and dlog.debug_enabled():
+                if dlog.debug_on and self.log_pdus:
                     self.log.debug("Received {pdu.summary()}", pdu=pdu)
                 self._event(RECEIVED_EVENTS[pdu_type], pdu)
-                if self.machine.is_closed:
+                if machine._state is _CLOSED:
                     return
         except PDUDecodeError as error:
             self._decode_failed(error)
@@ -218,9 +240,8 @@ class DicomProtocol(Protocol):
         if not self.machine.is_closed:
             self._event(Event.EVT17, reason)
         self._artim_running = self._artim_pending = False
-        if self._artim is not None and self._artim.active():
-            self._artim.cancel()
-        self._artim = None
+        artim, self._artim = self._artim, None
+        self._timers.stop(artim)
         self.on_connection_lost(reason)
         # The machine, now idle (Sta1), takes no event that has an effect:
         # drop its reference to us, so that the association is freed by
@@ -242,7 +263,15 @@ class DicomProtocol(Protocol):
     def send_pdu(self, pdu: Any) -> None:
         """Write a PDU object, pre-encoded bytes, or a list of byte strings
         making up one PDU, to the transport."""
-        if isinstance(pdu, (bytes, bytearray, memoryview)):
+        if type(pdu) is bytes:
+            # Encoded already (a DIMSE message's PDUs): held, or written.
+            outgoing = self._outgoing
+            if outgoing is not None and not self.sending_file:
+                outgoing.append(pdu)
+                return
+            self._write(pdu)
+            return
+        if isinstance(pdu, (bytearray, memoryview)):
             self._write(pdu)
             return
         if isinstance(pdu, (list, tuple)):
@@ -254,7 +283,7 @@ class DicomProtocol(Protocol):
                 self._flush()
             self.transport.writeSequence(pdu)
             return
-        if self.log_pdus and dlog.debug_enabled():
+        if dlog.debug_on and self.log_pdus:
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         self._write(pdu.encode())
 
@@ -338,24 +367,21 @@ class DicomProtocol(Protocol):
 
     def _schedule_artim(self) -> None:
         self._artim_pending = False
-        artim = self._artim
-        if artim is not None and artim.active():
-            artim.reset(self.artim_timeout)
-        else:
-            self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+        timers = self._timers
+        timers.stop(self._artim)
+        self._artim = timers.call_later(self.artim_timeout, self._artim_expired)
 
     def stop_artim(self) -> None:
         """Stop the ARTIM timer if it runs.
 
-        Its call is cancelled, not left pending for the next start: an
-        established association may stay idle for hours, and each pending
-        call holds about 450 bytes (benchmarks/idle_memory.py); the acceptor
-        makes a second one only after its A-RELEASE-RP.
+        The timer is stopped, not left pending for the next start: an
+        established association may stay idle for hours (a pending timer
+        would hold it); the acceptor starts ARTIM again only after its
+        A-RELEASE-RP.
         """
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        if artim is not None and artim.active():
-            artim.cancel()
+        self._timers.stop(artim)
 
     def close_transport(self) -> None:
         """Close the connection once pending writes are flushed."""
@@ -390,7 +416,7 @@ class DicomProtocol(Protocol):
 
     def send_pdata(self, pdu: Any) -> None:
         """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes."""
-        self._primitive(Event.EVT9, pdu)
+        self._feed(_SEND_PDATA, pdu)
 
     def release_request(self) -> None:
         """A-RELEASE request (Evt11)."""
@@ -488,11 +514,25 @@ class DicomProtocol(Protocol):
             self._queued.append((event, payload))
             return
         self._feeding = True
+        machine = self.machine
+        queued = self._queued
         try:
-            self.machine.handle(event, payload)
-            while self._queued:
-                queued_event, queued_payload = self._queued.pop(0)
-                self.machine.handle(queued_event, queued_payload)
+            while True:
+                if machine._state is _ESTABLISHED and (event is _RECEIVED_PDATA
+                                                       or event is _SEND_PDATA):
+                    # Table 9-10's two data-transfer cells of Sta6, taken
+                    # directly (the machine would do the same through its
+                    # table, action and effects): DT-2 (Evt10) indicates
+                    # the P-DATA, DT-1 (Evt9) sends it; Sta6 stays.
+                    if event is _RECEIVED_PDATA:
+                        self.on_pdata(payload)
+                    else:
+                        self.send_pdu(payload)
+                else:
+                    machine.handle(event, payload)
+                if not queued:
+                    break
+                event, payload = queued.pop(0)
         finally:
             self._feeding = False
             self._queued.clear()
@@ -555,19 +595,18 @@ class DicomProtocol(Protocol):
             return
         self._last_input = self.clock.seconds()
         if self._idle is None and not self.machine.is_closed:
-            self._idle = self.clock.callLater(self.network_timeout, self._idle_expired)
+            self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        idle, self._idle = self._idle, None
+        self._timers.stop(idle)
 
     def _idle_expired(self) -> None:
         self._idle = None
         left = self._last_input + self.network_timeout - self.clock.seconds()
         if left > 0:
             # Input came since the call was made: wait for the rest.
-            self._idle = self.clock.callLater(left, self._idle_expired)
+            self._idle = self._timers.call_later(left, self._idle_expired)
             return
         if self.is_busy():
             # A long operation (a C-MOVE sub-operation, a big query) keeps a
@@ -646,14 +685,15 @@ def _nothing_queued(transport: Any) -> bool:
         return False
 
 
-#: Listening ports and what their accepted sockets do with TCP_NODELAY:
-#: True, they inherit it from the listening socket (set there by the
-#: first connection; Linux and the BSDs copy it to accepted sockets), so
-#: nothing is left to do per connection; False, they do not (set per
-#: connection); a number, how many more connections to check before
-#: deciding False (those accepted before the listening socket had it
-#: have not inherited it).
-_NODELAY_PORTS: weakref.WeakKeyDictionary[Any, bool | int] = weakref.WeakKeyDictionary()
+#: What a listening port's accepted sockets do with TCP_NODELAY, kept in
+#: the port's ``nodelay_inherited`` attribute: True, they inherit it from
+#: the listening socket (set there by the first connection; Linux and the
+#: BSDs copy it to accepted sockets), so nothing is left to do per
+#: connection; False, they do not (set per connection); a number, how many
+#: more connections to check before deciding False (those accepted before
+#: the listening socket had it have not inherited it); absent, not known
+#: yet.
+NODELAY_STATE = "nodelay_inherited"
 #: Accepted sockets checked for an inherited TCP_NODELAY before giving up.
 NODELAY_CHECKS = 32
 
@@ -685,12 +725,12 @@ def _set_nodelay(transport: Any) -> None:
 
 def _inherits_nodelay(transport: tcp.Server) -> bool:
     """True if this accepted socket has TCP_NODELAY from its listening
-    socket (see :data:`_NODELAY_PORTS`); otherwise the caller sets it."""
+    socket (see :data:`NODELAY_STATE`); otherwise the caller sets it."""
     port = transport.server
+    state = getattr(port, NODELAY_STATE, None)
+    if state is True or state is False:
+        return state
     try:
-        state = _NODELAY_PORTS.get(port)
-        if state is True or state is False:
-            return state
         if state is None:
             if getattr(port, "nodelay_set", False):
                 # An AcceptorPort set it when it started listening.
@@ -699,17 +739,17 @@ def _inherits_nodelay(transport: tcp.Server) -> bool:
                 # The port's first connection: from now on its listening
                 # socket hands the option on.
                 port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _NODELAY_PORTS[port] = NODELAY_CHECKS
+                setattr(port, NODELAY_STATE, NODELAY_CHECKS)
                 return False
         if transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
-            _NODELAY_PORTS[port] = True
+            setattr(port, NODELAY_STATE, True)
             return True
-        _NODELAY_PORTS[port] = state - 1 if state > 1 else False
+        setattr(port, NODELAY_STATE, state - 1 if state > 1 else False)
     except (OSError, AttributeError, TypeError):
-        # No listening socket to set (a port adopted another way), or not
-        # weakly referenceable: per connection.
+        # No listening socket to set (a port adopted another way), or no
+        # attributes to keep: per connection.
         try:
-            _NODELAY_PORTS[port] = False
-        except TypeError:
+            setattr(port, NODELAY_STATE, False)
+        except AttributeError:
             pass
     return False

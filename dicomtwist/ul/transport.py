@@ -43,7 +43,7 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import address, defer, error, tcp
+from twisted.internet import address, defer, error, main, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
@@ -87,6 +87,20 @@ class AcceptedConnection(tcp.Server):
         protocol = getattr(self, "protocol", None)
         return (f"<{type(protocol).__name__} #{self.sessionno} on"
                 f" {getattr(self.server, '_realPortNumber', '?')}>")
+
+    def doRead(self) -> Any:
+        """Read what is there and hand it to the protocol (``tcp.Connection``'s
+        ``doRead`` and ``_dataReceived`` in one)."""
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            if e.args[0] in _NOTHING_WAITING:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
 
     def readConnectionLost(self, reason: Any) -> None:
         """The peer's end of file: the connection is lost, unless the
