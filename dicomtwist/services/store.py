@@ -608,23 +608,19 @@ class ArchiveStore:
             self._durable_buckets[number] = 1
 
     def _commit_one(self, item: "_Prepared") -> tuple[int, str]:
+        """Index one instance and rename its file into place, in one
+        savepoint of the batch's transaction (the rename is the index's
+        ``then``: if it fails, the rows roll back)."""
         try:
-            with self.index.transaction():
-                if not self._durable_buckets[item.bucket]:
-                    _make_bucket(os.path.dirname(item.final))
-                if item.metadata is None:
-                    self.index.add(item.ds, item.relative, item.transfer_syntax, item.size)
-                else:
-                    self.index.add(item.ds, item.relative, item.transfer_syntax,
-                                   item.size, metadata=item.metadata)
-                try:
-                    os.replace(item.temp, item.final)
-                except FileNotFoundError:
-                    # The bucket went (removed by hand while running):
-                    # make it again, and fsync it and its parents.
-                    self._durable_buckets[item.bucket] = 0
-                    _make_bucket(os.path.dirname(item.final))
-                    os.replace(item.temp, item.final)
+            if not self._durable_buckets[item.bucket]:
+                _make_bucket(os.path.dirname(item.final))
+            rename = functools.partial(self._rename, item)
+            if item.metadata is None:
+                self.index.add(item.ds, item.relative, item.transfer_syntax, item.size,
+                               then=rename)
+            else:
+                self.index.add(item.ds, item.relative, item.transfer_syntax,
+                               item.size, metadata=item.metadata, then=rename)
             item.temp = ""
             return Status.SUCCESS, ""
         except OSError as e:
@@ -633,6 +629,18 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+    def _rename(self, item: "_Prepared") -> None:
+        """Move an instance's temporary file to its place (inside its
+        savepoint, once its rows are written)."""
+        try:
+            os.replace(item.temp, item.final)
+        except FileNotFoundError:
+            # The bucket went (removed by hand while running): make it
+            # again, and fsync it and its parents.
+            self._durable_buckets[item.bucket] = 0
+            _make_bucket(os.path.dirname(item.final))
+            os.replace(item.temp, item.final)
 
 
 def _make_bucket(leaf: str) -> None:
