@@ -584,13 +584,14 @@ class ArchiveStore:
         leaves: dict[str, None] = {}
         parents: dict[str, None] = {}
         new: list[int] = []
+        top = self.directory
         for item in items:
-            leaf = os.path.dirname(item.final)
-            leaves[leaf] = None
+            # ``relative`` is "ab/cd/<uid>.dcm": the leaf is "ab/cd", its parent "ab".
+            leaves[f"{top}/{item.relative[:5]}"] = None
             number = item.bucket
             if not self._durable_buckets[number]:
                 new.append(number)
-                parents[os.path.dirname(leaf)] = None
+                parents[f"{top}/{item.relative[:2]}"] = None
         # All at once: every rename and mkdir they cover is done, and the
         # batch is answered only when all have returned, so their order
         # does not matter (a crash in between loses only what was not
