@@ -260,10 +260,20 @@ class ArchiveStore:
             return data.status, data.comment
         if not isinstance(data, Spooled):
             return Status.STORE_CANNOT_UNDERSTAND, "no data set"
-        if info is not None:
-            info.receive = data.receive
         message = CStoreRQ(message_id=0, affected_sop_class_uid=sop_class_uid,
                            affected_sop_instance_uid=sop_instance_uid)
+        return await self._store_message(message, transfer_syntax, data, study, info)
+
+    def _store_message(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
+                       study: str | None, info: StoreInfo | None) -> Deferred:
+        """:meth:`store_spooled` of a spooled data set, with the request it
+        came with (a C-STORE's own, not a copy); ``data`` is released
+        whatever happens.
+
+        :returns: a Deferred firing with ``(status, comment)``.
+        """
+        if info is not None:
+            info.receive = data.receive
         answer: Deferred = Deferred()
         try:
             # One trip to the pool, and one back for every instance its
@@ -271,9 +281,13 @@ class ArchiveStore:
             self.pool.callInThreadWithCallback(
                 functools.partial(_answer_failure, self.reactor, answer), self._store_answered,
                 message, transfer_syntax, data, answer, study, info)
-            return await answer
-        finally:
+        except BaseException:
             data.release()
+            raise
+        # Released in the worker once written; again (a no-op then) once
+        # answered, for a pool that never ran it.
+        answer.addBoth(_released, data)
+        return answer
 
     def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
         """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
@@ -305,9 +319,8 @@ class ArchiveStore:
         if events.bus.observed:
             info = StoreInfo()
             started = time.monotonic()
-        status, comment = await self.store_spooled(
-            message.affected_sop_class_uid, message.affected_sop_instance_uid,
-            request.context.transfer_syntax, data, info=info)
+        status, comment = await self._store_message(
+            message, request.context.transfer_syntax, data, None, info)
         if info is not None:
             publish_store("dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
                           message.affected_sop_class_uid, message.affected_sop_instance_uid,
@@ -801,6 +814,11 @@ def _uid(ds: Dataset, tag: int) -> str:
     if isinstance(element, RawDataElement):
         return bytes(element.value or b"").decode("latin-1").rstrip("\0 ")
     return str(element.value)
+
+
+def _released(result: object, data: Spooled) -> object:
+    data.release()
+    return result
 
 
 def _fire(answers: list[tuple[Deferred, tuple[int, str]]]) -> None:
