@@ -239,15 +239,18 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual(self.pool.jobs, [])
 
     def test_batch_answered_in_one_call(self):
-        """Stores prepared while a commit runs are committed by another
-        worker and answered together, in one call; the first store's own
-        answer came in one call of its own before."""
+        """Stores prepared while a commit runs are committed next by the
+        same worker (no hand-off to another) and answered together, in one
+        call; the first store's own answer came in one call of its own
+        before."""
         first = self.spooled()
         rest = [self.spooled() for _ in range(3)]
         original = self.store.commit_batch
         answers = []
+        self.batches = []
 
         def commit(items):
+            self.batches.append(len(items))
             if not answers:
                 for ds, data in rest:
                     answers.append(self.start(ds, data))
@@ -255,16 +258,18 @@ class AnswerTests(SynchronousTestCase):
             return original(items)
 
         self.store.commit_batch = commit
+        fired = []
         answer = self.start(*first)
+        answer.addCallback(lambda result: fired.append(
+            [queued.called for queued in answers]) or result)
         self.pool.run_next()
         self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
-        self.assertEqual(self.reactor.from_threads, 1)
-        for queued in answers:
-            self.assertNoResult(queued)
-        self.pool.run_next()  # the hand-off
+        self.assertEqual(fired, [[False, False, False]], "answered before the next batch")
         for queued in answers:
             self.assertEqual(self.successResultOf(queued), (Status.SUCCESS, ""))
         self.assertEqual(self.reactor.from_threads, 2)
+        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(self.batches, [1, 3])
         self.assertEqual(self.index.count("IMAGE"), 4)
         self.assertFalse(self.store._committing)
 

@@ -371,17 +371,19 @@ class ArchiveStore:
             if self._committing:
                 return
             self._committing = True
-        self._commit_queued(own=prepared, answer_own=True)
+        # Its own answer goes out with its batch's, before the next batch:
+        # nothing waits on this worker, so it commits what was queued
+        # meanwhile itself (no hand-off to another worker).
+        self._commit_queued()
 
-    def _commit_queued(self, own: "_Prepared | None" = None,
-                       answer_own: bool = False) -> tuple[int, str] | None:
+    def _commit_queued(self, own: "_Prepared | None" = None) -> tuple[int, str] | None:
         """Commit the queue in batches (group commit), as the only committer.
 
-        With ``own``, return its result as soon as its batch is done and
-        hand what was queued meanwhile to another worker, so that its
-        answer is not held up.  With ``answer_own``, ``own`` is answered
-        through its Deferred like the others of its batch (one
-        ``callFromThread`` for the batch), and None is returned.
+        With ``own`` (:meth:`store`), return its result as soon as its batch
+        is done and hand what was queued meanwhile to another worker, so
+        that its answer is not held up; without, answer every batch through
+        the Deferreds (one ``callFromThread`` a batch) until the queue is
+        empty.
         """
         while True:
             with self._lock:
@@ -393,7 +395,7 @@ class ArchiveStore:
             mine = None
             answers = []
             for (item, answer), result in zip(batch, results):
-                if item is own and not answer_own:
+                if item is own:
                     mine = result
                 else:
                     answers.append((answer, result))
