@@ -442,6 +442,25 @@ class DurabilityTests(SynchronousTestCase):
         self.assertEqual(self.store_uid(uid), (Status.SUCCESS, ""))
         self.assertEqual(len([e for e in self.events if e[0] == "fsync"]), 3)
 
+    def test_one_failed_fsync_among_several_fails_the_batch(self):
+        """An fsync that fails in one of the fsync threads (not the
+        committer's own) fails the batch too, once every fsync has ended."""
+        uid = uid_in(lambda b: True)
+        leaf = os.path.dirname(instance_path(self.root, uid))
+        ended = []
+
+        def leaf_broken(directory):
+            if directory == leaf:
+                raise OSError(errno.EIO, "I/O error")
+            ended.append(directory)
+
+        self.patch(store_module, "fsync_directory", leaf_broken)
+        status, _ = self.store_uid(uid)
+        self.assertEqual(status, Status.OUT_OF_RESOURCES)
+        self.assertEqual(sorted(ended), sorted([os.path.dirname(leaf), self.root]))
+        self.assertIsNone(self.index.get_path(uid))
+        self.flushLoggedErrors(OSError)
+
     def test_bucket_removed_while_running_is_made_again(self):
         """A bucket removed by hand while the archive runs is made again and
         fsynced with its parents."""

@@ -667,4 +667,28 @@ class MalformedTests(SynchronousTestCase):
     def test_messages_are_value_errors(self) -> None:
         """HeaderError is a ValueError, so callers catching those see it."""
         self.assertTrue(issubclass(HeaderError, ValueError))
-        self.assertEqual(header.__all__, ["HeaderError", "MAX_DEPTH", "scan"])
+        self.assertEqual(header.__all__, ["HeaderError", "MAX_DEPTH", "scan", "tag_object"])
+
+
+class TagObjectTests(SynchronousTestCase):
+    """Every scanned data set keys an element by the one ``tag_object`` of
+    its tag, so a lookup with that object finds it by identity."""
+
+    def test_keys_are_the_shared_objects(self) -> None:
+        """Two scans key the same tag by the same BaseTag object, equal to
+        the tag, and ``ds[tag]`` still works with any spelling."""
+        ds = Dataset()
+        ds.PatientID = "P1"
+        ds.SOPInstanceUID = "1.2.3"
+        raw = encode_dataset(ds, "1.2.840.10008.1.2.1")
+        first = scan(raw, "1.2.840.10008.1.2.1", {0x00100020, 0x00080018})
+        second = scan(raw, "1.2.840.10008.1.2.1", frozenset({0x00100020, 0x00080018}))
+        shared = header.tag_object(0x00100020)
+        self.assertIsInstance(shared, BaseTag)
+        self.assertEqual(shared, 0x00100020)
+        for scanned in (first, second):
+            self.assertTrue(any(key is shared for key in scanned._dict))
+            self.assertIs(scanned._dict.get(shared).tag, shared)
+            self.assertEqual(scanned[0x00100020].value, "P1")
+            self.assertEqual(scanned["SOPInstanceUID"].value, "1.2.3")
+        self.assertIs(header.tag_object(0x00100020), shared)

@@ -28,7 +28,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from dicomtwist.dimse.messages import COMMAND_FIELDS, Message
+from dicomtwist.dimse.messages import COMMAND_FIELDS, CStoreRQ, CStoreRSP, Message
 from dicomtwist.errors import DIMSEDecodeError
 
 __all__ = [
@@ -109,7 +109,8 @@ def _pad(value: bytes, pad: bytes) -> bytes:
 
 
 def _encode_ui(value: str) -> bytes:
-    return _pad(value.encode("ascii"), b"\x00")
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
 
 
 def _encode_ae(value: str) -> bytes:
@@ -208,7 +209,10 @@ def encode_command(msg: Message, has_dataset: bool) -> bytes:
     """
     # Memoised: a C-FIND's (or C-MOVE's) pending responses repeat one
     # command set.  Messages are frozen dataclasses, hashable unless a
-    # field holds a list.
+    # field holds a list.  A C-STORE's never repeats (its SOP Instance
+    # UID differs): hashing it would only cost.
+    if type(msg) in _NEVER_REPEATED:
+        return _encode_command(msg, has_dataset)
     try:
         return _memoised_command(msg, has_dataset)
     except TypeError:
@@ -220,24 +224,36 @@ def _memoised_command(msg: Message, has_dataset: bool) -> bytes:
     return _encode_command(msg, has_dataset)
 
 
+#: Messages whose command sets are not memoised.
+_NEVER_REPEATED = frozenset({CStoreRQ, CStoreRSP})
+_DATA_SET_TYPE_VALUES = {True: _US.pack(DATA_SET_PRESENT), False: _US.pack(DATA_SET_ABSENT)}
+#: Per message class, ``(element, field, encoder)`` in tag order, the
+#: CommandField and CommandDataSetType (field None) in their places.
+_ENCODING_LAYOUTS = {
+    cls: tuple(sorted([(element, name, _ENCODERS[vr]) for element, name, vr, _ in layout]
+                      + [(_COMMAND_FIELD, None, None), (_COMMAND_DATA_SET_TYPE, None, None)],
+                      key=lambda entry: entry[0]))
+    for cls, layout in _LAYOUTS.items()
+}
+
+
 def _encode_command(msg: Message, has_dataset: bool) -> bytes:
-    values: list[tuple[int, bytes]] = [
-        (_COMMAND_FIELD, _US.pack(msg.COMMAND_FIELD)),
-        (_COMMAND_DATA_SET_TYPE,
-         _US.pack(DATA_SET_PRESENT if has_dataset else DATA_SET_ABSENT)),
-    ]
-    for element, name, vr, _required in _LAYOUTS[type(msg)]:
-        value = getattr(msg, name)
-        if value is not None:
-            values.append((element, _ENCODERS[vr](value)))
-    values.sort(key=lambda item: item[0])
+    header = _ELEMENT_HEADER.pack
     parts = []
-    for element, raw in values:
-        parts.append(_ELEMENT_HEADER.pack(0x0000, element, len(raw)))
+    for element, name, encode in _ENCODING_LAYOUTS[type(msg)]:
+        if name is None:
+            raw = (_US.pack(msg.COMMAND_FIELD) if element == _COMMAND_FIELD
+                   else _DATA_SET_TYPE_VALUES[bool(has_dataset)])
+        else:
+            value = getattr(msg, name)
+            if value is None:
+                continue
+            raw = encode(value)
+        parts.append(header(0x0000, element, len(raw)))
         parts.append(raw)
     body = b"".join(parts)
     return b"".join((
-        _ELEMENT_HEADER.pack(0x0000, _COMMAND_GROUP_LENGTH, 4),
+        header(0x0000, _COMMAND_GROUP_LENGTH, 4),
         _UL.pack(len(body)),
         body,
     ))

@@ -24,9 +24,9 @@ import functools
 import io
 import mmap
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,7 +57,7 @@ from dicomtwist.storage.files import (
     scratch_file,
     write_temporary,
 )
-from dicomtwist.storage.header import scan, scan_file
+from dicomtwist.storage.header import scan, scan_file, tag_object
 from dicomtwist.storage.index import INDEXED_TAGS
 
 
@@ -454,8 +454,8 @@ class ArchiveStore:
                 info.fsync = time.monotonic() - written
                 info.size = size
                 info.study_instance_uid = found_study
-                info.patient_id = _text(ds, 0x00100020)
-                info.patient_name = _text(ds, 0x00100010)
+                info.patient_id = _text(ds, _PATIENT_ID)
+                info.patient_name = _text(ds, _PATIENT_NAME)
                 prepared.info = info
             return prepared
         except OSError as e:
@@ -662,34 +662,99 @@ _BUCKETS = 256 * 256
 
 #: At most this many directory fsyncs of a batch run at once.
 FSYNC_CONCURRENCY = 16
-_fsync_pool: ThreadPoolExecutor | None = None
-_fsync_pool_lock = threading.Lock()
+
+
+class _Countdown:
+    """The directory fsyncs of one batch still running, and their errors."""
+
+    __slots__ = ("left", "lock", "done", "errors")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.lock = threading.Lock()
+        #: Held until the last fsync has ended.
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.errors: list[BaseException] = []
+
+    def finish(self, error: BaseException | None) -> None:
+        """One fsync ended (``error`` if it failed)."""
+        with self.lock:
+            if error is not None:
+                self.errors.append(error)
+            self.left -= 1
+            if not self.left:
+                self.done.release()
+
+
+class _FsyncThreads:
+    """Threads that fsync directories for the group commit, started as
+    needed up to ``size`` and kept (daemons, each waiting on one queue).
+
+    Lighter than a ``concurrent.futures`` pool, whose future, condition
+    and waiter per fsync cost as much Python as the rest of a commit.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def fsync_all(self, directories: list[str]) -> None:
+        """fsync ``directories`` at once: all but the last in the threads,
+        the last in this one; return when all have ended.
+
+        :raises BaseException: the first fsync that failed.
+        """
+        others = directories[:-1]
+        countdown = _Countdown(len(others))
+        wanted = min(self.size, len(others))
+        if self._started < wanted:
+            with self._lock:
+                while self._started < wanted:
+                    self._started += 1
+                    threading.Thread(target=self._work, daemon=True,
+                                     name=f"dicomtwist-fsync-{self._started}").start()
+        for directory in others:
+            self._queue.put((directory, countdown))
+        error: BaseException | None = None
+        try:
+            fsync_directory(directories[-1])
+        except BaseException as e:
+            error = e
+        countdown.done.acquire()
+        if error is not None:
+            raise error
+        if countdown.errors:
+            raise countdown.errors[0]
+
+    def _work(self) -> None:
+        while True:
+            directory, countdown = self._queue.get()
+            try:
+                fsync_directory(directory)
+            except BaseException as e:
+                countdown.finish(e)
+            else:
+                countdown.finish(None)
+
+
+_fsync_threads = _FsyncThreads(FSYNC_CONCURRENCY)
 
 
 def _fsync_all(directories: list[str]) -> None:
     """fsync ``directories``, concurrently when there are several (in a
-    small pool of its own: the caller is a worker of the store pool, which
-    it must not wait on).
+    few threads of their own: the caller is a worker of the store pool,
+    which it must not wait on).
 
     :raises OSError: the first fsync that failed (after all have ended).
     """
-    global _fsync_pool
     if len(directories) <= 1:
         for directory in directories:
             fsync_directory(directory)
         return
-    with _fsync_pool_lock:
-        if _fsync_pool is None:
-            _fsync_pool = ThreadPoolExecutor(FSYNC_CONCURRENCY,
-                                             thread_name_prefix="dicomtwist-fsync")
-    # The last one in this thread, which would otherwise only wait.
-    futures = [_fsync_pool.submit(fsync_directory, d) for d in directories[:-1]]
-    try:
-        fsync_directory(directories[-1])
-    finally:
-        wait(futures)
-    for future in futures:
-        future.result()
+    _fsync_threads.fsync_all(directories)
 
 
 #: Syntaxes ``store_as`` compresses (uncompressed and Deflated).
@@ -706,8 +771,13 @@ def file_dataset_offset(path: str) -> int:
     return offset
 
 
-#: SOP Instance, SOP Class, Study Instance and Series Instance UID.
-_CHECKED_UIDS = (0x00080018, 0x00080016, 0x0020000D, 0x0020000E)
+#: SOP Instance, SOP Class, Study Instance and Series Instance UID, as
+#: the header scanner's own tag objects (found by identity).
+_CHECKED_UIDS = tuple(map(tag_object, (0x00080018, 0x00080016, 0x0020000D, 0x0020000E)))
+
+
+_PATIENT_ID = tag_object(0x00100020)
+_PATIENT_NAME = tag_object(0x00100010)
 
 
 def _uid(ds: Dataset, tag: int) -> str:

@@ -222,18 +222,29 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
 
     :raises UnicodeEncodeError: a value is not ASCII.
     """
+    before, after = _meta_around_instance(sop_class_uid, transfer_syntax, source_ae_title)
+    instance = _meta_element(0x0003, b"UI", sop_instance_uid, b"\x00")
+    return b"".join((_PREAMBLE,
+                     _UL_ELEMENT.pack(0x0002, 0x0000, b"UL", 4,
+                                      len(before) + len(instance) + len(after)),
+                     before, instance, after))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_around_instance(sop_class_uid: str, transfer_syntax: str,
+                          source_ae_title: str | None) -> tuple[bytes, bytes]:
+    """The File Meta Information elements before and after (0002,0003)
+    Media Storage SOP Instance UID: the same for every instance of a SOP
+    class received in one transfer syntax (from one AE), so made once."""
+    before = b"".join((_VERSION, _meta_element(0x0002, b"UI", sop_class_uid, b"\x00")))
     parts = [
-        _VERSION,
-        _meta_element(0x0002, b"UI", sop_class_uid, b"\x00"),
-        _meta_element(0x0003, b"UI", sop_instance_uid, b"\x00"),
         _meta_element(0x0010, b"UI", transfer_syntax, b"\x00"),
         _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID, b"\x00"),
         _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME, b" "),
     ]
     if source_ae_title:
         parts.append(_meta_element(0x0016, b"AE", source_ae_title, b" "))
-    body = b"".join(parts)
-    return b"".join((_PREAMBLE, _UL_ELEMENT.pack(0x0002, 0x0000, b"UL", 4, len(body)), body))
+    return before, b"".join(parts)
 
 
 def dataset_offset(buffer: bytes | memoryview) -> int | None:

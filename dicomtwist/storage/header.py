@@ -47,7 +47,7 @@ from pydicom.uid import UID
 
 from dicomtwist.storage.files import dataset_offset
 
-__all__ = ["HeaderError", "MAX_DEPTH", "scan"]
+__all__ = ["HeaderError", "MAX_DEPTH", "scan", "tag_object"]
 
 
 class HeaderError(ValueError):
@@ -150,7 +150,9 @@ def _keep(wanted: frozenset[int]) -> frozenset[int]:
             keep.add(tag & 0xFFFF0000 | (tag & 0xFF00) >> 8)
         elif tag in _DEPENDS_ON:
             keep.add(_DEPENDS_ON[tag])
-    return frozenset(keep)
+    # Plain ints: the scan asks ``tag in keep`` of every element, and a
+    # BaseTag member would answer each hit through its Python ``__eq__``.
+    return frozenset(int(tag) for tag in keep)
 
 
 def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: str,
@@ -234,6 +236,10 @@ def _character_set(value: bytes | None) -> tuple[str, ...]:
 # Attribute values a new Dataset may share with the prototype.
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
 _PROTOTYPE = vars(Dataset())
+#: The prototype's attributes a new data set shares, and those it copies.
+_SHARED = {name: value for name, value in _PROTOTYPE.items() if isinstance(value, _IMMUTABLE)}
+_COPIED = tuple((name, value) for name, value in _PROTOTYPE.items()
+                if not isinstance(value, _IMMUTABLE) and name != "_dict")
 
 
 def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little: bool,
@@ -248,8 +254,9 @@ def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little
     """
     ds = Dataset.__new__(Dataset)
     state = ds.__dict__
-    for name, value in _PROTOTYPE.items():
-        state[name] = value if isinstance(value, _IMMUTABLE) else copy(value)
+    state.update(_SHARED)
+    for name, value in _COPIED:
+        state[name] = value.copy() if type(value) is dict else copy(value)
     state["_dict"] = elements
     state["_read_implicit"] = implicit
     state["_read_little"] = little
@@ -331,11 +338,29 @@ def _raw(view: memoryview, tag: int, vr: str | None, length: int, start: int, st
         Item if its length is undefined: that item is not part of the value).
     """
     if length == _UNDEFINED:
-        return RawDataElement(BaseTag(tag), _undefined_vr(view, tag, vr, start, little), length,
-                              bytes(view[start:stop - 8]), start, implicit, little)
-    return RawDataElement(BaseTag(tag), vr, length,
+        return RawDataElement(tag_object(tag), _undefined_vr(view, tag, vr, start, little),
+                              length, bytes(view[start:stop - 8]), start, implicit, little)
+    return RawDataElement(tag_object(tag), vr, length,
                           bytes(view[start:stop]) if length else empty_value_for_VR(vr, raw=True),
                           start, implicit, little)
+
+
+#: One ``BaseTag`` per kept tag, shared by every scanned data set.
+_TAG_OBJECTS: dict[int, BaseTag] = {}
+
+
+def tag_object(tag: int) -> BaseTag:
+    """The ``BaseTag`` the scanner keys element ``tag`` by in every data set
+    it returns: look elements up with this very object (``ds._dict.get``)
+    and the dictionary finds it by identity, without calling
+    ``BaseTag.__eq__`` (Python code) as any other int or tag would.
+
+    Only kept tags are ever made, so the table stays small.
+    """
+    found = _TAG_OBJECTS.get(tag)
+    if found is None:
+        found = _TAG_OBJECTS.setdefault(tag, BaseTag(tag))
+    return found
 
 
 def _out_of_order(tag: int, previous: int, offset: int) -> HeaderError:
