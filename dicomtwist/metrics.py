@@ -16,17 +16,39 @@ Index counts and free space need the file system or the database: they
 are refreshed off the reactor (:meth:`ArchiveMetrics.refresh`, in the
 thread pool, before a scrape is answered) and kept for :data:`LEVELS_TTL`
 seconds, or until an instance is stored; collecting never blocks.
+
+Under ``--workers N`` (:mod:`dicomtwist.workers`) every worker is given
+``shared``, the directory the supervisor made for the workers' metrics
+(``PROMETHEUS_MULTIPROC_DIR`` in their environment), and prometheus-client
+runs in its multiprocess mode: each worker's counters, histograms and
+gauges live in memory-mapped files there, and every worker's ``/metrics``
+answers the same exposition, merged from all the files
+(``MultiProcessCollector``).  Counters and histograms are summed over the
+workers (a worker that exited or was restarted keeps its counts in the
+sum, so totals never go back).  Levels are gauges with the mode that
+gives one meaningful value for the archive: ``livesum`` for what each
+worker has (associations, queues, threads, held memory: the archive's
+total is the sum over the live workers) and ``livemostrecent`` for what
+every worker measures the same (index counts, free space: the freshest
+measurement).  A worker writes its levels every :data:`SAMPLE_INTERVAL`
+seconds and just before it answers a scrape; the supervisor drops the
+gauges of a worker that exits (``mark_process_dead``).  Without
+``shared`` (one process) nothing of this is used: a private registry in
+memory, as before.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
@@ -34,7 +56,8 @@ from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.status import Category, Status, category
 
-__all__ = ["ArchiveMetrics", "status_label", "LEVELS_TTL"]
+__all__ = ["ArchiveMetrics", "MULTIPROCESS_ENVIRONMENT", "SAMPLE_INTERVAL", "status_label",
+           "LEVELS_TTL"]
 
 # The ``*_created`` series (a timestamp per counter and label set) double
 # the exposition and tell a scraper nothing it does not know.
@@ -42,6 +65,12 @@ disable_created_metrics()
 
 #: Seconds the index counts and the free space are kept between refreshes.
 LEVELS_TTL = 10.0
+#: Under ``--workers``: seconds between two writes of a worker's levels
+#: (thread pools, queues, associations) to the shared directory.
+SAMPLE_INTERVAL = 1.0
+#: The environment variable prometheus-client's multiprocess mode reads
+#: (the directory of the memory-mapped files); set for workers only.
+MULTIPROCESS_ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Latency buckets (seconds): a store or a query takes from a millisecond
 #: (in memory, group-committed) to seconds (a big spilled instance, a
@@ -88,6 +117,9 @@ class ArchiveMetrics:
     :param pool: where index counts and free space are read.
     :param active: a callable giving the associations established now.
     :param audit: the audit trail, if any (its ``dropped`` count is exported).
+    :param shared: under ``--workers``: the directory of the workers'
+        metrics files (prometheus-client's multiprocess mode); None (one
+        process): a registry in memory.
     """
 
     log = dlog.logger()
@@ -96,7 +128,8 @@ class ArchiveMetrics:
                  store: Any = None, index: Any = None, directory: str | None = None,
                  reactor: Any = None, pool: Any = None,
                  active: Callable[[], int] | None = None, audit: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared: str | None = None) -> None:
         self.ae_titles = frozenset(ae_titles)
         self.pools = dict(pools or {})
         self.store = store
@@ -116,9 +149,29 @@ class ArchiveMetrics:
         #: Who waits for the refresh running now (None: none runs).
         self._waiters: list[Deferred] | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._build(self.registry)
-        self.registry.register(_Levels(self))
+        self.shared = shared
+        #: Under ``--workers``: writes the levels every SAMPLE_INTERVAL.
+        self._sampler: LoopingCall | None = None
+        if shared is None:
+            _in_memory_values()
+            #: What ``/metrics`` exposes.
+            self.registry = CollectorRegistry(auto_describe=True)
+            self._build(self.registry)
+            self.registry.register(_Levels(self))
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            _shared_values(shared)
+            # The metrics write to the shared files; their own registry is
+            # never exposed (it holds this worker's values only).
+            own = CollectorRegistry(auto_describe=True)
+            self._build(own)
+            self._build_levels(own)
+            self.registry = CollectorRegistry()
+            # Collected in this order: this worker's levels are written,
+            # then every worker's files are merged.
+            self.registry.register(_Sampler(self))
+            MultiProcessCollector(self.registry, path=shared)
         self._handlers: dict[type, Callable[[Any], None]] = {
             events.AssociationAccepted: self._accepted,
             events.AssociationRejected: self._rejected,
@@ -147,8 +200,9 @@ class ArchiveMetrics:
         self.associations_released = Counter(
             p + "associations_released", "Established associations released", registry=r)
         self.associations_active = Gauge(
-            p + "associations_active", "Associations established now", registry=r)
-        if self._active is not None:
+            p + "associations_active", "Associations established now", registry=r,
+            multiprocess_mode="livesum")
+        if self._active is not None and self.shared is None:
             self.associations_active.set_function(self._active)
         self.operations = Counter(
             p + "dimse_operations", "DIMSE requests served, by service and final status"
@@ -201,17 +255,82 @@ class ArchiveMetrics:
             p + "http_request_seconds", "Seconds to answer an HTTP request, by route",
             ["route"], buckets=BUCKETS, registry=r)
 
+    def _build_levels(self, r: CollectorRegistry) -> None:
+        """Under ``--workers``: the levels :class:`_Levels` reads at scrape
+        time in one process, as gauges written by :meth:`sample` (and a
+        counter for the audit drops), each with its multiprocess mode."""
+        p = "dicomtwist_"
+        self.pool_queued = Gauge(
+            p + "thread_pool_queued", "Work items waiting for a thread, by pool",
+            ["pool"], registry=r, multiprocess_mode="livesum")
+        self.pool_busy = Gauge(
+            p + "thread_pool_busy", "Threads working, by pool", ["pool"], registry=r,
+            multiprocess_mode="livesum")
+        self.pool_max = Gauge(
+            p + "thread_pool_max", "Threads a pool may run, by pool", ["pool"], registry=r,
+            multiprocess_mode="livesum")
+        self.group_commit_queued = Gauge(
+            p + "group_commit_queued", "Prepared instances waiting for the next group"
+            " commit", registry=r, multiprocess_mode="livesum")
+        self.spool_memory = Gauge(
+            p + "spool_memory_bytes", "Bytes of received data sets held in memory",
+            registry=r, multiprocess_mode="livesum")
+        self.index_entities = Gauge(
+            p + "index_entities", "Entities in the index, by level (refreshed every few"
+            " seconds)", ["level"], registry=r, multiprocess_mode="livemostrecent")
+        self.free_space = Gauge(
+            p + "instance_directory_free_bytes", "Free space of the instance directory's"
+            " file system", registry=r, multiprocess_mode="livemostrecent")
+        self.audit_dropped = Counter(
+            p + "audit_messages_dropped", "Audit messages dropped (the queue to the"
+            " collector was full)", registry=r)
+        #: The audit drops already added to ``audit_dropped``.
+        self._audit_counted = 0
+
+    def sample(self) -> None:
+        """Under ``--workers``: write this worker's levels to the shared
+        files (every :data:`SAMPLE_INTERVAL` seconds and before a scrape)."""
+        if self.shared is None:
+            return
+        for name, pool in self.pools.items():
+            waiting, working = _pool_state(pool)
+            self.pool_queued.labels(name).set(waiting)
+            self.pool_busy.labels(name).set(working)
+            self.pool_max.labels(name).set(getattr(pool, "max", 0))
+        if self.store is not None:
+            self.group_commit_queued.set(len(getattr(self.store, "_queue", ())))
+            budget = getattr(self.store, "budget", None)
+            if budget is not None:
+                self.spool_memory.set(budget.used)
+        if self._active is not None:
+            self.associations_active.set(self._active())
+        if self.audit is not None:
+            dropped = int(getattr(self.audit, "dropped", 0))
+            if dropped > self._audit_counted:
+                self.audit_dropped.inc(dropped - self._audit_counted)
+                self._audit_counted = dropped
+
     # -- the bus -------------------------------------------------------------
     def subscribe(self, bus: events.EventBus = events.bus) -> None:
-        """Start counting the events of ``bus``."""
+        """Start counting the events of ``bus`` (under ``--workers``, and
+        writing the levels every :data:`SAMPLE_INTERVAL` seconds)."""
         if self._unsubscribe is None:
             self._unsubscribe = bus.subscribe(self.observe)
+        if self.shared is not None and self._sampler is None and self.reactor is not None:
+            self._sampler = LoopingCall(self.sample)
+            self._sampler.clock = self.reactor
+            self._sampler.start(SAMPLE_INTERVAL, now=True).addErrback(
+                lambda f: self.log.failure("Cannot write the metrics levels", f))
 
     def unsubscribe(self) -> None:
         """Stop counting."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._sampler is not None:
+            if self._sampler.running:
+                self._sampler.stop()
+            self._sampler = None
 
     def observe(self, event: Any) -> None:
         """Count one event (the bus's observer)."""
@@ -318,6 +437,11 @@ class ArchiveMetrics:
         else:
             self.levels, self.free_bytes = result
             self._levels_at = self._clock()
+            if self.shared is not None:
+                for name, count in self.levels.items():
+                    self.index_entities.labels(name).set(count)
+                if self.free_bytes is not None:
+                    self.free_space.set(self.free_bytes)
         for waiter in waiters:
             waiter.callback(None)
 
@@ -331,6 +455,24 @@ class ArchiveMetrics:
                 levels[name] = int(self.index.count(level))
         free = free_bytes(self.directory) if self.directory is not None else None
         return levels, free
+
+
+def _in_memory_values() -> None:
+    """One process: prometheus-client keeps values in memory, even if
+    ``PROMETHEUS_MULTIPROC_DIR`` was in the environment when it was
+    imported (only the workers of ``--workers`` share files)."""
+    if values.ValueClass is not values.MutexValue:
+        values.ValueClass = values.MutexValue
+        os.environ.pop(MULTIPROCESS_ENVIRONMENT, None)
+
+
+def _shared_values(directory: str) -> None:
+    """A worker: prometheus-client writes values to files in ``directory``
+    (as it does when ``PROMETHEUS_MULTIPROC_DIR`` was set at import, which
+    the supervisor does)."""
+    os.environ[MULTIPROCESS_ENVIRONMENT] = directory
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.MultiProcessValue()
 
 
 def _via(via: str) -> str:
@@ -390,6 +532,23 @@ class _Levels(Collector):
             yield CounterMetricFamily(p + "audit_messages_dropped", "Audit messages dropped"
                                       " (the queue to the collector was full)",
                                       value=int(getattr(m.audit, "dropped", 0)))
+
+
+class _Sampler(Collector):
+    """Under ``--workers``: writes this worker's levels when the shared
+    registry is collected, before the files are merged; yields nothing."""
+
+    def __init__(self, metrics: ArchiveMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        """Nothing."""
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        """Sample; no family of its own."""
+        self.metrics.sample()
+        return []
 
 
 def _pool_state(pool: Any) -> tuple[int, int]:

@@ -339,7 +339,8 @@ class ArchiveService(service.Service):
     log = dlog.logger()
 
     def __init__(self, settings: configuration.Config, reactor: Any,
-                 handle_signals: bool = False, recover: bool = True) -> None:
+                 handle_signals: bool = False, recover: bool = True,
+                 shared_metrics: str | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
         #: Install :func:`_stop_on_signals` once the reactor runs (the
@@ -382,7 +383,7 @@ class ArchiveService(service.Service):
                 pools={"store": self.pool, "pixels": self.pixel_pool},
                 store=factory.store, index=self.index,
                 directory=settings.instance_location, reactor=reactor, pool=self.pool,
-                active=lambda: len(factory.active))
+                active=lambda: len(factory.active), shared=shared_metrics)
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store, metrics=self.metrics,
                                    associations=lambda: len(self.factory.associations))
@@ -696,7 +697,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         check_ports([*listen_descriptions(settings), *([settings.http] if settings.http
                                                        else [])])
     archive = ArchiveService(settings, reactor, handle_signals=daemon,
-                             recover=inherited is None)
+                             recover=inherited is None,
+                             shared_metrics=workers.metrics_directory())
     archive.setServiceParent(top)
     if inherited is not None:
         # A worker of --workers: accept on the supervisor's sockets.
@@ -851,7 +853,8 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
     top = _Top()
     argv = [a for a in options["argv"]]
     supervisor = workers.WorkerSupervisor(reactor, settings.workers, sockets,
-                                          workers.worker_argv(argv))
+                                          workers.worker_argv(argv),
+                                          shared_metrics=settings.http is not None)
     supervisor.setServiceParent(top)
     if daemon:
         reactor.callWhenRunning(_stop_on_signals, reactor)

@@ -11,6 +11,14 @@ reactor, thread pools and index connections.  The index must be one all
 processes share safely: PostgreSQL (``tap.py`` refuses ``--workers`` with
 sqlite).
 
+With HTTP (``/metrics``), the supervisor makes a fresh private directory
+for the workers' metrics (a temporary directory, removed at stop) and
+passes it to every worker in ``PROMETHEUS_MULTIPROC_DIR``: prometheus-
+client's multiprocess mode, so every worker's ``/metrics`` answers the
+totals of all workers (:mod:`dicomtwist.metrics`).  When a worker exits,
+its live gauges are dropped (``mark_process_dead``); its counters stay in
+the sums.
+
 The supervisor restarts a worker that dies (at most
 :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds each), and at stop
 (SIGTERM) passes SIGTERM on and waits for every worker to finish its
@@ -21,8 +29,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +41,8 @@ from twisted.internet import defer, error, protocol
 
 from dicomtwist import log as dlog
 
-__all__ = ["ENVIRONMENT", "Listener", "WorkerSupervisor", "adopted", "bind", "parse_tcp"]
+__all__ = ["ENVIRONMENT", "Listener", "WorkerSupervisor", "adopted", "bind",
+           "metrics_directory", "parse_tcp"]
 
 #: The environment variable telling a worker its listening sockets:
 #: ``fd:family,fd:family`` in the order of the listen descriptions, the
@@ -107,6 +118,14 @@ def adopted() -> list[tuple[int, int]] | None:
     return found
 
 
+def metrics_directory() -> str | None:
+    """In a worker: the shared metrics directory the supervisor made (None
+    without HTTP, and in any other process)."""
+    if os.environ.get(ENVIRONMENT) is None:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class AdoptedPortService(service.Service):
     """Accept on an inherited listening socket (a worker's port)."""
 
@@ -157,6 +176,8 @@ class _Worker(protocol.ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.ended: defer.Deferred = defer.Deferred()
+        #: The process id (known once spawned; Twisted forgets it at the end).
+        self.pid: int | None = None
 
     def processEnded(self, reason: Any) -> None:
         """Tell the supervisor; fire ``ended``."""
@@ -173,12 +194,14 @@ class WorkerSupervisor(service.Service):
     :param sockets: the listening sockets, in the order the workers adopt
         them.
     :param argv: the worker's command line (this program and its options).
+    :param shared_metrics: make a directory for the workers' metrics files
+        (prometheus-client's multiprocess mode): with HTTP.
     """
 
     log = dlog.logger()
 
     def __init__(self, reactor: Any, count: int, sockets: list[socket.socket],
-                 argv: list[str]) -> None:
+                 argv: list[str], shared_metrics: bool = False) -> None:
         self.reactor = reactor
         self.count = count
         self.sockets = sockets
@@ -186,10 +209,15 @@ class WorkerSupervisor(service.Service):
         self.workers: dict[int, _Worker] = {}
         self._restarts: dict[int, list[float]] = {}
         self._stopping = False
+        self.shared_metrics = shared_metrics
+        #: The workers' metrics directory while running (None without).
+        self.metrics_directory: str | None = None
 
     def startService(self) -> None:
-        """Spawn the workers."""
+        """Make the metrics directory, spawn the workers."""
         super().startService()
+        if self.shared_metrics and self.metrics_directory is None:
+            self.metrics_directory = tempfile.mkdtemp(prefix="dicomtwist-metrics-")
         for number in range(self.count):
             self._spawn(number)
         self.log.info("Started {count} worker process(es)", count=self.count)
@@ -202,15 +230,27 @@ class WorkerSupervisor(service.Service):
             child_fds[3 + n] = sock.fileno()
             mapping.append(f"{3 + n}:{int(sock.family)}")
         env[ENVIRONMENT] = ",".join(mapping)
+        from dicomtwist.metrics import MULTIPROCESS_ENVIRONMENT
+
+        env.pop(MULTIPROCESS_ENVIRONMENT, None)
+        if self.metrics_directory is not None:
+            env[MULTIPROCESS_ENVIRONMENT] = self.metrics_directory
         worker = _Worker(self, number)
         self.workers[number] = worker
-        self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env,
-                                  childFDs=child_fds)
+        transport = self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env,
+                                              childFDs=child_fds)
+        worker.pid = getattr(transport, "pid", None)
 
     def ended(self, worker: _Worker, code: int | None, signal_number: int | None) -> None:
         """A worker exited: restart it, unless stopping or restarting too often."""
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if self.metrics_directory is not None and worker.pid is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            # Its live gauges (associations, queues) leave the sums; its
+            # counters stay in the totals.
+            mark_process_dead(worker.pid, self.metrics_directory)
         if self._stopping or not self.running:
             return
         self.log.warn("Worker {number} exited (code {code}, signal {signal})",
@@ -243,6 +283,9 @@ class WorkerSupervisor(service.Service):
                 timer.cancel()
             for sock in self.sockets:
                 sock.close()
+            if self.metrics_directory is not None:
+                shutil.rmtree(self.metrics_directory, ignore_errors=True)
+                self.metrics_directory = None
             return result
 
         return done.addBoth(finished)

@@ -501,3 +501,159 @@ class OpsHttpTests(WebTestCase):
         self.assertTrue(lines[0].startswith("index not reachable: "), lines)
         self.assertTrue(lines[1].startswith("free disk space "), lines)
         self.assertTrue(lines[1].endswith(" is below the floor of 1000000000 MB"), lines)
+
+
+class _Pool:
+    """A thread pool's state as :func:`dicomtwist.metrics._pool_state` reads it."""
+
+    def __init__(self, working: int, size: int) -> None:
+        self.working = [object()] * working
+        self.max = size
+
+
+class _Clock:
+    """prometheus-client's wall clock, for the timestamps of ``mostrecent``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class SharedMetricsTests(SynchronousTestCase):
+    """Under ``--workers``: prometheus-client's multiprocess mode over a
+    shared directory.  Two workers are simulated in this process, one after
+    the other, each with its own process id (as prometheus-client's own
+    tests do)."""
+
+    def setUp(self) -> None:
+        from prometheus_client import values
+
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        saved = values.ValueClass
+        self.addCleanup(setattr, values, "ValueClass", saved)
+        self.addCleanup(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
+        import prometheus_client.metrics
+
+        self.clock = _Clock()
+        self.patch(prometheus_client.metrics, "time", self.clock)
+
+    def worker(self, pid: int, **options: object) -> ArchiveMetrics:
+        """The metrics of a worker whose process id is ``pid``."""
+        from prometheus_client import values
+
+        values.ValueClass = values.MultiProcessValue(lambda: pid)
+        return ArchiveMetrics(shared=self.directory, **options)
+
+    def stored(self, metrics: ArchiveMetrics, count: int) -> None:
+        for n in range(count):
+            metrics.observe(events.InstanceStored(
+                "dimse", "h", "CT1", "1.2", f"1.3.{n}", "1.4", "P", "N", 100, total=0.002))
+
+    def test_counters_and_histograms_summed(self) -> None:
+        """Every worker's exposition shows the sums over all workers."""
+        first = self.worker(101)
+        self.stored(first, 2)
+        second = self.worker(102)
+        self.stored(second, 3)
+        second.observe(events.QueryPerformed("http", "h", "", "1.2", "STUDY", b"", 4, 0, 0.01))
+        for m in (first, second):
+            self.assertEqual(value(m, "dicomtwist_instances_stored_total", via="dimse",
+                                   calling_ae=""), 0)
+            self.assertEqual(value(m, "dicomtwist_instances_stored_total", via="dimse",
+                                   calling_ae="other"), 5)
+            self.assertEqual(value(m, "dicomtwist_stored_bytes_total", via="dimse"), 500)
+            self.assertEqual(value(m, "dicomtwist_store_seconds_count", part="total"), 5)
+            self.assertEqual(value(m, "dicomtwist_store_seconds_bucket", part="total",
+                                   le="0.0025"), 5)
+            self.assertEqual(value(m, "dicomtwist_query_matches_total", via="http"), 4)
+        self.assertEqual(sorted(os.listdir(self.directory))[:2],
+                         ["counter_101.db", "counter_102.db"])
+
+    def test_live_levels_summed_and_dropped_when_dead(self) -> None:
+        """Associations, thread pools and queues are summed over the live
+        workers; a worker marked dead leaves the sum, its counts stay."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        first = self.worker(201, active=lambda: 2, pools={"store": _Pool(1, 8)})
+        self.stored(first, 1)
+        first.sample()
+        second = self.worker(202, active=lambda: 3, pools={"store": _Pool(4, 8)})
+        self.assertEqual(value(second, "dicomtwist_associations_active"), 5)
+        self.assertEqual(value(second, "dicomtwist_thread_pool_busy", pool="store"), 5)
+        self.assertEqual(value(second, "dicomtwist_thread_pool_max", pool="store"), 16)
+        mark_process_dead(201, self.directory)
+        self.assertEqual(value(second, "dicomtwist_associations_active"), 3)
+        self.assertEqual(value(second, "dicomtwist_thread_pool_busy", pool="store"), 4)
+        self.assertEqual(value(second, "dicomtwist_instances_stored_total", via="dimse",
+                               calling_ae="other"), 1)
+
+    def test_index_counts_are_the_latest_measurement(self) -> None:
+        """Index counts and free space, which every worker measures the
+        same, are the most recent measurement, not a sum."""
+        first = self.worker(301)
+        first._refreshed(({"instances": 10, "studies": 1}, 5000))
+        self.clock.now += 1
+        second = self.worker(302)
+        second._refreshed(({"instances": 12, "studies": 2}, 4000))
+        for m in (first, second):
+            self.assertEqual(value(m, "dicomtwist_index_entities", level="instances"), 12)
+            self.assertEqual(value(m, "dicomtwist_index_entities", level="studies"), 2)
+            self.assertEqual(value(m, "dicomtwist_instance_directory_free_bytes"), 4000)
+
+    def test_levels_written_every_interval(self) -> None:
+        """A worker writes its levels when subscribed and every
+        SAMPLE_INTERVAL seconds, so another worker's scrape sees them; the
+        audit drops are a counter."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from twisted.internet.task import Clock
+
+        from dicomtwist.metrics import SAMPLE_INTERVAL
+
+        class Audit:
+            dropped = 0
+
+        active = [1]
+        audit = Audit()
+        clock = Clock()
+        m = self.worker(401, active=lambda: active[0], reactor=clock, audit=audit)
+        bus = events.EventBus()
+        m.subscribe(bus)
+        self.addCleanup(m.unsubscribe)
+
+        def merged(name: str) -> float:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.directory)
+            return samples(generate_latest(registry).decode()).get((name, ()), 0.0)
+
+        self.assertEqual(merged("dicomtwist_associations_active"), 1)
+        active[0] = 4
+        audit.dropped = 3
+        clock.advance(SAMPLE_INTERVAL)
+        self.assertEqual(merged("dicomtwist_associations_active"), 4)
+        self.assertEqual(merged("dicomtwist_audit_messages_dropped_total"), 3)
+        audit.dropped = 5
+        clock.advance(SAMPLE_INTERVAL)
+        self.assertEqual(merged("dicomtwist_audit_messages_dropped_total"), 5)
+        m.unsubscribe()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_one_process_keeps_memory(self) -> None:
+        """Without ``shared`` (one process), nothing is written to files,
+        even if PROMETHEUS_MULTIPROC_DIR was set when prometheus-client was
+        imported: the values stay in memory, as before."""
+        from prometheus_client import values
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.directory
+        values.ValueClass = values.MultiProcessValue(lambda: 501)
+        m = ArchiveMetrics(active=lambda: 2)
+        self.stored(m, 2)
+        self.assertIs(values.ValueClass, values.MutexValue)
+        self.assertNotIn("PROMETHEUS_MULTIPROC_DIR", os.environ)
+        self.assertEqual(os.listdir(self.directory), [])
+        self.assertEqual(value(m, "dicomtwist_instances_stored_total", via="dimse",
+                               calling_ae="other"), 2)
+        self.assertEqual(value(m, "dicomtwist_associations_active"), 2)

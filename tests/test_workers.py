@@ -87,3 +87,97 @@ class OptionTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as caught:
             Options().parseOptions(["--workers", "0"])
         self.assertIn("workers", str(caught.exception))
+
+
+class _Transport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class _Reactor:
+    """Spawns nothing: records the environment and gives process ids."""
+
+    def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.callLater = self.clock.callLater
+        self.seconds = self.clock.seconds
+        self.spawned: list[tuple[object, dict]] = []
+        self.pids = iter(range(7001, 7100))
+
+    def spawnProcess(self, protocol, executable, args, env, childFDs):  # noqa: N802
+        transport = _Transport(next(self.pids))
+        protocol.transport = transport
+        self.spawned.append((protocol, env))
+        return transport
+
+
+def _end(worker: object, code: int = 1) -> None:
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    worker.processEnded(Failure(ProcessTerminated(exitCode=code)))
+
+
+class SharedMetricsDirectoryTests(SynchronousTestCase):
+    """The supervisor's directory for the workers' metrics."""
+
+    def test_made_passed_dropped_removed(self) -> None:
+        """A fresh private directory is passed to every worker (and only
+        with shared metrics); a worker that exits has its live gauges
+        dropped, the restarted one gets the same directory; the directory
+        is removed at stop."""
+        reactor = _Reactor()
+        supervisor = workers.WorkerSupervisor(reactor, 2, [], ["python"],
+                                              shared_metrics=True)
+        supervisor.startService()
+        directory = supervisor.metrics_directory
+        self.assertTrue(os.path.isdir(directory))
+        self.assertEqual(os.listdir(directory), [])
+        self.assertEqual([env["PROMETHEUS_MULTIPROC_DIR"] for _, env in reactor.spawned],
+                         [directory, directory])
+        first = reactor.spawned[0][0]
+        for name in ("gauge_livesum_7001.db", "gauge_livesum_7002.db", "counter_7001.db"):
+            open(os.path.join(directory, name), "wb").close()
+        _end(first)
+        self.assertEqual(sorted(os.listdir(directory)),
+                         ["counter_7001.db", "gauge_livesum_7002.db"])
+        self.assertEqual(len(reactor.spawned), 3)
+        self.assertEqual(reactor.spawned[2][1]["PROMETHEUS_MULTIPROC_DIR"], directory)
+        stopped = supervisor.stopService()
+        for worker in list(supervisor.workers.values()):
+            _end(worker, 0)
+        self.successResultOf(stopped)
+        self.assertFalse(os.path.exists(directory))
+        self.assertIsNone(supervisor.metrics_directory)
+
+    def test_none_without_http(self) -> None:
+        """Without shared metrics no directory is made, and a
+        PROMETHEUS_MULTIPROC_DIR of the supervisor's environment is not
+        passed on."""
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/nonexistent"
+        self.addCleanup(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
+        reactor = _Reactor()
+        supervisor = workers.WorkerSupervisor(reactor, 1, [], ["python"])
+        supervisor.startService()
+        self.assertIsNone(supervisor.metrics_directory)
+        self.assertNotIn("PROMETHEUS_MULTIPROC_DIR", reactor.spawned[0][1])
+        stopped = supervisor.stopService()
+        _end(reactor.spawned[0][0], 0)
+        self.successResultOf(stopped)
+
+    def test_metrics_directory_in_workers_only(self) -> None:
+        """A worker reads the directory from its environment; a process
+        that is not a worker never does."""
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/somewhere"
+        self.addCleanup(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ.pop(workers.ENVIRONMENT, None)
+        self.assertIsNone(workers.metrics_directory())
+        os.environ[workers.ENVIRONMENT] = f"3:{int(socket.AF_INET)}"
+        self.addCleanup(os.environ.pop, workers.ENVIRONMENT, None)
+        self.assertEqual(workers.metrics_directory(), "/somewhere")
