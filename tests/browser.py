@@ -289,6 +289,23 @@ class Browser:
             raise WebDriverError(f"{method} {path}: {value}")
         return value
 
+    def sign_in(self, user: str, password: str) -> Deferred[None]:
+        """Send HTTP Basic credentials with every request from now on, as
+        a browser does once its user has answered the site's login prompt
+        (its authentication cache then answers every request of the
+        realm); headless Chromium has no prompt to answer.  Through the
+        DevTools protocol (``Network.setExtraHTTPHeaders``)."""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+        async def sign_in() -> None:
+            await self._command("POST", "/goog/cdp/execute",
+                                {"cmd": "Network.enable", "params": {}})
+            await self._command("POST", "/goog/cdp/execute", {
+                "cmd": "Network.setExtraHTTPHeaders",
+                "params": {"headers": {"Authorization": f"Basic {token}"}}})
+
+        return Deferred.fromCoroutine(sign_in())
+
     def get(self, url: str) -> Deferred[None]:
         """Navigate to ``url`` (relative ones against `base`); fires once
         the page has loaded (not when OHIF has fetched its data)."""

@@ -116,8 +116,8 @@ return Array.from(document.querySelectorAll('#studies tbody tr')).map(
 """
 
 
-class WebPageTests(DicomWebCase):
-    """The web page, served by the daemon, in headless Chromium."""
+class PageCase(DicomWebCase):
+    """Base: the web page, served by the daemon, in headless Chromium."""
 
     timeout = 240
 
@@ -140,6 +140,10 @@ class WebPageTests(DicomWebCase):
                 return names
             await deferLater(reactor, 0.1, lambda: None)
         self.fail(f"{directory} has {sorted(os.listdir(directory))}, not {count} files")
+
+
+class WebPageTests(PageCase):
+    """The web page as a person uses it (no HTTP users configured)."""
 
     @inline
     async def test_search_view_send_upload_delete(self):
@@ -269,3 +273,117 @@ class WebPageTests(DicomWebCase):
         loaded = await browser.resources()
         self.assertTrue(loaded)
         self.assertEqual([url for url in loaded if not url.startswith(origin + "/")], [])
+
+
+class WebPageWithUsersTests(PageCase):
+    """The page behind HTTP Basic users (``http_users``): what each user
+    sees and may do follows their permissions."""
+
+    async def page_as(self, user: str, password: str):
+        """A browser on the page, signed in as ``user``."""
+        browser = await start_browser(self, reactor, base=f"http://127.0.0.1:{self.http}")
+        await browser.sign_in(user, password)
+        await browser.get("/")
+        return browser
+
+    @inline
+    async def test_permissions_shape_the_page(self):
+        """A user who may only query sees the studies and their series
+        without images, and no upload, send or delete; one who may also
+        retrieve sees thumbnails and images; an ``all`` user gets the
+        controls and deletes a study; credentials in the page's URL still
+        work; wrong credentials show nothing of the archive; no console
+        errors."""
+        from dicomtwist.web.auth import hash_password
+
+        self.shots = os.path.abspath(self.mktemp())
+        os.makedirs(self.shots)
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as fp:
+            fp.write(f"reader:{hash_password('s3cret')}:query\n"
+                     f"viewer:{hash_password('l00k')}:query,retrieve\n"
+                     f"admin:{hash_password('t0p')}:all\n")
+        await self.start(config=f"http_users: {users}\n")
+        files = archive_files(self.data)
+        out, err, code = await peers.run_tool(
+            reactor, peers.dcmtk("storescu"),
+            ["-aec", "QRSCP", "127.0.0.1", str(self.port), *files], timeout=60)
+        self.assertEqual(code, 0, (out + err).decode(errors="replace"))
+        origin = f"http://127.0.0.1:{self.http}"
+        study = f"{ROOT}.1"
+        controls_js = ("return [!document.querySelector('#upload-label').hidden,"
+                       " !!document.querySelector('.bar button.send'),"
+                       " !!document.querySelector('#delete-study')]")
+
+        reader = await self.page_as("reader", "s3cret")
+        rows = await self.rows(reader, 2)
+        self.assertEqual([r.split(" WEB-P")[0] for r in rows], ["Smith, John", "Gürtel, Ünal"])
+        await reader.click("#status-button")
+        await reader.wait_for("return document.querySelector('#status-counts')"
+                              ".textContent === '2 / 2 / 4 / 10'", what="the status panel")
+        self.assertIn("reader: query", await reader.text("#status-panel"))
+        await reader.get(f"/#/study/{study}")
+        cards = await reader.wait_for(
+            "const c = document.querySelectorAll('.card.locked');"
+            " return c.length === 2 ? Array.from(c).map(e => e.innerText) : null;",
+            what="the two series, without images")
+        self.assertTrue(all(c.startswith("no permission to view images") for c in cards), cards)
+        self.assertEqual(await reader.execute("return document.querySelectorAll('.card img').length"),
+                         0)
+        self.assertEqual(await reader.execute(controls_js), [False, False, False])
+        await reader.get(f"/#/study/{study}/series/{study}.1")
+        await reader.wait_for("return document.querySelector('#toast').textContent"
+                              ".includes('retrieve permission')", what="the refusal to view")
+        self.assertTrue(await reader.execute("return document.querySelector('#series-view').hidden"))
+        await self.shot(reader, "reader-study")
+        self.assertEqual(await reader.console_errors(), [])
+        loaded = await reader.resources()
+        self.assertTrue(loaded)
+        self.assertEqual([url for url in loaded if not url.startswith(origin + "/")], [])
+
+        viewer = await self.page_as("viewer", "l00k")
+        await self.rows(viewer, 2)
+        await viewer.get(f"/#/study/{study}")
+        await viewer.wait_for(IMAGE_SHOWN_JS, f".card[data-series='{study}.2'] img",
+                              what="the second series' thumbnail")
+        self.assertEqual(await viewer.execute(controls_js), [False, False, False])
+        await viewer.click(f".card[data-series='{study}.1'] img")
+        await viewer.wait_for(IMAGE_SHOWN_JS, "#image", f"{study}.1.1/rendered",
+                              what="the first image")
+        await self.shot(viewer, "viewer-series")
+        self.assertEqual(await viewer.console_errors(), [])
+
+        admin = await self.page_as("admin", "t0p")
+        await self.rows(admin, 2)
+        await admin.get(f"/#/study/{ROOT}.2")
+        await admin.wait_for("return !!document.querySelector('#delete-study')",
+                             what="the delete button")
+        self.assertEqual(await admin.execute(controls_js), [True, True, True])
+        await admin.click("#delete-study")
+        await admin.wait_for("return document.querySelector('#confirm').open",
+                             what="the confirmation")
+        await admin.click("#confirm-ok")
+        await admin.wait_for("return document.querySelector('#toast').textContent"
+                             ".startsWith('Deleted the study')", what="the deletion")
+        await self.rows(admin, 1)
+        instances = os.path.join(self.cwd, "instances")
+        self.assertEqual(len(list(stored_instances(instances))), 6)
+        await self.shot(admin, "admin-deleted")
+        self.assertEqual(await admin.console_errors(), [])
+
+        # Credentials in the page's URL (a bookmark of
+        # http://user:password@host/): the page's requests still go to its
+        # origin (a URL with credentials would make fetch throw).
+        bookmarked = await start_browser(
+            self, reactor, base=f"http://reader:s3cret@127.0.0.1:{self.http}")
+        await bookmarked.sign_in("reader", "s3cret")
+        await bookmarked.get("/")
+        await self.rows(bookmarked, 1)
+        self.assertEqual(await bookmarked.console_errors(), [])
+
+        stranger = await self.page_as("reader", "wrong")
+        text = await stranger.execute("return document.body.innerText")
+        self.assertNotIn("Gürtel", text)
+        self.assertNotIn("Smith", text)
+        self.assertEqual(await stranger.execute(
+            "return document.querySelectorAll('#studies tbody tr').length"), 0)

@@ -4,6 +4,13 @@
 
 let dicomweb = '/dicom-web';
 
+/** `path` on this page's origin, as an absolute URL.  Never relative to
+ *  the page's own URL: opened as http://user:password@host/ (a bookmark,
+ *  a script), the page's URL carries the credentials, and a URL resolved
+ *  against it does too, which `fetch` refuses (and the browser's
+ *  authentication cache answers the request without them anyway). */
+export function here(path) { return new URL(path, location.origin).href; }
+
 /** Set the DICOMweb service root (from /api/status). */
 export function setDicomWebRoot(root) { dicomweb = root.replace(/\/$/, ''); }
 
@@ -24,7 +31,7 @@ async function checked(response) {
 
 async function json(url, options = {}) {
   const headers = { Accept: 'application/json', ...(options.headers || {}) };
-  const response = await checked(await fetch(url, { ...options, headers }));
+  const response = await checked(await fetch(here(url), { ...options, headers }));
   if (response.status === 204) { return null; }
   return response.json();
 }
@@ -64,14 +71,14 @@ export function values(object, tag) {
 /** WADO-RS thumbnail of a series (or a study). */
 export function thumbnailUrl(study, series = null) {
   const path = series ? `studies/${study}/series/${series}` : `studies/${study}`;
-  return `${dicomweb}/${path}/thumbnail?viewport=192,192`;
+  return here(`${dicomweb}/${path}/thumbnail?viewport=192,192`);
 }
 
 /** WADO-RS rendered instance (one frame of a multi-frame), windowed. */
 export function renderedUrl(study, series, instance, frame = null, window = null) {
   let url = `${dicomweb}/studies/${study}/series/${series}/instances/${instance}`;
   url += frame ? `/frames/${frame}/rendered` : '/rendered';
-  return window ? `${url}?window=${window.center},${window.width},linear` : url;
+  return here(window ? `${url}?window=${window.center},${window.width},linear` : url);
 }
 
 /** STOW-RS: store files, `batch` per request (a multipart/related body
@@ -88,7 +95,7 @@ export async function store(files, progress = () => {}, batch = 20) {
       parts.push(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`, file, '\r\n');
     }
     parts.push(`--${boundary}--\r\n`);
-    const response = await fetch(`${dicomweb}/studies`, {
+    const response = await fetch(here(`${dicomweb}/studies`), {
       method: 'POST',
       headers: {
         'Content-Type': `multipart/related; type="application/dicom"; boundary=${boundary}`,
@@ -119,7 +126,7 @@ export async function store(files, progress = () => {}, batch = 20) {
 export async function send(study, series, destination, onEvent) {
   const path = series ? `studies/${study}/series/${series}` : `studies/${study}`;
   const url = `/api/${path}/send?destination=${encodeURIComponent(destination)}`;
-  const response = await checked(await fetch(url, {
+  const response = await checked(await fetch(here(url), {
     method: 'POST', headers: { Accept: 'text/event-stream' },
   }));
   const reader = response.body.getReader();

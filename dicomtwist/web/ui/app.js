@@ -246,11 +246,20 @@ async function showStudy(study) {
     element('div', { class: 'grid' }, ...series.map((s) => {
       const uid = api.value(s, TAGS.SeriesInstanceUID);
       const modality = api.value(s, TAGS.Modality);
-      const picture = NOT_IMAGES.has(modality)
-        ? element('div', { class: 'noimage' }, modality || 'no image')
-        : element('img', { src: api.thumbnailUrl(study, uid), alt: `Series ${api.value(s, TAGS.SeriesNumber)}`, loading: 'lazy' });
+      // Images (thumbnails, the viewer) are retrieves: a user who may only
+      // query sees the series without them.
+      const viewable = may('retrieve');
+      let picture;
+      if (!viewable) {
+        picture = element('div', { class: 'noimage' }, 'no permission to view images');
+      } else if (NOT_IMAGES.has(modality)) {
+        picture = element('div', { class: 'noimage' }, modality || 'no image');
+      } else {
+        picture = element('img', { src: api.thumbnailUrl(study, uid), alt: `Series ${api.value(s, TAGS.SeriesNumber)}`, loading: 'lazy' });
+      }
+      const open = viewable ? { onclick: () => { location.hash = `#/study/${study}/series/${uid}`; } } : {};
       return element('div', {
-        class: 'card', 'data-series': uid, onclick: () => { location.hash = `#/study/${study}/series/${uid}`; },
+        class: viewable ? 'card' : 'card locked', 'data-series': uid, ...open,
       }, picture,
       element('div', { class: 'title' }, `${modality} ${api.value(s, TAGS.SeriesNumber)}: ${api.value(s, TAGS.SeriesDescription)}`),
       element('div', { class: 'muted' }, `${api.value(s, TAGS.NumberOfSeriesRelatedInstances)} images`),
@@ -298,6 +307,11 @@ async function route() {
   const views = { search: $('#search-view'), study: $('#study-view'), series: $('#series-view') };
   let shown = 'search';
   if (parts[0] === 'study' && parts[1]) { shown = parts[2] === 'series' && parts[3] ? 'series' : 'study'; }
+  if (shown === 'series' && !may('retrieve')) {
+    // The viewer retrieves images: the study, with a word why.
+    toast('Viewing images needs the retrieve permission', true);
+    shown = 'study';
+  }
   for (const [name, view] of Object.entries(views)) { view.hidden = name !== shown; }
   if (shown !== 'series') { closeViewer(); }
   try {
