@@ -386,7 +386,8 @@ class ArchiveService(service.Service):
                 active=lambda: len(factory.active), shared=shared_metrics)
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store, metrics=self.metrics,
-                                   associations=lambda: len(self.factory.associations))
+                                   associations=lambda: len(self.factory.associations),
+                                   node=node_name(settings))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
         self.audit = None
@@ -407,6 +408,7 @@ class ArchiveService(service.Service):
         if self.recover:
             report = recover(self.settings.instance_location, self.index)
             log_recovery(report)
+        abandon_jobs(self.index, self.settings, worker=not self.recover)
         super().startService()
         # Everything loaded so far (pydicom's dictionaries, Twisted) lives
         # as long as the process: keep it out of every full collection.
@@ -482,6 +484,25 @@ class ArchiveService(service.Service):
 
         waiting.addBoth(done)
         return waiting
+
+
+def abandon_jobs(index: Any, settings: configuration.Config, worker: bool = False) -> None:
+    """Mark ``failed`` the web jobs an earlier process of this node left
+    running (it died): at a node's start all of them, at a ``--workers``
+    worker's start those of processes that are gone (blocking, at start)."""
+    import time
+
+    from dicomtwist.storage.index import jobs
+
+    alive = jobs.pid_alive if worker else (lambda pid: False)
+    try:
+        ended = jobs.abandon(index, node_name(settings), time.time(), alive)
+    except Exception:
+        _log.failure("Cannot mark the web jobs of ended processes")
+        return
+    if ended:
+        _log.warn("Marked {count} web job(s) of ended processes failed: {ids}",
+                  count=len(ended), ids=", ".join(map(str, ended)))
 
 
 def node_name(settings: configuration.Config) -> str:
@@ -618,6 +639,7 @@ def by_sop_class(handlers: dict[str, Any]) -> Any:
 
 
 _access_log = dlog.logger()
+_log = dlog.logger()
 
 
 def authorized(rules: AccessRules, service: str, handler: Any) -> Any:
@@ -848,6 +870,7 @@ def _supervisor(options: Options, settings: configuration.Config, reactor: Any,
     index = open_index(settings.database_location)
     try:
         log_recovery(recover(settings.instance_location, index))
+        abandon_jobs(index, settings)
     finally:
         index.close()
     top = _Top()

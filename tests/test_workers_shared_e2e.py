@@ -21,8 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
+from tests import peers
 from tests.helpers import free_port
-from tests.test_scaleout_e2e import ROOT, ScaleoutCase, children, established, inline, until
+from tests.test_scaleout_e2e import (
+    ROOT,
+    ScaleoutCase,
+    alive,
+    children,
+    established,
+    inline,
+    until,
+)
 
 
 def _request(sock: socket.socket, method: str, path: str,
@@ -64,9 +73,9 @@ class SharedAcrossWorkersTests(ScaleoutCase):
         await until(lambda: self.node.process.output().count(started) == 2,
                     "two workers started")
 
-    async def connections(self) -> dict[int, list[socket.socket]]:
-        """Open HTTP connections until each worker holds at least two;
-        worker pid -> its connections (the others are closed)."""
+    async def connections(self, each: int = 2) -> dict[int, list[socket.socket]]:
+        """Open HTTP connections until each worker holds ``each``; worker
+        pid -> its connections (the others are closed)."""
         opened: list[socket.socket] = []
         self.addCleanup(lambda: [s.close() for s in opened])
         owners: dict[int, list[socket.socket]] = {pid: [] for pid in self.workers}
@@ -81,9 +90,9 @@ class SharedAcrossWorkersTests(ScaleoutCase):
                         return pid
                 return None
             pid = await until(owner, "a worker to accept an HTTP connection")
-            if len(owners[pid]) < 2:
+            if len(owners[pid]) < each:
                 owners[pid].append(sock)
-            if all(len(socks) == 2 for socks in owners.values()):
+            if all(len(socks) == each for socks in owners.values()):
                 for sock in opened:
                     if not any(sock in socks for socks in owners.values()):
                         sock.close()
@@ -93,6 +102,14 @@ class SharedAcrossWorkersTests(ScaleoutCase):
     async def request(self, sock: socket.socket, method: str, path: str,
                       *headers: str) -> tuple[int, dict[str, str], bytes]:
         return await deferToThread(_request, sock, method, path, tuple(headers))
+
+    async def job(self, job_id: str, sock: socket.socket | None = None) -> dict:
+        """``GET /api/jobs/{id}`` (on ``sock``, or a new connection)."""
+        if sock is None:
+            sock = socket.create_connection(("127.0.0.1", self.http_port), timeout=30)
+        code, _, body = await self.request(sock, "GET", f"/api/jobs/{job_id}")
+        self.assertEqual(code, 200, body)
+        return json.loads(body)
 
     @inline
     async def test_metrics_are_the_totals_of_all_workers(self) -> None:
@@ -147,3 +164,83 @@ class SharedAcrossWorkersTests(ScaleoutCase):
         code = await node.process.exited.addTimeout(40, reactor)
         self.assertIn(code, (0, -signal.SIGTERM), node.process.output())
         self.assertFalse(os.path.exists(directory))
+
+    @inline
+    async def test_jobs_through_every_worker(self) -> None:
+        """A send started through one worker is listed, read and cancelled
+        through the other (the destination holds the first sub-operation
+        until the cancel has reached the running worker); a worker killed
+        while it runs a send leaves it failed, marked by its replacement."""
+        peers.require_pynetdicom()
+        received = os.path.abspath(self.mktemp())
+        os.makedirs(received)
+        gate = os.path.join(os.path.abspath(self.work), "release-")
+        scp = peers.start_script_peer(self, reactor, "pynetdicom_scp.py",
+                                      [received, "--port", str(self.storescp_port),
+                                       "--ae-title", "STORESCP", "--hold", gate])
+        await scp.wait_for_output(b"LISTENING", timeout=30)
+        self.addCleanup(lambda: [open(f"{gate}{n}", "w").close() for n in (1, 2)])
+        await self.start_workers()
+        study = f"{ROOT}.82"
+        files = self.generate("j", 5, study, f"{study}.1")
+        output = await self.tool("storescu", self.node, "-v", files=files)
+        self.assertEqual(output.count("Received Store Response (Success)"), 5, output)
+
+        owners = await self.connections(each=3)
+        starter, other = sorted(owners)
+        code, headers, body = await self.request(
+            owners[starter][0], "POST", f"/api/studies/{study}/send?destination=STORESCP")
+        self.assertEqual(code, 202, body)
+        job_id = json.loads(body)["id"]
+        self.assertEqual(headers["location"], f"/api/jobs/{job_id}")
+        await scp.wait_for_output(b"HOLDING 1", timeout=30)
+
+        code, _, body = await self.request(owners[other][0], "GET", "/api/jobs")
+        self.assertEqual(code, 200, body)
+        self.assertEqual([(j["id"], j["state"], j["study"]) for j in json.loads(body)],
+                         [(job_id, "running", study)])
+        self.assertEqual((await self.job(job_id, owners[other][1]))["state"], "running")
+        code, _, body = await self.request(owners[other][2], "DELETE", f"/api/jobs/{job_id}")
+        self.assertEqual(code, 202, body)
+        self.assertEqual(json.loads(body)["cancel"], "requested")
+        # The running worker reads the flag within a second or so.
+        await until(lambda: self._seen(job_id), "the cancel seen by the running worker")
+        open(f"{gate}1", "w").close()
+        ended = await until(self._ended(job_id), "the job to end")
+        self.assertEqual((ended["state"], ended["completed"], ended["failed"], ended["total"],
+                          ended["status"]), ("cancelled", 1, 0, 5, "FE00"))
+        self.assertEqual(len(os.listdir(received)), 1)
+        for sock in (owners[starter][1], owners[starter][2]):
+            self.assertEqual(await self.job(job_id, sock), ended)
+
+        # A worker killed while it runs a send: its replacement marks it failed.
+        sock = await self._on_worker(other)
+        code, _, body = await self.request(
+            sock, "POST", f"/api/studies/{study}/series/{study}.1/send?destination=STORESCP")
+        self.assertEqual(code, 202, body)
+        second = json.loads(body)["id"]
+        await scp.wait_for_output(b"HOLDING 2", timeout=30)
+        os.kill(other, signal.SIGKILL)
+        started = "Archive WORKERS: instances in"
+        await until(lambda: not alive(other)
+                    and self.node.process.output().count(started) == 3,
+                    "the replacement worker started")
+        failed = await until(self._ended(second), "the killed worker's job to be failed")
+        self.assertEqual((failed["state"], failed["error"]),
+                         ("failed", "the process running it ended"))
+        open(f"{gate}2", "w").close()
+
+    def _seen(self, job_id: str):
+        async def check() -> bool:
+            return (await self.job(job_id))["cancel"] == "seen"
+        return check()
+
+    def _ended(self, job_id: str):
+        async def check() -> dict | None:
+            found = await self.job(job_id)
+            return found if found["state"] != "running" else None
+        return lambda: check()
+
+    async def _on_worker(self, pid: int) -> socket.socket:
+        """A new HTTP connection that worker ``pid`` accepted."""
+        return (await self.connections(each=1))[pid][0]

@@ -15,7 +15,7 @@ under the same authentication as DICOMweb (:mod:`dicomtwist.web.auth`):
     server-sent events on the same response (``progress`` events, then one
     ``done``), which works whichever worker process took the request.
 ``GET /api/jobs`` and ``GET /api/jobs/{id}`` (``query``)
-    this process's recent jobs, or one (``text/event-stream`` as above).
+    the archive's recent jobs, or one (``text/event-stream`` as above).
 ``DELETE /api/jobs/{id}`` (``send``)
     cancel a running send between two sub-operations.
 ``DELETE /api/studies/{study}`` (``delete``)
@@ -24,15 +24,28 @@ under the same authentication as DICOMweb (:mod:`dicomtwist.web.auth`):
 A job outlives the request that started it: a send runs to its end (or its
 cancel) even if the page is closed.  Finished jobs are kept, the latest
 :data:`KEPT_JOBS` of them.
+
+Jobs live in the index (``web_job``, :mod:`dicomtwist.storage.index.jobs`),
+where every process of the archive meets: under ``--workers`` (and with
+several nodes) the next request of the page reaches any process, which
+lists the job, reads it and cancels it all the same.  The process that
+started a job runs it and writes its progress there as it goes (at most
+one write in flight; each write also reads the cancel flag, and so does
+a poll every :data:`JOB_POLL` seconds); a ``DELETE`` through any process
+sets the flag, and the running process stops between two sub-operations
+once it has read it (at once when the ``DELETE`` reaches it).  The
+events of the starting request come from the running process itself; a
+``GET`` with ``text/event-stream`` through another process follows the
+row, read every :data:`JOB_POLL` seconds.  A process that dies leaves its
+running jobs ``failed`` (marked when its node, or its replacement
+worker, starts).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,14 +58,20 @@ from dicomtwist import events
 from dicomtwist import log as dlog
 from dicomtwist.status import Category, category
 from dicomtwist.storage.files import is_valid_uid, stored_file
+from dicomtwist.storage.index import jobs as job_table
 from dicomtwist.web.auth import PERMISSIONS, Principal
 from dicomtwist.web.dicomweb.resource import DicomWebContext, HttpError, query_args
 from dicomtwist.web.routed import RoutedResource, allow, send_json
 
-__all__ = ["ApiResource", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
+__all__ = ["ApiResource", "JOB_POLL", "Job", "Jobs", "KEPT_JOBS", "delete_study"]
 
 #: Finished jobs remembered for ``GET /api/jobs``.
 KEPT_JOBS = 100
+#: Seconds between two reads of a running job's cancel flag by the process
+#: running it, and of a job's row for the events of another process.
+JOB_POLL = 1.0
+#: The ``cancel`` of a job's JSON, by the index's flag.
+_CANCEL = {0: None, job_table.CANCEL_REQUESTED: "requested", job_table.CANCEL_SEEN: "seen"}
 #: The Study Root C-MOVE SOP Class: the model a page's send uses.
 _STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
@@ -64,6 +83,9 @@ class Job:
     :ivar state: ``running``, ``done`` (every sub-operation succeeded),
         ``failed`` (some failed, or none could run) or ``cancelled``.
     :ivar total: sub-operations in all (known once the instances are found).
+    :ivar cancelled: the running process: stop before the next
+        sub-operation; another's copy: a cancel was asked for.
+    :ivar cancel: the index's cancel flag (0, requested, seen).
     """
 
     id: str
@@ -83,10 +105,29 @@ class Job:
     error: str | None = None
     finished: float | None = None
     cancelled: bool = False
+    cancel: int = 0
     _watchers: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    #: The running process: a write of the progress is in flight, another
+    #: is due after it, who waits for the writes to end, the poll's timer.
+    _writing: bool = field(default=False, repr=False)
+    _again: bool = field(default=False, repr=False)
+    _idle: list[Deferred] = field(default_factory=list, repr=False)
+    _poll: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Job":
+        """A job as the index holds it (:func:`~dicomtwist.storage.index.jobs.get`)."""
+        return cls(str(row["pk"]), row["destination"], row["study"], row["series"],
+                   row["user_name"], row["started"], row["peer_host"] or "",
+                   state=row["state"], total=row["total"], remaining=row["remaining"],
+                   completed=row["completed"], failed=row["failed"], warning=row["warning"],
+                   status=row["status"], error=row["error"], finished=row["finished"],
+                   cancelled=bool(row["cancel"]), cancel=int(row["cancel"]))
 
     def as_json(self) -> dict[str, Any]:
-        """What the API answers about the job."""
+        """What the API answers about the job (``cancel``: null, or
+        ``requested`` once asked for and ``seen`` once the running process
+        has read it)."""
         return {
             "id": self.id, "destination": self.destination, "study": self.study,
             "series": self.series, "user": self.user, "state": self.state,
@@ -94,7 +135,12 @@ class Job:
             "failed": self.failed, "warning": self.warning,
             "status": None if self.status is None else f"{self.status:04X}",
             "error": self.error, "started": self.started, "finished": self.finished,
+            "cancel": _CANCEL.get(self.cancel),
         }
+
+    def progress(self) -> dict[str, Any]:
+        """What the running process writes (``jobs.PROGRESS``)."""
+        return {name: getattr(self, name) for name in job_table.PROGRESS}
 
     def watch(self, watcher: Callable[["Job"], None]) -> Callable[[], None]:
         """Call ``watcher(job)`` on each change; returns how to stop."""
@@ -149,42 +195,73 @@ class _PageRequest:
 
 
 class Jobs:
-    """This process's sends: running ones and the latest finished.
+    """The archive's sends: the index's ``web_job`` rows, and those this
+    process runs.
 
     :param retriever: the C-MOVE SCP (``handle_move(request)``, an async
         iterator of responses).
+    :param clock: the job times and the polls.
+    :param index: where the jobs are kept.
+    :param run: ``run(function, *args)`` in the archive's thread pool.
+    :param node: this archive node's name (``tap.node_name``); with the
+        process id it names the jobs this process runs.
     """
 
     log = dlog.logger()
 
-    def __init__(self, retriever: Any, clock: Any, kept: int = KEPT_JOBS) -> None:
+    def __init__(self, retriever: Any, clock: Any, kept: int = KEPT_JOBS, *, index: Any,
+                 run: Callable[..., Deferred], node: str = "") -> None:
         self.retriever = retriever
         self.clock = clock
         self.kept = kept
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._ids = itertools.count(1)
+        self.index = index
+        self.run = run
+        self.owner = job_table.owner(node)
+        #: The jobs this process runs, by id.
+        self.running: dict[str, Job] = {}
 
-    def get(self, job_id: str) -> Job | None:
-        """A job by id."""
-        return self._jobs.get(job_id)
+    async def get(self, job_id: str) -> Job | None:
+        """A job by id (this process's own as it is now)."""
+        job = self.running.get(job_id)
+        if job is not None or not job_id.isdigit():
+            return job
+        row = await self.run(job_table.get, self.index, int(job_id))
+        return None if row is None else Job.from_row(row)
 
-    def all(self) -> list[Job]:
-        """Every job kept, the newest first."""
-        return list(reversed(self._jobs.values()))
+    async def all(self) -> list[Job]:
+        """Every running job and the latest finished, the newest first."""
+        rows = await self.run(job_table.recent, self.index, self.kept)
+        return [self.running.get(str(row["pk"])) or Job.from_row(row) for row in rows]
 
-    def start(self, destination: str, study: str, series: str | None,
-              user: str | None, peer_host: str = "") -> Job:
-        """Start sending; the job runs on its own (its end is logged).
+    async def cancel(self, job_id: str) -> Job | None:
+        """Ask for a job's cancel, whichever process runs it; the job, or
+        None if there is none."""
+        job = self.running.get(job_id)
+        if job is not None:
+            job.cancelled = True
+        if not job_id.isdigit():
+            return None
+        row = await self.run(job_table.request_cancel, self.index, int(job_id))
+        if row is None:
+            return None
+        return job if job is not None else Job.from_row(row)
+
+    async def start(self, destination: str, study: str, series: str | None,
+                    user: str | None, peer_host: str = "") -> Job:
+        """Record a job and start sending; the job runs on its own (its end
+        is logged).
 
         :param peer_host: the address of the HTTP client that asked.
         """
-        job = Job(str(next(self._ids)), destination, study, series, user,
-                  self.clock.seconds(), peer_host)
-        self._jobs[job.id] = job
-        self._forget_old()
+        started = self.clock.seconds()
+        pk = await self.run(job_table.create, self.index, self.owner, destination, study,
+                            series, user, peer_host, started)
+        job = Job(str(pk), destination, study, series, user, started, peer_host)
+        self.running[job.id] = job
         self.log.info("Sending {what} {uid} to {aet} (web job {id}, {user})",
                       what="series" if series else "study", uid=series or study,
                       aet=destination, id=job.id, user=user or "anonymous")
+        job._poll = self.clock.callLater(JOB_POLL, self._tick, job)
         Deferred.fromCoroutine(self._run(job))
         return job
 
@@ -200,6 +277,7 @@ class Jobs:
                     job.total = job.completed + job.failed + job.warning + job.remaining
                 job.status = response.status
                 if category(response.status) is Category.PENDING:
+                    self._write(job)
                     job.changed()
             kind = category(job.status) if job.status is not None else Category.FAILURE
             if job.cancelled:
@@ -217,17 +295,63 @@ class Jobs:
         job.remaining = 0 if job.state != "cancelled" else job.remaining
         job.total = job.total if job.total is not None else 0
         job.finished = self.clock.seconds()
+        if job._poll is not None and job._poll.active():
+            job._poll.cancel()
         self.log.info("Web job {id} {state}: {completed} sent, {failed} failed,"
                       " {warned} with warnings", id=job.id, state=job.state,
                       completed=job.completed, failed=job.failed, warned=job.warning)
+        # Its end is in the index before anyone is told.
+        await self._written(job)
+        try:
+            await self.run(job_table.forget, self.index, self.kept)
+        except Exception:
+            self.log.failure("Cannot forget old web jobs")
+        del self.running[job.id]
         job.changed()
         job._watchers.clear()
-        self._forget_old()
 
-    def _forget_old(self) -> None:
-        finished = [k for k, j in self._jobs.items() if j.state != "running"]
-        for key in finished[:max(0, len(finished) - self.kept)]:
-            del self._jobs[key]
+    def _tick(self, job: Job) -> None:
+        """Every JOB_POLL seconds while it runs: write, read the cancel flag."""
+        job._poll = None
+        if job.state == "running":
+            self._write(job)
+            job._poll = self.clock.callLater(JOB_POLL, self._tick, job)
+
+    def _write(self, job: Job) -> None:
+        """Write the job's progress to the index and read its cancel flag;
+        with a write in flight, once more after it."""
+        if job._writing:
+            job._again = True
+            return
+        job._writing = True
+        job._again = False
+
+        def written(cancel: bool) -> None:
+            if cancel:
+                job.cancelled = True
+                job.cancel = job_table.CANCEL_SEEN
+
+        def done(_: Any) -> None:
+            job._writing = False
+            if job._again:
+                self._write(job)
+                return
+            waiters, job._idle = job._idle, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+        d = self.run(job_table.update, self.index, int(job.id), job.progress())
+        d.addCallbacks(written, lambda f: self.log.failure(
+            "Cannot record the progress of web job {id}", f, id=job.id))
+        d.addBoth(done)
+
+    async def _written(self, job: Job) -> None:
+        """Write the job as it is now; fires once that is written."""
+        self._write(job)
+        while job._writing:
+            waiter: Deferred = Deferred()
+            job._idle.append(waiter)
+            await waiter
 
 
 def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
@@ -287,18 +411,21 @@ class ApiResource(RoutedResource):
     :param settings: the archive configuration (AE title, destinations).
     :param retriever: the C-MOVE SCP whose pipeline sends run through.
     :param associations: the number of active associations (None: unknown).
+    :param node: this archive node's name (the owner of the jobs it runs).
     """
 
     log = dlog.logger()
 
     def __init__(self, context: DicomWebContext,
                  authorize: Callable[[Any, str], Principal | None], settings: Any,
-                 retriever: Any, associations: Callable[[], int] | None = None) -> None:
+                 retriever: Any, associations: Callable[[], int] | None = None,
+                 node: str = "") -> None:
         super().__init__()
         self.context = context
         self.authorize = authorize
         self.settings = settings
-        self.jobs = Jobs(retriever, context.reactor)
+        self.jobs = Jobs(retriever, context.reactor, index=context.index, run=context.run,
+                         node=node)
         self.associations = associations
 
     async def _route(self, request: server.Request, method: str, segments: list[str]) -> None:
@@ -310,14 +437,16 @@ class ApiResource(RoutedResource):
             if n == 1:
                 allow(method, "GET")
                 self.authorize(request, "query")
-                return send_json(request, 200, [j.as_json() for j in self.jobs.all()])
-            job = self.jobs.get(segments[1])
+                return send_json(request, 200, [j.as_json() for j in await self.jobs.all()])
             allow(method, "GET", "DELETE")
             self.authorize(request, "query" if method == "GET" else "send")
-            if job is None:
-                raise HttpError(404, f"no job {segments[1]} in this process")
             if method == "DELETE":
-                job.cancelled = True
+                job = await self.jobs.cancel(segments[1])
+            else:
+                job = await self.jobs.get(segments[1])
+            if job is None:
+                raise HttpError(404, f"no job {segments[1]}")
+            if method == "DELETE":
                 return send_json(request, 202, job.as_json())
             return self._job(request, job, 200)
         if segments[:1] == ["studies"] and n >= 2 and is_valid_uid(segments[1]):
@@ -327,11 +456,11 @@ class ApiResource(RoutedResource):
                 return await self.delete(request, study)
             if n == 3 and segments[2] == "send":
                 allow(method, "POST")
-                return self.send(request, study, None)
+                return await self.send(request, study, None)
             if (n == 5 and segments[2] == "series" and is_valid_uid(segments[3])
                     and segments[4] == "send"):
                 allow(method, "POST")
-                return self.send(request, study, segments[3])
+                return await self.send(request, study, segments[3])
         raise HttpError(404, "no such resource")
 
     # -- status ------------------------------------------------------------
@@ -368,7 +497,7 @@ class ApiResource(RoutedResource):
         })
 
     # -- send --------------------------------------------------------------
-    def send(self, request: server.Request, study: str, series: str | None) -> None:
+    async def send(self, request: server.Request, study: str, series: str | None) -> None:
         """``POST .../send?destination=AE``: start a job."""
         principal = self.authorize(request, "send")
         destination = (query_args(request).get("destination") or [""])[-1].strip()
@@ -378,9 +507,9 @@ class ApiResource(RoutedResource):
             known = ", ".join(sorted(self.settings.destinations)) or "none"
             raise HttpError(400, f"unknown destination {destination!r} (configured: {known})")
         client = request.getClientAddress()
-        job = self.jobs.start(destination, study, series,
-                              principal.name if principal is not None else None,
-                              getattr(client, "host", ""))
+        job = await self.jobs.start(destination, study, series,
+                                    principal.name if principal is not None else None,
+                                    getattr(client, "host", ""))
         self._job(request, job, 202)
 
     def _job(self, request: server.Request, job: Job, code: int) -> None:
@@ -403,9 +532,45 @@ class ApiResource(RoutedResource):
                 stop()
                 request.finish()
 
-        stop = job.watch(emit)
+        if job.id in self.jobs.running:
+            stop = job.watch(emit)
+        else:
+            stop = self._follow(job, emit)
         request.notifyFinish().addBoth(lambda _: stop())
         emit(job)
+
+    def _follow(self, job: Job, emit: Callable[[Job], None]) -> Callable[[], None]:
+        """A job another process runs: read its row every JOB_POLL seconds
+        and ``emit`` it when it changed; returns how to stop."""
+        clock = self.context.reactor
+        state: dict[str, Any] = {"last": job.as_json(), "timer": None, "stopped": False}
+
+        def poll() -> None:
+            state["timer"] = None
+            Deferred.fromCoroutine(self.jobs.get(job.id)).addCallbacks(
+                read, lambda f: self.log.failure("Cannot read web job {id}", f, id=job.id))
+
+        def read(current: Job | None) -> None:
+            if state["stopped"]:
+                return
+            if current is None:
+                current = job
+                current.state, current.error = "failed", "the job is gone"
+            seen = current.as_json()
+            if seen != state["last"]:
+                state["last"] = seen
+                emit(current)
+            if current.state == "running" and not state["stopped"]:
+                state["timer"] = clock.callLater(JOB_POLL, poll)
+
+        def stop() -> None:
+            state["stopped"] = True
+            if state["timer"] is not None and state["timer"].active():
+                state["timer"].cancel()
+
+        if job.state == "running":
+            state["timer"] = clock.callLater(JOB_POLL, poll)
+        return stop
 
     # -- delete ------------------------------------------------------------
     async def delete(self, request: server.Request, study: str) -> None:

@@ -148,7 +148,8 @@ class _Shared(Resource):
 
 def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadPool,
                index: Any, store: Any, metrics: Any = None,
-               associations: Callable[[], int] | None = None) -> server.Site:
+               associations: Callable[[], int] | None = None,
+               node: str = "") -> server.Site:
     """The Site of the archive's HTTP endpoint.
 
     :param settings: the archive configuration (``http_*`` keys).
@@ -158,6 +159,8 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
         are always served (:mod:`dicomtwist.web.ops`).
     :param associations: the number of active associations (the web
         page's status panel).
+    :param node: this archive node's name (``tap.node_name``): with the
+        process id, the owner of the web jobs this process runs.
     :raises ValueError: the users or tokens file is malformed.
     """
     credentials = auth.load(settings.http_users, settings.http_tokens)
@@ -178,7 +181,7 @@ def build_site(settings: Any, reactor: Any, pool: ThreadPool, renderers: ThreadP
     for path, directory in static_mounts(settings.http_static):
         root = _place(root, path, StaticFiles(directory))
     root = _place(root, "/api", ApiResource(context, dicomweb.authorize, settings, sender,
-                                            associations))
+                                            associations, node))
     root = _place(root, context.root, dicomweb)
     root = _place(root, "/api/mpps", MppsResource(
         reactor, pool, context.directory, lambda request: dicomweb.authorize(request, "query")))

@@ -3,7 +3,9 @@
 Listens on 127.0.0.1 (port 0 = any free port), prints ``LISTENING <port>``
 once it accepts connections, writes every received instance as a Part 10
 file ``<SOPInstanceUID>.dcm`` in the output directory before answering
-Success, and stops when its stdin is closed.
+Success, and stops when its stdin is closed.  With ``--hold PREFIX``, the
+n-th C-STORE (from 1) prints ``HOLDING <n>`` and is answered only once a
+file ``<PREFIX><n>`` exists (a test's way to keep a sub-operation going).
 
 Run as a child process so pynetdicom's threads never meet trial's reactor.
 """
@@ -11,8 +13,10 @@ Run as a child process so pynetdicom's threads never meet trial's reactor.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
+import time
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -29,12 +33,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ae-title", default="PYNETSCP")
     parser.add_argument("--max-pdu", type=int, default=16382)
+    parser.add_argument("--hold", default=None)
     args = parser.parse_args(argv)
+    stores = itertools.count(1)
 
     def on_echo(event) -> int:
         return 0x0000
 
     def on_store(event) -> int:
+        if args.hold is not None:
+            number = next(stores)
+            print(f"HOLDING {number}", flush=True)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(f"{args.hold}{number}") and time.monotonic() < deadline:
+                time.sleep(0.02)
         ds = event.dataset
         ds.file_meta = event.file_meta
         name = f"{ds.SOPInstanceUID}.dcm"

@@ -46,7 +46,8 @@ Schema versions (:data:`SCHEMA_VERSION`): version 1 is the layout without a
 version record (dicomtwist up to the PostgreSQL backend; some such files
 lack the ``metadata`` table); version 2 adds ``schema_version``; version
 3 the item tables (empty, after an upgrade, for the instances indexed
-before it, until ``--reindex``).  Opening
+before it, until ``--reindex``); version 4 the web page's jobs
+(``web_job``, see ``jobs``).  Opening
 an index creates the schema in an empty database, upgrades an older one
 automatically in one transaction (each step only adds: tables, indexes),
 and refuses a newer one (:class:`IndexUnavailable`), so that an older
@@ -649,9 +650,10 @@ def unsupported_keys(identifier: Dataset) -> list[str]:
     return found
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this code writes: 1 had no version record, 2 records it, 3
-adds the item tables of :data:`SEQUENCES`."""
+adds the item tables of :data:`SEQUENCES`, 4 the web page's jobs
+(``jobs.statements``)."""
 
 _PARENTS = {"study": ("patient_pk", "patient"), "series": ("study_pk", "study"),
             "instance": ("series_pk", "series")}
@@ -752,6 +754,9 @@ def create_statements(types: SqlTypes) -> list[str]:
                       f"sop_instance_uid {types.text} PRIMARY KEY, json {types.blob} NOT NULL)")
     statements.append("CREATE TABLE IF NOT EXISTS schema_version "
                       f"(version {types.integer} NOT NULL)")
+    from dicomtwist.storage.index import jobs
+
+    statements.extend(jobs.statements(types))
     return statements
 
 
@@ -847,8 +852,8 @@ class SqlIndex:
             # Every step so far only adds (version 1 -> 2: the metadata
             # table where it is missing, schema_version; 2 -> 3: the item
             # tables of SEQUENCES, empty for the instances already
-            # indexed until --reindex): the statements of the current
-            # layout, IF NOT EXISTS, are the upgrade.
+            # indexed until --reindex; 3 -> 4: the web_job table): the
+            # statements of the current layout, IF NOT EXISTS, are the upgrade.
             for statement in create_statements(self.types):
                 self._execute(statement)
             self._execute("DELETE FROM schema_version")
