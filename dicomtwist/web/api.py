@@ -239,6 +239,7 @@ class Jobs:
         job = self.running.get(job_id)
         if job is not None:
             job.cancelled = True
+            job.cancel = job_table.CANCEL_SEEN
         if not job_id.isdigit():
             return None
         row = await self.run(job_table.request_cancel, self.index, int(job_id))
@@ -253,7 +254,7 @@ class Jobs:
 
         :param peer_host: the address of the HTTP client that asked.
         """
-        started = self.clock.seconds()
+        started = job_table.to_millisecond(self.clock.seconds())
         pk = await self.run(job_table.create, self.index, self.owner, destination, study,
                             series, user, peer_host, started)
         job = Job(str(pk), destination, study, series, user, started, peer_host)
@@ -294,7 +295,7 @@ class Jobs:
                 self.log.failure("Web job {id} failed", id=job.id)
         job.remaining = 0 if job.state != "cancelled" else job.remaining
         job.total = job.total if job.total is not None else 0
-        job.finished = self.clock.seconds()
+        job.finished = job_table.to_millisecond(self.clock.seconds())
         if job._poll is not None and job._poll.active():
             job._poll.cancel()
         self.log.info("Web job {id} {state}: {completed} sent, {failed} failed,"
