@@ -190,6 +190,29 @@ def waits(path: str, count: int) -> None:
           f"{(stats.total_tt - waited) / count * 1e6:.0f} us per instance")
 
 
+def per_thread(out: str, count: int) -> None:
+    """Instructions per instance in each thread (callgrind's
+    ``--separate-threads``: one output file per thread, ``-NN`` suffixed),
+    and their total."""
+    import glob
+
+
+    total = 0
+    rows = []
+    for path in sorted(glob.glob(f"{out}.callgrind-*")):
+        with open(path) as fp:
+            summary = [line for line in fp if line.startswith(("summary:", "totals:"))]
+        if not summary:
+            continue
+        instructions = int(summary[-1].split()[1])
+        total += instructions
+        rows.append((instructions, path))
+    print(f"{total / count:,.0f} instructions per instance ({count} instances)")
+    for instructions, path in sorted(rows, reverse=True):
+        if instructions:
+            print(f"{instructions / count:>12,.0f}  thread {path.rsplit('-', 1)[1]}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tool", choices=("cpu", "callgrind", "cprofile", "strace"))
@@ -198,6 +221,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--associations", type=int, default=4,
                         help="associations storing at once (the bulk load's 4)")
     parser.add_argument("--top", type=int, default=30, help="functions listed")
+    parser.add_argument("--per-thread", action="store_true",
+                        help="callgrind: also count each thread's instructions apart")
     parser.add_argument("--cpu-timer", action="store_true",
                         help="cprofile: time each thread's CPU (time.thread_time: the waits"
                              " drop out, the profiler's own cost grows) instead of wall time")
@@ -214,6 +239,8 @@ def main(argv: list[str]) -> int:
     server = Measured(os.path.join(work, "ours"), servers.free_port())
     out = os.path.join(work, "out")
     instrument(server, args.tool, out)
+    if args.tool == "callgrind" and args.per_thread:
+        server.wrapper.insert(2, "--separate-threads=yes")
     if args.tool == "cprofile":
         server.launcher = PROFILED
         if args.cpu_timer:
@@ -241,7 +268,10 @@ def main(argv: list[str]) -> int:
         load.release()
     finally:
         stop(server)
-    report(args.tool, out, args.count, args.top, unit="instance")
+    if args.tool == "callgrind" and args.per_thread:
+        per_thread(out, args.count)
+    else:
+        report(args.tool, out, args.count, args.top, unit="instance")
     if args.tool == "cprofile":
         waits(f"{out}.prof", args.count)
     return 0

@@ -171,10 +171,10 @@ class GroupCommitTests(SynchronousTestCase):
         bad_uid = items[1][0].SOPInstanceUID
         original = self.index.add
 
-        def add(ds, *args):
+        def add(ds, *args, **kwargs):
             if ds.SOPInstanceUID == bad_uid:
                 raise RuntimeError("index broken for this one")
-            return original(ds, *args)
+            return original(ds, *args, **kwargs)
 
         self.patch(self.index, "add", add)
         results = self.store.commit_batch(prepared)
@@ -239,15 +239,18 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual(self.pool.jobs, [])
 
     def test_batch_answered_in_one_call(self):
-        """Stores prepared while a commit runs are committed by another
-        worker and answered together, in one call; the first store's own
-        answer came in one call of its own before."""
+        """Stores prepared while a commit runs are committed next by the
+        same worker (no hand-off to another) and answered together, in one
+        call; the first store's own answer came in one call of its own
+        before."""
         first = self.spooled()
         rest = [self.spooled() for _ in range(3)]
         original = self.store.commit_batch
         answers = []
+        self.batches = []
 
         def commit(items):
+            self.batches.append(len(items))
             if not answers:
                 for ds, data in rest:
                     answers.append(self.start(ds, data))
@@ -255,16 +258,18 @@ class AnswerTests(SynchronousTestCase):
             return original(items)
 
         self.store.commit_batch = commit
+        fired = []
         answer = self.start(*first)
+        answer.addCallback(lambda result: fired.append(
+            [queued.called for queued in answers]) or result)
         self.pool.run_next()
         self.assertEqual(self.successResultOf(answer), (Status.SUCCESS, ""))
-        self.assertEqual(self.reactor.from_threads, 1)
-        for queued in answers:
-            self.assertNoResult(queued)
-        self.pool.run_next()  # the hand-off
+        self.assertEqual(fired, [[False, False, False]], "answered before the next batch")
         for queued in answers:
             self.assertEqual(self.successResultOf(queued), (Status.SUCCESS, ""))
         self.assertEqual(self.reactor.from_threads, 2)
+        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(self.batches, [1, 3])
         self.assertEqual(self.index.count("IMAGE"), 4)
         self.assertFalse(self.store._committing)
 
@@ -291,6 +296,47 @@ class AnswerTests(SynchronousTestCase):
         self.pool.run_next()
         self.failureResultOf(answer, RuntimeError)
         self.assertIsNone(data.parts)
+
+
+class RenameFailureTests(SynchronousTestCase):
+    """A rename that fails after the rows are written rolls them back."""
+
+    def test_failed_rename_rolls_back(self):
+        """The instance is refused with 0xA700, its row rolled back, its
+        temporary file removed; the one stored before under its UID keeps
+        its file and row."""
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        index = Index(os.path.join(root, "index.sqlite"))
+        self.addCleanup(index.close)
+        store = ArchiveStore(InlineReactor(), QueuedPool(), root, index)
+        ds = ct_dataset(PatientName="Kept^Name")
+
+        def request(ds):
+            header = part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+            data = encode_dataset(ds, ExplicitVRLittleEndian)
+            return (CStoreRQ(1, ds.SOPClassUID, ds.SOPInstanceUID), ExplicitVRLittleEndian,
+                    Spooled(header, [memoryview(data)], None, len(data)), Deferred())
+
+        self.assertEqual(store.store(*request(ds)), (Status.SUCCESS, ""))
+        path = instance_path(root, ds.SOPInstanceUID)
+        with open(path, "rb") as fp:
+            kept = fp.read()
+
+        def broken(source, target):
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(store_module.os, "replace", broken)
+        again = ct_dataset(PatientName="New^Name", SOPInstanceUID=ds.SOPInstanceUID,
+                           StudyInstanceUID=ds.StudyInstanceUID,
+                           SeriesInstanceUID=ds.SeriesInstanceUID)
+        status, _ = store.store(*request(again))
+        self.assertEqual(status, Status.OUT_OF_RESOURCES)
+        self.assertEqual(index._sql("SELECT patient_name FROM patient"), [("Kept^Name",)])
+        self.assertEqual(index.get_path(ds.SOPInstanceUID), relative_path(ds.SOPInstanceUID))
+        with open(path, "rb") as fp:
+            self.assertEqual(fp.read(), kept)
+        self.assertEqual([n for n in os.listdir(root) if n.endswith(".part")], [])
 
 
 def uid_in(wanted, start: int = 1) -> str:

@@ -984,6 +984,33 @@ class DerivedCountTests:
         self.assertEqual([r.metadata for r in index.instances("1.1", metadata=True)], [None])
 
 
+    def test_then_runs_in_the_savepoint(self):
+        """``add(..., then=f)`` calls ``f`` once the rows are written; if it
+        raises, the rows roll back (a replaced instance keeps its old row)
+        and the exception propagates."""
+        index = self.make_index()
+        seen = []
+        index.add(instance("2.1", PatientName="First^Name"), "a", ExplicitVRLittleEndian, 1,
+                  then=lambda: seen.append(index.get_path("2.1")))
+        self.assertEqual(seen, ["a"])
+
+        def broken():
+            raise OSError(5, "I/O error")
+
+        with self.assertRaises(OSError):
+            index.add(instance("2.2"), "b", ExplicitVRLittleEndian, 1, then=broken)
+        self.assertIsNone(index.get_path("2.2"))
+        with self.assertRaises(OSError):
+            index.add(instance("2.1", PatientName="Second^Name"), "c", ExplicitVRLittleEndian, 2,
+                      then=broken)
+        self.assertEqual(index.get_path("2.1"), "a")
+        self.assertEqual(index._sql("SELECT patient_name FROM patient"), [("First^Name",)])
+        self.assertEqual(index.count("IMAGE"), 1)
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
+
 def snapshot(index) -> tuple:
     """Every derived value of the index, by row."""
     return (index._sql("SELECT pk, number_of_series_related_instances FROM series"

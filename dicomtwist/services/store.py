@@ -260,10 +260,20 @@ class ArchiveStore:
             return data.status, data.comment
         if not isinstance(data, Spooled):
             return Status.STORE_CANNOT_UNDERSTAND, "no data set"
-        if info is not None:
-            info.receive = data.receive
         message = CStoreRQ(message_id=0, affected_sop_class_uid=sop_class_uid,
                            affected_sop_instance_uid=sop_instance_uid)
+        return await self._store_message(message, transfer_syntax, data, study, info)
+
+    def _store_message(self, message: CStoreRQ, transfer_syntax: str, data: Spooled,
+                       study: str | None, info: StoreInfo | None) -> Deferred:
+        """:meth:`store_spooled` of a spooled data set, with the request it
+        came with (a C-STORE's own, not a copy); ``data`` is released
+        whatever happens.
+
+        :returns: a Deferred firing with ``(status, comment)``.
+        """
+        if info is not None:
+            info.receive = data.receive
         answer: Deferred = Deferred()
         try:
             # One trip to the pool, and one back for every instance its
@@ -271,9 +281,13 @@ class ArchiveStore:
             self.pool.callInThreadWithCallback(
                 functools.partial(_answer_failure, self.reactor, answer), self._store_answered,
                 message, transfer_syntax, data, answer, study, info)
-            return await answer
-        finally:
+        except BaseException:
             data.release()
+            raise
+        # Released in the worker once written; again (a no-op then) once
+        # answered, for a pool that never ran it.
+        answer.addBoth(_released, data)
+        return answer
 
     def sink_for(self, message: Message, context: PresentationContext) -> DataSink:
         """Spool C-STORE data sets (memory, then a temporary file); others to memory."""
@@ -305,9 +319,8 @@ class ArchiveStore:
         if events.bus.observed:
             info = StoreInfo()
             started = time.monotonic()
-        status, comment = await self.store_spooled(
-            message.affected_sop_class_uid, message.affected_sop_instance_uid,
-            request.context.transfer_syntax, data, info=info)
+        status, comment = await self._store_message(
+            message, request.context.transfer_syntax, data, None, info)
         if info is not None:
             publish_store("dimse", assoc.log_fields.get("peer_host", ""), assoc.peer_ae_title,
                           message.affected_sop_class_uid, message.affected_sop_instance_uid,
@@ -358,17 +371,19 @@ class ArchiveStore:
             if self._committing:
                 return
             self._committing = True
-        self._commit_queued(own=prepared, answer_own=True)
+        # Its own answer goes out with its batch's, before the next batch:
+        # nothing waits on this worker, so it commits what was queued
+        # meanwhile itself (no hand-off to another worker).
+        self._commit_queued()
 
-    def _commit_queued(self, own: "_Prepared | None" = None,
-                       answer_own: bool = False) -> tuple[int, str] | None:
+    def _commit_queued(self, own: "_Prepared | None" = None) -> tuple[int, str] | None:
         """Commit the queue in batches (group commit), as the only committer.
 
-        With ``own``, return its result as soon as its batch is done and
-        hand what was queued meanwhile to another worker, so that its
-        answer is not held up.  With ``answer_own``, ``own`` is answered
-        through its Deferred like the others of its batch (one
-        ``callFromThread`` for the batch), and None is returned.
+        With ``own`` (:meth:`store`), return its result as soon as its batch
+        is done and hand what was queued meanwhile to another worker, so
+        that its answer is not held up; without, answer every batch through
+        the Deferreds (one ``callFromThread`` a batch) until the queue is
+        empty.
         """
         while True:
             with self._lock:
@@ -380,7 +395,7 @@ class ArchiveStore:
             mine = None
             answers = []
             for (item, answer), result in zip(batch, results):
-                if item is own and not answer_own:
+                if item is own:
                     mine = result
                 else:
                     answers.append((answer, result))
@@ -584,13 +599,14 @@ class ArchiveStore:
         leaves: dict[str, None] = {}
         parents: dict[str, None] = {}
         new: list[int] = []
+        top = self.directory
         for item in items:
-            leaf = os.path.dirname(item.final)
-            leaves[leaf] = None
+            # ``relative`` is "ab/cd/<uid>.dcm": the leaf is "ab/cd", its parent "ab".
+            leaves[f"{top}/{item.relative[:5]}"] = None
             number = item.bucket
             if not self._durable_buckets[number]:
                 new.append(number)
-                parents[os.path.dirname(leaf)] = None
+                parents[f"{top}/{item.relative[:2]}"] = None
         # All at once: every rename and mkdir they cover is done, and the
         # batch is answered only when all have returned, so their order
         # does not matter (a crash in between loses only what was not
@@ -608,23 +624,19 @@ class ArchiveStore:
             self._durable_buckets[number] = 1
 
     def _commit_one(self, item: "_Prepared") -> tuple[int, str]:
+        """Index one instance and rename its file into place, in one
+        savepoint of the batch's transaction (the rename is the index's
+        ``then``: if it fails, the rows roll back)."""
         try:
-            with self.index.transaction():
-                if not self._durable_buckets[item.bucket]:
-                    _make_bucket(os.path.dirname(item.final))
-                if item.metadata is None:
-                    self.index.add(item.ds, item.relative, item.transfer_syntax, item.size)
-                else:
-                    self.index.add(item.ds, item.relative, item.transfer_syntax,
-                                   item.size, metadata=item.metadata)
-                try:
-                    os.replace(item.temp, item.final)
-                except FileNotFoundError:
-                    # The bucket went (removed by hand while running):
-                    # make it again, and fsync it and its parents.
-                    self._durable_buckets[item.bucket] = 0
-                    _make_bucket(os.path.dirname(item.final))
-                    os.replace(item.temp, item.final)
+            if not self._durable_buckets[item.bucket]:
+                _make_bucket(os.path.dirname(item.final))
+            rename = functools.partial(self._rename, item)
+            if item.metadata is None:
+                self.index.add(item.ds, item.relative, item.transfer_syntax, item.size,
+                               then=rename)
+            else:
+                self.index.add(item.ds, item.relative, item.transfer_syntax,
+                               item.size, metadata=item.metadata, then=rename)
             item.temp = ""
             return Status.SUCCESS, ""
         except OSError as e:
@@ -633,6 +645,18 @@ class ArchiveStore:
         except Exception as e:
             self.log.failure("Indexing {uid} failed", uid=item.uid)
             return Status.OUT_OF_RESOURCES, f"cannot index the instance: {e}"[:64]
+
+    def _rename(self, item: "_Prepared") -> None:
+        """Move an instance's temporary file to its place (inside its
+        savepoint, once its rows are written)."""
+        try:
+            os.replace(item.temp, item.final)
+        except FileNotFoundError:
+            # The bucket went (removed by hand while running): make it
+            # again, and fsync it and its parents.
+            self._durable_buckets[item.bucket] = 0
+            _make_bucket(os.path.dirname(item.final))
+            os.replace(item.temp, item.final)
 
 
 def _make_bucket(leaf: str) -> None:
@@ -792,6 +816,11 @@ def _uid(ds: Dataset, tag: int) -> str:
     if isinstance(element, RawDataElement):
         return bytes(element.value or b"").decode("latin-1").rstrip("\0 ")
     return str(element.value)
+
+
+def _released(result: object, data: Spooled) -> object:
+    data.release()
+    return result
 
 
 def _fire(answers: list[tuple[Deferred, tuple[int, str]]]) -> None:

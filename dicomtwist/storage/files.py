@@ -29,7 +29,9 @@ from collections.abc import Iterator
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+#: PS3.5 9.1: components of digits, no leading zero, dot separated.  No
+#: capturing groups, possessive repeats: it runs on every UID stored.
+_UID = re.compile(r"(?:0|[1-9][0-9]*+)(?:\.(?:0|[1-9][0-9]*+))*+")
 #: Prefix of temporary files inside the instance directory.
 TEMP_PREFIX = ".incoming-"
 TEMP_SUFFIX = ".part"
@@ -273,6 +275,23 @@ def fsync_file(path: str) -> None:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Numbers the temporary files of this process (:func:`create_temporary`).
 _serial = itertools.count(1)
+#: This process's ID, remembered (``os.getpid`` is a system call), and
+#: forgotten in a forked child.
+_pid = 0
+
+
+def _remember_pid() -> int:
+    global _pid
+    _pid = os.getpid()
+    return _pid
+
+
+def _forget_pid() -> None:
+    global _pid
+    _pid = 0
+
+
+os.register_at_fork(after_in_child=_forget_pid)
 
 
 def create_temporary(directory: str, prefix: str, suffix: str = TEMP_SUFFIX) -> tuple[int, str]:
@@ -288,7 +307,7 @@ def create_temporary(directory: str, prefix: str, suffix: str = TEMP_SUFFIX) -> 
     :returns: the open file descriptor and the path.
     :raises OSError: the file cannot be created.
     """
-    pid = os.getpid()
+    pid = _pid or _remember_pid()
     for _ in range(10000):
         path = f"{directory}/{prefix}{pid}-{next(_serial)}{suffix}"
         try:

@@ -136,7 +136,7 @@ def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
 
 
 @lru_cache(maxsize=64)
-def _keep(wanted: frozenset[int]) -> frozenset[int]:
+def _keep(wanted: frozenset[int]) -> dict[int, BaseTag]:
     """The tags to keep: ``wanted``, (0008,0005), and what decoding needs.
 
     Besides Specific Character Set, a private element's creator
@@ -150,9 +150,10 @@ def _keep(wanted: frozenset[int]) -> frozenset[int]:
             keep.add(tag & 0xFFFF0000 | (tag & 0xFF00) >> 8)
         elif tag in _DEPENDS_ON:
             keep.add(_DEPENDS_ON[tag])
-    # Plain ints: the scan asks ``tag in keep`` of every element, and a
-    # BaseTag member would answer each hit through its Python ``__eq__``.
-    return frozenset(int(tag) for tag in keep)
+    # Plain int keys: the scan asks ``tag in keep`` of every element, and
+    # a BaseTag key would answer each hit through its Python ``__eq__``;
+    # the values are the tag objects the kept elements are keyed by.
+    return {int(tag): tag_object(int(tag)) for tag in keep}
 
 
 def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: str,
@@ -265,7 +266,7 @@ def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little
 
 
 def _scan_top(view: memoryview, implicit: bool, little: bool,
-              keep: frozenset[int]) -> dict[BaseTag, RawDataElement]:
+              keep: dict[int, BaseTag]) -> dict[BaseTag, RawDataElement]:
     """Walk the top-level data set (PS3.5 7.1) and collect kept elements.
 
     The hot loop: one ``unpack_from`` (two for 32-bit lengths) and a few
@@ -292,8 +293,8 @@ def _scan_top(view: memoryview, implicit: bool, little: bool,
                     if pos > end:
                         raise _past_end(tag, start - 8, length, end)
                 if tag in keep:
-                    raw = _raw(view, tag, None, length, start, pos, True, little)
-                    found[raw.tag] = raw
+                    tag = keep[tag]
+                    found[tag] = _raw(view, tag, None, length, start, pos, True, little)
         else:
             element = _ELEMENT[False, little].unpack_from
             length32 = _LENGTH[little].unpack_from
@@ -314,33 +315,34 @@ def _scan_top(view: memoryview, implicit: bool, little: bool,
                     if length == _UNDEFINED:
                         pos = _undefined_end(view, start, vr, little, 1, tag) + 8
                         if tag in keep:
-                            raw = _raw(view, tag, vr, length, start, pos, False, little)
-                            found[raw.tag] = raw
+                            tag = keep[tag]
+                            found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
                         continue
                 pos = start + length
                 if pos > end:
                     raise _past_end(tag, start - size, length, end)
                 if tag in keep:
-                    raw = _raw(view, tag, vr, length, start, pos, False, little)
-                    found[raw.tag] = raw
+                    tag = keep[tag]
+                    found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
     except StructError:
         raise HeaderError(f"truncated element header at offset {pos:#x} "
                           f"(data set ends at {end:#x})") from None
     return found
 
 
-def _raw(view: memoryview, tag: int, vr: str | None, length: int, start: int, stop: int,
+def _raw(view: memoryview, tag: BaseTag, vr: str | None, length: int, start: int, stop: int,
          implicit: bool, little: bool) -> RawDataElement:
     """A kept element, as pydicom's reader would have made it.
 
+    :param tag: its :func:`tag_object`.
     :param start: the offset of its value.
     :param stop: the offset just after it (after the Sequence Delimitation
         Item if its length is undefined: that item is not part of the value).
     """
     if length == _UNDEFINED:
-        return RawDataElement(tag_object(tag), _undefined_vr(view, tag, vr, start, little),
+        return RawDataElement(tag, _undefined_vr(view, tag, vr, start, little),
                               length, bytes(view[start:stop - 8]), start, implicit, little)
-    return RawDataElement(tag_object(tag), vr, length,
+    return RawDataElement(tag, vr, length,
                           bytes(view[start:stop]) if length else empty_value_for_VR(vr, raw=True),
                           start, implicit, little)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from pydicom.dataset import Dataset
@@ -95,8 +95,11 @@ class IndexBackend(Protocol):
     location: str
 
     def add(self, ds: Dataset, path: str, transfer_syntax: str, size: int,
-            metadata: bytes | None = None) -> None:
-        """Index one stored instance (a second add of a UID replaces it)."""
+            metadata: bytes | None = None,
+            then: Callable[[], object] | None = None) -> None:
+        """Index one stored instance (a second add of a UID replaces it);
+        ``then()`` runs inside the same savepoint once the rows are
+        written, and its exception rolls them back."""
 
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance and its emptied parents; its path, or None."""

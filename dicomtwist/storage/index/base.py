@@ -863,7 +863,8 @@ class SqlIndex:
     # Writing
 
     def add(self, ds: Dataset, path: str, transfer_syntax: str, size: int,
-            metadata: bytes | None = None) -> None:
+            metadata: bytes | None = None,
+            then: Callable[[], object] | None = None) -> None:
         """Index one stored instance, in one transaction (savepoint).
 
         A second ``add`` of the same SOP Instance UID replaces its row, even
@@ -877,6 +878,10 @@ class SqlIndex:
         :param size: the file size in bytes.
         :param metadata: the instance's metadata as :meth:`instances` gives
             it back (compressed JSON); None forgets any earlier one.
+        :param then: called inside the same savepoint once the rows are
+            written (the store renames the file into place there): if it
+            raises, the rows are rolled back and its exception propagates.
+            One savepoint instead of the caller's around this one.
         :raises ValueError: if a UID the index needs is missing.
         :raises Exception: the database's error if the write fails; nothing
             of this instance is kept, so the caller can delete the file.
@@ -893,7 +898,7 @@ class SqlIndex:
             "size": size,
             "specific_character_set": _character_set(ds),
         }
-        self._add_row(row, extra, metadata, _sequence_items(ds))
+        self._add_row(row, extra, metadata, _sequence_items(ds), then)
 
     def _set_items(self, row: dict,
                    sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
@@ -920,7 +925,8 @@ class SqlIndex:
                 self._execute(f"DELETE FROM {sequence.item_table} WHERE owner_pk = ?", (pk,))
 
     def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None,
-                 sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
+                 sequences: dict[SequenceAttribute, list[dict[str, object]]],
+                 then: Callable[[], object] | None = None) -> None:
         with self.transaction():
             new = self._add(row, extra)
             if metadata is not None or new is not True:
@@ -930,6 +936,8 @@ class SqlIndex:
                 self._set_metadata(row["SOPInstanceUID"], metadata)
             if sequences:
                 self._set_items(row, sequences)
+            if then is not None:
+                then()
 
     def _set_metadata(self, sop_instance_uid: str, metadata: bytes | None) -> None:
         if metadata is None:

@@ -617,10 +617,16 @@ class PostgresIndex(SqlIndex):
     # Writing
 
     def _add_row(self, row: dict, extra: dict[str, object], metadata: bytes | None,
-                 sequences: dict[SequenceAttribute, list[dict[str, object]]]) -> None:
+                 sequences: dict[SequenceAttribute, list[dict[str, object]]],
+                 then: Callable[[], object] | None = None) -> None:
         row = {k: _without_nul(v) for k, v in row.items()}
         extra = {k: _without_nul(v) for k, v in extra.items()}
-        self._retrying(partial(self._add, row, extra, metadata, sequences))
+
+        def add() -> None:
+            self._add(row, extra, metadata, sequences)
+            if then is not None:
+                then()  # in the savepoint: it rolls back if this raises
+        self._retrying(add)
 
     def remove(self, sop_instance_uid: str) -> str | None:
         """Remove one instance, and the series, study and patient it empties.

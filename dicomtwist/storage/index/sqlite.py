@@ -34,6 +34,13 @@ __all__ = ["SqliteIndex"]
 
 #: A parent row known to be unchanged (see ``SqliteIndex._parent``).
 _SAME = object()
+#: A new instance's counts in its study (and, with more assignments, its
+#: study's other derived attributes).
+_COUNT_NEW_STUDY_SET = ("number_of_study_related_series = "
+                        "COALESCE(number_of_study_related_series, 0) + ?, "
+                        "number_of_study_related_instances = "
+                        "COALESCE(number_of_study_related_instances, 0) + 1")
+_COUNT_NEW_STUDY = f"UPDATE study SET {_COUNT_NEW_STUDY_SET} WHERE pk = ?"
 #: Parent rows remembered before the memory is cleared.
 _KNOWN_LIMIT = 4096
 #: The attributes a parent row's values are made of, as a tuple, by table
@@ -284,17 +291,20 @@ class SqliteIndex(SqlIndex):
             stored = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
                              (study_pk,)).fetchone()[0]
             classes = self._study_classes[study_pk] = set(stored.split("\\")) if stored else set()
-        assignments = ["number_of_study_related_series = "
-                       "COALESCE(number_of_study_related_series, 0) + ?",
-                       "number_of_study_related_instances = "
-                       "COALESCE(number_of_study_related_instances, 0) + 1"]
-        params: list[object] = [int(new_series)]
-        if sop_class and str(sop_class) not in classes:
-            classes.add(str(sop_class))
-            assignments.append("sop_classes_in_study = ?")
-            params.append("\\".join(sorted(classes)))
-        if series_changed:
-            assignments.append("modalities_in_study = ?")
-            params.append(self._modalities(study_pk))
-        execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?", (*params, study_pk))
+        new_class = bool(sop_class) and str(sop_class) not in classes
+        if not new_class and not series_changed:
+            # The common case: one more instance in a known series.
+            execute(_COUNT_NEW_STUDY, (int(new_series), study_pk))
+        else:
+            assignments = [_COUNT_NEW_STUDY_SET]
+            params: list[object] = [int(new_series)]
+            if new_class:
+                classes.add(str(sop_class))
+                assignments.append("sop_classes_in_study = ?")
+                params.append("\\".join(sorted(classes)))
+            if series_changed:
+                assignments.append("modalities_in_study = ?")
+                params.append(self._modalities(study_pk))
+            execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?",
+                    (*params, study_pk))
         execute(COUNT_NEW_PATIENT, (int(new_study), int(new_series), patient_pk))
