@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.web import server
 
 import dicomtwist
@@ -70,6 +71,8 @@ KEPT_JOBS = 100
 #: Seconds between two reads of a running job's cancel flag by the process
 #: running it, and of a job's row for the events of another process.
 JOB_POLL = 1.0
+#: Tries to record a job's end before it is left to the index as it was.
+FINAL_ATTEMPTS = 30
 #: The ``cancel`` of a job's JSON, by the index's flag.
 _CANCEL = {0: None, job_table.CANCEL_REQUESTED: "requested", job_table.CANCEL_SEEN: "seen"}
 #: The Study Root C-MOVE SOP Class: the model a page's send uses.
@@ -113,6 +116,8 @@ class Job:
     _again: bool = field(default=False, repr=False)
     _idle: list[Deferred] = field(default_factory=list, repr=False)
     _poll: Any = field(default=None, repr=False)
+    #: The last write failed (the index is away).
+    _unwritten: bool = field(default=False, repr=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -328,6 +333,7 @@ class Jobs:
         job._again = False
 
         def written(cancel: bool) -> None:
+            job._unwritten = False
             if cancel:
                 job.cancelled = True
                 job.cancel = job_table.CANCEL_SEEN
@@ -342,17 +348,28 @@ class Jobs:
                 waiter.callback(None)
 
         d = self.run(job_table.update, self.index, int(job.id), job.progress())
-        d.addCallbacks(written, lambda f: self.log.failure(
-            "Cannot record the progress of web job {id}", f, id=job.id))
+        def failed(failure: Any) -> None:
+            job._unwritten = True
+            self.log.failure("Cannot record the progress of web job {id}", failure,
+                             id=job.id)
+
+        d.addCallbacks(written, failed)
         d.addBoth(done)
 
     async def _written(self, job: Job) -> None:
-        """Write the job as it is now; fires once that is written."""
-        self._write(job)
-        while job._writing:
-            waiter: Deferred = Deferred()
-            job._idle.append(waiter)
-            await waiter
+        """Write the job as it is now; fires once that is written (or,
+        the index being away, after :data:`FINAL_ATTEMPTS` tries, one
+        every :data:`JOB_POLL` seconds)."""
+        for attempt in range(FINAL_ATTEMPTS):
+            if attempt:
+                await deferLater(self.clock, JOB_POLL, lambda: None)
+            self._write(job)
+            while job._writing:
+                waiter: Deferred = Deferred()
+                job._idle.append(waiter)
+                await waiter
+            if not job._unwritten:
+                return
 
 
 def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
@@ -548,8 +565,13 @@ class ApiResource(RoutedResource):
 
         def poll() -> None:
             state["timer"] = None
-            Deferred.fromCoroutine(self.jobs.get(job.id)).addCallbacks(
-                read, lambda f: self.log.failure("Cannot read web job {id}", f, id=job.id))
+            Deferred.fromCoroutine(self.jobs.get(job.id)).addCallbacks(read, failed)
+
+        def failed(failure: Any) -> None:
+            # The index is away for a while: try again, as the page would.
+            self.log.failure("Cannot read web job {id}", failure, id=job.id)
+            if not state["stopped"]:
+                state["timer"] = clock.callLater(JOB_POLL, poll)
 
         def read(current: Job | None) -> None:
             if state["stopped"]:
