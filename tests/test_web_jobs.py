@@ -208,6 +208,55 @@ class TwoProcessesTests(ApiTestCase):
                           ("event: done", "failed", 1, 1)])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_read_failure_retried(self) -> None:
+        """Following a job through the other process: a read of the row
+        that fails is logged and tried again at the next poll; the stream
+        still ends with ``done``."""
+        from dicomtwist.storage.index import jobs as table
+
+        mover = self.script(pending(1, 0, 1), final(Status.SUCCESS, 2, 0))
+        job = self.api_request("POST", "/api/studies/1.2.3/send?destination=STORESCP").json()
+        d = self.other_client.request("GET", ROOT + f"/api/jobs/{job['id']}",
+                                      headers={"Accept": ["text/event-stream"]})
+        self.other_agent.flush()
+        real = table.get
+        calls = []
+
+        def broken(index: Any, pk: int) -> Any:
+            calls.append(pk)
+            raise OSError("the index is away")
+        self.patch(table, "get", broken)
+        mover.step()
+        mover.step()
+        self.reactor.advance(JOB_POLL)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.patch(table, "get", real)
+        self.reactor.advance(JOB_POLL)
+        self.other_agent.flush()
+        body = self.successResultOf(self.successResultOf(d).content()).decode()
+        self.assertTrue(body.strip().split("\n\n")[-1].startswith("event: done"), body)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_end_written_again(self) -> None:
+        """The running process records the job's end even if the index was
+        away when the job ended: it tries again every JOB_POLL seconds."""
+        from dicomtwist.storage.index import jobs as table
+
+        mover = self.script(final(Status.SUCCESS, 0, 0))
+        job = self.api_request("POST", "/api/studies/1.2.3/send?destination=STORESCP").json()
+        real = table.update
+        self.patch(table, "update", lambda *args: (_ for _ in ()).throw(OSError("away")))
+        mover.step()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.on_other("GET", f"/api/jobs/{job['id']}").json()["state"],
+                         "running")
+        self.patch(table, "update", real)
+        self.reactor.advance(JOB_POLL)
+        self.assertEqual(self.on_other("GET", f"/api/jobs/{job['id']}").json()["state"], "done")
+        self.assertEqual(self.api.jobs.running, {})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
 
 class AbandonAtStartTests(SynchronousTestCase):
     """``tap.abandon_jobs``: what a process that starts marks failed."""
@@ -237,3 +286,4 @@ class AbandonAtStartTests(SynchronousTestCase):
         tap.abandon_jobs(index, settings)
         self.assertEqual([jobs.get(index, pk)["state"] for pk in (gone, here, elsewhere)],
                          ["failed", "failed", "running"])
+

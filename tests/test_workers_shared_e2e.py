@@ -19,6 +19,7 @@ import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from tests import peers
@@ -188,16 +189,18 @@ class SharedAcrossWorkersTests(ScaleoutCase):
 
         owners = await self.connections(each=3)
         starter, other = sorted(owners)
-        code, headers, body = await self.request(
-            owners[starter][0], "POST", f"/api/studies/{study}/send?destination=STORESCP")
-        self.assertEqual(code, 202, body)
-        job_id = json.loads(body)["id"]
-        self.assertEqual(headers["location"], f"/api/jobs/{job_id}")
+        # The starting request asks for server-sent events: its answer is
+        # the job's progress, to the end, from the worker running it.
+        stream = Deferred.fromCoroutine(self.request(
+            owners[starter][0], "POST", f"/api/studies/{study}/send?destination=STORESCP",
+            "Accept: text/event-stream"))
         await scp.wait_for_output(b"HOLDING 1", timeout=30)
 
         code, _, body = await self.request(owners[other][0], "GET", "/api/jobs")
         self.assertEqual(code, 200, body)
-        self.assertEqual([(j["id"], j["state"], j["study"]) for j in json.loads(body)],
+        listed = json.loads(body)
+        job_id = listed[0]["id"]
+        self.assertEqual([(j["id"], j["state"], j["study"]) for j in listed],
                          [(job_id, "running", study)])
         self.assertEqual((await self.job(job_id, owners[other][1]))["state"], "running")
         code, _, body = await self.request(owners[other][2], "DELETE", f"/api/jobs/{job_id}")
@@ -212,6 +215,14 @@ class SharedAcrossWorkersTests(ScaleoutCase):
         self.assertEqual(len(os.listdir(received)), 1)
         for sock in (owners[starter][1], owners[starter][2]):
             self.assertEqual(await self.job(job_id, sock), ended)
+        code, headers, body = await stream
+        self.assertEqual((code, headers["content-type"], headers["location"]),
+                         (200, "text/event-stream; charset=utf-8", f"/api/jobs/{job_id}"))
+        events = [(block.split("\n")[0], json.loads(block.split("\n")[1][len("data: "):]))
+                  for block in body.decode().strip().split("\n\n")]
+        self.assertEqual(events[0][0], "event: progress")
+        self.assertEqual(events[-1], ("event: done", ended))
+        self.assertEqual({e for e, _ in events[:-1]}, {"event: progress"})
 
         # A worker killed while it runs a send: its replacement marks it failed.
         sock = await self._on_worker(other)

@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.web import server
 
 import dicomtwist
@@ -70,6 +71,8 @@ KEPT_JOBS = 100
 #: Seconds between two reads of a running job's cancel flag by the process
 #: running it, and of a job's row for the events of another process.
 JOB_POLL = 1.0
+#: Tries to record a job's end before it is left to the index as it was.
+FINAL_ATTEMPTS = 30
 #: The ``cancel`` of a job's JSON, by the index's flag.
 _CANCEL = {0: None, job_table.CANCEL_REQUESTED: "requested", job_table.CANCEL_SEEN: "seen"}
 #: The Study Root C-MOVE SOP Class: the model a page's send uses.
@@ -113,6 +116,8 @@ class Job:
     _again: bool = field(default=False, repr=False)
     _idle: list[Deferred] = field(default_factory=list, repr=False)
     _poll: Any = field(default=None, repr=False)
+    #: The last write failed (the index is away).
+    _unwritten: bool = field(default=False, repr=False)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -239,6 +244,7 @@ class Jobs:
         job = self.running.get(job_id)
         if job is not None:
             job.cancelled = True
+            job.cancel = job_table.CANCEL_SEEN
         if not job_id.isdigit():
             return None
         row = await self.run(job_table.request_cancel, self.index, int(job_id))
@@ -253,7 +259,7 @@ class Jobs:
 
         :param peer_host: the address of the HTTP client that asked.
         """
-        started = self.clock.seconds()
+        started = job_table.to_millisecond(self.clock.seconds())
         pk = await self.run(job_table.create, self.index, self.owner, destination, study,
                             series, user, peer_host, started)
         job = Job(str(pk), destination, study, series, user, started, peer_host)
@@ -294,7 +300,7 @@ class Jobs:
                 self.log.failure("Web job {id} failed", id=job.id)
         job.remaining = 0 if job.state != "cancelled" else job.remaining
         job.total = job.total if job.total is not None else 0
-        job.finished = self.clock.seconds()
+        job.finished = job_table.to_millisecond(self.clock.seconds())
         if job._poll is not None and job._poll.active():
             job._poll.cancel()
         self.log.info("Web job {id} {state}: {completed} sent, {failed} failed,"
@@ -327,6 +333,7 @@ class Jobs:
         job._again = False
 
         def written(cancel: bool) -> None:
+            job._unwritten = False
             if cancel:
                 job.cancelled = True
                 job.cancel = job_table.CANCEL_SEEN
@@ -341,17 +348,28 @@ class Jobs:
                 waiter.callback(None)
 
         d = self.run(job_table.update, self.index, int(job.id), job.progress())
-        d.addCallbacks(written, lambda f: self.log.failure(
-            "Cannot record the progress of web job {id}", f, id=job.id))
+        def failed(failure: Any) -> None:
+            job._unwritten = True
+            self.log.failure("Cannot record the progress of web job {id}", failure,
+                             id=job.id)
+
+        d.addCallbacks(written, failed)
         d.addBoth(done)
 
     async def _written(self, job: Job) -> None:
-        """Write the job as it is now; fires once that is written."""
-        self._write(job)
-        while job._writing:
-            waiter: Deferred = Deferred()
-            job._idle.append(waiter)
-            await waiter
+        """Write the job as it is now; fires once that is written (or,
+        the index being away, after :data:`FINAL_ATTEMPTS` tries, one
+        every :data:`JOB_POLL` seconds)."""
+        for attempt in range(FINAL_ATTEMPTS):
+            if attempt:
+                await deferLater(self.clock, JOB_POLL, lambda: None)
+            self._write(job)
+            while job._writing:
+                waiter: Deferred = Deferred()
+                job._idle.append(waiter)
+                await waiter
+            if not job._unwritten:
+                return
 
 
 def delete_study(index: Any, directory: str, study: str) -> tuple[int, int]:
@@ -547,8 +565,13 @@ class ApiResource(RoutedResource):
 
         def poll() -> None:
             state["timer"] = None
-            Deferred.fromCoroutine(self.jobs.get(job.id)).addCallbacks(
-                read, lambda f: self.log.failure("Cannot read web job {id}", f, id=job.id))
+            Deferred.fromCoroutine(self.jobs.get(job.id)).addCallbacks(read, failed)
+
+        def failed(failure: Any) -> None:
+            # The index is away for a while: try again, as the page would.
+            self.log.failure("Cannot read web job {id}", failure, id=job.id)
+            if not state["stopped"]:
+                state["timer"] = clock.callLater(JOB_POLL, poll)
 
         def read(current: Job | None) -> None:
             if state["stopped"]:

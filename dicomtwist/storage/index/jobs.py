@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 __all__ = ["ABANDONED", "CANCEL_REQUESTED", "CANCEL_SEEN", "PROGRESS", "abandon", "create",
            "forget", "get", "owner", "pid_alive", "recent", "request_cancel", "statements",
-           "update"]
+           "to_millisecond", "update"]
 
 #: ``cancel`` once a process was asked to cancel the job...
 CANCEL_REQUESTED = 1
@@ -71,6 +71,11 @@ def owner(node: str, pid: int | None = None) -> str:
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(round(seconds * 1000))
+
+
+def to_millisecond(seconds: float) -> float:
+    """``seconds`` as the table keeps a time: to the millisecond."""
+    return int(round(seconds * 1000)) / 1000
 
 
 def _row(values: dict[str, Any]) -> dict[str, Any]:
