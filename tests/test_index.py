@@ -984,6 +984,63 @@ class DerivedCountTests:
         self.assertEqual([r.metadata for r in index.instances("1.1", metadata=True)], [None])
 
 
+    def test_counts_of_a_batch_with_rollbacks(self):
+        """In one transaction (a group commit's batch): new instances, a
+        replacement (which recounts), a failed one rolled back after the
+        counts noted before it were written inside it, and a read of the
+        counts in the middle: the counts then and at the end are exact."""
+        index = self.make_index()
+        index.add(instance("1.9.0", series="1.1.1", study="1.1"), "f0",
+                  ExplicitVRLittleEndian, 1)
+
+        def broken():
+            raise OSError(5, "I/O error")
+
+        with index.transaction():
+            index.add(instance("1.9.1", series="1.1.1", study="1.1"), "f1",
+                      ExplicitVRLittleEndian, 1)
+            index.add(instance("1.9.2", series="1.1.2", study="1.1"), "f2",
+                      ExplicitVRLittleEndian, 1)
+            with self.assertRaises(OSError):
+                # A replacement recounts (writing what was noted), then fails.
+                index.add(instance("1.9.0", series="1.1.2", study="1.1"), "g0",
+                          ExplicitVRLittleEndian, 1, then=broken)
+            with self.assertRaises(OSError):
+                index.add(instance("1.9.3", series="1.1.3", study="1.2", patient="P2"), "f3",
+                          ExplicitVRLittleEndian, 1, then=broken)
+            self.assertEqual(index._sql("SELECT number_of_study_related_series,"
+                                        " number_of_study_related_instances FROM study"),
+                             [(2, 3)])
+            index.add(instance("1.9.4", series="1.1.2", study="1.1"), "f4",
+                      ExplicitVRLittleEndian, 1)
+        self.assertEqual(index._sql("SELECT number_of_series_related_instances FROM series"
+                                    " ORDER BY series_instance_uid"), [(2,), (2,)])
+        self.assertEqual(index._sql("SELECT number_of_study_related_series,"
+                                    " number_of_study_related_instances FROM study"), [(2, 4)])
+        self.assertEqual(index._sql("SELECT number_of_patient_related_studies,"
+                                    " number_of_patient_related_series,"
+                                    " number_of_patient_related_instances FROM patient"),
+                         [(1, 2, 4)])
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
+    def test_failed_batch_counts_nothing(self):
+        """A transaction that rolls back as a whole leaves no count behind,
+        and the next one counts from the rows."""
+        index = self.make_index()
+        index.add(instance("1.8.0"), "a", ExplicitVRLittleEndian, 1)
+        with self.assertRaises(RuntimeError):
+            with index.transaction():
+                index.add(instance("1.8.1"), "b", ExplicitVRLittleEndian, 1)
+                raise RuntimeError("roll back")
+        index.add(instance("1.8.2"), "c", ExplicitVRLittleEndian, 1)
+        self.assertEqual(index._sql("SELECT number_of_study_related_instances FROM study"),
+                         [(2,)])
+        incremental = snapshot(index)
+        recount(index)
+        self.assertEqual(incremental, snapshot(index))
+
     def test_then_runs_in_the_savepoint(self):
         """``add(..., then=f)`` calls ``f`` once the rows are written; if it
         raises, the rows roll back (a replaced instance keeps its old row)

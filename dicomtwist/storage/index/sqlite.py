@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from dicomtwist.storage.index.base import (
-    COUNT_NEW_PATIENT,
     BATCH_SIZE,
     IndexUnavailable,
     SqlIndex,
@@ -34,13 +33,21 @@ __all__ = ["SqliteIndex"]
 
 #: A parent row known to be unchanged (see ``SqliteIndex._parent``).
 _SAME = object()
-#: A new instance's counts in its study (and, with more assignments, its
-#: study's other derived attributes).
-_COUNT_NEW_STUDY_SET = ("number_of_study_related_series = "
-                        "COALESCE(number_of_study_related_series, 0) + ?, "
-                        "number_of_study_related_instances = "
-                        "COALESCE(number_of_study_related_instances, 0) + 1")
-_COUNT_NEW_STUDY = f"UPDATE study SET {_COUNT_NEW_STUDY_SET} WHERE pk = ?"
+#: The derived counts of new instances, one parent row at a time
+#: (``SqliteIndex._flush_counts``).
+_COUNT_SERIES = ("UPDATE series SET number_of_series_related_instances = "
+                 "COALESCE(number_of_series_related_instances, 0) + ? WHERE pk = ?")
+_COUNT_STUDY = ("UPDATE study SET number_of_study_related_series = "
+                "COALESCE(number_of_study_related_series, 0) + ?, "
+                "number_of_study_related_instances = "
+                "COALESCE(number_of_study_related_instances, 0) + ? WHERE pk = ?")
+COUNT_NEW_PATIENTS = (
+    "UPDATE patient SET number_of_patient_related_studies = "
+    "COALESCE(number_of_patient_related_studies, 0) + ?, "
+    "number_of_patient_related_series = "
+    "COALESCE(number_of_patient_related_series, 0) + ?, "
+    "number_of_patient_related_instances = "
+    "COALESCE(number_of_patient_related_instances, 0) + ? WHERE pk = ?")
 #: Parent rows remembered before the memory is cleared.
 _KNOWN_LIMIT = 4096
 #: The attributes a parent row's values are made of, as a tuple, by table
@@ -73,6 +80,11 @@ class SqliteIndex(SqlIndex):
         #: on any rollback, removal or recount.
         self._known: dict[tuple, tuple[int, tuple]] = {}
         self._study_classes: dict[int, set[str]] = {}
+        #: New instances whose derived counts are still to be written in
+        #: this transaction: ``(series pk, study pk, patient pk, new series,
+        #: new study)``; those before ``_flushed`` are written already.
+        self._counts: list[tuple[int, int, int, int, int]] = []
+        self._flushed = 0
         self._sql_cache: dict[tuple, str] = {}
         #: The version the file had when opened (0: new).
         self.opened_version = 0
@@ -111,9 +123,13 @@ class SqliteIndex(SqlIndex):
     @contextmanager
     def _reading(self) -> Iterator[Callable[..., Any]]:
         with self._lock:
+            if self._flushed < len(self._counts):
+                self._flush_counts()
             yield self._conn.execute
 
     def _execute(self, sql: str, params: Iterable = ()) -> Any:
+        if self._flushed < len(self._counts):
+            self._flush_counts()
         return self._conn.execute(sql, tuple(params))
 
     @contextmanager
@@ -129,21 +145,35 @@ class SqliteIndex(SqlIndex):
         with self._lock:
             self._depth += 1
             name = f"sp{self._depth}"
+            # The new instances' counts written so far, and those only noted.
+            counted, flushed = len(self._counts), self._flushed
             try:
                 self._conn.execute(f"SAVEPOINT {name}")
                 try:
                     yield
                 except BaseException:
                     self._forget()
+                    # Its counts go with it: those noted in it, and those
+                    # written in it (noted before: to be written again).
+                    del self._counts[counted:]
+                    self._flushed = min(self._flushed, flushed)
                     self._conn.execute(f"ROLLBACK TO {name}")
                     self._conn.execute(f"RELEASE {name}")
                     raise
                 try:
+                    if self._depth == 1:
+                        if self._flushed < len(self._counts):
+                            self._flush_counts()
+                        self._counts.clear()
+                        self._flushed = 0
                     self._conn.execute(f"RELEASE {name}")
                 except BaseException:
                     self._forget()
-                    if self._depth == 1 and self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
+                    if self._depth == 1:
+                        self._counts.clear()
+                        self._flushed = 0
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
                     raise
             finally:
                 self._depth -= 1
@@ -162,7 +192,37 @@ class SqliteIndex(SqlIndex):
 
     def _tidy(self, series: set[int], studies: set[int], patients: set[int]) -> None:
         self._forget()
+        if self._flushed < len(self._counts):
+            self._flush_counts()  # then recounted: right either way
         super()._tidy(series, studies, patients)
+
+    def _flush_counts(self) -> None:
+        """Write the derived counts of the new instances noted since the
+        last flush (:meth:`_count_new`): one ``UPDATE`` per parent row."""
+        series: dict[int, int] = {}
+        studies: dict[int, list[int]] = {}
+        patients: dict[int, list[int]] = {}
+        for series_pk, study_pk, patient_pk, new_series, new_study in (
+                self._counts[self._flushed:]):
+            series[series_pk] = series.get(series_pk, 0) + 1
+            study = studies.get(study_pk)
+            if study is None:
+                studies[study_pk] = [new_series, 1]
+            else:
+                study[0] += new_series
+                study[1] += 1
+            patient = patients.get(patient_pk)
+            if patient is None:
+                patients[patient_pk] = [new_study, new_series, 1]
+            else:
+                patient[0] += new_study
+                patient[1] += new_series
+                patient[2] += 1
+        self._flushed = len(self._counts)
+        executemany = self._conn.executemany
+        executemany(_COUNT_SERIES, [(n, pk) for pk, n in series.items()])
+        executemany(_COUNT_STUDY, [(*n, pk) for pk, n in studies.items()])
+        executemany(COUNT_NEW_PATIENTS, [(*n, pk) for pk, n in patients.items()])
 
     def _lock_instance(self, sop_instance_uid: str) -> tuple | None:
         # The connection's lock and sqlite's write lock are enough.
@@ -284,20 +344,18 @@ class SqliteIndex(SqlIndex):
                    new_study: bool, series_changed: bool, sop_class: object) -> None:
         """Derived attributes after adding one new instance (PS3.4 C.3.4)."""
         execute = self._conn.execute
-        execute("UPDATE series SET number_of_series_related_instances = "
-                "COALESCE(number_of_series_related_instances, 0) + 1 WHERE pk = ?", (series_pk,))
+        # The counts are written once per parent row when the transaction
+        # ends (or before anything reads or recounts them in it): noted here.
+        self._counts.append((series_pk, study_pk, patient_pk, int(new_series), int(new_study)))
         classes = self._study_classes.get(study_pk)
         if classes is None:
             stored = execute("SELECT sop_classes_in_study FROM study WHERE pk = ?",
                              (study_pk,)).fetchone()[0]
             classes = self._study_classes[study_pk] = set(stored.split("\\")) if stored else set()
         new_class = bool(sop_class) and str(sop_class) not in classes
-        if not new_class and not series_changed:
-            # The common case: one more instance in a known series.
-            execute(_COUNT_NEW_STUDY, (int(new_series), study_pk))
-        else:
-            assignments = [_COUNT_NEW_STUDY_SET]
-            params: list[object] = [int(new_series)]
+        if new_class or series_changed:
+            assignments = []
+            params: list[object] = []
             if new_class:
                 classes.add(str(sop_class))
                 assignments.append("sop_classes_in_study = ?")
@@ -307,4 +365,3 @@ class SqliteIndex(SqlIndex):
                 params.append(self._modalities(study_pk))
             execute(f"UPDATE study SET {', '.join(assignments)} WHERE pk = ?",
                     (*params, study_pk))
-        execute(COUNT_NEW_PATIENT, (int(new_study), int(new_series), patient_pk))
