@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist.dimse.assembly import Spooled
@@ -337,6 +338,82 @@ class RenameFailureTests(SynchronousTestCase):
         with open(path, "rb") as fp:
             self.assertEqual(fp.read(), kept)
         self.assertEqual([n for n in os.listdir(root) if n.endswith(".part")], [])
+
+
+class WorkersTests(SynchronousTestCase):
+    """The store's workers: long-lived tasks of a real thread pool."""
+
+    def setUp(self) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=6, name="test-store")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.workers = store_module._Workers(self.pool, 3)
+
+    def run_all(self, tasks, timeout: float = 10.0) -> list:
+        """Submit ``(f, args)`` tasks; wait for every report."""
+        reports = []
+        done = threading.Semaphore(0)
+
+        def report(ok, result):
+            reports.append((ok, result))
+            done.release()
+
+        for f, args in tasks:
+            self.workers.callInThreadWithCallback(report, f, *args)
+        for _ in tasks:
+            self.assertTrue(done.acquire(timeout=timeout), "a task was never reported")
+        return reports
+
+    def test_results_and_failures_reported(self):
+        """Every task's result, or its failure, reaches its callback."""
+        def fail():
+            raise ValueError("no")
+
+        reports = self.run_all([(lambda n=n: n * 2, ()) for n in range(20)] + [(fail, ())])
+        self.assertEqual(sorted(r for ok, r in reports if ok), [n * 2 for n in range(20)])
+        failures = [r for ok, r in reports if not ok]
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0], Failure)
+        self.assertTrue(failures[0].check(ValueError))
+
+    def test_concurrent_up_to_the_limit(self):
+        """Blocked tasks run side by side, never more than the limit at once;
+        the others wait in the queue and all run in the end."""
+        release = threading.Event()
+        running = []
+        lock = threading.Lock()
+        peak = []
+
+        def task():
+            with lock:
+                running.append(1)
+                peak.append(len(running))
+            release.wait(10)
+            with lock:
+                running.pop()
+
+        reports = []
+        reporter = threading.Thread(target=lambda: reports.extend(self.run_all([(task, ())] * 7)))
+        reporter.start()
+        for _ in range(1000):  # until three run at once (each waits on the event)
+            with lock:
+                if len(running) == 3:
+                    break
+            threading.Event().wait(0.01)
+        release.set()
+        reporter.join(10)
+        self.assertEqual(max(peak), 3)
+        self.assertEqual(len(reports), 7)
+
+    def test_workers_end_when_idle(self):
+        """Workers give their threads back once nothing came for LINGER."""
+        self.run_all([(int, ())] * 5)
+        for _ in range(1000):
+            if self.workers._running == 0:
+                break
+            threading.Event().wait(0.01)
+        self.assertEqual((self.workers._running, self.workers._idle), (0, 0))
+        self.assertEqual(self.run_all([(int, ("7",))]), [(True, 7)])
 
 
 def uid_in(wanted, start: int = 1) -> str:
