@@ -251,6 +251,9 @@ def main(argv: list[str]) -> int:
         load = Load(server, warmup, args.associations)
         load.run()
         load.release()
+        # Long enough for the store's workers to end (``store.LINGER``):
+        # those of the measured stores start under the profiler.
+        time.sleep(1.0)
         load = Load(server, instances, args.associations)
         if args.tool == "cpu":
             before = cpu_ticks(pid)
