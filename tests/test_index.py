@@ -1137,6 +1137,31 @@ class FastRowTests(SynchronousTestCase):
             checked += 1
         self.assertGreater(checked, 50)
 
+    def test_remembered_values(self):
+        """A value decoded once is remembered by its raw bytes, tag, VR,
+        byte order and character set: the same value in another byte order
+        or character set decodes right, and SOP Instance UIDs (never
+        repeated) are not kept."""
+        from dicomtwist.storage.header import scan
+        from dicomtwist.storage.index import INDEXED_TAGS, _row
+        from dicomtwist.storage.index.base import _ROW_MEMO
+
+        def row(syntax, charset, sop):
+            ds = instance(sop, PatientName="Müller^Jörg", Rows=258)
+            ds.SpecificCharacterSet = charset
+            return _row(scan(encode_dataset(ds, syntax), syntax, INDEXED_TAGS))
+
+        first = row(ExplicitVRLittleEndian, "ISO_IR 100", "1.2.3.1")
+        again = row(ExplicitVRLittleEndian, "ISO_IR 100", "1.2.3.2")
+        self.assertEqual((first["PatientName"], first["Rows"]), ("Müller^Jörg", 258))
+        self.assertEqual((again["PatientName"], again["Rows"], again["SOPInstanceUID"]),
+                         ("Müller^Jörg", 258, "1.2.3.2"))
+        big = row(ExplicitVRBigEndian, "ISO_IR 100", "1.2.3.3")
+        self.assertEqual(big["Rows"], 258)
+        self.assertNotIn("1.2.3.2", [value for _, value in _ROW_MEMO.values()])
+        utf8 = row(ExplicitVRLittleEndian, "ISO_IR 192", "1.2.3.4")
+        self.assertEqual(utf8["PatientName"], "Müller^Jörg")
+
     def test_generated_values(self):
         """Character sets, padding, multiple values, empty values and
         numbers give the same row both ways, in every uncompressed syntax."""

@@ -180,7 +180,8 @@ def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: st
     with memoryview(buffer) as view:
         if view.itemsize != 1 or view.ndim != 1:
             view = view.cast("B")
-        elements = _scan_top(view, implicit, little, keep)
+        elements = _scan_top(view, implicit, little, keep,
+                             buffer if type(buffer) is bytes else None)
     encoding: str | list[str] = default_encoding
     if _SPECIFIC_CHARACTER_SET in elements:
         encoding = list(_character_set(elements[BaseTag(_SPECIFIC_CHARACTER_SET)].value))
@@ -266,12 +267,18 @@ def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little
 
 
 def _scan_top(view: memoryview, implicit: bool, little: bool,
-              keep: dict[int, BaseTag]) -> dict[BaseTag, RawDataElement]:
+              keep: dict[int, BaseTag],
+              source: bytes | None = None) -> dict[BaseTag, RawDataElement]:
     """Walk the top-level data set (PS3.5 7.1) and collect kept elements.
 
     The hot loop: one ``unpack_from`` (two for 32-bit lengths) and a few
     comparisons per element; objects are made only for kept elements.
+
+    :param source: the data set as ``bytes`` when it is (``view``'s
+        object): a kept value of defined length is then sliced from it
+        straight into ``bytes`` and its element made inline.
     """
+    new = tuple.__new__
     end = len(view)
     found: dict[BaseTag, RawDataElement] = {}
     previous = -1
@@ -294,7 +301,11 @@ def _scan_top(view: memoryview, implicit: bool, little: bool,
                         raise _past_end(tag, start - 8, length, end)
                 if tag in keep:
                     tag = keep[tag]
-                    found[tag] = _raw(view, tag, None, length, start, pos, True, little)
+                    if length and source is not None and length != _UNDEFINED:
+                        found[tag] = new(RawDataElement, (tag, None, length, source[start:pos],
+                                                          start, True, little, True, False))
+                    else:
+                        found[tag] = _raw(view, tag, None, length, start, pos, True, little)
         else:
             element = _ELEMENT[False, little].unpack_from
             length32 = _LENGTH[little].unpack_from
@@ -323,7 +334,12 @@ def _scan_top(view: memoryview, implicit: bool, little: bool,
                     raise _past_end(tag, start - size, length, end)
                 if tag in keep:
                     tag = keep[tag]
-                    found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
+                    if length and source is not None:
+                        # What _raw makes, without its call and RawDataElement's.
+                        found[tag] = new(RawDataElement, (tag, vr, length, source[start:pos],
+                                                          start, False, little, True, False))
+                    else:
+                        found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
     except StructError:
         raise HeaderError(f"truncated element header at offset {pos:#x} "
                           f"(data set ends at {end:#x})") from None

@@ -483,49 +483,74 @@ def _raw_values(element: RawDataElement, vr: str, codec: str | None) -> list[str
     return None
 
 
+#: ``(tag, VR, raw value, little endian, codec) -> (keyword, stored value)`` of raw
+#: elements :func:`_row` decoded: the patient's, study's and series'
+#: values repeat instance after instance.  Cleared when full.
+_ROW_MEMO: dict[tuple, tuple[str, object]] = {}
+_ROW_MEMO_LIMIT = 4096
+#: Values that never repeat, not remembered.
+_ROW_UNIQUE = frozenset({int(Tag("SOPInstanceUID"))})
+
+
 def _row(ds: Dataset) -> dict[str, object]:
     """Every written attribute of ``ds`` as the index stores it.
 
     Raw elements of the common VRs and character sets are decoded here
-    (those of the ASCII VRs inline: this runs for every stored instance);
-    the rest (and anything unusual) goes through pydicom, which gives the
-    same values more slowly.  The elements are read from the data set's
-    own mapping: ``Dataset.get_item`` costs more than the decoding, and
-    the tags are looked up as plain ``int`` s (a ``BaseTag`` key would
-    call its Python ``__eq__`` on every hit).
+    (those of the ASCII VRs inline, and each value remembered,
+    :data:`_ROW_MEMO`: this runs for every stored instance); the rest (and
+    anything unusual) goes through pydicom, which gives the same values
+    more slowly.  The elements are read from the data set's own mapping:
+    ``Dataset.get_item`` costs more than the decoding, and the tags are
+    looked up as plain ``int`` s (a ``BaseTag`` key would call its Python
+    ``__eq__`` on every hit).
     """
     codec = _fast_codec(ds)
     row: dict[str, object] = dict.fromkeys(_ADDED_KEYWORDS)
     specs = _ROW_SPECS
+    memo = _ROW_MEMO
     for tag, element in ds._dict.items():
+        raw_element = isinstance(element, RawDataElement)
+        if raw_element:
+            key = (tag, element.VR, element.value, element.is_little_endian, codec)
+            known = memo.get(key)
+            if known is not None:
+                row[known[0]] = known[1]
+                continue
         spec = specs.get(int(tag))
         if spec is None:
             continue
         keyword, vr, is_int, is_date, attribute = spec
-        if isinstance(element, RawDataElement) and (element.VR is None or element.VR == vr):
+        value: object
+        if raw_element and (element.VR is None or element.VR == vr):
             raw = element.value
             if not raw:
-                row[keyword] = None
-                continue
-            if vr in _ASCII_VRS:
+                value = None
+            elif vr in _ASCII_VRS:
                 # What _stored(_raw_values(...)) gives, without the lists.
                 text = bytes(raw).decode("latin-1").rstrip(" \0")
                 if not text.strip("\\"):
-                    row[keyword] = None  # no value, or only empty ones
+                    value = None  # no value, or only empty ones
                 elif is_int:
                     try:
-                        row[keyword] = int(text.split("\\", 1)[0])
+                        value = int(text.split("\\", 1)[0])
                     except ValueError:
-                        row[keyword] = None
+                        value = None
                 elif is_date:
-                    row[keyword] = text.replace(".", "")
+                    value = text.replace(".", "")
                 else:
-                    row[keyword] = text
-                continue
-            values = _raw_values(element, vr, codec)
-            if values is not None:
-                row[keyword] = _stored(values, attribute)
-                continue
+                    value = text
+            else:
+                values = _raw_values(element, vr, codec)
+                if values is None:
+                    row[keyword] = _stored_value(ds, attribute)
+                    continue
+                value = _stored(values, attribute)
+            row[keyword] = value
+            if int(tag) not in _ROW_UNIQUE:
+                if len(memo) >= _ROW_MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = (keyword, value)
+            continue
         row[keyword] = _stored_value(ds, attribute)
     return row
 
