@@ -192,6 +192,14 @@ def _layout(cls: type[Message]) -> tuple[tuple[int, str, str, bool], ...]:
 
 
 _LAYOUTS = {cls: _layout(cls) for cls in COMMAND_FIELDS.values()}
+#: Per message class, ``(element, field, decoder, required)`` by tag.
+_DECODING_LAYOUTS = {cls: tuple((element, name, _DECODERS[vr], required)
+                                for element, name, vr, required in layout)
+                     for cls, layout in _LAYOUTS.items()}
+#: Per message class, its optional fields' defaults.
+_DEFAULTS = {cls: {field.name: field.default for field in fields(cls)  # type: ignore[arg-type]
+                   if field.default is not MISSING}
+             for cls in COMMAND_FIELDS.values()}
 
 
 def encode_command(msg: Message, has_dataset: bool) -> bytes:
@@ -268,11 +276,13 @@ def _split_elements(data: bytes) -> dict[int, bytes]:
     elements: dict[int, bytes] = {}
     end = len(data)
     offset = 0
+    unpack = _ELEMENT_HEADER.unpack_from
+    size = _ELEMENT_HEADER.size
     while offset < end:
-        if end - offset < _ELEMENT_HEADER.size:
+        if end - offset < size:
             raise DIMSEDecodeError(f"truncated element header at byte {offset}")
-        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
-        offset += _ELEMENT_HEADER.size
+        group, element, length = unpack(data, offset)
+        offset += size
         if group != 0x0000:
             raise DIMSEDecodeError(
                 f"element ({group:04X},{element:04X}) outside group 0000 in command set")
@@ -343,20 +353,26 @@ def _decode_command(data: bytes) -> tuple[Message, bool]:
     cls = COMMAND_FIELDS.get(command_field)
     if cls is None:
         raise DIMSEDecodeError(f"unknown CommandField 0x{command_field:04X}")
-    kwargs: dict[str, Any] = {}
-    for element, name, vr, required in _LAYOUTS[cls]:
+    # The message's fields, its defaults first: the frozen dataclass is
+    # then made without its __init__, whose object.__setattr__ per field
+    # costs as much as decoding them (the same object: fields, equality,
+    # hash and repr come from the class).
+    state = dict(_DEFAULTS[cls])
+    for element, name, decode, required in _DECODING_LAYOUTS[cls]:
         raw = elements.get(element)
-        if raw is None or (not raw and vr == "US"):
+        if raw is None or (not raw and decode is _decode_us):
             if required:
                 raise DIMSEDecodeError(
                     f"{cls.NAME} lacks required element (0000,{element:04X})")
             continue
         try:
-            kwargs[name] = _DECODERS[vr](raw)
+            state[name] = decode(raw)
         except UnicodeDecodeError:
             raise DIMSEDecodeError(
                 f"element (0000,{element:04X}) is not ASCII") from None
-    return cls(**kwargs), data_set_type != DATA_SET_ABSENT
+    message = object.__new__(cls)
+    message.__dict__.update(state)
+    return message, data_set_type != DATA_SET_ABSENT
 
 
 def fragment(context_id: int, data: bytes | memoryview, is_command: bool,
