@@ -93,6 +93,9 @@ class SqliteIndex(SqlIndex):
             # sqlite3 module's implicit BEGINs.
             self._conn = sqlite3.connect(path, check_same_thread=False,
                                          isolation_level=None, timeout=30)
+            #: One cursor for SAVEPOINT and RELEASE (used under the lock;
+            #: ``Connection.execute`` makes a new cursor every time).
+            self._control = self._conn.cursor()
         except sqlite3.Error as e:
             raise IndexUnavailable(f"cannot open the index {path}: {e}") from None
         try:
@@ -148,7 +151,7 @@ class SqliteIndex(SqlIndex):
             # The new instances' counts written so far, and those only noted.
             counted, flushed = len(self._counts), self._flushed
             try:
-                self._conn.execute(f"SAVEPOINT {name}")
+                self._control.execute(f"SAVEPOINT {name}")
                 try:
                     yield
                 except BaseException:
@@ -157,8 +160,8 @@ class SqliteIndex(SqlIndex):
                     # written in it (noted before: to be written again).
                     del self._counts[counted:]
                     self._flushed = min(self._flushed, flushed)
-                    self._conn.execute(f"ROLLBACK TO {name}")
-                    self._conn.execute(f"RELEASE {name}")
+                    self._control.execute(f"ROLLBACK TO {name}")
+                    self._control.execute(f"RELEASE {name}")
                     raise
                 try:
                     if self._depth == 1:
@@ -166,7 +169,7 @@ class SqliteIndex(SqlIndex):
                             self._flush_counts()
                         self._counts.clear()
                         self._flushed = 0
-                    self._conn.execute(f"RELEASE {name}")
+                    self._control.execute(f"RELEASE {name}")
                 except BaseException:
                     self._forget()
                     if self._depth == 1:
