@@ -167,6 +167,13 @@ class Load:
             assoc.release()
 
 
+def ct_instances(directory: str, count: int) -> list[rawclient.Instance]:
+    """``count`` new 0.5 MiB CT images (``run.py``'s C-STORE 0.5 MB files,
+    :func:`benchmarks.data.write_ct_set`: new UIDs each call)."""
+    paths, _ = data.write_ct_set(directory, count)
+    return [rawclient.read_instance(path) for path in paths]
+
+
 def small_instances(directory: str, first_study: int, count: int) -> list[rawclient.Instance]:
     """``count`` new small instances (whole studies of 20, the last cut)."""
     studies = -(-count // data.INSTANCES_PER_STUDY)
@@ -228,14 +235,21 @@ def main(argv: list[str]) -> int:
                              " drop out, the profiler's own cost grows) instead of wall time")
     parser.add_argument("--ours-src", default=ROOT, help="the dicomtwist tree to run")
     parser.add_argument("--work", default=None, help="work directory (default: temporary)")
+    parser.add_argument("--size", choices=("small", "ct"), default="small",
+                        help="small: the bulk load's 3 KB instances; ct: run.py's 0.5 MB"
+                             " C-STORE instances (use a --count of a few hundred)")
     args = parser.parse_args(argv)
 
     servers.Ours.source = os.path.abspath(args.ours_src)
     work = args.work or tempfile.mkdtemp(prefix="store-cost-")
     os.makedirs(work, exist_ok=True)
-    warmup = small_instances(os.path.join(work, "warmup"), 0, args.warmup)
-    first = -(-args.warmup // data.INSTANCES_PER_STUDY)
-    instances = small_instances(os.path.join(work, "measured"), first, args.count)
+    if args.size == "ct":
+        warmup = ct_instances(os.path.join(work, "warmup"), args.warmup)
+        instances = ct_instances(os.path.join(work, "measured"), args.count)
+    else:
+        warmup = small_instances(os.path.join(work, "warmup"), 0, args.warmup)
+        first = -(-args.warmup // data.INSTANCES_PER_STUDY)
+        instances = small_instances(os.path.join(work, "measured"), first, args.count)
     server = Measured(os.path.join(work, "ours"), servers.free_port())
     out = os.path.join(work, "out")
     instrument(server, args.tool, out)

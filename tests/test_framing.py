@@ -42,6 +42,29 @@ class PDUFramerTests(SynchronousTestCase):
         [(pdu_type, body)] = list(framer.feed(PDATA))
         self.assertIsInstance(body, memoryview)
 
+    def test_held_bytes_completed_without_copying_the_next_chunk(self) -> None:
+        """A PDU cut by a read is completed from the front of the next
+        chunk; the PDUs after it are views of that chunk itself, not of a
+        copy of it joined to the held bytes."""
+        framer = PDUFramer()
+        stream = PDATA * 6
+        first, second = stream[:len(PDATA) + 8], stream[len(PDATA) + 8:]  # mid-body
+        self.assertEqual(frames(framer, first), [(0x04, PDATA[6:])])
+        bodies = list(framer.feed(second))
+        self.assertEqual([bytes(b) for _, b in bodies], [PDATA[6:]] * 5)
+        self.assertIsNot(bodies[0][1].obj, second)  # the completed one: joined
+        self.assertTrue(all(body.obj is second for _, body in bodies[1:]))
+        self.assertEqual(framer.buffered, 0)
+
+    def test_header_completed_then_body_in_place(self) -> None:
+        """Held bytes of a header: the header is completed, its body framed
+        in place from the next chunk."""
+        framer = PDUFramer()
+        self.assertEqual(frames(framer, PDATA[:3]), [])
+        [(pdu_type, body)] = list(framer.feed(PDATA[3:] + RELEASE_RQ[:2]))
+        self.assertEqual((pdu_type, bytes(body)), (0x04, PDATA[6:]))
+        self.assertEqual(frames(framer, RELEASE_RQ[2:]), [(0x05, RELEASE_RQ[6:])])
+
     def test_two_pdus_in_one_chunk(self) -> None:
         """Two PDUs arriving in one chunk come out in order."""
         framer = PDUFramer()

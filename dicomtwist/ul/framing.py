@@ -84,32 +84,43 @@ class PDUFramer:
         if self._failed:
             return
         if self._chunks:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered < self._needed:
+            # Complete the header or body held back, from the front of
+            # ``data`` alone; the rest is framed in place (joining all of
+            # ``data`` to the held bytes would copy every byte once more).
+            need = self._needed - self._buffered
+            if len(data) < need:
+                self._chunks.append(data)
+                self._buffered += len(data)
                 return
-            data = b"".join(self._chunks)
+            view = memoryview(data)
+            self._chunks.append(view[:need])
+            piece = b"".join(self._chunks)
             self._chunks = []
             self._buffered = 0
-        view = memoryview(data)
-        offset = 0
-        end = len(data)
-        while True:
-            if self._header is None:
-                if end - offset < HEADER_LENGTH:
+            views = (memoryview(piece), view[need:])
+        else:
+            views = (memoryview(data),)
+        for view in views:
+            offset = 0
+            end = len(view)
+            while True:
+                if self._header is None:
+                    if end - offset < HEADER_LENGTH:
+                        break
+                    pdu_type, length = HEADER.unpack_from(view, offset)
+                    self._check(pdu_type, length, offset)
+                    self._header = (pdu_type, length)
+                    offset += HEADER_LENGTH
+                    self._needed = length
+                pdu_type, length = self._header
+                if end - offset < length:
                     break
-                pdu_type, length = HEADER.unpack_from(view, offset)
-                self._check(pdu_type, length, offset)
-                self._header = (pdu_type, length)
-                offset += HEADER_LENGTH
-                self._needed = length
-            pdu_type, length = self._header
-            if end - offset < length:
-                break
-            self._header = None
-            self._needed = HEADER_LENGTH
-            yield pdu_type, view[offset:offset + length]
-            offset += length
+                self._header = None
+                self._needed = HEADER_LENGTH
+                yield pdu_type, view[offset:offset + length]
+                offset += length
+        # (The completed piece is always used up: it ends where a header or
+        # a body ends.)
         if offset < end:
             rest = bytes(view[offset:])
             self._chunks = [rest]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, Union
+from typing import ClassVar, NamedTuple, Union
 
 from dicomtwist.errors import PDUDecodeError
 from dicomtwist.ul.items import (
@@ -180,6 +180,14 @@ def _decode_ae_title(raw: bytes, what: str, offset: int) -> str:
         raise PDUDecodeError(
             f"{what} is not ASCII", offset, AbortReason.INVALID_PDU_PARAMETER_VALUE
         ) from None
+
+
+#: How decoding makes a P-DATA-TF and its PDVs, one per fragment received:
+#: the immutable objects without their generated ``__init__`` (the same
+#: objects, fields set once).
+_new_tuple = tuple.__new__
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 def _view(body: bytes | memoryview) -> memoryview:
@@ -535,9 +543,13 @@ class AAssociateRJ:
         return f"A-ASSOCIATE-RJ PDU: result {self.result}, source {self.source}, reason {self.reason}"
 
 
-@dataclass(frozen=True)
-class PresentationDataValue:
+class PresentationDataValue(NamedTuple):
     """One Presentation Data Value item of a P-DATA-TF (PS3.8 9.3.5.1).
+
+    A named tuple (immutable, like the other PDUs' dataclasses): one is
+    made per fragment received, on the data path of every data set, where
+    a frozen dataclass's ``__init__`` cost more than the rest of its
+    decoding.
 
     :ivar context_id: the presentation context of the fragment.
     :ivar control: message control header: bit 0 set for a command
@@ -617,14 +629,17 @@ class PDataTF:
                     f"PDV length {length} overruns the {end}-byte P-DATA-TF body", offset,
                     AbortReason.INVALID_PDU_PARAMETER_VALUE,
                 )
-            pdvs.append(PresentationDataValue(context_id, control, view[position + _PDV_HEAD.size:stop]))
+            pdvs.append(_new_tuple(PresentationDataValue,
+                                   (context_id, control, view[position + _PDV_HEAD.size:stop])))
             position = stop
         if not pdvs:
             raise PDUDecodeError(
                 "P-DATA-TF without any PDV", PDU_HEADER.size,
                 AbortReason.INVALID_PDU_PARAMETER_VALUE,
             )
-        return cls(tuple(pdvs))
+        pdu = _new_object(cls)
+        _set_attribute(pdu, "pdvs", tuple(pdvs))
+        return pdu
 
     def summary(self) -> str:
         """Return a one-line description for debug logs."""
