@@ -7,6 +7,7 @@ Usage::
     python benchmarks/store_cost.py cprofile --count 2000 --top 40
     python benchmarks/store_cost.py strace --count 1000
     python benchmarks/store_cost.py cpu --ours-src /some/tree   # another tree
+    python benchmarks/store_cost.py callgrind --size ct --count 200  # 0.5 MB instances
 
 Starts ``dicomqr`` from this tree (or ``--ours-src``) alone, with the
 configuration of ``run.py`` (sqlite), warms it up with ``--warmup``
