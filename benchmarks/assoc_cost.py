@@ -145,6 +145,16 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+def cpu_per(pid: int, run: Callable[[], object], count: int) -> tuple[float, float]:
+    """Call ``run()``; the user and system CPU of process ``pid`` meanwhile,
+    in microseconds per one of its ``count`` units."""
+    before = cpu_ticks(pid)
+    run()
+    after = cpu_ticks(pid)
+    scale = 1e6 / os.sysconf("SC_CLK_TCK") / count
+    return (after[0] - before[0]) * scale, (after[1] - before[1]) * scale
+
+
 def loop(server: servers.Server, count: int) -> float:
     """``count`` associations, one after another; their seconds."""
     done, failed, elapsed = rawclient.echo_loop(server.port, server.ae_title, count, 600.0)
@@ -197,12 +207,10 @@ def main(argv: list[str]) -> int:
     try:
         loop(server, args.warmup)
         if args.tool == "cpu":
-            before = cpu_ticks(pid)
-            elapsed = loop(server, args.count)
-            after = cpu_ticks(pid)
-            tick = os.sysconf("SC_CLK_TCK")
-            user = (after[0] - before[0]) / tick / args.count * 1e6
-            system = (after[1] - before[1]) / tick / args.count * 1e6
+            timed: list[float] = []
+            user, system = cpu_per(pid, lambda: timed.append(loop(server, args.count)),
+                                   args.count)
+            elapsed = timed[0]
             print(f"{args.count} associations in {elapsed:.2f} s"
                   f" ({args.count / elapsed:,.0f}/s, one client)")
             print(f"daemon CPU per association: {user + system:.0f} us"

@@ -55,7 +55,7 @@ if ROOT not in sys.path:
 
 from benchmarks import data, rawclient, servers  # noqa: E402
 from benchmarks.assoc_cost import (  # noqa: E402
-    Measured, cpu_ticks, instrument, measured, report, stop)
+    Measured, cpu_per, instrument, measured, report, stop)
 
 #: The daemon's launcher under cProfile, for every thread that works on a
 #: store: the reactor thread, and each task run in a Twisted thread pool
@@ -271,12 +271,7 @@ def main(argv: list[str]) -> int:
         time.sleep(1.0)
         load = Load(server, instances, args.associations)
         if args.tool == "cpu":
-            before = cpu_ticks(pid)
-            load.run()
-            after = cpu_ticks(pid)
-            tick = os.sysconf("SC_CLK_TCK")
-            user = (after[0] - before[0]) / tick / args.count * 1e6
-            system = (after[1] - before[1]) / tick / args.count * 1e6
+            user, system = cpu_per(pid, load.run, args.count)
             print(f"{args.count} instances in {load.elapsed:.2f} s ({args.count / load.elapsed:,.0f}"
                   f"/s, {args.associations} associations)")
             print(f"daemon CPU per instance: {user + system:.0f} us"
