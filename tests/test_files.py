@@ -12,6 +12,7 @@ from pydicom.filewriter import write_file_meta_info
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomtwist import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomtwist.storage import files as files_module
 from dicomtwist.storage.files import (
     TEMP_SUFFIX,
     create_temporary,
@@ -102,6 +103,58 @@ class TemporaryFileTests(SynchronousTestCase):
         path = write_temporary(self.directory, b"H" * 132, memoryview(data))
         with open(path, "rb") as fp:
             self.assertEqual(fp.read(), b"H" * 132 + data)
+
+    def test_fragments_written_in_order(self):
+        """A list of fragments is written after the header, in order, none
+        joined, IOV_MAX of them to a writev."""
+        data = bytes(range(256)) * 64
+        parts = [memoryview(data)[i:i + 1000] for i in range(0, len(data), 1000)]
+        calls = []
+        writev = os.writev
+
+        def counted(fd, buffers):
+            calls.append(len(buffers))
+            return writev(fd, buffers)
+
+        self.patch(files_module, "IOV_MAX", 4)
+        self.patch(os, "writev", counted)
+        path = write_temporary(self.directory, b"H" * 132, list(parts))
+        with open(path, "rb") as fp:
+            self.assertEqual(fp.read(), b"H" * 132 + data)
+        self.assertEqual(calls, [4, 4, 4, 4, 2])
+
+    def test_partial_writes_resumed(self):
+        """A writev that writes only part of its buffers (here at most 700
+        bytes) is followed by one for the rest, from where it stopped."""
+        data = bytes(range(251)) * 40
+        parts = [data[i:i + 333] for i in range(0, len(data), 333)]
+        writev = os.writev
+
+        def short(fd, buffers):
+            return writev(fd, [b"".join(bytes(b) for b in buffers)[:700]])
+
+        self.patch(os, "writev", short)
+        path = write_temporary(self.directory, b"HEAD", parts)
+        with open(path, "rb") as fp:
+            self.assertEqual(fp.read(), b"HEAD" + data)
+
+    def test_fragments_fsynced(self):
+        """The file of a list of fragments is fsynced before it is closed."""
+        events = []
+        fsync, close = os.fsync, os.close
+        self.patch(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+        self.patch(os, "close", lambda fd: (events.append("close"), close(fd))[1])
+        write_temporary(self.directory, b"H", [b"a", memoryview(b"b")])
+        self.assertEqual(events, ["fsync", "close"])
+
+    def test_fragments_failure_leaves_nothing(self):
+        """A writev that fails removes the new file."""
+        def broken(fd, buffers):
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "writev", broken)
+        self.assertRaises(OSError, write_temporary, self.directory, b"H", [b"data"])
+        self.assertEqual(os.listdir(self.directory), [])
 
     def test_names_unique(self):
         """Successive files get new names."""

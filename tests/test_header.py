@@ -539,9 +539,14 @@ class MalformedTests(SynchronousTestCase):
     """What is not well formed raises HeaderError saying where and why."""
 
     def assertMalformed(self, data: bytes, message: str, ts: str = EXPLICIT_LE) -> None:
-        """``scan`` rejects ``data`` with an error containing ``message``."""
+        """``scan`` rejects ``data`` with an error containing ``message``;
+        ``scan_fragments``, with ``data`` in 1-byte fragments read through
+        windows of 4 bytes, with the same error."""
         error = self.assertRaises(HeaderError, scan, data, ts, {0x00100010})
         self.assertIn(message, str(error))
+        self.patch(header, "WINDOW", 4)
+        self.assertEqual(outcome(header.scan_fragments, cut(data, [1]), ts, {0x00100010}),
+                         (HeaderError, str(error)))
 
     def test_truncated_everywhere(self) -> None:
         """Cut at any offset the data set is malformed, unless the cut falls
@@ -667,7 +672,8 @@ class MalformedTests(SynchronousTestCase):
     def test_messages_are_value_errors(self) -> None:
         """HeaderError is a ValueError, so callers catching those see it."""
         self.assertTrue(issubclass(HeaderError, ValueError))
-        self.assertEqual(header.__all__, ["HeaderError", "MAX_DEPTH", "scan", "tag_object"])
+        self.assertEqual(header.__all__, ["HeaderError", "MAX_DEPTH", "WINDOW", "scan",
+                                          "scan_fragments", "tag_object"])
 
 
 class TagObjectTests(SynchronousTestCase):
@@ -692,3 +698,190 @@ class TagObjectTests(SynchronousTestCase):
             self.assertEqual(scanned[0x00100020].value, "P1")
             self.assertEqual(scanned["SOPInstanceUID"].value, "1.2.3")
         self.assertIs(header.tag_object(0x00100020), shared)
+
+
+def outcome(scanner, *args) -> tuple:
+    """What a scan gives: its elements (as tuples: tag, VR, length, value,
+    offset...) and encoding, or its error's type and message."""
+    try:
+        ds = scanner(*args)
+    except (HeaderError, NotImplementedError) as e:
+        return type(e), str(e)
+    return ({tag: tuple(element) for tag, element in ds._dict.items()},
+            ds.original_encoding, ds.original_character_set)
+
+
+def cut(data: bytes, sizes: list[int]) -> list[memoryview]:
+    """``data`` as memoryview fragments of the given sizes, repeated."""
+    view = memoryview(b"\xaa" + data)[1:]  # not a whole bytes object, as received
+    parts, pos, turn = [], 0, 0
+    while pos < len(data):
+        parts.append(view[pos:pos + sizes[turn % len(sizes)]])
+        pos += sizes[turn % len(sizes)]
+        turn += 1
+    return parts
+
+
+class FragmentTests(SynchronousTestCase):
+    """``scan_fragments`` reads a data set still in its received fragments
+    as ``scan`` reads it joined: same elements, same errors."""
+
+    def assertSame(self, data: bytes, parts: list, ts: str, wanted) -> None:
+        """The fragments scan exactly as the joined bytes."""
+        self.assertEqual(b"".join(parts), data)
+        self.assertEqual(outcome(header.scan_fragments, parts, ts, wanted),
+                         outcome(scan, data, ts, wanted))
+
+    def test_every_cut_in_two(self) -> None:
+        """Cut in two at every offset (through tags, VRs, lengths, values,
+        items and delimiters), with windows of 1, 12 and 64 bytes, the
+        generated data set of every encoding scans as whole."""
+        for window in (1, 12, 64):
+            self.patch(header, "WINDOW", window)
+            for ts in ENCODINGS:
+                data = generated(ts, un=ts != EXPLICIT_BE)
+                wanted = top_level_tags(reference(data, ts)) | {PIXEL_DATA}
+                for at in range(len(data) + 1):
+                    self.assertSame(data, [memoryview(data)[:at], memoryview(data)[at:]],
+                                    ts, wanted)
+
+    def test_small_fragments(self) -> None:
+        """In fragments of 1, 2, 3, 5 and 7 bytes (and mixed), and with the
+        default window, the generated data set scans as whole."""
+        for window in (1, 8, header.WINDOW):
+            self.patch(header, "WINDOW", window)
+            for ts in ENCODINGS:
+                data = generated(ts, un=ts != EXPLICIT_BE)
+                wanted = top_level_tags(reference(data, ts))
+                for sizes in ([1], [2], [3], [5], [7], [1, 13, 2, 0, 6]):
+                    self.assertSame(data, cut(data, sizes), ts, wanted)
+
+    def test_truncated_everywhere(self) -> None:
+        """Cut short at any offset and held in 5-byte fragments, the data
+        set gives what ``scan`` gives: the same elements or the same error."""
+        self.patch(header, "WINDOW", 16)
+        for ts in ENCODINGS:
+            data = generated(ts)
+            for end in range(len(data) + 1):
+                self.assertSame(data[:end], cut(data[:end], [5]), ts, {0x00100020, 0x00081115})
+
+    def test_tag_split(self) -> None:
+        """A tag split between fragments (group | element) is read whole."""
+        e = Encoder(False, True)
+        data = e.text(0x00100010, "PN", "A^B") + e.text(0x00100020, "LO", "P1")
+        self.patch(header, "WINDOW", 8)
+        parts = [data[:12], data[12:14], data[14:]]  # (0010,0020): "\x10\x00" | "\x20\x00"
+        self.assertEqual(header.scan_fragments(parts, EXPLICIT_LE, {0x00100020}).PatientID, "P1")
+        self.assertSame(data, parts, EXPLICIT_LE, {0x00100010, 0x00100020})
+
+    def test_vr_split(self) -> None:
+        """An explicit VR split between fragments is read whole."""
+        e = Encoder(False, True)
+        data = e.text(0x00100010, "PN", "A^B") + e.text(0x00100020, "LO", "P1")
+        self.patch(header, "WINDOW", 8)
+        parts = [data[:17], data[17:]]  # "L" | "O"
+        self.assertEqual(header.scan_fragments(parts, EXPLICIT_LE, {0x00100020}).PatientID, "P1")
+        self.assertSame(data, parts, EXPLICIT_LE, {0x00100020})
+        bad = e.text(0x00100010, "PN", "A^B") + e.text(0x00100020, "ZZ", "P1")
+        self.assertEqual(outcome(header.scan_fragments, [bad[:17], bad[17:]], EXPLICIT_LE, ()),
+                         (HeaderError, "(0010,0020) at offset 0xc: unknown VR b'ZZ'"))
+
+    def test_length_split(self) -> None:
+        """A 16-bit and a 32-bit length split between fragments are read
+        whole, and a value running past the end is still found."""
+        e = Encoder(False, True)
+        pixels = bytes(range(256)) * 64
+        data = e.text(0x00100020, "LO", "P1") + e.element(PIXEL_DATA, "OW", pixels)
+        self.patch(header, "WINDOW", 8)
+        for at in (6, 7, 10 + 9, 10 + 10, 10 + 11):
+            parts = [data[:at], data[at:]]
+            scanned = header.scan_fragments(parts, EXPLICIT_LE, {0x00100020, PIXEL_DATA})
+            self.assertEqual(scanned.PatientID, "P1")
+            self.assertEqual(scanned.PixelData, pixels)
+        short = data[:-1]
+        self.assertEqual(
+            outcome(header.scan_fragments, [short[:20], short[20:]], EXPLICIT_LE, ()),
+            (HeaderError, "(7FE0,0010) at offset 0xa: value of length 16384 runs past the end "
+                          f"of the data set ({len(short):#x})"))
+
+    def test_value_split(self) -> None:
+        """A kept value spread over several fragments is joined, exactly."""
+        e = Encoder(True, True)
+        name = "Doe^" + "J" * 301
+        data = e.text(0x00100010, "PN", name) + e.text(0x00100020, "LO", "P1")
+        parts = cut(data, [7])
+        self.patch(header, "WINDOW", 32)
+        scanned = header.scan_fragments(parts, IMPLICIT_LE, {0x00100010, 0x00100020})
+        self.assertEqual(scanned._dict[BaseTag(0x00100010)].value_tell, 8)
+        self.assertEqual(str(scanned.PatientName), name)
+        self.assertEqual(scanned.PatientID, "P1")
+
+    def test_undefined_length_sequence_across_fragments(self) -> None:
+        """A sequence of undefined length, its items (one of undefined
+        length) and delimiters spread over fragments is walked and kept
+        as in a whole buffer; one without its delimiter is an error."""
+        for ts, (implicit, little) in ENCODINGS.items():
+            e = Encoder(implicit, little)
+            item = e.text(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2") + e.text(
+                0x00081155, "UI", "1.2.3.4.5")
+            data = (e.sequence(0x00081115, [e.item(item, undefined=True), e.item(item)],
+                               undefined=True)
+                    + e.text(0x00100020, "LO", "P1"))
+            self.patch(header, "WINDOW", 8)
+            parts = cut(data, [3, 11])
+            scanned = header.scan_fragments(parts, ts, {0x00081115, 0x00100020})
+            self.assertEqual(len(scanned.ReferencedSeriesSequence), 2)
+            self.assertEqual(scanned.ReferencedSeriesSequence[1].ReferencedSOPInstanceUID,
+                             "1.2.3.4.5")
+            self.assertEqual(scanned.PatientID, "P1")
+            self.assertSame(data, parts, ts, {0x00081115, 0x00100020})
+            unended = data[:-len(e.text(0x00100020, "LO", "P1")) - 8]
+            error = outcome(header.scan_fragments, cut(unended, [3, 11]), ts, ())
+            self.assertEqual(error, (HeaderError, "(0008,1115): no sequence delimitation item "
+                                                  f"before the end of the data set "
+                                                  f"({len(unended):#x})"))
+
+    def test_pixel_data_not_copied(self) -> None:
+        """A large value skipped by its length is never copied: scanning a
+        1 MB data set held in 16 KB fragments copies about one window."""
+        e = Encoder(False, True)
+        pixels = b"\x01\x02" * (512 * 1024)
+        data = (e.text(0x00100010, "PN", "A^B") + e.text(0x00100020, "LO", "P1")
+                + e.element(PIXEL_DATA, "OW", pixels))
+        parts = cut(data, [16384])
+        copied = []
+        original = header._Window.copy
+
+        def copy(self, pos: int, stop: int) -> bytes:
+            copied.append(stop - pos)
+            return original(self, pos, stop)
+
+        self.patch(header._Window, "copy", copy)
+        scanned = header.scan_fragments(parts, EXPLICIT_LE, {0x00100020})
+        self.assertEqual(scanned.PatientID, "P1")
+        self.assertEqual(copied, [header.WINDOW])
+
+    def test_small_data_set_joined(self) -> None:
+        """A data set of at most WINDOW bytes is read as one bytes window,
+        whatever its fragments."""
+        data = generated(EXPLICIT_LE)
+        self.assertLess(len(data), header.WINDOW)
+        self.assertSame(data, cut(data, [100]), EXPLICIT_LE, {0x00100020, 0x00081115})
+        self.assertSame(data, [data], EXPLICIT_LE, {0x00100020})
+
+    def test_test_files_in_fragments(self) -> None:
+        """Every readable pydicom test file's data set, in 1,000-byte
+        fragments, scans as whole (elements or error)."""
+        compared = 0
+        for name, data, ds in readable_test_files():
+            ts = transfer_syntax_of(ds)
+            body = data[meta_end(data):]
+            wanted = top_level_tags(ds)
+            self.assertSame(body, cut(body, [1000]), ts, wanted)
+            compared += 1
+        self.assertGreater(compared, 100)
+
+    def test_empty(self) -> None:
+        """No fragments, or empty ones, are an empty, well-formed data set."""
+        self.assertEqual(len(header.scan_fragments([], EXPLICIT_LE, {0x00100010})), 0)
+        self.assertEqual(len(header.scan_fragments([b"", b""], EXPLICIT_LE, ())), 0)

@@ -411,7 +411,9 @@ class OutOfSpaceTests(StoreTestCase):
         def full(fd, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+        # Its fragments go out with writev, never joined.
         self.patch(files_module.os, "write", full)
+        self.patch(files_module.os, "writev", full)
         rsp = self.store_dataset(ct_dataset(4096))
         self.assertEqual(rsp.status, Status.OUT_OF_RESOURCES)
         self.assertEqual(rsp.status, 0xA700)

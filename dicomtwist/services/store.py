@@ -58,7 +58,7 @@ from dicomtwist.storage.files import (
     scratch_file,
     write_temporary,
 )
-from dicomtwist.storage.header import scan, scan_file, tag_object
+from dicomtwist.storage.header import scan_file, scan_fragments, tag_object
 from dicomtwist.storage.index import INDEXED_TAGS
 
 
@@ -433,8 +433,11 @@ class ArchiveStore:
         try:
             try:
                 if temp is None:
-                    raw = data.data()
-                    ds = read_header(raw, transfer_syntax)
+                    # The fragments as received: neither scanning nor
+                    # writing joins them (a copy of the whole data set).
+                    parts = data.parts
+                    assert parts is not None
+                    ds = read_header(parts, transfer_syntax)
                 else:
                     ds = read_header_from_file(temp, len(data.header), transfer_syntax)
                 sop_instance, sop_class, found_study, series = (
@@ -454,9 +457,10 @@ class ArchiveStore:
             compress = self._compress_to(transfer_syntax)
             written = time.monotonic()
             if temp is None:
-                metadata = None if compress else self._describe(raw, transfer_syntax)
-                temp = write_temporary(self.directory, data.header, raw)
-                size = len(data.header) + len(raw)
+                metadata = (None if compress or self.describe is None else
+                            self._describe(data.data(), transfer_syntax))
+                temp = write_temporary(self.directory, data.header, parts)
+                size = len(data.header) + data.size
             else:
                 metadata = (None if compress else
                             self._describe_file(temp, len(data.header), transfer_syntax))
@@ -920,16 +924,17 @@ def _fail(answer: Deferred, failure: object) -> None:
         answer.errback(failure)
 
 
-def read_header(data: bytes, transfer_syntax: str) -> Dataset:
-    """The indexed attributes of an encoded data set (no file meta).
+def read_header(parts: list[bytes | memoryview], transfer_syntax: str) -> Dataset:
+    """The indexed attributes of an encoded data set (no file meta), given
+    as its fragments.
 
     :raises Exception: the data set is not well formed.
     """
     try:
-        return scan(data, transfer_syntax, INDEXED_TAGS)
+        return scan_fragments(parts, transfer_syntax, INDEXED_TAGS)
     except NotImplementedError:  # Deflated: pydicom inflates it
         pass
-    return dcmread(io.BytesIO(part10_header("1.2", "1.2", transfer_syntax) + data),
+    return dcmread(io.BytesIO(b"".join([part10_header("1.2", "1.2", transfer_syntax), *parts])),
                    stop_before_pixels=True)
 
 

@@ -317,19 +317,24 @@ def create_temporary(directory: str, prefix: str, suffix: str = TEMP_SUFFIX) -> 
     raise FileExistsError(f"no free temporary file name in {directory}")
 
 
-def write_temporary(directory: str, header: bytes, data: bytes | memoryview,
+def write_temporary(directory: str, header: bytes,
+                    data: bytes | memoryview | list[bytes | memoryview],
                     prefix: str | None = None) -> str:
     """Write ``header`` then ``data`` into a new temporary file in
     ``directory`` and fsync it; return its path.
 
+    :param data: the bytes, or a list of fragments written in order with
+        ``writev`` (a spooled data set: never joined).
     :param prefix: the file name's prefix (default: :func:`temp_prefix`).
     :raises OSError: nothing is left behind.
     """
     fd, path = create_temporary(directory, temp_prefix() if prefix is None else prefix)
     try:
         try:
+            if type(data) is list:
+                write_chunks(fd, [header, *data])
             # A small instance goes out in one write; a big one is not copied.
-            if len(data) < 65536:
+            elif len(data) < 65536:
                 chunk = header + data
                 written = os.write(fd, chunk)
                 if written < len(chunk):
@@ -347,6 +352,33 @@ def write_temporary(directory: str, header: bytes, data: bytes | memoryview,
             pass
         raise
     return path
+
+
+#: The most buffers one ``writev`` takes (POSIX ``IOV_MAX``; Linux: 1024).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
+
+
+def write_chunks(fd: int, chunks: list[bytes | memoryview]) -> None:
+    """Write byte buffers in order, ``IOV_MAX`` to a ``writev``, going on
+    after a partial write where it stopped.
+
+    :param chunks: ``bytes`` or byte ``memoryview`` s; the list is changed.
+    """
+    first = 0
+    count = len(chunks)
+    while first < count:
+        batch = chunks[first:first + IOV_MAX]
+        written = os.writev(fd, batch)
+        if written == sum(map(len, batch)):  # nearly always
+            first += len(batch)
+            continue
+        for chunk in batch:
+            size = len(chunk)
+            if written < size:
+                chunks[first] = memoryview(chunk)[written:]
+                break
+            written -= size
+            first += 1
 
 
 def _write_all(fd: int, chunk: memoryview) -> None:

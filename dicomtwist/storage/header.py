@@ -25,16 +25,21 @@ Values of defined length are jumped over, never read, and defined-length
 items are not looked into; undefined-length values are walked item by item,
 their nested data sets element by element, down to ``MAX_DEPTH`` sequences.
 The buffer (possibly a large ``mmap``) is never copied: only the values of
-the wanted elements are.
+the wanted elements are.  :func:`scan_fragments` reads a data set still in
+the fragments it arrived in (a spooled C-STORE), copying only small
+windows around the element headers it reads and the wanted values, so
+neither the data set nor its Pixel Data is ever joined.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Collection
+from bisect import bisect_right
+from collections.abc import Collection, Sequence
 from copy import copy
 from functools import lru_cache
+from itertools import accumulate
 from struct import Struct, error as StructError
 
 from pydicom import config
@@ -47,7 +52,7 @@ from pydicom.uid import UID
 
 from dicomtwist.storage.files import dataset_offset
 
-__all__ = ["HeaderError", "MAX_DEPTH", "scan", "tag_object"]
+__all__ = ["HeaderError", "MAX_DEPTH", "WINDOW", "scan", "scan_fragments", "tag_object"]
 
 
 class HeaderError(ValueError):
@@ -57,6 +62,10 @@ class HeaderError(ValueError):
 #: Deepest nesting of undefined-length sequences walked (a top-level
 #: sequence is at depth 1).
 MAX_DEPTH = 16
+#: Bytes of a fragmented data set copied at a time to read its element
+#: headers (:func:`scan_fragments`): a CT's whole header, up to its Pixel
+#: Data element's, fits in one.
+WINDOW = 4096
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
@@ -180,12 +189,30 @@ def scan(buffer: bytes | bytearray | memoryview | mmap.mmap, transfer_syntax: st
     with memoryview(buffer) as view:
         if view.itemsize != 1 or view.ndim != 1:
             view = view.cast("B")
-        elements = _scan_top(view, implicit, little, keep,
-                             buffer if type(buffer) is bytes else None)
-    encoding: str | list[str] = default_encoding
-    if _SPECIFIC_CHARACTER_SET in elements:
-        encoding = list(_character_set(elements[BaseTag(_SPECIFIC_CHARACTER_SET)].value))
-    return _new_dataset(elements, implicit, little, encoding)
+        # A bytes buffer is read as itself: kept values are sliced from it.
+        return _scan_top(buffer if type(buffer) is bytes else view, None, implicit, little,
+                         keep)
+
+
+def scan_fragments(parts: Sequence[bytes | memoryview], transfer_syntax: str,
+                   wanted: frozenset[int] | Collection[int]) -> Dataset:
+    """:func:`scan` of a data set held as its fragments, in order (as a
+    C-STORE's arrive), without joining them.
+
+    Only what is read is copied: the element headers, through windows of
+    about ``WINDOW`` bytes, and the kept values; a value skipped by its
+    length (Pixel Data) is not.  An element, or any field of it, may
+    straddle fragments.
+
+    :param parts: ``bytes`` or byte (format ``B``) ``memoryview`` s.
+    :raises HeaderError: as :func:`scan`, with the same messages.
+    :raises NotImplementedError: as :func:`scan`.
+    """
+    implicit, little = _encoding(transfer_syntax)
+    keep = _keep(wanted if isinstance(wanted, frozenset) else frozenset(wanted))
+    if len(parts) == 1 and len(parts[0]) <= WINDOW:
+        return _scan_top(bytes(parts[0]), None, implicit, little, keep)
+    return _scan_top(b"", _Window.fragments(parts), implicit, little, keep)
 
 
 def scan_file(path: str, transfer_syntax: str, wanted: frozenset[int] | Collection[int],
@@ -266,100 +293,223 @@ def _new_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool, little
     return ds
 
 
-def _scan_top(view: memoryview, implicit: bool, little: bool,
-              keep: dict[int, BaseTag],
-              source: bytes | None = None) -> dict[BaseTag, RawDataElement]:
-    """Walk the top-level data set (PS3.5 7.1) and collect kept elements.
+class _Window:
+    """A data set, whole or in fragments, read through one contiguous window.
+
+    ``window`` holds the data set's bytes ``[base, limit)`` of ``end``.
+    A whole buffer is its own window, which never moves (``fixed``).
+    Fragments (a data set spooled as received) are read through a copy of
+    ``WINDOW`` bytes (more when one read needs more, all of a data set of
+    at most ``WINDOW`` bytes), made again where a read falls outside it
+    (:meth:`move`): element headers and kept values are copied, a value
+    skipped by its length (Pixel Data) never is.  The methods take the
+    data set's offsets, whatever the window.
+    """
+
+    __slots__ = ("parts", "starts", "end", "window", "base", "limit", "fixed")
+
+    def __init__(self, buffer: bytes | memoryview) -> None:
+        """A whole buffer (``bytes`` or a byte ``memoryview``)."""
+        self.parts: Sequence[bytes | memoryview] = (buffer,)
+        self.starts: list[int] = []
+        self.window = buffer
+        self.base = 0
+        self.end = self.limit = len(buffer)
+        self.fixed = True
+
+    @classmethod
+    def fragments(cls, parts: Sequence[bytes | memoryview]) -> _Window:
+        """The data set in ``parts`` (``bytes`` or byte ``memoryview`` s)."""
+        starts = list(accumulate(map(len, parts), initial=0))
+        if starts[-1] <= WINDOW:
+            return cls(b"".join(parts))
+        self = cls(b"")
+        self.parts = parts
+        self.starts = starts
+        self.end = starts[-1]
+        self.fixed = False
+        return self
+
+    def move(self, pos: int, need: int) -> tuple[bytes | memoryview, int, int]:
+        """Make the window start at ``pos`` and hold ``need`` bytes, or all
+        that is left (a read past it then raises ``struct.error``, as past
+        the end of a whole buffer).  A whole buffer's window stays.
+
+        :returns: the new ``(window, base, limit)``.
+        """
+        if not self.fixed:
+            stop = min(self.end, pos + max(need, WINDOW))
+            self.window = self.copy(pos, stop) if pos < stop else b""
+            self.base = pos
+            self.limit = pos + len(self.window)
+        return self.window, self.base, self.limit
+
+    def unpack(self, layout: Struct, pos: int) -> tuple:
+        """``layout.unpack_from`` at offset ``pos`` of the data set.
+
+        :raises struct.error: fewer than ``layout.size`` bytes left.
+        """
+        if pos < self.base or pos + layout.size > self.limit:
+            self.move(pos, layout.size)
+        return layout.unpack_from(self.window, pos - self.base)
+
+    def copy(self, pos: int, stop: int) -> bytes:
+        """The bytes ``[pos, stop)`` of the data set (``stop <= end``)."""
+        if self.fixed:
+            return bytes(self.window[pos:stop])
+        starts = self.starts
+        parts = self.parts
+        index = bisect_right(starts, pos) - 1
+        first = starts[index]
+        if stop <= starts[index + 1]:
+            return bytes(parts[index][pos - first:stop - first])
+        pieces = [parts[index][pos - first:]]
+        index += 1
+        while starts[index + 1] < stop:
+            pieces.append(parts[index])
+            index += 1
+        pieces.append(parts[index][:stop - starts[index]])
+        return b"".join(pieces)
+
+
+def _scan_top(window: bytes | memoryview, data: _Window | None, implicit: bool, little: bool,
+              keep: dict[int, BaseTag]) -> Dataset:
+    """Walk the top-level data set (PS3.5 7.1); return its kept elements
+    as :func:`scan` does.
+
+    :param window: the whole data set, if ``data`` is None (the
+        :class:`_Window` the slow paths need is then made when one does).
 
     The hot loop: one ``unpack_from`` (two for 32-bit lengths) and a few
     comparisons per element; objects are made only for kept elements.
-
-    :param source: the data set as ``bytes`` when it is (``view``'s
-        object): a kept value of defined length is then sliced from it
-        straight into ``bytes`` and its element made inline.
+    It runs on one window with offsets relative to it (``pos``; ``base``
+    is the window's offset in the data set) up to ``stop``, the last
+    offset from which a whole element header is in the window (all of a
+    whole buffer), then moves the window on.  A window it left stays right
+    for its own offsets even after a nested walk moved ``data``'s.  A kept
+    value of defined length inside a ``bytes`` window is sliced from it
+    straight into ``bytes``, and its element made inline.
     """
     new = tuple.__new__
-    end = len(view)
+    if data is None:
+        end = len(window)
+    else:
+        window = data.window
+        end = data.end
     found: dict[BaseTag, RawDataElement] = {}
     previous = -1
-    pos = 0
+    pos = base = 0
+    head = 8 if implicit else 12
     try:
-        if implicit:
-            element = _ELEMENT[True, little].unpack_from
-            while pos < end:
-                group, number, length = element(view, pos)
-                tag = group << 16 | number
-                if not previous < tag < 0xFFFE0000:
-                    raise _out_of_order(tag, previous, pos)
-                previous = tag
-                start = pos + 8
-                if length == _UNDEFINED:
-                    pos = _sequence_end(view, start, True, little, 1, tag) + 8
-                else:
-                    pos = start + length
-                    if pos > end:
-                        raise _past_end(tag, start - 8, length, end)
-                if tag in keep:
-                    tag = keep[tag]
-                    if length and source is not None and length != _UNDEFINED:
-                        found[tag] = new(RawDataElement, (tag, None, length, source[start:pos],
-                                                          start, True, little, True, False))
-                    else:
-                        found[tag] = _raw(view, tag, None, length, start, pos, True, little)
-        else:
-            element = _ELEMENT[False, little].unpack_from
-            length32 = _LENGTH[little].unpack_from
-            header_size = _HEADER_SIZE
-            while pos < end:
-                group, number, vr_bytes, length = element(view, pos)
-                tag = group << 16 | number
-                if not previous < tag < 0xFFFE0000:
-                    raise _out_of_order(tag, previous, pos)
-                try:
-                    vr, size = header_size[vr_bytes]
-                except KeyError:
-                    raise _unknown_vr(tag, vr_bytes, pos) from None
-                previous = tag
-                start = pos + size
-                if size == 12:
-                    length = length32(view, pos + 8)[0]
+        while True:
+            # Offsets in this window: the data set's end, the window's.
+            last = end - base
+            size = len(window)
+            stop = last if base + size == end else size - head + 1
+            # A kept value ending here or before is sliced from a bytes window.
+            sliced = size if type(window) is bytes else -1
+            if implicit:
+                element = _ELEMENT[True, little].unpack_from
+                while pos < stop:
+                    group, number, length = element(window, pos)
+                    tag = group << 16 | number
+                    if not previous < tag < 0xFFFE0000:
+                        raise _out_of_order(tag, previous, base + pos)
+                    previous = tag
+                    start = pos + 8
                     if length == _UNDEFINED:
-                        pos = _undefined_end(view, start, vr, little, 1, tag) + 8
-                        if tag in keep:
-                            tag = keep[tag]
-                            found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
-                        continue
-                pos = start + length
-                if pos > end:
-                    raise _past_end(tag, start - size, length, end)
-                if tag in keep:
-                    tag = keep[tag]
-                    if length and source is not None:
-                        # What _raw makes, without its call and RawDataElement's.
-                        found[tag] = new(RawDataElement, (tag, vr, length, source[start:pos],
-                                                          start, False, little, True, False))
+                        if data is None:
+                            data = _Window(window)
+                        pos = _sequence_end_in(data, base + start, True, little, 1, tag) + 8 - base
                     else:
-                        found[tag] = _raw(view, tag, vr, length, start, pos, False, little)
+                        pos = start + length
+                        if pos > last:
+                            raise _past_end(tag, base + start - 8, length, end)
+                    if tag in keep:
+                        tag = keep[tag]
+                        if length and length != _UNDEFINED and pos <= sliced:
+                            found[tag] = new(RawDataElement, (tag, None, length, window[start:pos],
+                                                              base + start, True, little, True,
+                                                              False))
+                        else:
+                            if data is None and length:  # _raw reads no empty value
+                                data = _Window(window)
+                            found[tag] = _raw(data, tag, None, length, base + start, base + pos,
+                                              True, little)
+            else:
+                element = _ELEMENT[False, little].unpack_from
+                length32 = _LENGTH[little].unpack_from
+                header_size = _HEADER_SIZE
+                while pos < stop:
+                    group, number, vr_bytes, length = element(window, pos)
+                    tag = group << 16 | number
+                    if not previous < tag < 0xFFFE0000:
+                        raise _out_of_order(tag, previous, base + pos)
+                    try:
+                        vr, head = header_size[vr_bytes]
+                    except KeyError:
+                        raise _unknown_vr(tag, vr_bytes, base + pos) from None
+                    previous = tag
+                    start = pos + head
+                    if head == 12:
+                        length = length32(window, pos + 8)[0]
+                        if length == _UNDEFINED:
+                            if data is None:
+                                data = _Window(window)
+                            pos = _undefined_end_in(data, base + start, vr, little, 1, tag) + 8
+                            if tag in keep:
+                                tag = keep[tag]
+                                found[tag] = _raw(data, tag, vr, length, base + start, pos,
+                                                  False, little)
+                            pos -= base
+                            continue
+                    pos = start + length
+                    if pos > last:
+                        raise _past_end(tag, base + start - head, length, end)
+                    if tag in keep:
+                        tag = keep[tag]
+                        if length and pos <= sliced:
+                            # What _raw makes, without its call and RawDataElement's.
+                            found[tag] = new(RawDataElement, (tag, vr, length, window[start:pos],
+                                                              base + start, False, little, True,
+                                                              False))
+                        else:
+                            if data is None and length:  # _raw reads no empty value
+                                data = _Window(window)
+                            found[tag] = _raw(data, tag, vr, length, base + start, base + pos,
+                                              False, little)
+                head = 12
+            if pos >= last:
+                break
+            # A window's last header straddles its end, or a value was
+            # skipped past it: read on from there (never in a whole buffer).
+            assert data is not None
+            window, base, _ = data.move(base + pos, head)
+            pos = 0
     except StructError:
-        raise HeaderError(f"truncated element header at offset {pos:#x} "
+        raise HeaderError(f"truncated element header at offset {base + pos:#x} "
                           f"(data set ends at {end:#x})") from None
-    return found
+    encoding: str | list[str] = default_encoding
+    if _SPECIFIC_CHARACTER_SET in found:
+        encoding = list(_character_set(found[BaseTag(_SPECIFIC_CHARACTER_SET)].value))
+    return _new_dataset(found, implicit, little, encoding)
 
 
-def _raw(view: memoryview, tag: BaseTag, vr: str | None, length: int, start: int, stop: int,
+def _raw(data: _Window | None, tag: BaseTag, vr: str | None, length: int, start: int, stop: int,
          implicit: bool, little: bool) -> RawDataElement:
     """A kept element, as pydicom's reader would have made it.
 
+    :param data: the data set (None will do for an empty value).
     :param tag: its :func:`tag_object`.
     :param start: the offset of its value.
     :param stop: the offset just after it (after the Sequence Delimitation
         Item if its length is undefined: that item is not part of the value).
     """
     if length == _UNDEFINED:
-        return RawDataElement(tag, _undefined_vr(view, tag, vr, start, little),
-                              length, bytes(view[start:stop - 8]), start, implicit, little)
+        return RawDataElement(tag, _undefined_vr(data, tag, vr, start, little),
+                              length, data.copy(start, stop - 8), start, implicit, little)
     return RawDataElement(tag, vr, length,
-                          bytes(view[start:stop]) if length else empty_value_for_VR(vr, raw=True),
+                          data.copy(start, stop) if length else empty_value_for_VR(vr, raw=True),
                           start, implicit, little)
 
 
@@ -403,21 +553,33 @@ def _past_end(tag: int, offset: int, length: int, end: int) -> HeaderError:
 
 def _undefined_end(view: memoryview, pos: int, vr: str, little: bool, depth: int,
                    tag: int) -> int:
+    """:func:`_undefined_end_in` of a whole buffer (DICOM JSON's walk)."""
+    return _undefined_end_in(_Window(view), pos, vr, little, depth, tag)
+
+
+def _sequence_end(view: memoryview, pos: int, implicit: bool, little: bool,
+                  depth: int, tag: int) -> int:
+    """:func:`_sequence_end_in` of a whole buffer (DICOM JSON's walk)."""
+    return _sequence_end_in(_Window(view), pos, implicit, little, depth, tag)
+
+
+def _undefined_end_in(data: _Window, pos: int, vr: str, little: bool, depth: int,
+                      tag: int) -> int:
     """Find the end of an explicit-VR value of undefined length.
 
     :returns: the offset of its Sequence Delimitation Item.
     :raises HeaderError: the VR may not have an undefined length (PS3.5
-        7.1.2), or see ``_sequence_end``.
+        7.1.2), or see ``_sequence_end_in``.
     """
     if vr not in _UNDEFINED_VRS:
         raise HeaderError(f"{_where(tag, pos - 12)}: undefined length for VR {vr}")
     if vr == "UN":
         # PS3.5 6.2.2: a UN value of undefined length is Implicit VR Little Endian.
-        return _sequence_end(view, pos, True, True, depth, tag)
-    return _sequence_end(view, pos, False, little, depth, tag)
+        return _sequence_end_in(data, pos, True, True, depth, tag)
+    return _sequence_end_in(data, pos, False, little, depth, tag)
 
 
-def _undefined_vr(view: memoryview, tag: int, vr: str | None, start: int,
+def _undefined_vr(data: _Window, tag: int, vr: str | None, start: int,
                   little: bool) -> str | None:
     """The VR pydicom's reader gives an element of undefined length.
 
@@ -431,14 +593,14 @@ def _undefined_vr(view: memoryview, tag: int, vr: str | None, start: int,
         try:
             dictionary_VR(tag)
         except KeyError:
-            group, number, _ = _ITEM_HEADER[little].unpack_from(view, start)
+            group, number, _ = data.unpack(_ITEM_HEADER[little], start)
             if group << 16 | number == _ITEM:
                 return "SQ"
     return vr
 
 
-def _sequence_end(view: memoryview, pos: int, implicit: bool, little: bool,
-                  depth: int, tag: int) -> int:
+def _sequence_end_in(data: _Window, pos: int, implicit: bool, little: bool,
+                     depth: int, tag: int) -> int:
     """Walk the items of an undefined-length value (PS3.5 7.5.2, A.4).
 
     :param pos: the offset of the value.
@@ -449,15 +611,16 @@ def _sequence_end(view: memoryview, pos: int, implicit: bool, little: bool,
     """
     if depth > MAX_DEPTH:
         raise HeaderError(f"{_where(tag, pos)}: sequences nested deeper than {MAX_DEPTH}")
-    item = _ITEM_HEADER[little].unpack_from
-    end = len(view)
+    item = _ITEM_HEADER[little]
+    unpack = data.unpack
+    end = data.end
     try:
         while True:
-            group, number, length = item(view, pos)
+            group, number, length = unpack(item, pos)
             marker = group << 16 | number
             if marker == _ITEM:
                 if length == _UNDEFINED:
-                    pos = _item_end(view, pos + 8, implicit, little, depth)
+                    pos = _item_end(data, pos + 8, implicit, little, depth)
                 elif pos + 8 + length > end:
                     raise HeaderError(f"item at offset {pos:#x} in the value of "
                                       f"({tag >> 16:04X},{tag & 0xFFFF:04X}): length {length} "
@@ -478,7 +641,7 @@ def _sequence_end(view: memoryview, pos: int, implicit: bool, little: bool,
                           f"item before the end of the data set ({end:#x})") from None
 
 
-def _item_end(view: memoryview, pos: int, implicit: bool, little: bool, depth: int) -> int:
+def _item_end(data: _Window, pos: int, implicit: bool, little: bool, depth: int) -> int:
     """Walk the nested data set of an undefined-length item (PS3.5 7.5.2).
 
     :param pos: the offset of the item's first element.
@@ -486,23 +649,24 @@ def _item_end(view: memoryview, pos: int, implicit: bool, little: bool, depth: i
     :returns: the offset just after its Item Delimitation Item.
     :raises HeaderError: a malformed element or a missing delimiter.
     """
-    element = _ELEMENT[implicit, little].unpack_from
-    length32 = _LENGTH[little].unpack_from
-    end = len(view)
+    element = _ELEMENT[implicit, little]
+    length32 = _LENGTH[little]
+    unpack = data.unpack
+    end = data.end
     first = pos
     try:
         while True:
             if implicit:
-                group, number, length = element(view, pos)
+                group, number, length = unpack(element, pos)
                 vr, size = None, 8
             else:
-                group, number, vr_bytes, length = element(view, pos)
+                group, number, vr_bytes, length = unpack(element, pos)
             tag = group << 16 | number
             if group == 0xFFFE:
                 if tag != _ITEM_DELIMITATION:
                     raise HeaderError(f"{_where(tag, pos)}: expected a data element or an "
                                       "item delimitation item")
-                if _ITEM_HEADER[little].unpack_from(view, pos)[2]:
+                if unpack(_ITEM_HEADER[little], pos)[2]:
                     raise HeaderError(f"item delimitation item at offset {pos:#x}: "
                                       "length not 0")
                 return pos + 8
@@ -512,16 +676,16 @@ def _item_end(view: memoryview, pos: int, implicit: bool, little: bool, depth: i
                 except KeyError:
                     raise _unknown_vr(tag, vr_bytes, pos) from None
                 if size == 12:
-                    length = length32(view, pos + 8)[0]
+                    length = unpack(length32, pos + 8)[0]
             start = pos + size
             if length != _UNDEFINED:
                 pos = start + length
                 if pos > end:
                     raise _past_end(tag, start - size, length, end)
             elif implicit:
-                pos = _sequence_end(view, start, True, little, depth + 1, tag) + 8
+                pos = _sequence_end_in(data, start, True, little, depth + 1, tag) + 8
             else:
-                pos = _undefined_end(view, start, vr, little, depth + 1, tag) + 8
+                pos = _undefined_end_in(data, start, vr, little, depth + 1, tag) + 8
     except StructError:
         raise HeaderError(f"item starting at offset {first - 8:#x}: no item delimitation "
                           f"item before the end of the data set ({end:#x})") from None
