@@ -153,7 +153,7 @@ class TemporaryFileTests(SynchronousTestCase):
             raise OSError(28, "No space left on device")
 
         self.patch(os, "writev", broken)
-        self.assertRaises(OSError, write_temporary, self.directory, b"H", [b"data"])
+        self.assertRaises(OSError, write_temporary, self.directory, b"H", [b"da", b"ta"])
         self.assertEqual(os.listdir(self.directory), [])
 
     def test_names_unique(self):
