@@ -393,6 +393,8 @@ def _scan_top(window: bytes | memoryview, data: _Window | None, implicit: bool, 
     new = tuple.__new__
     if data is None:
         end = len(window)
+        if type(window) is not bytes:  # each kept value is copied from it by _raw
+            data = _Window(window)
     else:
         window = data.window
         end = data.end
@@ -432,10 +434,8 @@ def _scan_top(window: bytes | memoryview, data: _Window | None, implicit: bool, 
                                                               base + start, True, little, True,
                                                               False))
                         else:
-                            if data is None and length:  # _raw reads no empty value
-                                data = _Window(window)
-                            found[tag] = _raw(data, tag, None, length, base + start, base + pos,
-                                              True, little)
+                            found[tag] = _raw(data or window, tag, None, length, base + start,
+                                              base + pos, True, little)
             else:
                 element = _ELEMENT[False, little].unpack_from
                 length32 = _LENGTH[little].unpack_from
@@ -474,10 +474,8 @@ def _scan_top(window: bytes | memoryview, data: _Window | None, implicit: bool, 
                                                               base + start, False, little, True,
                                                               False))
                         else:
-                            if data is None and length:  # _raw reads no empty value
-                                data = _Window(window)
-                            found[tag] = _raw(data, tag, vr, length, base + start, base + pos,
-                                              False, little)
+                            found[tag] = _raw(data or window, tag, vr, length, base + start,
+                                              base + pos, False, little)
                 head = 12
             if pos >= last:
                 break
@@ -495,22 +493,26 @@ def _scan_top(window: bytes | memoryview, data: _Window | None, implicit: bool, 
     return _new_dataset(found, implicit, little, encoding)
 
 
-def _raw(data: _Window | None, tag: BaseTag, vr: str | None, length: int, start: int, stop: int,
-         implicit: bool, little: bool) -> RawDataElement:
+def _raw(data: _Window | bytes | memoryview, tag: BaseTag, vr: str | None, length: int,
+         start: int, stop: int, implicit: bool, little: bool) -> RawDataElement:
     """A kept element, as pydicom's reader would have made it.
 
-    :param data: the data set (None will do for an empty value).
+    :param data: the data set, or the whole buffer it is (a :class:`_Window`
+        of it is made if a value is to be read).
     :param tag: its :func:`tag_object`.
     :param start: the offset of its value.
     :param stop: the offset just after it (after the Sequence Delimitation
         Item if its length is undefined: that item is not part of the value).
     """
+    if not length:
+        return RawDataElement(tag, vr, length, empty_value_for_VR(vr, raw=True), start,
+                              implicit, little)
+    if type(data) is not _Window:
+        data = _Window(data)
     if length == _UNDEFINED:
         return RawDataElement(tag, _undefined_vr(data, tag, vr, start, little),
                               length, data.copy(start, stop - 8), start, implicit, little)
-    return RawDataElement(tag, vr, length,
-                          data.copy(start, stop) if length else empty_value_for_VR(vr, raw=True),
-                          start, implicit, little)
+    return RawDataElement(tag, vr, length, data.copy(start, stop), start, implicit, little)
 
 
 #: One ``BaseTag`` per kept tag, shared by every scanned data set.
