@@ -227,7 +227,8 @@ class DicomProtocol(Protocol):
             self._outgoing = []
         machine = self.machine
         try:
-            for pdu_type, body in self.framer.feed(data):
+            framer = self.framer
+            for pdu_type, body in framer.single(data) or framer.feed(data):
                 try:
                     pdu = decode_pdu(pdu_type, body)
                 except PDUDecodeError as error:
