@@ -543,6 +543,47 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertEqual(self.take(), ECHO_RQ)
         self.assertEqual(proto.machine.state, State.STA6)
 
+    def test_pdata_sent_during_indication_goes_at_once(self) -> None:
+        """A P-DATA sent while a P-DATA is indicated (DT-2, Sta6 stays) is
+        sent at once (DT-1), before an abort the hook raises after it; one
+        sent while an action runs waits for the transition, and the table
+        takes it in the next state (Sta8: AR-7, sent before the RP)."""
+        proto = self.associated()
+        order: list[str] = []
+        send_pdu = proto.send_pdu
+
+        def recording(pdu):
+            order.append(type(pdu).__name__)
+            send_pdu(pdu)
+
+        proto.send_pdu = recording
+
+        def on_pdata(pdata):
+            proto.send_pdata(ECHO_RQ)
+            order.append(f"{proto.machine.state.name}, {len(proto._queued)} waiting")
+            proto.abort_request()
+            order.append(f"{len(proto._queued)} waiting")
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(order, ["bytes", "STA6, 0 waiting", "1 waiting", "AAbort"])
+        self.assertEqual(self.take(), ECHO_RQ + AAbort(0, 0).encode())
+
+        proto = self.associated()
+        proto.send_pdu = recording
+        order.clear()
+
+        def on_release_rq(payload):
+            proto.send_pdata(ECHO_RQ)
+            order.append(f"{len(proto._queued)} waiting")
+            proto.release_response()
+
+        proto.on_release_rq = on_release_rq
+        proto.dataReceived(RELEASE_RQ)
+        self.assertEqual(order, ["1 waiting", "bytes", "AReleaseRP"])
+        self.assertEqual(self.take(), ECHO_RQ + AReleaseRP().encode())
+        self.assertEqual(proto.machine.state, State.STA13)
+
     # -- timeouts ------------------------------------------------------------------
     def test_listening_factory_keeps_one_timer_call(self) -> None:
         """While its factory listens, associations one after another share

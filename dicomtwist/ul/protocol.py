@@ -65,6 +65,9 @@ _CLOSED = State.STA1
 _ESTABLISHED = State.STA6
 _RECEIVED_PDATA = Event.EVT10
 _SEND_PDATA = Event.EVT9
+#: ``_feeding`` while a P-DATA is indicated in Sta6 (DT-2): a true value
+#: (other events wait), but not True (a P-DATA request is sent at once).
+_INDICATING_PDATA = "DT-2"
 
 #: The other members read once per association, bound once (on Python 3.11
 #: reading a member from its Enum class costs a slot wrapper's call; see
@@ -125,8 +128,9 @@ class DicomProtocol(Protocol):
         # the handling ends (see :meth:`start_artim`).
         self._artim_pending = False
         # Events raised while the machine runs an action (a hook answering
-        # an indication at once) wait until the transition is complete.
-        self._feeding = False
+        # an indication at once) wait until the transition is complete:
+        # False, True, or _INDICATING_PDATA (see send_pdata).
+        self._feeding: bool | str = False
         self._queued: list[tuple[Event, Any]] = []
         self._idle: Timer | None = None
         # When input last came (the network timeout counts from it).
@@ -426,7 +430,17 @@ class DicomProtocol(Protocol):
         self._primitive(event, pdu)
 
     def send_pdata(self, pdu: Any) -> None:
-        """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes."""
+        """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes.
+
+        In Sta6, with no event running or waiting, or only a P-DATA
+        indication (DT-2, which leaves Sta6 as it is), Table 9-10's cell is
+        taken at once: DT-1 sends the PDU, Sta6 stays; as :meth:`_feed`
+        would, after the indication, with nothing in between.
+        """
+        if (self._feeding is not True and self.machine._state is _ESTABLISHED
+                and not self._queued):
+            self.send_pdu(pdu)
+            return
         self._feed(_SEND_PDATA, pdu)
 
     def release_request(self) -> None:
@@ -536,7 +550,11 @@ class DicomProtocol(Protocol):
                     # table, action and effects): DT-2 (Evt10) indicates
                     # the P-DATA, DT-1 (Evt9) sends it; Sta6 stays.
                     if event is _RECEIVED_PDATA:
+                        # A P-DATA sent meanwhile goes out at once (see
+                        # send_pdata); other events wait.
+                        self._feeding = _INDICATING_PDATA
                         self.on_pdata(payload)
+                        self._feeding = True
                     else:
                         self.send_pdu(payload)
                 else:
