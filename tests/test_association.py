@@ -23,6 +23,7 @@ from dicomtwist.association import (
     associate,
     file_dataset,
 )
+from dicomtwist.association.handlers import as_response, status_response
 from dicomtwist.dimse import messages as m
 from dicomtwist.dimse.codec import decode_dataset, encode_command, fragment
 from dicomtwist.errors import AssociationAborted, AssociationRejected, DIMSEServiceError
@@ -364,6 +365,23 @@ class SynchronousServingTests(InMemoryTestCase):
 
         server.handlers = {"echo": coroutine_handler}
         self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(server._serve(request))))
+
+    def test_status_responses_shared(self) -> None:
+        """A status alone (None is Success) is one shared, immutable
+        response per status; other results are responses of their own."""
+        self.assertIs(as_response(None), as_response(Status.SUCCESS))
+        self.assertIs(as_response(0), as_response(None))
+        self.assertIs(status_response(0x0110), as_response(0x0110))
+        shared = as_response(0xA700)
+        self.assertEqual((shared.status, shared.dataset, dict(shared.fields)), (0xA700, None, {}))
+        with self.assertRaises(TypeError):
+            shared.fields["error_comment"] = "x"  # type: ignore[index]
+        ds = Dataset()
+        self.assertEqual(as_response(ds), Response(Status.PENDING, ds))
+        self.assertEqual(as_response((0xFF00, ds)), Response(0xFF00, ds))
+        given = Response(0, None, {"error_comment": "x"})
+        self.assertIs(as_response(given), given)
+        self.assertRaises(TypeError, as_response, object())
 
     def test_same_bytes_as_later_answers(self) -> None:
         """A status answered at once (C-ECHO Success, a failure status, a
