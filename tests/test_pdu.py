@@ -329,6 +329,17 @@ class FixtureTests(SynchronousTestCase):
         self.assertEqual(decode_pdu(pdu_type, body), AReleaseRP())
         self.assertEqual(AReleaseRP().encode(), pdus.STORESCP_RP)
 
+    def test_release_pdus_shared(self) -> None:
+        """A-RELEASE-RQ and -RP carry nothing: each decodes to one shared
+        PDU, equal to a new one, and a wrong length is still refused."""
+        for pdu in (AReleaseRQ(), AReleaseRP()):
+            pdu_type, body = split(pdu.encode())
+            decoded = decode_pdu(pdu_type, body)
+            self.assertEqual(decoded, pdu)
+            self.assertIs(type(decoded), type(pdu))
+            self.assertIs(decode_pdu(pdu_type, bytes(body)), decoded)
+            self.assertRaises(PDUDecodeError, decode_pdu, pdu_type, bytes(body) + b"\0")
+
     def test_pynetdicom_rq(self) -> None:
         """pynetdicom's A-ASSOCIATE-RQ decodes to its fields and re-encodes exactly."""
         pdu_type, body = split(pdus.PYNETDICOM_RQ)

@@ -671,7 +671,7 @@ class _ReleasePDU:
         :raises PDUDecodeError: the body is not 4 bytes long.
         """
         _check_length(_view(body), 4, cls.NAME)
-        return cls()
+        return RELEASE_PDUS[cls.PDU_TYPE]
 
     def summary(self) -> str:
         """Return a one-line description for debug logs."""
@@ -692,6 +692,12 @@ class AReleaseRP(_ReleasePDU):
 
     PDU_TYPE: ClassVar[int] = 0x06
     NAME: ClassVar[str] = "A-RELEASE-RP"
+
+
+#: The one A-RELEASE-RQ and the one A-RELEASE-RP, by PDU type: they carry
+#: nothing, so decoding (and the release primitives) hand these out rather
+#: than make one per association.
+RELEASE_PDUS = {AReleaseRQ.PDU_TYPE: AReleaseRQ(), AReleaseRP.PDU_TYPE: AReleaseRP()}
 
 
 @dataclass(frozen=True)

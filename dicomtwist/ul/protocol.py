@@ -39,6 +39,7 @@ from dicomtwist.ul.pdu import (
     AbortSource,
     AReleaseRP,
     AReleaseRQ,
+    RELEASE_PDUS,
     RejectReason,
     RejectResult,
     RejectSource,
@@ -78,6 +79,8 @@ _REJECT = Event.EVT8
 _RELEASE_RESPONSE = Event.EVT14
 _CONNECTION_CLOSED = Event.EVT17
 _RELEASE_RP = Indication.RELEASE_RP
+#: The A-RELEASE-RP PDU (one for all: it carries nothing).
+_RELEASE_RP_PDU = RELEASE_PDUS[AReleaseRP.PDU_TYPE]
 
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
@@ -449,7 +452,7 @@ class DicomProtocol(Protocol):
 
     def release_response(self) -> None:
         """A-RELEASE response (Evt14)."""
-        self._primitive(_RELEASE_RESPONSE, AReleaseRP())
+        self._primitive(_RELEASE_RESPONSE, _RELEASE_RP_PDU)
 
     def abort_request(self, source: int = AbortSource.SERVICE_USER,
                       reason: int = AbortReason.NOT_SPECIFIED) -> None:
