@@ -4,6 +4,7 @@ are accepted and closed."""
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 
@@ -35,7 +36,8 @@ class _Recorder(Protocol):
         transport = self.transport
         self.seen = {"type": type(transport), "peer": transport.getPeer(),
                      "host": transport.getHost(), "prefix": transport.logPrefix(),
-                     "repr": repr(transport), "nodelay": transport.getTcpNoDelay()}
+                     "repr": repr(transport), "nodelay": transport.getTcpNoDelay(),
+                     "handle": transport.getHandle()}
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -101,8 +103,9 @@ class RealSocketTests(TestCase):
 
     def test_connection_and_end_of_file(self) -> None:
         """A connection is accepted into an AcceptedConnection with the
-        peer's address; data flows both ways; the peer's end of file
-        ends it with ConnectionDone, and the socket is closed."""
+        peer's address, over a C socket object; data flows both ways; the
+        peer's end of file ends it with ConnectionDone, and the socket is
+        closed."""
         from twisted.internet import threads
 
         factory = _Built()
@@ -122,6 +125,7 @@ class RealSocketTests(TestCase):
             self.assertEqual(seen["prefix"], "DicomProtocol")
             self.assertIn("_Recorder #0", seen["repr"])
             self.assertTrue(seen["nodelay"])
+            self.assertIs(type(seen["handle"]), _socket.socket)
             return protocol.ended
 
         def ended(reason: Exception) -> None:
@@ -129,6 +133,7 @@ class RealSocketTests(TestCase):
             [protocol] = factory.built
             self.assertFalse(hasattr(protocol.transport, "socket"))
             self.assertFalse(protocol.transport.connected)
+            self.assertEqual(protocol.seen["handle"].fileno(), -1)
 
         return exchanged.addCallback(check).addCallback(ended)
 

@@ -13,6 +13,9 @@ peer needs (``benchmarks/assoc_cost.py`` counts it; docs/benchmarks.md,
   tunes how many connections to accept per readiness so that a steady
   stream of single connections makes every other ``accept`` fail with
   ``EAGAIN`` (1.5 ``accept4`` per association);
+- the accepted socket is a ``socket.socket``, whose constructor and
+  ``close`` are Python functions around those of the C socket object it
+  subclasses (``_socket.socket``);
 - ``Server.__init__`` formats two log strings per connection;
 - the end of a connection looks up ``IHalfCloseableProtocol`` by
   adaptation and checks the reason's class through ``Failure.check``,
@@ -20,8 +23,10 @@ peer needs (``benchmarks/assoc_cost.py`` counts it; docs/benchmarks.md,
 
 :class:`AcceptorPort` and :class:`AcceptedConnection` subclass them and
 change only those steps: a readiness accepts without the log buffer and
-without the enum conversions, and tries one more ``accept`` only after
-several readinesses in a row have found more than it took; a connection
+without the enum conversions, into a C socket object (every method a
+connection uses is the same C function), and tries one more ``accept``
+only after several readinesses in a row have found more than it took; a
+connection
 names itself for Twisted's log context with its protocol's class only
 (the archive's own log lines carry the peer and association fields), is
 closed without ``shutdown`` (the socket is close-on-exec and this
@@ -39,6 +44,7 @@ supervisor hands its workers) use them; TLS listeners keep Twisted's.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 from typing import Any
@@ -172,7 +178,8 @@ class AcceptorPort(tcp.Port):
                     tcp.Port.doRead(self)
                     return
                 accepted += 1
-                self._connected(socket.socket(self._family, self._type, 0, fd), addr)
+                # The C socket object: made and closed without Python calls.
+                self._connected(_socket.socket(self._family, self._type, 0, fd), addr)
         except BaseException:
             log.deferr()
         if accepted == limit:
