@@ -66,6 +66,16 @@ _ESTABLISHED = State.STA6
 _RECEIVED_PDATA = Event.EVT10
 _SEND_PDATA = Event.EVT9
 
+#: The other members read once per association, bound once (on Python 3.11
+#: reading a member from its Enum class costs a slot wrapper's call; see
+#: :mod:`dicomtwist.ul.fsm`).
+_CONNECTION_INDICATION = Event.EVT5
+_ACCEPT = Event.EVT7
+_REJECT = Event.EVT8
+_RELEASE_RESPONSE = Event.EVT14
+_CONNECTION_CLOSED = Event.EVT17
+_RELEASE_RP = Indication.RELEASE_RP
+
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
 
@@ -159,7 +169,7 @@ class DicomProtocol(Protocol):
                 self._event(Event.EVT1, self.associate_rq)
                 self._event(Event.EVT2, self.associate_rq)
             else:
-                self._event(Event.EVT5)
+                self._event(_CONNECTION_INDICATION)
         finally:
             if collecting:
                 self._flush()
@@ -217,7 +227,8 @@ class DicomProtocol(Protocol):
             self._outgoing = []
         machine = self.machine
         try:
-            for pdu_type, body in self.framer.feed(data):
+            framer = self.framer
+            for pdu_type, body in framer.single(data) or framer.feed(data):
                 try:
                     pdu = decode_pdu(pdu_type, body)
                 except PDUDecodeError as error:
@@ -237,8 +248,8 @@ class DicomProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
         self._cancel_idle()
-        if not self.machine.is_closed:
-            self._event(Event.EVT17, reason)
+        if self.machine._state is not _CLOSED:
+            self._event(_CONNECTION_CLOSED, reason)
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
         self._timers.stop(artim)
@@ -402,7 +413,7 @@ class DicomProtocol(Protocol):
     def indicate(self, indication: Indication, payload: Any) -> None:
         """Deliver an indication or confirmation to the ``on_*`` hook."""
         getattr(self, _HOOKS[indication])(payload)
-        if indication is Indication.RELEASE_RP and self._answer_release_after_rp:
+        if indication is _RELEASE_RP and self._answer_release_after_rp:
             # Release collision, acceptor side: the RP has arrived (AR-10),
             # now answer the peer's A-RELEASE-RQ (PS3.8 9.2.4).
             self._answer_release_after_rp = False
@@ -411,7 +422,7 @@ class DicomProtocol(Protocol):
     # -- primitives for the service user ----------------------------------
     def associate_response(self, pdu: Any) -> None:
         """Answer an A-ASSOCIATE indication with an AC (Evt7) or RJ (Evt8)."""
-        event = Event.EVT8 if isinstance(pdu, AAssociateRJ) else Event.EVT7
+        event = _REJECT if isinstance(pdu, AAssociateRJ) else _ACCEPT
         self._primitive(event, pdu)
 
     def send_pdata(self, pdu: Any) -> None:
@@ -424,7 +435,7 @@ class DicomProtocol(Protocol):
 
     def release_response(self) -> None:
         """A-RELEASE response (Evt14)."""
-        self._primitive(Event.EVT14, AReleaseRP())
+        self._primitive(_RELEASE_RESPONSE, AReleaseRP())
 
     def abort_request(self, source: int = AbortSource.SERVICE_USER,
                       reason: int = AbortReason.NOT_SPECIFIED) -> None:
