@@ -15,17 +15,23 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.logger import LogLevel
-from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
+from dicomtwist import optional
 
-import dicomtwist
-from dicomtwist import config as configuration
-from dicomtwist import events
-from dicomtwist import log as dlog
-from dicomtwist import logs, optional
+# Twisted imports the standard library's OpenSSL, which the daemon uses
+# only for TLS or HTTP (see dicomtwist.optional; under twistd it is loaded
+# already and this hides nothing).
+with optional.standard_openssl_hidden():
+    from twisted.application import service
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.logger import LogLevel
+    from twisted.python import usage
+    from twisted.python.threadpool import ThreadPool
+
+    import dicomtwist
+    from dicomtwist import config as configuration
+    from dicomtwist import events
+    from dicomtwist import log as dlog
+    from dicomtwist import logs
 from dicomtwist.access import AccessRules, is_permitted
 from dicomtwist.errors import DicomError, DIMSEServiceError
 from dicomtwist.status import Status
