@@ -460,6 +460,41 @@ class AcceptorProtocolTests(SynchronousTestCase):
             self.assertEqual(self.flushLoggedErrors(), [])
             self.assertEqual(decode_written(self.take())[0].source, 2)
 
+    def test_decoder_bug_aborts(self) -> None:
+        """A decoder failing on a body with an error of its own (a bug of
+        ours, not a checked length) still ends in A-ABORT(provider, 6) and
+        a warning, not an exception out of dataReceived."""
+        import struct as struct_module
+
+        from dicomtwist.ul import pdu as pdu_module
+        for error in (struct_module.error("short"), IndexError("index"), ValueError("value"),
+                      TypeError("type")):
+            self.transport = StringTransport()
+            proto = self.associated()
+
+            def broken(body, error=error):
+                raise error
+
+            self.patch(ul_protocol, "DECODERS", {**pdu_module.DECODERS, 0x04: broken})
+            proto.dataReceived(ECHO_RQ)
+            self.assertAbortedWith(proto, 2, 6)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_hook_failure_logged_and_aborted(self) -> None:
+        """A hook raising while a received PDU is handled is our bug: logged
+        as a failure, the association aborted (A-ABORT, provider) and the
+        connection dropped."""
+        proto = self.associated()
+
+        def on_pdata(pdata):
+            raise RuntimeError("bug")
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.take(), AAbort(2, 0).encode())
+        self.assertTrue(self.transport.disconnecting)
+
     def test_held_buffer_copied(self) -> None:
         """A PDU written from a reusable buffer while input is handled is
         copied when held: what goes out is what was written, whatever the

@@ -762,12 +762,25 @@ def decode_pdu(pdu_type: int, body: bytes | memoryview) -> PDU:
         )
     try:
         return pdu_class.decode(body)
-    except (struct.error, IndexError, ValueError, TypeError) as e:
-        # Every decoder checks its lengths; this is a safety net so that a
-        # bug of ours still turns into an A-ABORT and not a crash.
-        raise PDUDecodeError(
-            f"malformed {pdu_class.__name__}: {e}", 0, AbortReason.INVALID_PDU_PARAMETER_VALUE
-        ) from e
+    except MALFORMED as e:
+        raise malformed(pdu_type, e) from e
+
+
+#: The errors a decoder's own bug may raise on a malformed body (every
+#: decoder checks its lengths; these are a safety net so that a bug of
+#: ours still turns into an A-ABORT and not a crash).
+MALFORMED = (struct.error, IndexError, ValueError, TypeError)
+
+#: Each PDU type's decoder (``PDU_TYPES[t].decode``), for a caller that
+#: has checked the type (the framer has) and catches :data:`MALFORMED`.
+DECODERS = {pdu_type: pdu_class.decode for pdu_type, pdu_class in PDU_TYPES.items()}
+
+
+def malformed(pdu_type: int, error: Exception) -> PDUDecodeError:
+    """The PDUDecodeError (abort reason 6) for a body of ``pdu_type`` whose
+    decoder failed with one of the :data:`MALFORMED` errors."""
+    return PDUDecodeError(f"malformed {PDU_TYPES[pdu_type].__name__}: {error}", 0,
+                          AbortReason.INVALID_PDU_PARAMETER_VALUE)
 
 
 def pdata_header(context_id: int, control: int, data_length: int) -> bytes:

@@ -43,7 +43,9 @@ from dicomtwist.ul.pdu import (
     RejectReason,
     RejectResult,
     RejectSource,
-    decode_pdu,
+    DECODERS,
+    MALFORMED,
+    malformed,
 )
 
 #: Which event a received PDU is (PS3.8 Table 9-10 rows).
@@ -236,14 +238,25 @@ class DicomProtocol(Protocol):
         try:
             framer = self.framer
             for pdu_type, body in framer.single(data) or framer.feed(data):
+                # What decode_pdu and _event do, inline (the framer yields
+                # known types only).
                 try:
-                    pdu = decode_pdu(pdu_type, body)
+                    pdu = DECODERS[pdu_type](body)
                 except PDUDecodeError as error:
                     self._decode_failed(error)
                     return
+                except MALFORMED as error:
+                    self._decode_failed(malformed(pdu_type, error))
+                    return
                 if dlog.debug_on and self.log_pdus:
                     self.log.debug("Received {pdu.summary()}", pdu=pdu)
-                self._event(RECEIVED_EVENTS[pdu_type], pdu)
+                event = RECEIVED_EVENTS[pdu_type]
+                try:
+                    self._feed(event, pdu)
+                except InvalidEventError:
+                    self._event_failed("Upper Layer event {event} in the wrong state", event)
+                except Exception:
+                    self._event_failed("Error handling {event}", event)
                 if machine._state is _CLOSED:
                     return
         except PDUDecodeError as error:
@@ -584,11 +597,15 @@ class DicomProtocol(Protocol):
         try:
             self._feed(event, payload)
         except InvalidEventError:
-            self.log.failure("Upper Layer event {event} in the wrong state", event=event)
-            self._hard_close()
+            self._event_failed("Upper Layer event {event} in the wrong state", event)
         except Exception:
-            self.log.failure("Error handling {event}", event=event)
-            self._hard_close()
+            self._event_failed("Error handling {event}", event)
+
+    def _event_failed(self, why: str, event: Event) -> None:
+        """Handling ``event`` raised (our bug): log the exception being
+        handled, abort."""
+        self.log.failure(why, event=event)
+        self._hard_close()
 
     def _hard_close(self) -> None:
         """Last resort after our own bug: abort and drop the connection."""
