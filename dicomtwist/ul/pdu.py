@@ -192,6 +192,9 @@ _set_attribute = object.__setattr__
 
 def _view(body: bytes | memoryview) -> memoryview:
     """Return a flat byte view of ``body`` without copying."""
+    if type(body) is memoryview and body.format == "B" and body.ndim == 1:
+        # As the framer hands bodies out: the view itself.
+        return body
     view = memoryview(body)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -608,6 +611,16 @@ class PDataTF:
         """
         view = _view(body)
         end = len(view)
+        if end >= _PDV_HEAD.size:
+            length, context_id, control = _PDV_HEAD.unpack_from(view, 0)
+            if length + 4 == end and length >= 2:
+                # One PDV filling the body (a command, a fragment of a
+                # data set): the usual P-DATA-TF, checked as the loop
+                # below checks it.
+                pdu = _new_object(cls)
+                _set_attribute(pdu, "pdvs", (_new_tuple(
+                    PresentationDataValue, (context_id, control, view[_PDV_HEAD.size:])),))
+                return pdu
         position = 0
         pdvs = []
         while position < end:
