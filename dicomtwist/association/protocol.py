@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Iterator, Mapping
 from pydicom.dataset import Dataset
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -393,11 +394,14 @@ class Association(Requestor, DicomProtocol):
 
     def on_connection_lost(self, reason: Failure | None) -> None:
         """Fail what is outstanding, drop partial data, fire ``closed``."""
-        self._cancel_acse_timer()
+        if self._acse_timer is not None:
+            self._cancel_acse_timer()
         if self._assembler is not None:
             self._assembler.discard()
         cause = self._abort_cause or ("released" if self._released else "connection closed")
-        tls_error = _tls_error(reason)
+        # (The peer's end of file, the usual end, is no TLS error.)
+        tls_error = (None if isinstance(reason, Failure) and type(reason.value) is ConnectionDone
+                     else _tls_error(reason))
         if tls_error is not None:
             cause = f"TLS error: {tls_error}"
             if self._establishment is None:
@@ -420,16 +424,18 @@ class Association(Requestor, DicomProtocol):
                 self.association_id, self.log_fields.get("peer_host", ""),
                 self.peer_ae_title, "aborted" if self._abort_cause else "released",
                 self._abort_cause or ""))
-        outstanding, self._outstanding = self._outstanding, {}
-        for pending in outstanding.values():
-            if pending.timer is not None and pending.timer.active():
-                pending.timer.cancel()
-            pending.deferred.errback(AssociationAborted(f"association ended: {cause}"))
+        if self._outstanding:
+            outstanding, self._outstanding = self._outstanding, {}
+            for pending in outstanding.values():
+                if pending.timer is not None and pending.timer.active():
+                    pending.timer.cancel()
+                pending.deferred.errback(AssociationAborted(f"association ended: {cause}"))
         for request in self._serving.values():
             request.cancelled = True
-        queue, self._send_queue = self._send_queue, []
-        for _, _, _, d, _ in queue:
-            d.errback(AssociationAborted(f"association ended: {cause}"))
+        if self._send_queue:
+            queue, self._send_queue = self._send_queue, []
+            for _, _, _, d, _ in queue:
+                d.errback(AssociationAborted(f"association ended: {cause}"))
         self._ended = True
         ended = getattr(self.factory, "association_ended", None)
         if ended is not None:

@@ -580,7 +580,9 @@ class DicomProtocol(Protocol):
                 event, payload = queued.pop(0)
         finally:
             self._feeding = False
-            self._queued.clear()
+            if queued:
+                # (Left by an exception.)
+                queued.clear()
             settled = self._settled
             if settled is not None:
                 self._settled = None
