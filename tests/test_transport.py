@@ -9,6 +9,7 @@ import errno
 import socket
 
 from twisted.internet import reactor, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -307,10 +308,15 @@ class AcceptLoopTests(SynchronousTestCase):
 
     def test_each_connection_built_and_connected(self) -> None:
         """Each accepted socket gets a protocol, a session number and the
-        peer's address; a factory returning None closes the socket."""
+        peer's address (an IPv4Address like any other); a factory
+        returning None closes the socket."""
         self.readiness(1)
         [first] = self.factory.built
         self.assertEqual((first.addr.host, first.addr.port), ("127.0.0.1", 40001))
+        expected = IPv4Address("TCP", "127.0.0.1", 40001)
+        self.assertIs(type(first.addr), IPv4Address)
+        self.assertEqual((first.addr, hash(first.addr), repr(first.addr)),
+                         (expected, hash(expected), repr(expected)))
         self.assertEqual(first.transport.sessionno, 0)
         self.assertIn(first.transport, self.reactor.readers)
         self.factory.buildProtocol = lambda addr: None

@@ -65,6 +65,8 @@ GROW_AFTER = 4
 #: The most connections taken per readiness (Twisted grows without bound).
 MAX_ACCEPTS = 256
 
+_new_object = object.__new__
+
 
 class AcceptedConnection(tcp.Server):
     """An accepted TCP connection (``tcp.Server`` without the per-connection
@@ -199,7 +201,16 @@ class AcceptorPort(tcp.Port):
             # IPv6: the scope ID in the host, as Twisted reports it.
             host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
             addr = (host[0], *addr[1:])
-        protocol = self.factory.buildProtocol(self._addressType("TCP", addr[0], addr[1]))
+        if self._addressType is address.IPv4Address:
+            # IPv4Address("TCP", host, port) without its generated __init__
+            # and that calls the validator of ``type`` (a constant here).
+            peer = _new_object(address.IPv4Address)
+            peer.type = "TCP"
+            peer.host = addr[0]
+            peer.port = addr[1]
+        else:
+            peer = self._addressType("TCP", addr[0], addr[1])
+        protocol = self.factory.buildProtocol(peer)
         if protocol is None:
             skt.close()
             return
