@@ -374,12 +374,28 @@ class DicomProtocol(Protocol):
         transport = self.transport
         if transport is None:
             return
-        if type(transport) in _SOCKET_TRANSPORTS and _nothing_queued(transport):
-            sent = _send_now(transport, data)
-            if sent >= len(data):
-                return
-            if sent:
-                data = memoryview(data)[sent:]
+        if type(transport) in _SOCKET_TRANSPORTS:
+            # Nothing buffered and no close in progress: writing to the
+            # socket at once keeps the byte order and is what ``doWrite``
+            # would do one reactor iteration later.  A registered producer
+            # (a file being sent) may write so too: Twisted pauses it only
+            # when what it wrote fills the buffer, so while the buffer is
+            # empty it is not paused.  (Attributes of Twisted's
+            # ``abstract.FileDescriptor`` and ``tcp.Connection``; without
+            # them, writes go the usual way, and
+            # ``tests.test_protocol.SocketWriteTests`` fails.)
+            try:
+                queued = (transport.dataBuffer or transport._tempDataLen or transport.TLS
+                          or transport.disconnecting or transport._writeDisconnected
+                          or transport._aborting or not transport.connected)
+            except AttributeError:
+                queued = True
+            if not queued:
+                sent = _send_now(transport, data)
+                if sent >= len(data):
+                    return
+                if sent:
+                    data = memoryview(data)[sent:]
         transport.write(bytes(data))
 
     def start_artim(self) -> None:
@@ -712,28 +728,6 @@ def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
         return transport.socket.send(data)
     except OSError:
         return 0
-
-
-def _nothing_queued(transport: Any) -> bool:
-    """True when a TCP transport has no buffered data and no close in
-    progress: writing to its socket at once keeps the byte order and is
-    what ``doWrite`` would do one reactor iteration later.  A registered
-    producer (a file being sent) may write so too: Twisted pauses it
-    only when what it wrote fills the buffer, so while the buffer is
-    empty it is not paused.
-
-    Reads attributes of Twisted's ``abstract.FileDescriptor`` and
-    ``tcp.Connection`` (``_tempDataLen``, ``_writeDisconnected``,
-    ``_aborting``); without them, False (writes then go the usual way, and
-    ``tests.test_protocol.SocketWriteTests`` fails).
-    """
-    try:
-        return not (transport.dataBuffer or transport._tempDataLen or transport.TLS
-                    or transport.disconnecting
-                    or transport._writeDisconnected or transport._aborting
-                    or not transport.connected)
-    except AttributeError:
-        return False
 
 
 #: What a listening port's accepted sockets do with TCP_NODELAY, kept in
