@@ -170,7 +170,9 @@ class DicomProtocol(Protocol):
         if peer is None:
             peer = self.peer_address = self.transport.getPeer()
         self.peer_description = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        collecting = self._collect()
+        collecting = self._outgoing is None  # (_collect, inline)
+        if collecting:
+            self._outgoing = []
         try:
             if self.associate_rq is not None:
                 # AE-1 (transport connect) has been done by the endpoint
@@ -193,7 +195,9 @@ class DicomProtocol(Protocol):
         stopped by an A-ASSOCIATE-RQ found at once, never needs a timer.
         """
         early = self.associate_rq is None and type(transport) in _ACCEPTED
-        collecting = early and self._collect()
+        collecting = early and self._outgoing is None  # (_collect, inline)
+        if collecting:
+            self._outgoing = []
         try:
             super().makeConnection(transport)
             if early and not transport.disconnecting:
@@ -272,7 +276,8 @@ class DicomProtocol(Protocol):
             self._event(_CONNECTION_CLOSED, reason)
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        self._timers.stop(artim)
+        if artim is not None:
+            self._timers.stop(artim)
         self.on_connection_lost(reason)
         # The machine, now idle (Sta1), takes no event that has an effect:
         # drop its reference to us, so that the association is freed by
@@ -316,7 +321,14 @@ class DicomProtocol(Protocol):
             return
         if dlog.debug_on and self.log_pdus:
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
-        self._write(pdu.encode())
+        data = pdu.encode()
+        # (What _write does with bytes, inline: an A-ASSOCIATE-AC or an
+        # A-RELEASE-RP is usually an answer, held.)
+        outgoing = self._outgoing
+        if outgoing is not None and not self.sending_file:
+            outgoing.append(data)
+            return
+        self._write(data)
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write now, or at the end of the input being handled.
@@ -415,7 +427,8 @@ class DicomProtocol(Protocol):
     def _schedule_artim(self) -> None:
         self._artim_pending = False
         timers = self._timers
-        timers.stop(self._artim)
+        if self._artim is not None:
+            timers.stop(self._artim)
         self._artim = timers.call_later(self.artim_timeout, self._artim_expired)
 
     def stop_artim(self) -> None:
@@ -428,7 +441,8 @@ class DicomProtocol(Protocol):
         """
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        self._timers.stop(artim)
+        if artim is not None:
+            self._timers.stop(artim)
 
     def close_transport(self) -> None:
         """Close the connection once pending writes are flushed."""
