@@ -34,6 +34,7 @@ import select
 import sys
 from typing import Any
 
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
@@ -98,8 +99,12 @@ if EPollReactor is not None:
 
             A connection's plain readiness to read (the usual event) is
             handled here, as ``_doReadOrWrite`` would: ``doRead``, and the
-            connection lost if it says so or raises.  Anything else (a
-            writable socket, a hang-up, an error) goes to
+            connection lost if it says so or raises; the peer's end of
+            file (``main.CONNECTION_DONE``) goes to the selectable's
+            ``readEnded()`` when it has one (an accepted DICOM connection,
+            :class:`dicomtwist.ul.transport.AcceptedConnection`, ends
+            itself in fewer steps than ``_disconnectSelectable`` takes).
+            Anything else (a writable socket, a hang-up, an error) goes to
             ``_doReadOrWrite``.
             """
             if timeout is None:
@@ -129,6 +134,14 @@ if EPollReactor is not None:
                         why = sys.exc_info()[1]
                         log.err()
                     if why:
+                        if why is CONNECTION_DONE:
+                            # The peer's end of file, the usual end of an
+                            # association: a transport that can end
+                            # itself in fewer steps does.
+                            ended = getattr(selectable, "readEnded", None)
+                            if ended is not None:
+                                ended()
+                                continue
                         self._disconnectSelectable(selectable, why, True)
                 except KeyboardInterrupt:
                     raise

@@ -186,6 +186,128 @@ class RealSocketTests(TestCase):
         return exchanged.addCallback(check)
 
 
+class _Quiet(_Recorder):
+    """Keeps what it received without answering (so it never waits to
+    write, and the end of file comes as a plain read event)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+class _Producer:
+    """A registered push producer: records being stopped."""
+
+    stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class EndOfFileTests(SynchronousTestCase):
+    """The peer's end of file on the daemon's reactor (DicomReactor), which
+    lets an AcceptedConnection end itself (``readEnded``): as Twisted's
+    steps end it, in fewer."""
+
+    def setUp(self) -> None:
+        from dicomtwist.reactor import DicomReactor
+
+        self.reactor = DicomReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.factory = _Built()
+        self.port = AcceptorPort(0, self.factory, interface="127.0.0.1", reactor=self.reactor)
+        self.port.startListening()
+        self.addCleanup(self.port.connectionLost, Failure(ConnectionDone()))
+
+    def connect(self, protocol: type = _Quiet) -> tuple[Protocol, socket.socket]:
+        """A connection accepted on one poll; its protocol and our peer's end."""
+        self.factory.protocol = protocol
+        peer = socket.create_connection(("127.0.0.1", self.port.getHost().port), timeout=10)
+        self.addCleanup(peer.close)
+        self.reactor.doIteration(0)
+        return self.factory.built[-1], peer
+
+    def poll_until(self, condition) -> None:
+        """Poll (without waiting long) until ``condition()``."""
+        for _ in range(100):
+            if condition():
+                return
+            self.reactor.doIteration(0.05)
+        self.fail("condition never met")
+
+    def test_connection_ends_itself(self) -> None:
+        """The end of file loses the connection with ConnectionDone, once;
+        the socket is closed and no longer polled, and reading and writing
+        are stopped, without Twisted's disconnection steps."""
+        protocol, peer = self.connect()
+        transport_ = protocol.transport
+        handle = transport_.getHandle()
+        fd = handle.fileno()
+        self.assertIn(fd, self.reactor._selectables)
+        self.reactor._disconnectSelectable = lambda *args: self.fail("Twisted's way taken")
+        lost: list = []
+        protocol.ended.addCallback(lost.append)
+        peer.sendall(b"abc")
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: lost)
+        del self.reactor._disconnectSelectable
+        self.assertEqual(protocol.data, b"abc")
+        [reason] = lost
+        self.assertIsInstance(reason, ConnectionDone)
+        self.assertEqual(handle.fileno(), -1)
+        self.assertNotIn(fd, self.reactor._selectables)
+        self.assertNotIn(fd, self.reactor._reads)
+        self.assertNotIn(fd, self.reactor._writes)
+        self.assertEqual((transport_.connected, transport_.disconnected), (0, 1))
+        self.assertFalse(hasattr(transport_, "socket"))
+        self.assertEqual(peer.recv(10), b"")
+
+    def test_registered_for_writing(self) -> None:
+        """A connection also waiting to write ends no longer polled for
+        either (its end of file comes with writability: Twisted's way;
+        ``readEnded`` itself stops both)."""
+        for end in ("poll", "readEnded"):
+            protocol, peer = self.connect()
+            transport_ = protocol.transport
+            fd = transport_.fileno()
+            transport_.startWriting()
+            self.assertIn(fd, self.reactor._writes)
+            lost: list = []
+            protocol.ended.addCallback(lost.append)
+            if end == "poll":
+                peer.shutdown(socket.SHUT_WR)
+                self.poll_until(lambda: lost)
+            else:
+                transport_.readEnded()
+            self.assertIsInstance(lost[0], ConnectionDone)
+            self.assertNotIn(fd, self.reactor._writes)
+            self.assertNotIn(fd, self.reactor._reads)
+            self.assertNotIn(fd, self.reactor._selectables)
+
+    def test_half_closeable_and_producer_go_twisteds_way(self) -> None:
+        """A half-closeable protocol is told of the end of file (and may
+        still write); a registered producer is stopped: Twisted's way."""
+        protocol, peer = self.connect(_HalfCloser)
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: protocol.read_closed)
+        self.poll_until(lambda: protocol.ended.called)
+        self.assertEqual(peer.recv(10), b"bye")
+
+        protocol, peer = self.connect()
+        producer = _Producer()
+        protocol.transport.registerProducer(producer, True)
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: protocol.ended.called)
+        self.assertTrue(producer.stopped)
+        self.assertNotIn(protocol.transport, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getWriters(), [])
+
+
 class SharedSocketTests(SynchronousTestCase):
     """A worker's adopted socket waits exclusively where the reactor can."""
 

@@ -52,7 +52,7 @@ from typing import Any
 from twisted.internet import address, defer, error, main, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.python import log
+from twisted.python import failure, log
 from zope.interface import implementer
 
 __all__ = ["AcceptedConnection", "AcceptorEndpoint", "AcceptorPort", "adopt"]
@@ -66,6 +66,9 @@ GROW_AFTER = 4
 MAX_ACCEPTS = 256
 
 _new_object = object.__new__
+#: How a connection the peer ended cleanly ends (as the reactor's
+#: ``_disconnectSelectable`` tells it: one failure for all).
+_DONE = failure.Failure(error.ConnectionDone())
 
 
 class AcceptedConnection(tcp.Server):
@@ -109,6 +112,29 @@ class AcceptedConnection(tcp.Server):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def readEnded(self) -> None:
+        """The peer's end of file, as the reactor reports it from
+        :meth:`doRead` (``main.CONNECTION_DONE``), handled as Twisted's
+        ``_disconnectSelectable``, :meth:`readConnectionLost` and
+        :meth:`connectionLost` would, in fewer steps: no longer read nor
+        written, the socket closed, the protocol told with
+        ``ConnectionDone``.  A half-closeable protocol, or a registered
+        producer: Twisted's way."""
+        reactor = self.reactor
+        if self.producer is not None or IHalfCloseableProtocol.providedBy(self.protocol):
+            reactor._disconnectSelectable(self, main.CONNECTION_DONE, True)
+            return
+        reactor.removeReader(self)
+        reactor.removeWriter(self)
+        self.disconnected = 1
+        self.connected = 0
+        self._closeSocket(True)
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(_DONE)
 
     def readConnectionLost(self, reason: Any) -> None:
         """The peer's end of file: the connection is lost, unless the
