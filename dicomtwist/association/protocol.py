@@ -626,7 +626,11 @@ class Association(Requestor, DicomProtocol):
             # As ``maybeDeferred(handler, request)``, without wrapping a
             # plain result (C-ECHO) in a Deferred.
             result = handler(request)
-            if isinstance(result, Failure):
+            # (A status, the usual result, first: ``isinstance(result,
+            # Deferred)`` is an ABC's Python-level check.)
+            if result is None or isinstance(result, int):
+                pass
+            elif isinstance(result, Failure):
                 result.raiseException()
             elif isinstance(result, Deferred) or type(result) is CoroutineType:
                 return self._serve_later(request, result)

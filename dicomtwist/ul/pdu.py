@@ -154,7 +154,7 @@ _CONTEXT_RESULT_TEXT = {
 
 def _pdu(pdu_type: int, parts: list[bytes | memoryview]) -> bytes:
     """Join ``parts`` behind a PDU header carrying their total length."""
-    parts.insert(0, PDU_HEADER.pack(pdu_type, sum(len(part) for part in parts)))
+    parts.insert(0, PDU_HEADER.pack(pdu_type, sum(map(len, parts))))
     return b"".join(parts)
 
 
