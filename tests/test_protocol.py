@@ -362,6 +362,18 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(proto.established))
         self.assertEqual(self.flushLoggedErrors(AssociationAborted), [])
 
+    def test_peer_description(self) -> None:
+        """The peer is described as host:port for log lines: from the
+        address the factory was given, or the transport's once connected;
+        "?" while neither is known."""
+        proto = self.connect()
+        self.assertEqual(proto.peer_description, "127.0.0.1:40000")
+        unknown = Association(self.clock)
+        self.assertEqual(unknown.peer_description, "?")
+        unknown.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 104)))
+        self.assertEqual(unknown.peer_description, "10.0.0.9:104")
+        self.assertEqual(unknown.peer_address, IPv4Address("TCP", "10.0.0.9", 104))
+
     # -- malformed input -----------------------------------------------------------
     def test_unknown_pdu_type_before_association(self) -> None:
         """An unknown PDU type instead of an RQ gets A-ABORT(provider, unrecognized PDU)."""

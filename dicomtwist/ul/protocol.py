@@ -111,7 +111,7 @@ class DicomProtocol(Protocol):
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
                  "_timers",
                  "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
-                 "peer_description",
+                 "_peer_description",
                  "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
@@ -140,7 +140,8 @@ class DicomProtocol(Protocol):
         self._idle: Timer | None = None
         # When input last came (the network timeout counts from it).
         self._last_input = 0.0
-        self.peer_description = "?"
+        # ``host:port``, made when first asked for (log lines only).
+        self._peer_description: str | None = None
         #: The peer's address: ``transport.getPeer()`` once connected, or
         #: the address the factory was given (``buildProtocol(addr)``).
         self.peer_address: Any = None
@@ -152,12 +153,28 @@ class DicomProtocol(Protocol):
         # (None: not handling input, write at once).
         self._outgoing: list[bytes] | None = None
 
+    @property
+    def peer_description(self) -> str:
+        """The peer as ``host:port``, for log lines ("?" until known)."""
+        description = self._peer_description
+        if description is None:
+            peer = self.peer_address
+            if peer is None:
+                return "?"
+            description = self._peer_description = (
+                f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}")
+        return description
+
     # -- Twisted Protocol -------------------------------------------------
     def connectionMade(self) -> None:
         """Set TCP_NODELAY, the read size and how the socket closes; start
         the requestor's or acceptor's flow."""
         transport = self.transport
-        _set_nodelay(transport)
+        if not (type(transport) in _ACCEPTED
+                and getattr(transport.server, NODELAY_STATE, None) is True):
+            # (Nothing to do for a port's accepted sockets once they are
+            # known to inherit the option.)
+            _set_nodelay(transport)
         if type(transport) in _SOCKET_TRANSPORTS:
             transport.bufferSize = READ_SIZE
             # The socket is this process's alone (close-on-exec): ``close``
@@ -166,10 +183,8 @@ class DicomProtocol(Protocol):
             transport._shouldShutdown = False
         elif hasattr(transport, "bufferSize"):
             transport.bufferSize = READ_SIZE
-        peer = self.peer_address
-        if peer is None:
-            peer = self.peer_address = self.transport.getPeer()
-        self.peer_description = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        if self.peer_address is None:
+            self.peer_address = self.transport.getPeer()
         collecting = self._outgoing is None  # (_collect, inline)
         if collecting:
             self._outgoing = []
