@@ -90,7 +90,7 @@ class PDUFramer:
             return ()
         pdu_type, length = HEADER.unpack_from(data)
         if length != end - HEADER_LENGTH or length > (
-                self._pdata_limit if pdu_type == P_DATA_TF else self.LIMITS.get(pdu_type, -1)):
+                self._pdata_limit if pdu_type == P_DATA_TF else _LIMITS.get(pdu_type, -1)):
             return ()
         return ((pdu_type, memoryview(data)[HEADER_LENGTH:]),)
 
@@ -161,3 +161,7 @@ class PDUFramer:
                 offset,
                 abort_reason=6,
             )
+
+
+#: (:attr:`PDUFramer.LIMITS`, read as a global on the per-PDU path.)
+_LIMITS = PDUFramer.LIMITS

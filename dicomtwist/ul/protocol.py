@@ -45,6 +45,7 @@ from dicomtwist.ul.pdu import (
     RejectSource,
     DECODERS,
     MALFORMED,
+    PDU_TYPES,
     malformed,
 )
 
@@ -322,18 +323,19 @@ class DicomProtocol(Protocol):
                 return
             self._write(pdu)
             return
-        if isinstance(pdu, (bytearray, memoryview)):
-            self._write(pdu)
-            return
-        if isinstance(pdu, (list, tuple)):
-            held = self._held()
-            if held is not None:
-                held.extend(pdu)
+        if type(pdu) not in _PDU_CLASSES:
+            if isinstance(pdu, (bytearray, memoryview)):
+                self._write(pdu)
                 return
-            if self._outgoing:
-                self._flush()
-            self.transport.writeSequence(pdu)
-            return
+            if isinstance(pdu, (list, tuple)):
+                held = self._held()
+                if held is not None:
+                    held.extend(pdu)
+                    return
+                if self._outgoing:
+                    self._flush()
+                self.transport.writeSequence(pdu)
+                return
         if dlog.debug_on and self.log_pdus:
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
         data = pdu.encode()
@@ -747,6 +749,8 @@ _HOOKS = {
 _SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client, AcceptedConnection})
 #: Transports of an accepted plain TCP connection.
 _ACCEPTED = frozenset({tcp.Server, AcceptedConnection})
+#: The PDU classes (objects :meth:`DicomProtocol.send_pdu` encodes).
+_PDU_CLASSES = frozenset(PDU_TYPES.values())
 
 
 def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
