@@ -43,6 +43,8 @@ __all__ = ["DicomReactor", "install"]
 #: The longest poll, in seconds (epoll_wait takes milliseconds in an int;
 #: Twisted's own limit).
 MAX_POLL_TIMEOUT = 2147483
+#: A plain readiness to read.
+_EPOLLIN = select.EPOLLIN
 
 
 try:
@@ -116,14 +118,13 @@ if EPollReactor is not None:
                     return
                 raise
             selectables = self._selectables
-            handle = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue
                 try:
-                    if event != select.EPOLLIN:
-                        handle(selectable, fd, event)
+                    if event != _EPOLLIN:
+                        self._doReadOrWrite(selectable, fd, event)
                         continue
                     try:
                         if selectable.fileno() == -1:

@@ -545,9 +545,9 @@ class Association(Requestor, DicomProtocol):
             # Made with the first P-DATA: an idle association holds none.
             assembler = self._assembler = MessageAssembler(self.negotiated.contexts,
                                                            self.sink_for)
-        for pdv in pdata.pdvs:
+        for context_id, control, data in pdata.pdvs:  # (a named tuple's fields, unpacked)
             try:
-                done = assembler.feed(pdv.context_id, pdv.control, pdv.data)
+                done = assembler.feed(context_id, control, data)
             except (DIMSEDecodeError, OSError) as e:
                 self.log.warn("Invalid DIMSE message from {peer}: {error}; aborting",
                               peer=self.peer_description, error=str(e), **self.log_fields)
@@ -562,32 +562,36 @@ class Association(Requestor, DicomProtocol):
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
         if dlog.debug_on:
             self.log.debug("Received {message.summary()}", message=message)
-        if message.IS_RESPONSE:
-            self._on_response(message, data)
-        elif isinstance(message, m.CCancelRQ):
-            request = self._serving.get(message.message_id_being_responded_to)
-            if request is not None:
-                self.log.info("Received Cancel Request for message {id}",
-                              id=message.message_id_being_responded_to)
-                request.cancelled = True
-        else:
-            request = ServiceRequest(self, message, context, data, received=time.monotonic())
-            self._busy += 1
-            try:
-                rest = self._serve(request)
-            except BaseException:
-                self._busy -= 1
-                self._serve_failed(Failure(), request)
+        if type(message) not in SERVICE_FOR:
+            # (Not a request of a service: a response, a C-CANCEL-RQ or a
+            # request nobody serves, which is answered below.)
+            if message.IS_RESPONSE:
+                self._on_response(message, data)
                 return
-            if rest is None:
-                # Served at once (a C-ECHO, any handler answering with its
-                # result, a refusal): no coroutine, no Deferred.
-                self._busy -= 1
+            if isinstance(message, m.CCancelRQ):
+                request = self._serving.get(message.message_id_being_responded_to)
+                if request is not None:
+                    self.log.info("Received Cancel Request for message {id}",
+                                  id=message.message_id_being_responded_to)
+                    request.cancelled = True
                 return
-            # It awaits a Deferred (a handler's result, a busy send queue):
-            # Twisted drives the rest.
-            Deferred.fromCoroutine(self._serve_rest(rest)).addErrback(self._serve_failed,
-                                                                     request)
+        request = ServiceRequest(self, message, context, data, received=time.monotonic())
+        self._busy += 1
+        try:
+            rest = self._serve(request)
+        except BaseException:
+            self._busy -= 1
+            self._serve_failed(Failure(), request)
+            return
+        if rest is None:
+            # Served at once (a C-ECHO, any handler answering with its
+            # result, a refusal): no coroutine, no Deferred.
+            self._busy -= 1
+            return
+        # It awaits a Deferred (a handler's result, a busy send queue):
+        # Twisted drives the rest.
+        Deferred.fromCoroutine(self._serve_rest(rest)).addErrback(self._serve_failed,
+                                                                 request)
 
     # -- serving requests ----------------------------------------------------
     def is_busy(self) -> bool:

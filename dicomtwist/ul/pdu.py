@@ -73,6 +73,7 @@ _ABORT_BODY = struct.Struct(">xxBB")
 _RELEASE_BODY = b"\x00\x00\x00\x00"
 # PDV item: length, presentation context id, message control header.
 _PDV_HEAD = struct.Struct(">LBB")
+_PDV_HEAD_SIZE = _PDV_HEAD.size
 # A P-DATA-TF PDU header followed by the head of its only PDV.
 _PDATA_HEADER = struct.Struct(">BxLLBB")
 
@@ -611,7 +612,7 @@ class PDataTF:
         """
         view = _view(body)
         end = len(view)
-        if end >= _PDV_HEAD.size:
+        if end >= _PDV_HEAD_SIZE:
             length, context_id, control = _PDV_HEAD.unpack_from(view, 0)
             if length + 4 == end and length >= 2:
                 # One PDV filling the body (a command, a fragment of a
@@ -619,7 +620,7 @@ class PDataTF:
                 # below checks it.
                 pdu = _new_object(cls)
                 _set_attribute(pdu, "pdvs", (_new_tuple(
-                    PresentationDataValue, (context_id, control, view[_PDV_HEAD.size:])),))
+                    PresentationDataValue, (context_id, control, view[_PDV_HEAD_SIZE:])),))
                 return pdu
         position = 0
         pdvs = []

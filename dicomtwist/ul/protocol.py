@@ -113,7 +113,8 @@ class DicomProtocol(Protocol):
                  "_timers",
                  "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
                  "_peer_description",
-                 "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
+                 "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing",
+                 "sending_file", "_settled")
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
@@ -153,6 +154,16 @@ class DicomProtocol(Protocol):
         # Encoded PDUs waiting for the end of the input being handled
         # (None: not handling input, write at once).
         self._outgoing: list[bytes] | None = None
+        #: True while a file's producer is registered with the transport
+        #: (:class:`dicomtwist.association.files.FileProducer`): its PDUs
+        #: are then written at once, never held until the input being
+        #: handled ends (see :meth:`_held`).
+        self.sending_file = False
+        # Calls waiting for the event being handled to complete
+        # (:meth:`when_settled`); None when there are none.  (Slots, not
+        # class defaults: an instance's slot is read in a specialized
+        # instruction, a class default through the generic lookup.)
+        self._settled: list[Callable[[], None]] | None = None
 
     @property
     def peer_description(self) -> str:
@@ -303,11 +314,6 @@ class DicomProtocol(Protocol):
     # -- effects called by the machine ------------------------------------
     #: Log a summary of every PDU at debug level.
     log_pdus = True
-    #: True while a file's producer is registered with the transport
-    #: (:class:`dicomtwist.association.files.FileProducer`): its PDUs are
-    #: then written at once, never held until the input being handled
-    #: ends (see :meth:`_held`).
-    sending_file = False
 
     def connect_transport(self) -> None:
         """AE-1: the endpoint has connected before we exist; nothing to do."""
@@ -568,10 +574,6 @@ class DicomProtocol(Protocol):
         """The TCP connection is gone; release every resource."""
 
     # -- internals ----------------------------------------------------------
-    #: Calls waiting for the event being handled to complete
-    #: (:meth:`when_settled`); None when there are none.
-    _settled: list[Callable[[], None]] | None = None
-
     def when_settled(self, f: Callable[[], None], first: bool = False) -> None:
         """Call ``f`` once the event being handled, and those its hooks
         raised, are complete; at once if no event is being handled.
