@@ -39,6 +39,7 @@ memory, as before.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -68,6 +69,8 @@ LEVELS_TTL = 10.0
 #: Under ``--workers``: seconds between two writes of a worker's levels
 #: (thread pools, queues, associations) to the shared directory.
 SAMPLE_INTERVAL = 1.0
+#: The gauge of the associations established now.
+ASSOCIATIONS_ACTIVE = "dicomtwist_associations_active"
 #: The environment variable prometheus-client's multiprocess mode reads
 #: (the directory of the memory-mapped files); set for workers only.
 MULTIPROCESS_ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
@@ -200,7 +203,7 @@ class ArchiveMetrics:
         self.associations_released = Counter(
             p + "associations_released", "Established associations released", registry=r)
         self.associations_active = Gauge(
-            p + "associations_active", "Associations established now", registry=r,
+            ASSOCIATIONS_ACTIVE, "Associations established now", registry=r,
             multiprocess_mode="livesum")
         if self._active is not None and self.shared is None:
             self.associations_active.set_function(self._active)
@@ -286,6 +289,22 @@ class ArchiveMetrics:
             " collector was full)", registry=r)
         #: The audit drops already added to ``audit_dropped``.
         self._audit_counted = 0
+
+    def associations_established(self) -> int | None:
+        """Under ``--workers``: the associations established now in every
+        live worker, as ``/metrics`` shows them (this worker's count written
+        first, then the workers' files of live sums merged); None in one
+        process, whose caller counts its own."""
+        if self.shared is None:
+            return None
+        self.sample()
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = glob.glob(os.path.join(self.shared, "gauge_livesum_*.db"))
+        for family in MultiProcessCollector.merge(files, accumulate=False):
+            if family.name == ASSOCIATIONS_ACTIVE:
+                return int(sum(sample.value for sample in family.samples))
+        return 0
 
     def sample(self) -> None:
         """Under ``--workers``: write this worker's levels to the shared

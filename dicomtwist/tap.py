@@ -392,7 +392,7 @@ class ArchiveService(service.Service):
                 active=lambda: len(factory.active), shared=shared_metrics)
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store, metrics=self.metrics,
-                                   associations=lambda: len(self.factory.associations),
+                                   associations=self._associations_now,
                                    node=node_name(settings))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
@@ -403,6 +403,12 @@ class ArchiveService(service.Service):
             self.audit = trail.build(reactor, settings)
             if self.metrics is not None:
                 self.metrics.audit = self.audit
+
+    def _associations_now(self) -> int:
+        """``/api/status``'s count: this process's associations, or under
+        ``--workers`` those established in every worker."""
+        shared = self.metrics.associations_established() if self.metrics is not None else None
+        return len(self.factory.associations) if shared is None else shared
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""
