@@ -40,6 +40,7 @@ from dicomtwist.association.handlers import (
     ServiceRequest,
     as_response,
     field_names,
+    status_response,
 )
 from dicomtwist.association.requestor import Requestor, _Outstanding
 from dicomtwist.dimse import messages as m
@@ -641,7 +642,8 @@ class Association(Requestor, DicomProtocol):
         except Exception as e:  # mapped to a status below
             response = self._error_response(e, request)
         else:
-            response = as_response(result)
+            response = (status_response(result) if isinstance(result, int)
+                        else as_response(result))
         return self._respond(request, response)
 
     async def _serve_rest(self, rest: Awaitable[None]) -> None:

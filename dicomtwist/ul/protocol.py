@@ -298,7 +298,9 @@ class DicomProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
-        self._cancel_idle()
+        idle, self._idle = self._idle, None  # (_cancel_idle, inline)
+        if idle is not None:
+            self._timers.stop(idle)
         if self.machine._state is not _CLOSED:
             self._event(_CONNECTION_CLOSED, reason)
         self._artim_running = self._artim_pending = False
@@ -496,7 +498,7 @@ class DicomProtocol(Protocol):
     def associate_response(self, pdu: Any) -> None:
         """Answer an A-ASSOCIATE indication with an AC (Evt7) or RJ (Evt8)."""
         event = _REJECT if isinstance(pdu, AAssociateRJ) else _ACCEPT
-        self._primitive(event, pdu)
+        self._feed(event, pdu)  # (what _primitive does)
 
     def send_pdata(self, pdu: Any) -> None:
         """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes.
@@ -518,7 +520,7 @@ class DicomProtocol(Protocol):
 
     def release_response(self) -> None:
         """A-RELEASE response (Evt14)."""
-        self._primitive(_RELEASE_RESPONSE, _RELEASE_RP_PDU)
+        self._feed(_RELEASE_RESPONSE, _RELEASE_RP_PDU)  # (what _primitive does)
 
     def abort_request(self, source: int = AbortSource.SERVICE_USER,
                       reason: int = AbortReason.NOT_SPECIFIED) -> None:
@@ -694,7 +696,7 @@ class DicomProtocol(Protocol):
         if self.network_timeout is None:
             return
         self._last_input = self.clock.seconds()
-        if self._idle is None and not self.machine.is_closed:
+        if self._idle is None and self.machine._state is not _CLOSED:
             self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
