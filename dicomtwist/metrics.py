@@ -155,6 +155,8 @@ class ArchiveMetrics:
         self.shared = shared
         #: Under ``--workers``: writes the levels every SAMPLE_INTERVAL.
         self._sampler: LoopingCall | None = None
+        #: Under ``--workers``: the pending write of the association count.
+        self._active_write: Any = None
         if shared is None:
             _in_memory_values()
             #: What ``/metrics`` exposes.
@@ -350,6 +352,10 @@ class ArchiveMetrics:
             if self._sampler.running:
                 self._sampler.stop()
             self._sampler = None
+        if self._active_write is not None:
+            if self._active_write.active():
+                self._active_write.cancel()
+            self._active_write = None
 
     def observe(self, event: Any) -> None:
         """Count one event (the bus's observer)."""
@@ -366,6 +372,8 @@ class ArchiveMetrics:
         self.associations_accepted.labels(self._ae(e.calling_ae)).inc()
         if self._active is None:
             self.associations_active.inc()
+        elif self.shared is not None:
+            self._active_changed()
 
     def _rejected(self, e: events.AssociationRejected) -> None:
         reason = e.reason if e.reason in _REJECT_REASONS else "other"
@@ -378,6 +386,22 @@ class ArchiveMetrics:
             self.associations_released.inc()
         if self._active is None:
             self.associations_active.dec()
+        elif self.shared is not None:
+            self._active_changed()
+
+    def _active_changed(self) -> None:
+        """Under ``--workers``: write this worker's association count once
+        the event being published is handled (an ending association counts
+        until just after it publishes its end), so that every worker's
+        ``/api/status`` and ``/metrics`` show it at once, not at the next
+        sample."""
+        if self._active_write is None and self.reactor is not None:
+            self._active_write = self.reactor.callLater(0, self._write_active)
+
+    def _write_active(self) -> None:
+        self._active_write = None
+        if self._active is not None:
+            self.associations_active.set(self._active())
 
     def _operation(self, e: events.OperationCompleted) -> None:
         service = e.service if e.service in _SERVICES else "other"

@@ -43,7 +43,12 @@ with TLS or HTTP, :func:`load` reloads the modules that looked for it
 whose HTTPS classes prometheus-client imports, ``hashlib`` and ``hmac``,
 for the HTTP users' PBKDF2).  What stays without it is asyncio's own TLS,
 which nothing here uses (Twisted's TLS is pyOpenSSL, also under the
-asyncio reactor).
+asyncio reactor).  In a lean process, code that needs ``http.client``'s
+or ``urllib``'s HTTPS classes (prometheus-client imports them) must call
+:func:`standard_openssl_back` before importing it: the ``--workers``
+supervisor therefore names prometheus-client's variable itself
+(``workers.METRICS_ENVIRONMENT``) instead of importing
+:mod:`dicomtwist.metrics`.
 
 pydicom's dictionary of private tags (:data:`PRIVATE_DICTIONARY`, about
 1.5 MiB resident) is read the first time something asks for it (naming or
