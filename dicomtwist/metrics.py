@@ -39,6 +39,7 @@ memory, as before.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -68,6 +69,8 @@ LEVELS_TTL = 10.0
 #: Under ``--workers``: seconds between two writes of a worker's levels
 #: (thread pools, queues, associations) to the shared directory.
 SAMPLE_INTERVAL = 1.0
+#: The gauge of the associations established now.
+ASSOCIATIONS_ACTIVE = "dicomtwist_associations_active"
 #: The environment variable prometheus-client's multiprocess mode reads
 #: (the directory of the memory-mapped files); set for workers only.
 MULTIPROCESS_ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
@@ -152,6 +155,8 @@ class ArchiveMetrics:
         self.shared = shared
         #: Under ``--workers``: writes the levels every SAMPLE_INTERVAL.
         self._sampler: LoopingCall | None = None
+        #: Under ``--workers``: the pending write of the association count.
+        self._active_write: Any = None
         if shared is None:
             _in_memory_values()
             #: What ``/metrics`` exposes.
@@ -200,7 +205,7 @@ class ArchiveMetrics:
         self.associations_released = Counter(
             p + "associations_released", "Established associations released", registry=r)
         self.associations_active = Gauge(
-            p + "associations_active", "Associations established now", registry=r,
+            ASSOCIATIONS_ACTIVE, "Associations established now", registry=r,
             multiprocess_mode="livesum")
         if self._active is not None and self.shared is None:
             self.associations_active.set_function(self._active)
@@ -287,6 +292,22 @@ class ArchiveMetrics:
         #: The audit drops already added to ``audit_dropped``.
         self._audit_counted = 0
 
+    def associations_established(self) -> int | None:
+        """Under ``--workers``: the associations established now in every
+        live worker, as ``/metrics`` shows them (this worker's count written
+        first, then the workers' files of live sums merged); None in one
+        process, whose caller counts its own."""
+        if self.shared is None:
+            return None
+        self.sample()
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = glob.glob(os.path.join(self.shared, "gauge_livesum_*.db"))
+        for family in MultiProcessCollector.merge(files, accumulate=False):
+            if family.name == ASSOCIATIONS_ACTIVE:
+                return int(sum(sample.value for sample in family.samples))
+        return 0
+
     def sample(self) -> None:
         """Under ``--workers``: write this worker's levels to the shared
         files (every :data:`SAMPLE_INTERVAL` seconds and before a scrape)."""
@@ -331,6 +352,10 @@ class ArchiveMetrics:
             if self._sampler.running:
                 self._sampler.stop()
             self._sampler = None
+        if self._active_write is not None:
+            if self._active_write.active():
+                self._active_write.cancel()
+            self._active_write = None
 
     def observe(self, event: Any) -> None:
         """Count one event (the bus's observer)."""
@@ -347,6 +372,8 @@ class ArchiveMetrics:
         self.associations_accepted.labels(self._ae(e.calling_ae)).inc()
         if self._active is None:
             self.associations_active.inc()
+        elif self.shared is not None:
+            self._active_changed()
 
     def _rejected(self, e: events.AssociationRejected) -> None:
         reason = e.reason if e.reason in _REJECT_REASONS else "other"
@@ -359,6 +386,22 @@ class ArchiveMetrics:
             self.associations_released.inc()
         if self._active is None:
             self.associations_active.dec()
+        elif self.shared is not None:
+            self._active_changed()
+
+    def _active_changed(self) -> None:
+        """Under ``--workers``: write this worker's association count once
+        the event being published is handled (an ending association counts
+        until just after it publishes its end), so that every worker's
+        ``/api/status`` and ``/metrics`` show it at once, not at the next
+        sample."""
+        if self._active_write is None and self.reactor is not None:
+            self._active_write = self.reactor.callLater(0, self._write_active)
+
+    def _write_active(self) -> None:
+        self._active_write = None
+        if self._active is not None:
+            self.associations_active.set(self._active())
 
     def _operation(self, e: events.OperationCompleted) -> None:
         service = e.service if e.service in _SERVICES else "other"

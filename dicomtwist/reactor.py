@@ -34,6 +34,7 @@ import select
 import sys
 from typing import Any
 
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
@@ -42,6 +43,8 @@ __all__ = ["DicomReactor", "install"]
 #: The longest poll, in seconds (epoll_wait takes milliseconds in an int;
 #: Twisted's own limit).
 MAX_POLL_TIMEOUT = 2147483
+#: A plain readiness to read.
+_EPOLLIN = select.EPOLLIN
 
 
 try:
@@ -98,8 +101,12 @@ if EPollReactor is not None:
 
             A connection's plain readiness to read (the usual event) is
             handled here, as ``_doReadOrWrite`` would: ``doRead``, and the
-            connection lost if it says so or raises.  Anything else (a
-            writable socket, a hang-up, an error) goes to
+            connection lost if it says so or raises; the peer's end of
+            file (``main.CONNECTION_DONE``) goes to the selectable's
+            ``readEnded()`` when it has one (an accepted DICOM connection,
+            :class:`dicomtwist.ul.transport.AcceptedConnection`, ends
+            itself in fewer steps than ``_disconnectSelectable`` takes).
+            Anything else (a writable socket, a hang-up, an error) goes to
             ``_doReadOrWrite``.
             """
             if timeout is None:
@@ -111,14 +118,13 @@ if EPollReactor is not None:
                     return
                 raise
             selectables = self._selectables
-            handle = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue
                 try:
-                    if event != select.EPOLLIN:
-                        handle(selectable, fd, event)
+                    if event != _EPOLLIN:
+                        self._doReadOrWrite(selectable, fd, event)
                         continue
                     try:
                         if selectable.fileno() == -1:
@@ -129,6 +135,14 @@ if EPollReactor is not None:
                         why = sys.exc_info()[1]
                         log.err()
                     if why:
+                        if why is CONNECTION_DONE:
+                            # The peer's end of file, the usual end of an
+                            # association: a transport that can end
+                            # itself in fewer steps does.
+                            ended = getattr(selectable, "readEnded", None)
+                            if ended is not None:
+                                ended()
+                                continue
                         self._disconnectSelectable(selectable, why, True)
                 except KeyboardInterrupt:
                     raise

@@ -15,17 +15,23 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.logger import LogLevel
-from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
+from dicomtwist import optional
 
-import dicomtwist
-from dicomtwist import config as configuration
-from dicomtwist import events
-from dicomtwist import log as dlog
-from dicomtwist import logs, optional
+# Twisted imports the standard library's OpenSSL, which the daemon uses
+# only for TLS or HTTP (see dicomtwist.optional; under twistd it is loaded
+# already and this hides nothing).
+with optional.standard_openssl_hidden():
+    from twisted.application import service
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.logger import LogLevel
+    from twisted.python import usage
+    from twisted.python.threadpool import ThreadPool
+
+    import dicomtwist
+    from dicomtwist import config as configuration
+    from dicomtwist import events
+    from dicomtwist import log as dlog
+    from dicomtwist import logs
 from dicomtwist.access import AccessRules, is_permitted
 from dicomtwist.errors import DicomError, DIMSEServiceError
 from dicomtwist.status import Status
@@ -386,7 +392,7 @@ class ArchiveService(service.Service):
                 active=lambda: len(factory.active), shared=shared_metrics)
             self.site = build_site(settings, reactor, self.pool, self.pixel_pool,
                                    self.index, self.factory.store, metrics=self.metrics,
-                                   associations=lambda: len(self.factory.associations),
+                                   associations=self._associations_now,
                                    node=node_name(settings))
         #: The audit trail (:mod:`dicomtwist.audit`), with ``audit`` set;
         #: its ``dropped`` counts the messages it lost.
@@ -397,6 +403,12 @@ class ArchiveService(service.Service):
             self.audit = trail.build(reactor, settings)
             if self.metrics is not None:
                 self.metrics.audit = self.audit
+
+    def _associations_now(self) -> int:
+        """``/api/status``'s count: this process's associations, or under
+        ``--workers`` those established in every worker."""
+        shared = self.metrics.associations_established() if self.metrics is not None else None
+        return len(self.factory.associations) if shared is None else shared
 
     def startService(self) -> None:
         """Recover, then start the worker threads."""

@@ -48,6 +48,12 @@ __all__ = ["ENVIRONMENT", "Listener", "WorkerSupervisor", "adopted", "bind",
 #: ``fd:family,fd:family`` in the order of the listen descriptions, the
 #: HTTP one last.
 ENVIRONMENT = "DICOMTWIST_WORKER_FDS"
+#: prometheus-client's multiprocess directory variable, which
+#: :data:`dicomtwist.metrics.MULTIPROCESS_ENVIRONMENT` names too: not
+#: imported from there, which would load prometheus-client (and with it
+#: the standard library's OpenSSL, see :mod:`dicomtwist.optional`) into a
+#: supervisor that serves no HTTP.
+METRICS_ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
 #: A worker that dies is restarted at most this often...
 MAX_RESTARTS = 5
 #: ... within this many seconds.
@@ -230,11 +236,9 @@ class WorkerSupervisor(service.Service):
             child_fds[3 + n] = sock.fileno()
             mapping.append(f"{3 + n}:{int(sock.family)}")
         env[ENVIRONMENT] = ",".join(mapping)
-        from dicomtwist.metrics import MULTIPROCESS_ENVIRONMENT
-
-        env.pop(MULTIPROCESS_ENVIRONMENT, None)
+        env.pop(METRICS_ENVIRONMENT, None)
         if self.metrics_directory is not None:
-            env[MULTIPROCESS_ENVIRONMENT] = self.metrics_directory
+            env[METRICS_ENVIRONMENT] = self.metrics_directory
         worker = _Worker(self, number)
         self.workers[number] = worker
         transport = self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env,

@@ -7,22 +7,25 @@ import os
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomtwist import events
 from dicomtwist.association import (
     AcceptorFactory,
     Association,
     FileDataSet,
     Response,
+    ServiceRequest,
     associate,
     file_dataset,
 )
+from dicomtwist.association.handlers import as_response, status_response
 from dicomtwist.dimse import messages as m
-from dicomtwist.dimse.codec import decode_dataset, encode_command
+from dicomtwist.dimse.codec import decode_dataset, encode_command, fragment
 from dicomtwist.errors import AssociationAborted, AssociationRejected, DIMSEServiceError
 from dicomtwist.services.echo import handle_echo
 from dicomtwist.status import Status
@@ -79,6 +82,8 @@ class PDURecorder:
     def __init__(self, proto: Association) -> None:
         self.framer = PDUFramer(0)
         self.pdata_lengths: list[int] = []
+        #: The P-DATA-TF PDUs' bodies.
+        self.pdata: list[bytes] = []
         self.types: list[int] = []
         receive = proto.dataReceived
 
@@ -87,6 +92,7 @@ class PDURecorder:
                 self.types.append(pdu_type)
                 if pdu_type == 0x04:
                     self.pdata_lengths.append(len(body))
+                    self.pdata.append(bytes(body))
             receive(data)
 
         proto.dataReceived = data_received  # type: ignore[method-assign]
@@ -145,28 +151,23 @@ class EchoStoreTests(InMemoryTestCase):
 
     def test_repeated_echo(self) -> None:
         """C-ECHOs repeated on a second association (the same command set
-        bytes: the same request message, and the kept response) are
-        answered as the first ones: each response names its request's
-        message ID, and its command set is the one a fresh encoding gives."""
+        bytes: the same request message, and the kept response and PDUs)
+        are answered as the first ones: each response names its request's
+        message ID, and its PDUs are the ones a fresh encoding gives."""
         answers = []
         for _ in range(2):
             client, server, pump = self.established({"echo": handle_echo})
             recorder = PDURecorder(client)
-            sent = []
-            write = server._write_message
-
-            def recording(message, *args, **kwargs):
-                sent.append((message, args[2]))
-                return write(message, *args, **kwargs)
-
-            server._write_message = recording  # type: ignore[method-assign]
             for _ in range(2):
                 d = client.echo()
                 pump.flush()
                 answers.append(self.successResultOf(d))
             self.assertEqual(recorder.types, [0x04, 0x04])
-            for rsp, command in sent:
-                self.assertEqual(command, encode_command(rsp, False))
+            context_id = server.negotiated.by_abstract_syntax[VERIFICATION][0].context_id
+            self.assertEqual(recorder.pdata, [
+                pdu[6:] for rsp in answers[-2:]
+                for pdu in fragment(context_id, encode_command(rsp, False), True,
+                                    server.negotiated.peer_max_pdu)])
             self.release(client, server, pump)
         self.assertEqual([(a.message_id_being_responded_to, a.status, a.affected_sop_class_uid)
                           for a in answers], [(1, 0, VERIFICATION), (2, 0, VERIFICATION)] * 2)
@@ -325,6 +326,170 @@ class EchoStoreTests(InMemoryTestCase):
         d = client.echo()
         pump.flush()
         self.assertEqual(self.successResultOf(d).status, 0x0122)
+        self.release(client, server, pump)
+
+
+class SynchronousServingTests(InMemoryTestCase):
+    """A single-response handler that returns its result is answered at
+    once, without a coroutine or Deferred, exactly as one answering later."""
+
+    def answer(self, handler, request=None, service: str = "echo") -> tuple[list[bytes], object]:
+        """Send one request (a C-ECHO, or ``request(client)``) to an
+        acceptor with ``handler``; return the P-DATA-TF bodies the
+        requestor received and its Deferred's result (or None)."""
+        client, server, pump = self.established({service: handler})
+        recorder = PDURecorder(client)
+        d = request(client) if request is not None else client.echo()
+        pump.flush()
+        results: list = []
+        d.addBoth(results.append)
+        return recorder.pdata, (results[0] if results else None)
+
+    def test_served_at_once(self) -> None:
+        """A handler's plain result leaves nothing to await; a Deferred or
+        a coroutine leaves what remains, answered when it comes."""
+        client, server, pump = self.established({"echo": handle_echo})
+        context = server.negotiated.by_abstract_syntax[VERIFICATION][0]
+        message = m.CEchoRQ(message_id=7, affected_sop_class_uid=VERIFICATION)
+        request = ServiceRequest(server, message, context)
+        self.assertIsNone(server._serve(request))
+        later: Deferred = Deferred()
+        server.handlers = {"echo": lambda request: later}
+        rest = Deferred.fromCoroutine(server._serve(request))
+        self.assertNoResult(rest)
+        later.callback(Status.SUCCESS)
+        self.assertIsNone(self.successResultOf(rest))
+
+        async def coroutine_handler(request):
+            return Status.SUCCESS
+
+        server.handlers = {"echo": coroutine_handler}
+        self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(server._serve(request))))
+
+    def test_status_responses_shared(self) -> None:
+        """A status alone (None is Success) is one shared, immutable
+        response per status; other results are responses of their own."""
+        self.assertIs(as_response(None), as_response(Status.SUCCESS))
+        self.assertIs(as_response(0), as_response(None))
+        self.assertIs(status_response(0x0110), as_response(0x0110))
+        shared = as_response(0xA700)
+        self.assertEqual((shared.status, shared.dataset, dict(shared.fields)), (0xA700, None, {}))
+        with self.assertRaises(TypeError):
+            shared.fields["error_comment"] = "x"  # type: ignore[index]
+        ds = Dataset()
+        self.assertEqual(as_response(ds), Response(Status.PENDING, ds))
+        self.assertEqual(as_response((0xFF00, ds)), Response(0xFF00, ds))
+        given = Response(0, None, {"error_comment": "x"})
+        self.assertIs(as_response(given), given)
+        self.assertRaises(TypeError, as_response, object())
+
+    def test_same_bytes_as_later_answers(self) -> None:
+        """A status answered at once (C-ECHO Success, a failure status, a
+        status with a comment) puts the same bytes on the wire as the same
+        result given through a fired Deferred, a Deferred fired later, or a
+        coroutine."""
+        for result in (Status.SUCCESS, 0x0110, Response(0x0110, None, {"error_comment": "x"})):
+            async def coroutine_handler(request, result=result):
+                return result
+
+            pending: list[Deferred] = []
+
+            def later_handler(request):
+                pending.append(Deferred())
+                return pending[-1]
+
+            answers = [self.answer(lambda request, result=result: result),
+                       self.answer(lambda request, result=result: succeed(result)),
+                       self.answer(coroutine_handler)]
+            client, server, pump = self.established({"echo": later_handler})
+            recorder = PDURecorder(client)
+            d = client.echo()
+            pump.flush()
+            self.assertEqual(recorder.pdata, [])
+            pending[0].callback(result)
+            pump.flush()
+            answers.append((recorder.pdata, self.successResultOf(d)))
+            pdata, rsp = answers[0]
+            self.assertEqual(rsp.status, int(getattr(result, "status", result)))
+            self.assertEqual(len(pdata), 1)
+            for other in answers[1:]:
+                self.assertEqual(other[0], pdata)
+
+    def test_failures_give_their_status(self) -> None:
+        """A handler failing at once answers as one failing later: a
+        DIMSEServiceError its status and comment, anything else (raised or
+        returned as a Failure) 0xC001, logged."""
+        def service_error(request):
+            raise DIMSEServiceError(Status.OUT_OF_RESOURCES, "disk full")
+
+        def bug(request):
+            raise ValueError("bug")
+
+        pdata, rsp = self.answer(service_error)
+        self.assertEqual((rsp.status, rsp.error_comment), (0xA700, "disk full"))
+        self.assertEqual(pdata, self.answer(lambda request: fail(
+            DIMSEServiceError(Status.OUT_OF_RESOURCES, "disk full")))[0])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        pdata, rsp = self.answer(bug)
+        self.assertEqual(rsp.status, Status.UNABLE_TO_PROCESS)
+        self.assertEqual(self.answer(lambda request: Failure(ValueError("bug")))[0], pdata)
+        self.assertEqual(self.answer(lambda request: fail(ValueError("bug")))[0], pdata)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+
+    def test_unusable_result_logged(self) -> None:
+        """A result that is no status is our bug: logged, no response, and
+        the association is not left busy."""
+        client, server, pump = self.established({"echo": lambda request: object()})
+        d = client.echo()
+        pump.flush()
+        self.assertNoResult(d)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertFalse(server.is_busy())
+        client.abort()
+        pump.flush()
+        self.failureResultOf(d, AssociationAborted)
+
+    def test_event_published(self) -> None:
+        """An operation answered at once is published as one answered
+        later: once, when its response is written, with its facts."""
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        later: Deferred = Deferred()
+        for handler in (handle_echo, lambda request: later):
+            del seen[:]
+            client, server, pump = self.established({"echo": handler})
+            d = client.echo()
+            pump.flush()
+            if not later.called and handler is not handle_echo:
+                self.assertEqual([e for e in seen if isinstance(e, events.OperationCompleted)],
+                                 [])
+                later.callback(Status.SUCCESS)
+                pump.flush()
+            self.successResultOf(d)
+            [completed] = [e for e in seen if isinstance(e, events.OperationCompleted)]
+            self.assertEqual(
+                (completed.association_id, completed.service, completed.status,
+                 completed.sop_class_uid, completed.peer_host, completed.calling_ae),
+                (server.association_id, "echo", 0, VERIFICATION, "127.0.0.1", "DICOMTWIST"))
+
+    def test_queued_behind_a_message_being_sent(self) -> None:
+        """A response ready at once while another message is being sent
+        waits its turn; it is published once written."""
+        seen: list = []
+        self.addCleanup(events.bus.subscribe(seen.append))
+        client, server, pump = self.established({"echo": handle_echo})
+        server._sending = True
+        d = client.echo()
+        pump.flush()
+        self.assertNoResult(d)
+        self.assertTrue(server.is_busy())
+        self.assertEqual([e for e in seen if isinstance(e, events.OperationCompleted)], [])
+        server._sending = False
+        server._pump()
+        pump.flush()
+        self.assertEqual(self.successResultOf(d).status, Status.SUCCESS)
+        self.assertFalse(server.is_busy())
+        self.assertEqual(len([e for e in seen if isinstance(e, events.OperationCompleted)]), 1)
         self.release(client, server, pump)
 
 

@@ -64,17 +64,52 @@ class StartedDaemonTests(TestCase):
         self.assertIn("pydicom", report["modules"])
         self.assertIn("twisted.internet.tcp", report["modules"])
         self.assertEqual(report["reactor"], "dicomtwist.reactor.DicomReactor")
+        # twistd imports no OpenSSL before it loads the plugin: as lean.
+        self.assertFalse(report["libcrypto"])
 
     async def test_twistd_reactor_option_kept(self) -> None:
         """``twistd --reactor=poll dicomqr`` runs on the reactor chosen."""
         report = await self.report("--reactor=poll", "--port", str(free_port()))
         self.assertEqual(report["reactor"], "twisted.internet.pollreactor.PollReactor")
 
+    async def test_twistd_private_dictionary_unread(self) -> None:
+        """Under twistd too, pydicom's private dictionary is not read at start."""
+        report = await self.report("--port", str(free_port()))
+        self.assertEqual(report["private_dictionary"], "PrivateDictionaries")
+
     async def test_console_script_default(self) -> None:
-        """The ``dicomqr`` console script with the defaults is as lean."""
+        """The ``dicomqr`` console script with the defaults is as lean, and
+        maps no OpenSSL at all: neither the standard library's ``ssl`` nor
+        hashlib's ``_hashlib`` is imported."""
         report = await self.report("--console", "--port", str(free_port()))
         self.assert_lean(report["modules"])
         self.assertEqual(report["reactor"], "dicomtwist.reactor.DicomReactor")
+        self.assertEqual(sorted(set(optional.STANDARD_OPENSSL) & set(report["modules"])), [])
+        self.assertFalse(report["libcrypto"])
+        self.assertEqual(report["pbkdf2"], "hashlib")  # the built-in fallback
+        self.assertEqual(report["private_dictionary"], "PrivateDictionaries")
+
+    async def test_console_script_http_has_openssl(self) -> None:
+        """With HTTP, the console script's hashlib is OpenSSL's again (the
+        HTTP users' PBKDF2)."""
+        report = await self.report("--console", "--port", str(free_port()),
+                                   "--http", f"tcp:{free_port()}:interface=127.0.0.1")
+        self.assertIn("_hashlib", report["modules"])
+        self.assertEqual(report["pbkdf2"], "_hashlib")
+        self.assertTrue(report["libcrypto"])
+
+    async def test_console_script_tls_listener(self) -> None:
+        """With a TLS listener the console script loads pyOpenSSL and hashlib
+        is OpenSSL's."""
+        from tests.test_tls import shared_pki
+
+        pki = shared_pki()
+        report = await self.report(
+            "--console",
+            "--listen", f"ssl:{free_port()}:interface=127.0.0.1:privateKey={pki['server.key']}"
+                        f":certKey={pki['server.crt']}")
+        self.assertIn("OpenSSL", report["modules"])
+        self.assertEqual(report["pbkdf2"], "_hashlib")
 
     async def test_tls_listener_loads_tls(self) -> None:
         """An ``ssl:`` listener loads pyOpenSSL, still without pixel codecs."""
@@ -127,6 +162,98 @@ class OptionalTests(SynchronousTestCase):
                 __import__(name)
             self.assertIsNotNone(sys.modules["os"])
         self.assertNotIn(name, sys.modules)
+
+
+#: A fresh interpreter: optional.load() as the daemon calls it, then a
+#: check printed as JSON (``{check}`` is replaced).
+FRESH = """
+import json, sys
+from dicomtwist import optional
+with optional.standard_openssl_hidden():
+    import hashlib, hmac
+optional.load(tls=False, pixels=False)
+import pydicom.datadict as datadict
+{check}
+"""
+
+
+class LeanStartTests(TestCase):
+    """The standard library's OpenSSL and pydicom's private dictionary,
+    in fresh interpreters started as the ``dicomqr`` script starts."""
+
+    timeout = 60
+
+    async def fresh(self, check: str) -> object:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-c", FRESH.replace("{check}", check)],
+            env=peers.daemon_env(), reactor=reactor)
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        return json.loads(out)
+
+    async def test_private_dictionary_read_on_first_use(self) -> None:
+        """Unread after ``import pydicom``; the first lookup reads it, and
+        every answer is the real dictionary's."""
+        from pydicom._private_dict import private_dictionaries
+
+        got = await self.fresh(
+            "before = type(datadict.private_dictionaries).__name__\n"
+            "entry = datadict.get_private_entry(0x00191002, 'GEMS_ACQU_01')\n"
+            "vr = datadict.private_dictionary_VR(0x00291008, 'SIEMENS CSA HEADER')\n"
+            "print(json.dumps([before, type(datadict.private_dictionaries).__name__,"
+            " list(entry), vr, len(datadict.private_dictionaries),"
+            " isinstance(datadict.private_dictionaries, dict)]))")
+        before, after, entry, vr, count, is_dict = got
+        self.assertEqual(before, "PrivateDictionaries")
+        self.assertEqual(after, "_Read")
+        self.assertEqual(entry, list(private_dictionaries["GEMS_ACQU_01"]["0019xx02"]))
+        self.assertEqual(vr, private_dictionaries["SIEMENS CSA HEADER"]["0029xx08"][0])
+        self.assertEqual(count, len(private_dictionaries))
+        self.assertTrue(is_dict)
+
+    async def test_entries_added_before_the_first_read(self) -> None:
+        """``add_private_dict_entries`` before anything was read keeps both
+        the new entries and pydicom's own."""
+        got = await self.fresh(
+            "datadict.add_private_dict_entries('ACME 1.1', {0x00410001: ('US', '1', 'Test',"
+            " '')})\n"
+            "print(json.dumps([datadict.private_dictionary_description(0x00410001, 'ACME 1.1'),"
+            " datadict.private_dictionary_VR(0x00191002, 'GEMS_ACQU_01')]))")
+        from pydicom._private_dict import private_dictionaries
+
+        self.assertEqual(got, ["Test", private_dictionaries["GEMS_ACQU_01"]["0019xx02"][0]])
+
+    async def test_private_element_of_an_implicit_data_set(self) -> None:
+        """Decoding a private element of an implicit VR data set types it
+        from the dictionary, as pydicom always did."""
+        got = await self.fresh(
+            "from io import BytesIO\n"
+            "from pydicom.filereader import read_dataset\n"
+            "raw = (bytes.fromhex('19001000') + (12).to_bytes(4, 'little') + b'GEMS_ACQU_01'"
+            " + bytes.fromhex('19000210') + (4).to_bytes(4, 'little')"
+            " + (7).to_bytes(4, 'little'))\n"
+            "ds = read_dataset(BytesIO(raw), True, True)\n"
+            "element = ds[0x00191002]\n"
+            "print(json.dumps([element.VR, element.value, element.name]))")
+        self.assertEqual(got[:2], ["SL", 7])
+        self.assertIn("Detector Channel", got[2])
+
+    async def test_hashlib_back_on_openssl(self) -> None:
+        """Hidden at start: hashlib and hmac work without OpenSSL (same
+        digests); ``standard_openssl_back`` puts them back on it."""
+        got = await self.fresh(
+            "import hashlib, hmac\n"
+            "lean = [optional.lean(), hashlib.pbkdf2_hmac.__module__,"
+            " hashlib.sha256(b'1.2.3').hexdigest(), hmac.new(b'k', b'm', 'sha256').hexdigest()]\n"
+            "optional.standard_openssl_back()\n"
+            "back = [optional.lean(), hashlib.pbkdf2_hmac.__module__,"
+            " hashlib.sha256(b'1.2.3').hexdigest(), hmac.new(b'k', b'm', 'sha256').hexdigest()]\n"
+            "print(json.dumps([lean, back]))")
+        import hashlib
+        import hmac
+
+        digest = hashlib.sha256(b"1.2.3").hexdigest()
+        mac = hmac.new(b"k", b"m", "sha256").hexdigest()
+        self.assertEqual(got, [[True, "hashlib", digest, mac], [False, "_hashlib", digest, mac]])
 
 
 class InstalledCodecsTests(SynchronousTestCase):

@@ -197,3 +197,71 @@ class PDUFramerTests(SynchronousTestCase):
         framer = PDUFramer()
         self.assertEqual(frames(framer, HEADER.pack(0x04, 0) + RELEASE_RQ),
                          [(0x04, b""), (0x05, RELEASE_RQ[6:])])
+
+
+class SingleTests(SynchronousTestCase):
+    """``PDUFramer.single``: one whole PDU framed without a generator, and
+    everything else left to ``feed`` (``dataReceived`` iterates
+    ``single(data) or feed(data)``)."""
+
+    def combined(self, framer: PDUFramer, data: bytes) -> list[tuple[int, bytes]]:
+        """What ``dataReceived`` frames from ``data``."""
+        return [(pdu_type, bytes(body))
+                for pdu_type, body in framer.single(data) or framer.feed(data)]
+
+    def test_exactly_one_pdu(self) -> None:
+        """A chunk that is exactly one PDU comes out as its type and a
+        memoryview of its body, and nothing is held."""
+        framer = PDUFramer()
+        [(pdu_type, body)] = framer.single(PDATA)
+        self.assertEqual((pdu_type, bytes(body)), (0x04, PDATA[6:]))
+        self.assertIsInstance(body, memoryview)
+        self.assertEqual(framer.buffered, 0)
+        self.assertEqual(framer.single(HEADER.pack(0x04, 0)), ((0x04, memoryview(b"")),))
+
+    def test_anything_else_is_left_to_feed(self) -> None:
+        """Part of a PDU, more than one PDU, a PDU over its limit or of an
+        unknown type: ``single`` frames nothing and holds nothing."""
+        framer = PDUFramer(max_pdata_length=len(PDATA) - 7)
+        for data in (b"", PDATA[:5], PDATA[:-1], PDATA + RELEASE_RQ, PDATA,
+                     HEADER.pack(0x05, 5) + b"\0" * 5, HEADER.pack(0x08, 4) + b"\0" * 4):
+            self.assertEqual(framer.single(data), (), data)
+            self.assertEqual(framer.buffered, 0)
+
+    def test_not_while_holding(self) -> None:
+        """While part of a PDU, or a header alone, is held, a chunk that
+        looks like a whole PDU is the rest of the held one: ``feed``'s."""
+        framer = PDUFramer()
+        self.assertEqual(self.combined(framer, RELEASE_RQ[:3]), [])
+        self.assertEqual(framer.single(RELEASE_RQ), ())
+        framer = PDUFramer()
+        header = HEADER.pack(0x04, len(RELEASE_RQ))
+        self.assertEqual(self.combined(framer, header), [])
+        self.assertEqual(framer.buffered, 0)
+        self.assertEqual(framer.single(RELEASE_RQ), ())
+        self.assertEqual(self.combined(framer, RELEASE_RQ), [(0x04, RELEASE_RQ)])
+
+    def test_errors_still_raised(self) -> None:
+        """Oversized and unknown PDUs still fail in the combined framing,
+        with their abort reasons, and the framer is then dead."""
+        framer = PDUFramer(max_pdata_length=4)
+        with self.assertRaises(PDUDecodeError) as caught:
+            self.combined(framer, PDATA)
+        self.assertEqual(caught.exception.abort_reason, 6)
+        self.assertEqual(framer.single(RELEASE_RQ), ())
+        self.assertEqual(self.combined(framer, RELEASE_RQ), [])
+        with self.assertRaises(PDUDecodeError) as caught:
+            self.combined(PDUFramer(), HEADER.pack(0x08, 4) + b"\0" * 4)
+        self.assertEqual(caught.exception.abort_reason, 1)
+
+    def test_one_byte_at_a_time(self) -> None:
+        """A stream fed byte by byte, then whole PDUs: the same PDUs in order."""
+        framer = PDUFramer()
+        stream = PDATA + RELEASE_RQ + ABORT
+        got = []
+        for i in range(len(stream)):
+            got.extend(self.combined(framer, stream[i:i + 1]))
+        for pdu in (PDATA, RELEASE_RQ, ABORT):
+            got.extend(self.combined(framer, pdu))
+        expected = [(0x04, PDATA[6:]), (0x05, RELEASE_RQ[6:]), (0x07, ABORT[6:])]
+        self.assertEqual(got, expected * 2)

@@ -590,6 +590,50 @@ class SharedMetricsTests(SynchronousTestCase):
         self.assertEqual(value(second, "dicomtwist_instances_stored_total", via="dimse",
                                calling_ae="other"), 1)
 
+    def test_associations_established_in_every_worker(self) -> None:
+        """What ``/api/status`` reports under ``--workers``: the live
+        workers' associations summed, this worker's own count fresh."""
+        active = [2]
+        first = self.worker(251, active=lambda: active[0])
+        first.sample()
+        second = self.worker(252, active=lambda: 3)
+        self.assertEqual(second.associations_established(), 5)
+        active[0] = 6
+        self.assertEqual(first.associations_established(), 9)
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(251, self.directory)
+        self.assertEqual(second.associations_established(), 3)
+
+    def test_association_count_written_on_events(self) -> None:
+        """A worker writes its association count as associations start and
+        end (after the event: the factory still counts an ending one), so
+        the other workers need not wait for its next sample."""
+        from twisted.internet.task import Clock
+
+        active = [0]
+        clock = Clock()
+        first = self.worker(261, active=lambda: active[0], reactor=clock)
+        second = self.worker(262, active=lambda: 1)
+        self.assertEqual(second.associations_established(), 1)
+        active[0] = 4
+        first.observe(events.AssociationAccepted(1, "h", 1, "A", "B"))
+        first.observe(events.AssociationAccepted(2, "h", 1, "A", "B"))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0)
+        self.assertEqual(second.associations_established(), 5)
+        first.observe(events.AssociationEnded(1, "h", "A", "released", ""))
+        active[0] = 3
+        clock.advance(0)
+        self.assertEqual(second.associations_established(), 4)
+        first.observe(events.AssociationEnded(2, "h", "A", "released", ""))
+        first.unsubscribe()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_associations_established_in_one_process(self) -> None:
+        """One process: None, the caller counts its own."""
+        self.assertIsNone(ArchiveMetrics(active=lambda: 2).associations_established())
+
     def test_index_counts_are_the_latest_measurement(self) -> None:
         """Index counts and free space, which every worker measures the
         same, are the most recent measurement, not a sum."""

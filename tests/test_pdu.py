@@ -214,6 +214,25 @@ class PDataTests(SynchronousTestCase):
         buffer[-1:] = b"Z"
         self.assertEqual(bytes(data), b"abcZ")
 
+    def test_one_pdv_as_several(self) -> None:
+        """A P-DATA-TF of one PDV filling its body (decoded without the PDV
+        loop) decodes as the same PDV among others does, from bytes or a
+        view, its data a view of the body; lengths that do not fill the
+        body exactly are refused with reason 6."""
+        for data in (b"", b"x", b"\x00" * 1000):
+            pdv = PresentationDataValue(5, COMMAND | LAST_FRAGMENT, data)
+            body = PDataTF((pdv,)).encode()[6:]
+            several = PDataTF.decode(PDataTF((pdv, pdv)).encode()[6:])
+            for given in (body, memoryview(body), memoryview(bytearray(body))):
+                decoded = PDataTF.decode(given)
+                self.assertEqual(len(decoded.pdvs), 1)
+                self.assertEqual(tuple(decoded.pdvs[0][:2]), tuple(several.pdvs[0][:2]))
+                self.assertEqual(bytes(decoded.pdvs[0].data), bytes(several.pdvs[0].data))
+                self.assertIsInstance(decoded.pdvs[0].data, memoryview)
+                self.assertIs(type(decoded.pdvs), tuple)
+            for wrong in (body[:-1], body + b"\x00", body[:3]):
+                self.assertRaises(PDUDecodeError, PDataTF.decode, wrong)
+
     def test_pdata_header(self) -> None:
         """pdata_header plus the data equals the encoding of a one-PDV P-DATA-TF."""
         data = b"\x01\x02\x03\x04\x05"
@@ -328,6 +347,17 @@ class FixtureTests(SynchronousTestCase):
         pdu_type, body = split(pdus.STORESCP_RP)
         self.assertEqual(decode_pdu(pdu_type, body), AReleaseRP())
         self.assertEqual(AReleaseRP().encode(), pdus.STORESCP_RP)
+
+    def test_release_pdus_shared(self) -> None:
+        """A-RELEASE-RQ and -RP carry nothing: each decodes to one shared
+        PDU, equal to a new one, and a wrong length is still refused."""
+        for pdu in (AReleaseRQ(), AReleaseRP()):
+            pdu_type, body = split(pdu.encode())
+            decoded = decode_pdu(pdu_type, body)
+            self.assertEqual(decoded, pdu)
+            self.assertIs(type(decoded), type(pdu))
+            self.assertIs(decode_pdu(pdu_type, bytes(body)), decoded)
+            self.assertRaises(PDUDecodeError, decode_pdu, pdu_type, bytes(body) + b"\0")
 
     def test_pynetdicom_rq(self) -> None:
         """pynetdicom's A-ASSOCIATE-RQ decodes to its fields and re-encodes exactly."""

@@ -362,6 +362,18 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(proto.established))
         self.assertEqual(self.flushLoggedErrors(AssociationAborted), [])
 
+    def test_peer_description(self) -> None:
+        """The peer is described as host:port for log lines: from the
+        address the factory was given, or the transport's once connected;
+        "?" while neither is known."""
+        proto = self.connect()
+        self.assertEqual(proto.peer_description, "127.0.0.1:40000")
+        unknown = Association(self.clock)
+        self.assertEqual(unknown.peer_description, "?")
+        unknown.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 104)))
+        self.assertEqual(unknown.peer_description, "10.0.0.9:104")
+        self.assertEqual(unknown.peer_address, IPv4Address("TCP", "10.0.0.9", 104))
+
     # -- malformed input -----------------------------------------------------------
     def test_unknown_pdu_type_before_association(self) -> None:
         """An unknown PDU type instead of an RQ gets A-ABORT(provider, unrecognized PDU)."""
@@ -460,6 +472,41 @@ class AcceptorProtocolTests(SynchronousTestCase):
             self.assertEqual(self.flushLoggedErrors(), [])
             self.assertEqual(decode_written(self.take())[0].source, 2)
 
+    def test_decoder_bug_aborts(self) -> None:
+        """A decoder failing on a body with an error of its own (a bug of
+        ours, not a checked length) still ends in A-ABORT(provider, 6) and
+        a warning, not an exception out of dataReceived."""
+        import struct as struct_module
+
+        from dicomtwist.ul import pdu as pdu_module
+        for error in (struct_module.error("short"), IndexError("index"), ValueError("value"),
+                      TypeError("type")):
+            self.transport = StringTransport()
+            proto = self.associated()
+
+            def broken(body, error=error):
+                raise error
+
+            self.patch(ul_protocol, "DECODERS", {**pdu_module.DECODERS, 0x04: broken})
+            proto.dataReceived(ECHO_RQ)
+            self.assertAbortedWith(proto, 2, 6)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_hook_failure_logged_and_aborted(self) -> None:
+        """A hook raising while a received PDU is handled is our bug: logged
+        as a failure, the association aborted (A-ABORT, provider) and the
+        connection dropped."""
+        proto = self.associated()
+
+        def on_pdata(pdata):
+            raise RuntimeError("bug")
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.take(), AAbort(2, 0).encode())
+        self.assertTrue(self.transport.disconnecting)
+
     def test_held_buffer_copied(self) -> None:
         """A PDU written from a reusable buffer while input is handled is
         copied when held: what goes out is what was written, whatever the
@@ -542,6 +589,47 @@ class AcceptorProtocolTests(SynchronousTestCase):
         proto.send_pdata(ECHO_RQ)
         self.assertEqual(self.take(), ECHO_RQ)
         self.assertEqual(proto.machine.state, State.STA6)
+
+    def test_pdata_sent_during_indication_goes_at_once(self) -> None:
+        """A P-DATA sent while a P-DATA is indicated (DT-2, Sta6 stays) is
+        sent at once (DT-1), before an abort the hook raises after it; one
+        sent while an action runs waits for the transition, and the table
+        takes it in the next state (Sta8: AR-7, sent before the RP)."""
+        proto = self.associated()
+        order: list[str] = []
+        send_pdu = proto.send_pdu
+
+        def recording(pdu):
+            order.append(type(pdu).__name__)
+            send_pdu(pdu)
+
+        proto.send_pdu = recording
+
+        def on_pdata(pdata):
+            proto.send_pdata(ECHO_RQ)
+            order.append(f"{proto.machine.state.name}, {len(proto._queued)} waiting")
+            proto.abort_request()
+            order.append(f"{len(proto._queued)} waiting")
+
+        proto.on_pdata = on_pdata
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(order, ["bytes", "STA6, 0 waiting", "1 waiting", "AAbort"])
+        self.assertEqual(self.take(), ECHO_RQ + AAbort(0, 0).encode())
+
+        proto = self.associated()
+        proto.send_pdu = recording
+        order.clear()
+
+        def on_release_rq(payload):
+            proto.send_pdata(ECHO_RQ)
+            order.append(f"{len(proto._queued)} waiting")
+            proto.release_response()
+
+        proto.on_release_rq = on_release_rq
+        proto.dataReceived(RELEASE_RQ)
+        self.assertEqual(order, ["1 waiting", "bytes", "AReleaseRP"])
+        self.assertEqual(self.take(), ECHO_RQ + AReleaseRP().encode())
+        self.assertEqual(proto.machine.state, State.STA13)
 
     # -- timeouts ------------------------------------------------------------------
     def test_listening_factory_keeps_one_timer_call(self) -> None:

@@ -81,6 +81,30 @@ class DicomReactorTests(SynchronousTestCase):
         self.assertEqual(reader.lost, [error.ConnectionDone])
         self.assertNotIn(reader, self.reactor.getReaders())
 
+    def test_end_of_file_to_a_transport_that_ends_itself(self) -> None:
+        """A reader with ``readEnded`` is told of the end of file by it
+        (it removes itself); other failures of its read, and readers
+        without it, go Twisted's way."""
+        reader, theirs = self.reader()
+        ended: list = []
+
+        def read_ended():
+            ended.append(True)
+            self.reactor.removeReader(reader)
+
+        reader.readEnded = read_ended
+        theirs.shutdown(socket.SHUT_WR)  # (as TCP's FIN: no hang-up, a plain read event)
+        self.reactor.doIteration(0)
+        self.assertEqual((ended, reader.lost), ([True], []))
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+        reader, theirs = self.reader()
+        reader.readEnded = lambda: self.fail("told of a lost connection")
+        reader.doRead = lambda: main.CONNECTION_LOST
+        theirs.sendall(b"x")
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.lost, [error.ConnectionLost])
+
     def test_write_readiness(self) -> None:
         """A writer is told when its socket can take data."""
         reader, _ = self.reader()

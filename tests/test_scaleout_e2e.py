@@ -522,10 +522,15 @@ class WorkersTests(ScaleoutCase):
     @inline
     async def test_workers(self) -> None:
         """The supervisor runs two workers that share 16 concurrent
-        associations; a worker killed is replaced while the port answers;
+        associations, which ``/api/status`` counts whichever worker
+        answers; a worker killed is replaced while the port answers;
         SIGTERM to the supervisor ends every process."""
+        import treq
+
         peers.require_pynetdicom()
-        node = await self.start_node("WORKERS", None, "--workers", "2", "-v")
+        http = free_port()
+        node = await self.start_node("WORKERS", None, "--workers", "2", "-v",
+                                     "--http", f"tcp:{http}:interface=127.0.0.1")
         supervisor = node.pid
         workers = await until(lambda: len(children(supervisor)) == 2 and children(supervisor),
                               "two worker processes")
@@ -546,6 +551,13 @@ class WorkersTests(ScaleoutCase):
         for pid, ports in by_worker.items():
             self.assertTrue(ports, f"worker {pid} holds none of the 16 associations:"
                                    f" {by_worker}")
+        # Each request on a new connection: the kernel spreads them.
+        counts = []
+        for _ in range(8):
+            response = await treq.get(f"http://127.0.0.1:{http}/api/status",
+                                      persistent=False)
+            counts.append((await response.json())["associations"])
+        self.assertEqual(counts, [16] * 8)
         hold.transport.closeStdin()
         await hold.exited.addTimeout(30, reactor)
         last = json.loads(bytes(hold.out).decode().strip().splitlines()[-1])

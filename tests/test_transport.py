@@ -4,10 +4,12 @@ are accepted and closed."""
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 
 from twisted.internet import reactor, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -35,7 +37,8 @@ class _Recorder(Protocol):
         transport = self.transport
         self.seen = {"type": type(transport), "peer": transport.getPeer(),
                      "host": transport.getHost(), "prefix": transport.logPrefix(),
-                     "repr": repr(transport), "nodelay": transport.getTcpNoDelay()}
+                     "repr": repr(transport), "nodelay": transport.getTcpNoDelay(),
+                     "handle": transport.getHandle()}
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -101,8 +104,9 @@ class RealSocketTests(TestCase):
 
     def test_connection_and_end_of_file(self) -> None:
         """A connection is accepted into an AcceptedConnection with the
-        peer's address; data flows both ways; the peer's end of file
-        ends it with ConnectionDone, and the socket is closed."""
+        peer's address, over a C socket object; data flows both ways; the
+        peer's end of file ends it with ConnectionDone, and the socket is
+        closed."""
         from twisted.internet import threads
 
         factory = _Built()
@@ -122,6 +126,7 @@ class RealSocketTests(TestCase):
             self.assertEqual(seen["prefix"], "DicomProtocol")
             self.assertIn("_Recorder #0", seen["repr"])
             self.assertTrue(seen["nodelay"])
+            self.assertIs(type(seen["handle"]), _socket.socket)
             return protocol.ended
 
         def ended(reason: Exception) -> None:
@@ -129,6 +134,7 @@ class RealSocketTests(TestCase):
             [protocol] = factory.built
             self.assertFalse(hasattr(protocol.transport, "socket"))
             self.assertFalse(protocol.transport.connected)
+            self.assertEqual(protocol.seen["handle"].fileno(), -1)
 
         return exchanged.addCallback(check).addCallback(ended)
 
@@ -178,6 +184,128 @@ class RealSocketTests(TestCase):
             return factory.built[0].ended
 
         return exchanged.addCallback(check)
+
+
+class _Quiet(_Recorder):
+    """Keeps what it received without answering (so it never waits to
+    write, and the end of file comes as a plain read event)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+class _Producer:
+    """A registered push producer: records being stopped."""
+
+    stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class EndOfFileTests(SynchronousTestCase):
+    """The peer's end of file on the daemon's reactor (DicomReactor), which
+    lets an AcceptedConnection end itself (``readEnded``): as Twisted's
+    steps end it, in fewer."""
+
+    def setUp(self) -> None:
+        from dicomtwist.reactor import DicomReactor
+
+        self.reactor = DicomReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.factory = _Built()
+        self.port = AcceptorPort(0, self.factory, interface="127.0.0.1", reactor=self.reactor)
+        self.port.startListening()
+        self.addCleanup(self.port.connectionLost, Failure(ConnectionDone()))
+
+    def connect(self, protocol: type = _Quiet) -> tuple[Protocol, socket.socket]:
+        """A connection accepted on one poll; its protocol and our peer's end."""
+        self.factory.protocol = protocol
+        peer = socket.create_connection(("127.0.0.1", self.port.getHost().port), timeout=10)
+        self.addCleanup(peer.close)
+        self.reactor.doIteration(0)
+        return self.factory.built[-1], peer
+
+    def poll_until(self, condition) -> None:
+        """Poll (without waiting long) until ``condition()``."""
+        for _ in range(100):
+            if condition():
+                return
+            self.reactor.doIteration(0.05)
+        self.fail("condition never met")
+
+    def test_connection_ends_itself(self) -> None:
+        """The end of file loses the connection with ConnectionDone, once;
+        the socket is closed and no longer polled, and reading and writing
+        are stopped, without Twisted's disconnection steps."""
+        protocol, peer = self.connect()
+        transport_ = protocol.transport
+        handle = transport_.getHandle()
+        fd = handle.fileno()
+        self.assertIn(fd, self.reactor._selectables)
+        self.reactor._disconnectSelectable = lambda *args: self.fail("Twisted's way taken")
+        lost: list = []
+        protocol.ended.addCallback(lost.append)
+        peer.sendall(b"abc")
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: lost)
+        del self.reactor._disconnectSelectable
+        self.assertEqual(protocol.data, b"abc")
+        [reason] = lost
+        self.assertIsInstance(reason, ConnectionDone)
+        self.assertEqual(handle.fileno(), -1)
+        self.assertNotIn(fd, self.reactor._selectables)
+        self.assertNotIn(fd, self.reactor._reads)
+        self.assertNotIn(fd, self.reactor._writes)
+        self.assertEqual((transport_.connected, transport_.disconnected), (0, 1))
+        self.assertFalse(hasattr(transport_, "socket"))
+        self.assertEqual(peer.recv(10), b"")
+
+    def test_registered_for_writing(self) -> None:
+        """A connection also waiting to write ends no longer polled for
+        either (its end of file comes with writability: Twisted's way;
+        ``readEnded`` itself stops both)."""
+        for end in ("poll", "readEnded"):
+            protocol, peer = self.connect()
+            transport_ = protocol.transport
+            fd = transport_.fileno()
+            transport_.startWriting()
+            self.assertIn(fd, self.reactor._writes)
+            lost: list = []
+            protocol.ended.addCallback(lost.append)
+            if end == "poll":
+                peer.shutdown(socket.SHUT_WR)
+                self.poll_until(lambda: lost)
+            else:
+                transport_.readEnded()
+            self.assertIsInstance(lost[0], ConnectionDone)
+            self.assertNotIn(fd, self.reactor._writes)
+            self.assertNotIn(fd, self.reactor._reads)
+            self.assertNotIn(fd, self.reactor._selectables)
+
+    def test_half_closeable_and_producer_go_twisteds_way(self) -> None:
+        """A half-closeable protocol is told of the end of file (and may
+        still write); a registered producer is stopped: Twisted's way."""
+        protocol, peer = self.connect(_HalfCloser)
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: protocol.read_closed)
+        self.poll_until(lambda: protocol.ended.called)
+        self.assertEqual(peer.recv(10), b"bye")
+
+        protocol, peer = self.connect()
+        producer = _Producer()
+        protocol.transport.registerProducer(producer, True)
+        peer.shutdown(socket.SHUT_WR)
+        self.poll_until(lambda: protocol.ended.called)
+        self.assertTrue(producer.stopped)
+        self.assertNotIn(protocol.transport, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getWriters(), [])
 
 
 class SharedSocketTests(SynchronousTestCase):
@@ -302,10 +430,15 @@ class AcceptLoopTests(SynchronousTestCase):
 
     def test_each_connection_built_and_connected(self) -> None:
         """Each accepted socket gets a protocol, a session number and the
-        peer's address; a factory returning None closes the socket."""
+        peer's address (an IPv4Address like any other); a factory
+        returning None closes the socket."""
         self.readiness(1)
         [first] = self.factory.built
         self.assertEqual((first.addr.host, first.addr.port), ("127.0.0.1", 40001))
+        expected = IPv4Address("TCP", "127.0.0.1", 40001)
+        self.assertIs(type(first.addr), IPv4Address)
+        self.assertEqual((first.addr, hash(first.addr), repr(first.addr)),
+                         (expected, hash(expected), repr(expected)))
         self.assertEqual(first.transport.sessionno, 0)
         self.assertIn(first.transport, self.reactor.readers)
         self.factory.buildProtocol = lambda addr: None

@@ -258,6 +258,29 @@ class TwoProcessesTests(ApiTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
+class GoneWorkerTests(ApiTestCase):
+    """The running jobs of a process of this node that is gone (a worker
+    past its restart limit: nobody replaces it) are failed when read."""
+
+    def test_failed_when_listed_or_read(self) -> None:
+        """``GET /api/jobs`` and ``GET /api/jobs/{id}`` show them failed;
+        this process's own and another node's stay running (no process id
+        is above 2**22, Linux's largest pid_max)."""
+        gone = jobs.create(self.index, jobs.owner("", 2 ** 22 + 7), "D", "1.1", None, None,
+                           "", 1.0)
+        elsewhere = jobs.create(self.index, jobs.owner("other-node", 2 ** 22 + 7), "D", "1.2",
+                                None, None, "", 1.0)
+        response = self.api_request("GET", "/api/jobs")
+        self.assertEqual(response.code, 200)
+        states = {job["id"]: (job["state"], job["error"]) for job in response.json()}
+        self.assertEqual(states[str(gone)], ("failed", jobs.ABANDONED))
+        self.assertEqual(states[str(elsewhere)][0], "running")
+        late = jobs.create(self.index, jobs.owner("", 2 ** 22 + 8), "D", "1.3", None, None,
+                           "", 1.0)
+        self.assertEqual(self.api_request("GET", f"/api/jobs/{late}").json()["state"], "failed")
+        self.assertEqual(jobs.get(self.index, elsewhere)["state"], "running")
+
+
 class AbandonAtStartTests(SynchronousTestCase):
     """``tap.abandon_jobs``: what a process that starts marks failed."""
 

@@ -181,3 +181,14 @@ class SharedMetricsDirectoryTests(SynchronousTestCase):
         os.environ[workers.ENVIRONMENT] = f"3:{int(socket.AF_INET)}"
         self.addCleanup(os.environ.pop, workers.ENVIRONMENT, None)
         self.assertEqual(workers.metrics_directory(), "/somewhere")
+
+
+class MetricsEnvironmentTests(SynchronousTestCase):
+    """The supervisor names prometheus-client's directory variable without
+    importing :mod:`dicomtwist.metrics`."""
+
+    def test_same_name(self) -> None:
+        """The two constants name the same variable."""
+        from dicomtwist.metrics import MULTIPROCESS_ENVIRONMENT
+
+        self.assertEqual(workers.METRICS_ENVIRONMENT, MULTIPROCESS_ENVIRONMENT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydicom import dcmread
@@ -123,14 +124,37 @@ def field_names(message_class: type) -> frozenset[str]:
     return frozenset(f.name for f in fields(message_class))
 
 
+#: What a response carrying a status alone has as its other fields:
+#: immutable, so that such responses can be shared.
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+#: Responses carrying a status alone, by status (a C-ECHO's Success is made
+#: once, not per request).
+_STATUS_ONLY: dict[int, Response] = {}
+#: At most this many (statuses are 16-bit; handlers use a few).
+STATUS_ONLY_SIZE = 256
+#: Bound once (reading a member from its IntEnum class costs a slot
+#: wrapper's call on Python 3.11; see :mod:`dicomtwist.ul.fsm`).
+_SUCCESS = Status.SUCCESS
+
+
+def status_response(status: int) -> Response:
+    """The response carrying ``status`` alone (shared: it is immutable)."""
+    response = _STATUS_ONLY.get(status)
+    if response is None:
+        response = Response(status, None, _NO_FIELDS)
+        if len(_STATUS_ONLY) < STATUS_ONLY_SIZE:
+            _STATUS_ONLY[status] = response
+    return response
+
+
 def as_response(result: Any) -> Response:
     """A handler's result as a :class:`Response`."""
     if result is None:
-        return Response(Status.SUCCESS)
+        return status_response(_SUCCESS)
+    if isinstance(result, int):
+        return status_response(result)
     if isinstance(result, Response):
         return result
-    if isinstance(result, int):
-        return Response(result)
     if isinstance(result, tuple):
         status, dataset = result[0], result[1] if len(result) > 1 else None
         return Response(status, dataset)

@@ -15,11 +15,12 @@ import itertools
 import os
 import time
 from types import CoroutineType
-from typing import Any, Iterator, Mapping
+from typing import Any, Awaitable, Iterator, Mapping
 
 from pydicom.dataset import Dataset
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -39,6 +40,7 @@ from dicomtwist.association.handlers import (
     ServiceRequest,
     as_response,
     field_names,
+    status_response,
 )
 from dicomtwist.association.requestor import Requestor, _Outstanding
 from dicomtwist.dimse import messages as m
@@ -68,11 +70,20 @@ from dicomtwist.ul.timers import Deadlines
 #: Association ids: unique in the process, in the order connections came.
 _association_ids = itertools.count(1)
 #: Responses carrying a status alone, by (id of the request message,
-#: status): (request, response message, its encoded command set).  The
-#: entry holds the request, so its id is not reused while it is kept.
-_SIMPLE_RESPONSES: dict[tuple[int, int], tuple[m.Message, m.Message, bytes]] = {}
+#: status): (request, response message, its encoded command set, its
+#: P-DATA-TF PDUs by (presentation context id, peer's maximum PDU
+#: length)).  The entry holds the request, so its id is not reused while
+#: it is kept.
+_SIMPLE_RESPONSES: dict[tuple[int, int], tuple[m.Message, m.Message, bytes,
+                                               dict[tuple[int, int], tuple[bytes, ...]]]] = {}
 #: At most this many; emptied when full.
 SIMPLE_RESPONSES_SIZE = 64
+#: PDU framings kept per response (contexts and maximum lengths); emptied
+#: when full.
+FRAMINGS_KEPT = 8
+#: Bound once (reading a member from its Enum class costs a slot wrapper's
+#: call on Python 3.11; see :mod:`dicomtwist.ul.fsm`).
+_PENDING = Category.PENDING
 #: The events' words for the access rules' reject reasons (bounded).
 _REJECT_REASONS = {
     RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED: "application-context",
@@ -384,11 +395,14 @@ class Association(Requestor, DicomProtocol):
 
     def on_connection_lost(self, reason: Failure | None) -> None:
         """Fail what is outstanding, drop partial data, fire ``closed``."""
-        self._cancel_acse_timer()
+        if self._acse_timer is not None:
+            self._cancel_acse_timer()
         if self._assembler is not None:
             self._assembler.discard()
         cause = self._abort_cause or ("released" if self._released else "connection closed")
-        tls_error = _tls_error(reason)
+        # (The peer's end of file, the usual end, is no TLS error.)
+        tls_error = (None if isinstance(reason, Failure) and type(reason.value) is ConnectionDone
+                     else _tls_error(reason))
         if tls_error is not None:
             cause = f"TLS error: {tls_error}"
             if self._establishment is None:
@@ -411,16 +425,18 @@ class Association(Requestor, DicomProtocol):
                 self.association_id, self.log_fields.get("peer_host", ""),
                 self.peer_ae_title, "aborted" if self._abort_cause else "released",
                 self._abort_cause or ""))
-        outstanding, self._outstanding = self._outstanding, {}
-        for pending in outstanding.values():
-            if pending.timer is not None and pending.timer.active():
-                pending.timer.cancel()
-            pending.deferred.errback(AssociationAborted(f"association ended: {cause}"))
+        if self._outstanding:
+            outstanding, self._outstanding = self._outstanding, {}
+            for pending in outstanding.values():
+                if pending.timer is not None and pending.timer.active():
+                    pending.timer.cancel()
+                pending.deferred.errback(AssociationAborted(f"association ended: {cause}"))
         for request in self._serving.values():
             request.cancelled = True
-        queue, self._send_queue = self._send_queue, []
-        for _, _, _, d, _ in queue:
-            d.errback(AssociationAborted(f"association ended: {cause}"))
+        if self._send_queue:
+            queue, self._send_queue = self._send_queue, []
+            for _, _, _, d, _ in queue:
+                d.errback(AssociationAborted(f"association ended: {cause}"))
         self._ended = True
         ended = getattr(self.factory, "association_ended", None)
         if ended is not None:
@@ -530,9 +546,9 @@ class Association(Requestor, DicomProtocol):
             # Made with the first P-DATA: an idle association holds none.
             assembler = self._assembler = MessageAssembler(self.negotiated.contexts,
                                                            self.sink_for)
-        for pdv in pdata.pdvs:
+        for context_id, control, data in pdata.pdvs:  # (a named tuple's fields, unpacked)
             try:
-                done = assembler.feed(pdv.context_id, pdv.control, pdv.data)
+                done = assembler.feed(context_id, control, data)
             except (DIMSEDecodeError, OSError) as e:
                 self.log.warn("Invalid DIMSE message from {peer}: {error}; aborting",
                               peer=self.peer_description, error=str(e), **self.log_fields)
@@ -547,41 +563,53 @@ class Association(Requestor, DicomProtocol):
     def _dispatch(self, message: m.Message, context: PresentationContext, data: Any) -> None:
         if dlog.debug_on:
             self.log.debug("Received {message.summary()}", message=message)
-        if message.IS_RESPONSE:
-            self._on_response(message, data)
-        elif isinstance(message, m.CCancelRQ):
-            request = self._serving.get(message.message_id_being_responded_to)
-            if request is not None:
-                self.log.info("Received Cancel Request for message {id}",
-                              id=message.message_id_being_responded_to)
-                request.cancelled = True
-        else:
-            request = ServiceRequest(self, message, context, data, received=time.monotonic())
-            serving = self._serve(request)
-            try:
-                serving.send(None)
-            except StopIteration:
-                return  # served at once (a C-ECHO, a refusal): no Deferred needed
-            except BaseException:
-                self._serve_failed(Failure(), request)
+        if type(message) not in SERVICE_FOR:
+            # (Not a request of a service: a response, a C-CANCEL-RQ or a
+            # request nobody serves, which is answered below.)
+            if message.IS_RESPONSE:
+                self._on_response(message, data)
                 return
-            # It awaits a Deferred (a handler's result, a busy send queue):
-            # Twisted drives the rest, resuming it on that same Deferred.
-            Deferred.fromCoroutine(serving).addErrback(self._serve_failed, request)
+            if isinstance(message, m.CCancelRQ):
+                request = self._serving.get(message.message_id_being_responded_to)
+                if request is not None:
+                    self.log.info("Received Cancel Request for message {id}",
+                                  id=message.message_id_being_responded_to)
+                    request.cancelled = True
+                return
+        request = ServiceRequest(self, message, context, data, received=time.monotonic())
+        self._busy += 1
+        try:
+            rest = self._serve(request)
+        except BaseException:
+            self._busy -= 1
+            self._serve_failed(Failure(), request)
+            return
+        if rest is None:
+            # Served at once (a C-ECHO, any handler answering with its
+            # result, a refusal): no coroutine, no Deferred.
+            self._busy -= 1
+            return
+        # It awaits a Deferred (a handler's result, a busy send queue):
+        # Twisted drives the rest.
+        Deferred.fromCoroutine(self._serve_rest(rest)).addErrback(self._serve_failed,
+                                                                 request)
 
     # -- serving requests ----------------------------------------------------
     def is_busy(self) -> bool:
         """An operation is running in either direction."""
         return bool(self._busy or self._outstanding or self._sending)
 
-    async def _serve(self, request: ServiceRequest) -> None:
-        self._busy += 1
-        try:
-            await self._serve_one(request)
-        finally:
-            self._busy -= 1
+    def _serve(self, request: ServiceRequest) -> Awaitable[None] | None:
+        """Serve ``request`` as far as can be done at once.
 
-    async def _serve_one(self, request: ServiceRequest) -> None:
+        A single-response service whose handler returns its result (not a
+        Deferred or coroutine) is answered here, synchronously: the
+        response is encoded and written before this returns.
+
+        :returns: None when served; otherwise what remains to be awaited
+            (the handler's pending result, a response queued behind other
+            messages, a multi-response service's results).
+        """
         message = request.message
         service = SERVICE_FOR.get(type(message))
         handler = self.handlers.get(service) if service else None
@@ -596,36 +624,62 @@ class Association(Requestor, DicomProtocol):
             self._discard_data(request)
             status = (Status.UNRECOGNIZED_OPERATION if service is None
                       else Status.SOP_CLASS_NOT_SUPPORTED)
-            await self._respond(request, Response(status))
-            return
-        if service not in MULTI_RESPONSE:
-            try:
-                # As ``await maybeDeferred(handler, request)``, without
-                # wrapping a plain result (C-ECHO) in a Deferred.
-                result = handler(request)
-                if isinstance(result, Failure):
-                    result.raiseException()
-                elif isinstance(result, Deferred) or type(result) is CoroutineType:
-                    result = await result
-            except Exception as e:  # mapped to a status below
-                response = self._error_response(e, request)
-            else:
-                response = as_response(result)
-            await self._respond(request, response)
-            return
-        self._serving[message.message_id] = request
+            return self._respond(request, Response(status))
+        if service in MULTI_RESPONSE:
+            return self._serve_many(handler, request)
         try:
-            await self._serve_many(handler, request)
+            # As ``maybeDeferred(handler, request)``, without wrapping a
+            # plain result (C-ECHO) in a Deferred.
+            result = handler(request)
+            # (A status, the usual result, first: ``isinstance(result,
+            # Deferred)`` is an ABC's Python-level check.)
+            if result is None or isinstance(result, int):
+                pass
+            elif isinstance(result, Failure):
+                result.raiseException()
+            elif isinstance(result, Deferred) or type(result) is CoroutineType:
+                return self._serve_later(request, result)
+        except Exception as e:  # mapped to a status below
+            response = self._error_response(e, request)
+        else:
+            response = (status_response(result) if isinstance(result, int)
+                        else as_response(result))
+        return self._respond(request, response)
+
+    async def _serve_rest(self, rest: Awaitable[None]) -> None:
+        """Await what :meth:`_serve` left; the operation then ends."""
+        try:
+            await rest
         finally:
-            self._serving.pop(message.message_id, None)
+            self._busy -= 1
+
+    async def _serve_later(self, request: ServiceRequest, result: Any) -> None:
+        """Answer a single-response request once its handler's Deferred or
+        coroutine ``result`` gives the result."""
+        try:
+            result = await result
+        except Exception as e:  # mapped to a status below
+            response = self._error_response(e, request)
+        else:
+            response = as_response(result)
+        if (sent := self._respond(request, response)) is not None:
+            await sent
 
     async def _serve_many(self, handler: Handler, request: ServiceRequest) -> None:
+        message_id = request.message.message_id
+        self._serving[message_id] = request
+        try:
+            await self._serve_results(handler, request)
+        finally:
+            self._serving.pop(message_id, None)
+
+    async def _serve_results(self, handler: Handler, request: ServiceRequest) -> None:
         try:
             results = await defer.maybeDeferred(handler, request)
             count = 0
             async for item in _aiter(results):
                 response = as_response(item)
-                if request.cancelled and category(response.status) is Category.PENDING:
+                if request.cancelled and category(response.status) is _PENDING:
                     if hasattr(results, "__aiter__"):
                         # An async handler sees ``cancelled`` itself and may
                         # end with its own Cancel response (with counts).
@@ -633,20 +687,20 @@ class Association(Requestor, DicomProtocol):
                     break
                 if self.machine.is_closed:
                     return
-                await self._respond(request, response)
-                if category(response.status) is not Category.PENDING:
+                if (sent := self._respond(request, response)) is not None:
+                    await sent
+                if category(response.status) is not _PENDING:
                     return
                 count += 1
                 if self.yield_every and count % self.yield_every == 0:
                     # Let other associations run during a long result set.
                     await deferLater(self.clock, 0, lambda: None)
         except Exception as e:
-            await self._respond(request, self._error_response(e, request))
-            return
-        if request.cancelled:
-            await self._respond(request, Response(Status.CANCEL))
+            response = self._error_response(e, request)
         else:
-            await self._respond(request, Response(Status.SUCCESS))
+            response = Response(Status.CANCEL if request.cancelled else Status.SUCCESS)
+        if (sent := self._respond(request, response)) is not None:
+            await sent
 
     def _error_response(self, error: Exception, request: ServiceRequest) -> Response:
         if isinstance(error, DIMSEServiceError):
@@ -656,55 +710,91 @@ class Association(Requestor, DicomProtocol):
                          name=request.message.NAME, **self.log_fields)
         return Response(Status.UNABLE_TO_PROCESS)
 
-    async def _respond(self, request: ServiceRequest, response: Response) -> None:
+    def _respond(self, request: ServiceRequest, response: Response) -> Deferred[None] | None:
+        """Send ``response`` to ``request``: written now when nothing is
+        being sent, else queued behind what is.
+
+        :returns: None once written (or when the association has ended);
+            a Deferred firing once the queued response is written.
+        """
         if self.machine.is_closed:
-            return
+            return None
         message = request.message
         data = response.dataset
         status = int(response.status)
+        context_id = request.context.context_id
+        pdus = None
         command = None
-        known = None
         if data is None and not response.fields:
-            # A status alone answers the same request alike: kept for
-            # requests that repeat (decode_command's memo gives a repeated
-            # C-ECHO-RQ's bytes the same message object).
-            known = _SIMPLE_RESPONSES.get((id(message), status))
-        if known is not None and known[0] is message:
-            rsp, command = known[1], known[2]
+            rsp, command, pdus = self._status_response(message, status, context_id)
         else:
             rsp = self._response_message(message, response)
-            if data is None and not response.fields:
-                command = encode_command(rsp, False)
-                if len(_SIMPLE_RESPONSES) >= SIMPLE_RESPONSES_SIZE:
-                    _SIMPLE_RESPONSES.clear()
-                _SIMPLE_RESPONSES[id(message), status] = (message, rsp, command)
-        if isinstance(data, Dataset):
-            data = encode_dataset(data, request.context.transfer_syntax)
+            if isinstance(data, Dataset):
+                data = encode_dataset(data, request.context.transfer_syntax)
         service = SERVICE_FOR.get(type(message), "")
         if dlog.info_on:
             self.log.info("Sending {name} Response (MsgID {id}): 0x{status:04X} ({status_name})",
                           name=LOG_NAMES.get(service, service), id=message.message_id,
                           status=status, status_name=status_name(status), **self.log_fields)
         if self._sending or self._send_queue or isinstance(data, FileDataSet):
-            try:
-                await self.send_message(rsp, request.context.context_id, data, command=command)
-            except AssociationAborted:
-                pass
-        else:
-            # Nothing ahead of it: written now, as send_message would, without
-            # a Deferred to fire and await.
-            try:
-                self._write_message(rsp, request.context.context_id, data, command)
-            except InvalidEventError:
-                pass
-        if (events.bus.observed and self.policy is not None
-                and category(response.status) is not Category.PENDING):
-            events.bus.publish(events.OperationCompleted(
-                self.association_id, service, status,
-                time.monotonic() - request.received,
-                getattr(message, "affected_sop_class_uid", None)
-                or getattr(message, "requested_sop_class_uid", None) or "",
-                self.log_fields.get("peer_host", ""), self.peer_ae_title))
+            sent = self.send_message(rsp, context_id, data, command=command)
+            sent.addErrback(_ended)
+            sent.addCallback(lambda _: self._completed(request, service, status))
+            return sent
+        # Nothing ahead of it: written now, as send_message would, without
+        # a Deferred to fire and await.
+        try:
+            if pdus is None:
+                self._write_message(rsp, context_id, data, command)
+            else:
+                if dlog.debug_on:
+                    self.log.debug("Sending {message.summary()}", message=rsp)
+                for pdu in pdus:
+                    self.send_pdata(pdu)
+        except InvalidEventError:
+            pass
+        if events.bus.observed:
+            self._completed(request, service, status)
+        return None
+
+    def _status_response(self, message: m.Message, status: int,
+                         context_id: int) -> tuple[m.Message, bytes, tuple[bytes, ...]]:
+        """The response to ``message`` carrying ``status`` alone: the
+        response message, its command set and its P-DATA-TF PDUs on
+        ``context_id`` for the peer's maximum PDU length.
+
+        A status alone answers the same request alike: all three are kept
+        for requests that repeat (decode_command's memo gives a repeated
+        C-ECHO-RQ's bytes the same message object).
+        """
+        known = _SIMPLE_RESPONSES.get((id(message), status))
+        if known is None or known[0] is not message:
+            rsp = self._response_message(message, Response(status))
+            known = (message, rsp, encode_command(rsp, False), {})
+            if len(_SIMPLE_RESPONSES) >= SIMPLE_RESPONSES_SIZE:
+                _SIMPLE_RESPONSES.clear()
+            _SIMPLE_RESPONSES[id(message), status] = known
+        max_pdu = self.negotiated.peer_max_pdu if self.negotiated else 0
+        framed = known[3]
+        pdus = framed.get((context_id, max_pdu))
+        if pdus is None:
+            pdus = tuple(fragment(context_id, known[2], True, max_pdu))
+            if len(framed) >= FRAMINGS_KEPT:
+                framed.clear()
+            framed[context_id, max_pdu] = pdus
+        return known[1], known[2], pdus
+
+    def _completed(self, request: ServiceRequest, service: str, status: int) -> None:
+        """Publish the end of an acceptor's operation (a final response
+        sent): metrics, audit and the log subscribe."""
+        if not events.bus.observed or self.policy is None or category(status) is _PENDING:
+            return
+        message = request.message
+        events.bus.publish(events.OperationCompleted(
+            self.association_id, service, status, time.monotonic() - request.received,
+            getattr(message, "affected_sop_class_uid", None)
+            or getattr(message, "requested_sop_class_uid", None) or "",
+            self.log_fields.get("peer_host", ""), self.peer_ae_title))
 
     @staticmethod
     def _response_message(message: m.Message, response: Response) -> m.Message:
@@ -765,6 +855,12 @@ def _tls_error(reason: Any) -> str | None:
     details = [entry[-1] for entry in (error.args[0] if error.args and isinstance(
         error.args[0], list) else []) if isinstance(entry, tuple) and entry]
     return "; ".join(str(d) for d in details if d) or str(error) or type(error).__name__
+
+
+def _ended(failure: Failure) -> None:
+    """A queued response not sent because the association ended: nothing
+    more to do (anything else still fails)."""
+    failure.trap(AssociationAborted)
 
 
 async def _aiter(results: Any):

@@ -74,6 +74,26 @@ class PDUFramer:
         """Bytes held, waiting for the rest of a PDU."""
         return self._buffered
 
+    def single(self, data: bytes) -> tuple[tuple[int, memoryview]] | tuple[()]:
+        """``data`` as the one PDU it is, ``((pdu_type, body),)``, when it is
+        exactly one whole PDU within the limits and nothing is held; else
+        ``()``, and :meth:`feed` frames it.
+
+        The usual input (a request, read at once) is framed so without a
+        generator (``dataReceived`` iterates ``single(data) or
+        feed(data)``); anything else, errors included, is :meth:`feed`'s.
+        """
+        if self._chunks or self._header is not None or self._failed:
+            return ()
+        end = len(data)
+        if end < HEADER_LENGTH:
+            return ()
+        pdu_type, length = HEADER.unpack_from(data)
+        if length != end - HEADER_LENGTH or length > (
+                self._pdata_limit if pdu_type == P_DATA_TF else _LIMITS.get(pdu_type, -1)):
+            return ()
+        return ((pdu_type, memoryview(data)[HEADER_LENGTH:]),)
+
     def feed(self, data: bytes) -> Iterator[tuple[int, memoryview]]:
         """Add bytes from the transport; yield every PDU now complete.
 
@@ -141,3 +161,7 @@ class PDUFramer:
                 offset,
                 abort_reason=6,
             )
+
+
+#: (:attr:`PDUFramer.LIMITS`, read as a global on the per-PDU path.)
+_LIMITS = PDUFramer.LIMITS

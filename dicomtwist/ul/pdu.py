@@ -73,6 +73,7 @@ _ABORT_BODY = struct.Struct(">xxBB")
 _RELEASE_BODY = b"\x00\x00\x00\x00"
 # PDV item: length, presentation context id, message control header.
 _PDV_HEAD = struct.Struct(">LBB")
+_PDV_HEAD_SIZE = _PDV_HEAD.size
 # A P-DATA-TF PDU header followed by the head of its only PDV.
 _PDATA_HEADER = struct.Struct(">BxLLBB")
 
@@ -154,7 +155,7 @@ _CONTEXT_RESULT_TEXT = {
 
 def _pdu(pdu_type: int, parts: list[bytes | memoryview]) -> bytes:
     """Join ``parts`` behind a PDU header carrying their total length."""
-    parts.insert(0, PDU_HEADER.pack(pdu_type, sum(len(part) for part in parts)))
+    parts.insert(0, PDU_HEADER.pack(pdu_type, sum(map(len, parts))))
     return b"".join(parts)
 
 
@@ -192,6 +193,9 @@ _set_attribute = object.__setattr__
 
 def _view(body: bytes | memoryview) -> memoryview:
     """Return a flat byte view of ``body`` without copying."""
+    if type(body) is memoryview and body.format == "B" and body.ndim == 1:
+        # As the framer hands bodies out: the view itself.
+        return body
     view = memoryview(body)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -608,6 +612,16 @@ class PDataTF:
         """
         view = _view(body)
         end = len(view)
+        if end >= _PDV_HEAD_SIZE:
+            length, context_id, control = _PDV_HEAD.unpack_from(view, 0)
+            if length + 4 == end and length >= 2:
+                # One PDV filling the body (a command, a fragment of a
+                # data set): the usual P-DATA-TF, checked as the loop
+                # below checks it.
+                pdu = _new_object(cls)
+                _set_attribute(pdu, "pdvs", (_new_tuple(
+                    PresentationDataValue, (context_id, control, view[_PDV_HEAD_SIZE:])),))
+                return pdu
         position = 0
         pdvs = []
         while position < end:
@@ -671,7 +685,7 @@ class _ReleasePDU:
         :raises PDUDecodeError: the body is not 4 bytes long.
         """
         _check_length(_view(body), 4, cls.NAME)
-        return cls()
+        return RELEASE_PDUS[cls.PDU_TYPE]
 
     def summary(self) -> str:
         """Return a one-line description for debug logs."""
@@ -692,6 +706,12 @@ class AReleaseRP(_ReleasePDU):
 
     PDU_TYPE: ClassVar[int] = 0x06
     NAME: ClassVar[str] = "A-RELEASE-RP"
+
+
+#: The one A-RELEASE-RQ and the one A-RELEASE-RP, by PDU type: they carry
+#: nothing, so decoding (and the release primitives) hand these out rather
+#: than make one per association.
+RELEASE_PDUS = {AReleaseRQ.PDU_TYPE: AReleaseRQ(), AReleaseRP.PDU_TYPE: AReleaseRP()}
 
 
 @dataclass(frozen=True)
@@ -756,12 +776,25 @@ def decode_pdu(pdu_type: int, body: bytes | memoryview) -> PDU:
         )
     try:
         return pdu_class.decode(body)
-    except (struct.error, IndexError, ValueError, TypeError) as e:
-        # Every decoder checks its lengths; this is a safety net so that a
-        # bug of ours still turns into an A-ABORT and not a crash.
-        raise PDUDecodeError(
-            f"malformed {pdu_class.__name__}: {e}", 0, AbortReason.INVALID_PDU_PARAMETER_VALUE
-        ) from e
+    except MALFORMED as e:
+        raise malformed(pdu_type, e) from e
+
+
+#: The errors a decoder's own bug may raise on a malformed body (every
+#: decoder checks its lengths; these are a safety net so that a bug of
+#: ours still turns into an A-ABORT and not a crash).
+MALFORMED = (struct.error, IndexError, ValueError, TypeError)
+
+#: Each PDU type's decoder (``PDU_TYPES[t].decode``), for a caller that
+#: has checked the type (the framer has) and catches :data:`MALFORMED`.
+DECODERS = {pdu_type: pdu_class.decode for pdu_type, pdu_class in PDU_TYPES.items()}
+
+
+def malformed(pdu_type: int, error: Exception) -> PDUDecodeError:
+    """The PDUDecodeError (abort reason 6) for a body of ``pdu_type`` whose
+    decoder failed with one of the :data:`MALFORMED` errors."""
+    return PDUDecodeError(f"malformed {PDU_TYPES[pdu_type].__name__}: {error}", 0,
+                          AbortReason.INVALID_PDU_PARAMETER_VALUE)
 
 
 def pdata_header(context_id: int, control: int, data_length: int) -> bytes:

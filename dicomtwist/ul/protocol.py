@@ -39,10 +39,14 @@ from dicomtwist.ul.pdu import (
     AbortSource,
     AReleaseRP,
     AReleaseRQ,
+    RELEASE_PDUS,
     RejectReason,
     RejectResult,
     RejectSource,
-    decode_pdu,
+    DECODERS,
+    MALFORMED,
+    PDU_TYPES,
+    malformed,
 )
 
 #: Which event a received PDU is (PS3.8 Table 9-10 rows).
@@ -65,6 +69,21 @@ _CLOSED = State.STA1
 _ESTABLISHED = State.STA6
 _RECEIVED_PDATA = Event.EVT10
 _SEND_PDATA = Event.EVT9
+#: ``_feeding`` while a P-DATA is indicated in Sta6 (DT-2): a true value
+#: (other events wait), but not True (a P-DATA request is sent at once).
+_INDICATING_PDATA = "DT-2"
+
+#: The other members read once per association, bound once (on Python 3.11
+#: reading a member from its Enum class costs a slot wrapper's call; see
+#: :mod:`dicomtwist.ul.fsm`).
+_CONNECTION_INDICATION = Event.EVT5
+_ACCEPT = Event.EVT7
+_REJECT = Event.EVT8
+_RELEASE_RESPONSE = Event.EVT14
+_CONNECTION_CLOSED = Event.EVT17
+_RELEASE_RP = Indication.RELEASE_RP
+#: The A-RELEASE-RP PDU (one for all: it carries nothing).
+_RELEASE_RP_PDU = RELEASE_PDUS[AReleaseRP.PDU_TYPE]
 
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
@@ -93,8 +112,9 @@ class DicomProtocol(Protocol):
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
                  "_timers",
                  "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
-                 "peer_description",
-                 "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing")
+                 "_peer_description",
+                 "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing",
+                 "sending_file", "_settled")
 
     def __init__(self, clock: IReactorTime, max_pdu: int = 16382,
                  artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
@@ -115,13 +135,15 @@ class DicomProtocol(Protocol):
         # the handling ends (see :meth:`start_artim`).
         self._artim_pending = False
         # Events raised while the machine runs an action (a hook answering
-        # an indication at once) wait until the transition is complete.
-        self._feeding = False
+        # an indication at once) wait until the transition is complete:
+        # False, True, or _INDICATING_PDATA (see send_pdata).
+        self._feeding: bool | str = False
         self._queued: list[tuple[Event, Any]] = []
         self._idle: Timer | None = None
         # When input last came (the network timeout counts from it).
         self._last_input = 0.0
-        self.peer_description = "?"
+        # ``host:port``, made when first asked for (log lines only).
+        self._peer_description: str | None = None
         #: The peer's address: ``transport.getPeer()`` once connected, or
         #: the address the factory was given (``buildProtocol(addr)``).
         self.peer_address: Any = None
@@ -132,13 +154,39 @@ class DicomProtocol(Protocol):
         # Encoded PDUs waiting for the end of the input being handled
         # (None: not handling input, write at once).
         self._outgoing: list[bytes] | None = None
+        #: True while a file's producer is registered with the transport
+        #: (:class:`dicomtwist.association.files.FileProducer`): its PDUs
+        #: are then written at once, never held until the input being
+        #: handled ends (see :meth:`_held`).
+        self.sending_file = False
+        # Calls waiting for the event being handled to complete
+        # (:meth:`when_settled`); None when there are none.  (Slots, not
+        # class defaults: an instance's slot is read in a specialized
+        # instruction, a class default through the generic lookup.)
+        self._settled: list[Callable[[], None]] | None = None
+
+    @property
+    def peer_description(self) -> str:
+        """The peer as ``host:port``, for log lines ("?" until known)."""
+        description = self._peer_description
+        if description is None:
+            peer = self.peer_address
+            if peer is None:
+                return "?"
+            description = self._peer_description = (
+                f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}")
+        return description
 
     # -- Twisted Protocol -------------------------------------------------
     def connectionMade(self) -> None:
         """Set TCP_NODELAY, the read size and how the socket closes; start
         the requestor's or acceptor's flow."""
         transport = self.transport
-        _set_nodelay(transport)
+        if not (type(transport) in _ACCEPTED
+                and getattr(transport.server, NODELAY_STATE, None) is True):
+            # (Nothing to do for a port's accepted sockets once they are
+            # known to inherit the option.)
+            _set_nodelay(transport)
         if type(transport) in _SOCKET_TRANSPORTS:
             transport.bufferSize = READ_SIZE
             # The socket is this process's alone (close-on-exec): ``close``
@@ -147,11 +195,11 @@ class DicomProtocol(Protocol):
             transport._shouldShutdown = False
         elif hasattr(transport, "bufferSize"):
             transport.bufferSize = READ_SIZE
-        peer = self.peer_address
-        if peer is None:
-            peer = self.peer_address = self.transport.getPeer()
-        self.peer_description = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        collecting = self._collect()
+        if self.peer_address is None:
+            self.peer_address = self.transport.getPeer()
+        collecting = self._outgoing is None  # (_collect, inline)
+        if collecting:
+            self._outgoing = []
         try:
             if self.associate_rq is not None:
                 # AE-1 (transport connect) has been done by the endpoint
@@ -159,7 +207,7 @@ class DicomProtocol(Protocol):
                 self._event(Event.EVT1, self.associate_rq)
                 self._event(Event.EVT2, self.associate_rq)
             else:
-                self._event(Event.EVT5)
+                self._event(_CONNECTION_INDICATION)
         finally:
             if collecting:
                 self._flush()
@@ -174,7 +222,9 @@ class DicomProtocol(Protocol):
         stopped by an A-ASSOCIATE-RQ found at once, never needs a timer.
         """
         early = self.associate_rq is None and type(transport) in _ACCEPTED
-        collecting = early and self._collect()
+        collecting = early and self._outgoing is None  # (_collect, inline)
+        if collecting:
+            self._outgoing = []
         try:
             super().makeConnection(transport)
             if early and not transport.disconnecting:
@@ -217,15 +267,27 @@ class DicomProtocol(Protocol):
             self._outgoing = []
         machine = self.machine
         try:
-            for pdu_type, body in self.framer.feed(data):
+            framer = self.framer
+            for pdu_type, body in framer.single(data) or framer.feed(data):
+                # What decode_pdu and _event do, inline (the framer yields
+                # known types only).
                 try:
-                    pdu = decode_pdu(pdu_type, body)
+                    pdu = DECODERS[pdu_type](body)
                 except PDUDecodeError as error:
                     self._decode_failed(error)
                     return
+                except MALFORMED as error:
+                    self._decode_failed(malformed(pdu_type, error))
+                    return
                 if dlog.debug_on and self.log_pdus:
                     self.log.debug("Received {pdu.summary()}", pdu=pdu)
-                self._event(RECEIVED_EVENTS[pdu_type], pdu)
+                event = RECEIVED_EVENTS[pdu_type]
+                try:
+                    self._feed(event, pdu)
+                except InvalidEventError:
+                    self._event_failed("Upper Layer event {event} in the wrong state", event)
+                except Exception:
+                    self._event_failed("Error handling {event}", event)
                 if machine._state is _CLOSED:
                     return
         except PDUDecodeError as error:
@@ -236,12 +298,15 @@ class DicomProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
-        self._cancel_idle()
-        if not self.machine.is_closed:
-            self._event(Event.EVT17, reason)
+        idle, self._idle = self._idle, None  # (_cancel_idle, inline)
+        if idle is not None:
+            self._timers.stop(idle)
+        if self.machine._state is not _CLOSED:
+            self._event(_CONNECTION_CLOSED, reason)
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        self._timers.stop(artim)
+        if artim is not None:
+            self._timers.stop(artim)
         self.on_connection_lost(reason)
         # The machine, now idle (Sta1), takes no event that has an effect:
         # drop its reference to us, so that the association is freed by
@@ -251,11 +316,6 @@ class DicomProtocol(Protocol):
     # -- effects called by the machine ------------------------------------
     #: Log a summary of every PDU at debug level.
     log_pdus = True
-    #: True while a file's producer is registered with the transport
-    #: (:class:`dicomtwist.association.files.FileProducer`): its PDUs are
-    #: then written at once, never held until the input being handled
-    #: ends (see :meth:`_held`).
-    sending_file = False
 
     def connect_transport(self) -> None:
         """AE-1: the endpoint has connected before we exist; nothing to do."""
@@ -271,21 +331,29 @@ class DicomProtocol(Protocol):
                 return
             self._write(pdu)
             return
-        if isinstance(pdu, (bytearray, memoryview)):
-            self._write(pdu)
-            return
-        if isinstance(pdu, (list, tuple)):
-            held = self._held()
-            if held is not None:
-                held.extend(pdu)
+        if type(pdu) not in _PDU_CLASSES:
+            if isinstance(pdu, (bytearray, memoryview)):
+                self._write(pdu)
                 return
-            if self._outgoing:
-                self._flush()
-            self.transport.writeSequence(pdu)
-            return
+            if isinstance(pdu, (list, tuple)):
+                held = self._held()
+                if held is not None:
+                    held.extend(pdu)
+                    return
+                if self._outgoing:
+                    self._flush()
+                self.transport.writeSequence(pdu)
+                return
         if dlog.debug_on and self.log_pdus:
             self.log.debug("Sending {pdu.summary()}", pdu=pdu)
-        self._write(pdu.encode())
+        data = pdu.encode()
+        # (What _write does with bytes, inline: an A-ASSOCIATE-AC or an
+        # A-RELEASE-RP is usually an answer, held.)
+        outgoing = self._outgoing
+        if outgoing is not None and not self.sending_file:
+            outgoing.append(data)
+            return
+        self._write(data)
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write now, or at the end of the input being handled.
@@ -343,12 +411,28 @@ class DicomProtocol(Protocol):
         transport = self.transport
         if transport is None:
             return
-        if type(transport) in _SOCKET_TRANSPORTS and _nothing_queued(transport):
-            sent = _send_now(transport, data)
-            if sent >= len(data):
-                return
-            if sent:
-                data = memoryview(data)[sent:]
+        if type(transport) in _SOCKET_TRANSPORTS:
+            # Nothing buffered and no close in progress: writing to the
+            # socket at once keeps the byte order and is what ``doWrite``
+            # would do one reactor iteration later.  A registered producer
+            # (a file being sent) may write so too: Twisted pauses it only
+            # when what it wrote fills the buffer, so while the buffer is
+            # empty it is not paused.  (Attributes of Twisted's
+            # ``abstract.FileDescriptor`` and ``tcp.Connection``; without
+            # them, writes go the usual way, and
+            # ``tests.test_protocol.SocketWriteTests`` fails.)
+            try:
+                queued = (transport.dataBuffer or transport._tempDataLen or transport.TLS
+                          or transport.disconnecting or transport._writeDisconnected
+                          or transport._aborting or not transport.connected)
+            except AttributeError:
+                queued = True
+            if not queued:
+                sent = _send_now(transport, data)
+                if sent >= len(data):
+                    return
+                if sent:
+                    data = memoryview(data)[sent:]
         transport.write(bytes(data))
 
     def start_artim(self) -> None:
@@ -368,7 +452,8 @@ class DicomProtocol(Protocol):
     def _schedule_artim(self) -> None:
         self._artim_pending = False
         timers = self._timers
-        timers.stop(self._artim)
+        if self._artim is not None:
+            timers.stop(self._artim)
         self._artim = timers.call_later(self.artim_timeout, self._artim_expired)
 
     def stop_artim(self) -> None:
@@ -381,7 +466,8 @@ class DicomProtocol(Protocol):
         """
         self._artim_running = self._artim_pending = False
         artim, self._artim = self._artim, None
-        self._timers.stop(artim)
+        if artim is not None:
+            self._timers.stop(artim)
 
     def close_transport(self) -> None:
         """Close the connection once pending writes are flushed."""
@@ -402,7 +488,7 @@ class DicomProtocol(Protocol):
     def indicate(self, indication: Indication, payload: Any) -> None:
         """Deliver an indication or confirmation to the ``on_*`` hook."""
         getattr(self, _HOOKS[indication])(payload)
-        if indication is Indication.RELEASE_RP and self._answer_release_after_rp:
+        if indication is _RELEASE_RP and self._answer_release_after_rp:
             # Release collision, acceptor side: the RP has arrived (AR-10),
             # now answer the peer's A-RELEASE-RQ (PS3.8 9.2.4).
             self._answer_release_after_rp = False
@@ -411,11 +497,21 @@ class DicomProtocol(Protocol):
     # -- primitives for the service user ----------------------------------
     def associate_response(self, pdu: Any) -> None:
         """Answer an A-ASSOCIATE indication with an AC (Evt7) or RJ (Evt8)."""
-        event = Event.EVT8 if isinstance(pdu, AAssociateRJ) else Event.EVT7
-        self._primitive(event, pdu)
+        event = _REJECT if isinstance(pdu, AAssociateRJ) else _ACCEPT
+        self._feed(event, pdu)  # (what _primitive does)
 
     def send_pdata(self, pdu: Any) -> None:
-        """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes."""
+        """P-DATA request (Evt9): ``pdu`` is a PDataTF or encoded bytes.
+
+        In Sta6, with no event running or waiting, or only a P-DATA
+        indication (DT-2, which leaves Sta6 as it is), Table 9-10's cell is
+        taken at once: DT-1 sends the PDU, Sta6 stays; as :meth:`_feed`
+        would, after the indication, with nothing in between.
+        """
+        if (self._feeding is not True and self.machine._state is _ESTABLISHED
+                and not self._queued):
+            self.send_pdu(pdu)
+            return
         self._feed(_SEND_PDATA, pdu)
 
     def release_request(self) -> None:
@@ -424,7 +520,7 @@ class DicomProtocol(Protocol):
 
     def release_response(self) -> None:
         """A-RELEASE response (Evt14)."""
-        self._primitive(Event.EVT14, AReleaseRP())
+        self._feed(_RELEASE_RESPONSE, _RELEASE_RP_PDU)  # (what _primitive does)
 
     def abort_request(self, source: int = AbortSource.SERVICE_USER,
                       reason: int = AbortReason.NOT_SPECIFIED) -> None:
@@ -480,10 +576,6 @@ class DicomProtocol(Protocol):
         """The TCP connection is gone; release every resource."""
 
     # -- internals ----------------------------------------------------------
-    #: Calls waiting for the event being handled to complete
-    #: (:meth:`when_settled`); None when there are none.
-    _settled: list[Callable[[], None]] | None = None
-
     def when_settled(self, f: Callable[[], None], first: bool = False) -> None:
         """Call ``f`` once the event being handled, and those its hooks
         raised, are complete; at once if no event is being handled.
@@ -525,7 +617,11 @@ class DicomProtocol(Protocol):
                     # table, action and effects): DT-2 (Evt10) indicates
                     # the P-DATA, DT-1 (Evt9) sends it; Sta6 stays.
                     if event is _RECEIVED_PDATA:
+                        # A P-DATA sent meanwhile goes out at once (see
+                        # send_pdata); other events wait.
+                        self._feeding = _INDICATING_PDATA
                         self.on_pdata(payload)
+                        self._feeding = True
                     else:
                         self.send_pdu(payload)
                 else:
@@ -535,7 +631,9 @@ class DicomProtocol(Protocol):
                 event, payload = queued.pop(0)
         finally:
             self._feeding = False
-            self._queued.clear()
+            if queued:
+                # (Left by an exception.)
+                queued.clear()
             settled = self._settled
             if settled is not None:
                 self._settled = None
@@ -552,11 +650,15 @@ class DicomProtocol(Protocol):
         try:
             self._feed(event, payload)
         except InvalidEventError:
-            self.log.failure("Upper Layer event {event} in the wrong state", event=event)
-            self._hard_close()
+            self._event_failed("Upper Layer event {event} in the wrong state", event)
         except Exception:
-            self.log.failure("Error handling {event}", event=event)
-            self._hard_close()
+            self._event_failed("Error handling {event}", event)
+
+    def _event_failed(self, why: str, event: Event) -> None:
+        """Handling ``event`` raised (our bug): log the exception being
+        handled, abort."""
+        self.log.failure(why, event=event)
+        self._hard_close()
 
     def _hard_close(self) -> None:
         """Last resort after our own bug: abort and drop the connection."""
@@ -594,7 +696,7 @@ class DicomProtocol(Protocol):
         if self.network_timeout is None:
             return
         self._last_input = self.clock.seconds()
-        if self._idle is None and not self.machine.is_closed:
+        if self._idle is None and self.machine._state is not _CLOSED:
             self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
@@ -651,6 +753,8 @@ _HOOKS = {
 _SOCKET_TRANSPORTS = frozenset({tcp.Server, tcp.Client, AcceptedConnection})
 #: Transports of an accepted plain TCP connection.
 _ACCEPTED = frozenset({tcp.Server, AcceptedConnection})
+#: The PDU classes (objects :meth:`DicomProtocol.send_pdu` encodes).
+_PDU_CLASSES = frozenset(PDU_TYPES.values())
 
 
 def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
@@ -661,28 +765,6 @@ def _send_now(transport: Any, data: bytes | bytearray | memoryview) -> int:
         return transport.socket.send(data)
     except OSError:
         return 0
-
-
-def _nothing_queued(transport: Any) -> bool:
-    """True when a TCP transport has no buffered data and no close in
-    progress: writing to its socket at once keeps the byte order and is
-    what ``doWrite`` would do one reactor iteration later.  A registered
-    producer (a file being sent) may write so too: Twisted pauses it
-    only when what it wrote fills the buffer, so while the buffer is
-    empty it is not paused.
-
-    Reads attributes of Twisted's ``abstract.FileDescriptor`` and
-    ``tcp.Connection`` (``_tempDataLen``, ``_writeDisconnected``,
-    ``_aborting``); without them, False (writes then go the usual way, and
-    ``tests.test_protocol.SocketWriteTests`` fails).
-    """
-    try:
-        return not (transport.dataBuffer or transport._tempDataLen or transport.TLS
-                    or transport.disconnecting
-                    or transport._writeDisconnected or transport._aborting
-                    or not transport.connected)
-    except AttributeError:
-        return False
 
 
 #: What a listening port's accepted sockets do with TCP_NODELAY, kept in

@@ -57,11 +57,14 @@ class Deadlines:
     :param clock: the clock (the reactor, or a ``task.Clock`` in tests).
     """
 
-    __slots__ = ("clock", "_heap", "_live", "_stopped", "_sequence", "_call", "_at", "_holds",
-                 "_firing", "__weakref__")
+    __slots__ = ("clock", "_seconds", "_heap", "_live", "_stopped", "_sequence", "_call", "_at",
+                 "_holds", "_firing", "__weakref__")
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
+        # The clock's reading, bound once (a reactor's ``seconds`` is a
+        # static method: looked up on every call otherwise).
+        self._seconds = clock.seconds
         self._heap: list[Timer] = []
         # Timers not fired nor stopped; stopped ones still in the heap.
         self._live = 0
@@ -76,7 +79,7 @@ class Deadlines:
 
     def call_later(self, delay: float, f: Callable[[], Any]) -> Timer:
         """Call ``f`` in ``delay`` seconds, unless :meth:`stop`\\ ped."""
-        at = self.clock.seconds() + delay
+        at = self._seconds() + delay
         self._sequence += 1
         timer = [at, self._sequence, f]
         heapq.heappush(self._heap, timer)

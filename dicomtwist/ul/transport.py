@@ -13,6 +13,9 @@ peer needs (``benchmarks/assoc_cost.py`` counts it; docs/benchmarks.md,
   tunes how many connections to accept per readiness so that a steady
   stream of single connections makes every other ``accept`` fail with
   ``EAGAIN`` (1.5 ``accept4`` per association);
+- the accepted socket is a ``socket.socket``, whose constructor and
+  ``close`` are Python functions around those of the C socket object it
+  subclasses (``_socket.socket``);
 - ``Server.__init__`` formats two log strings per connection;
 - the end of a connection looks up ``IHalfCloseableProtocol`` by
   adaptation and checks the reason's class through ``Failure.check``,
@@ -20,8 +23,10 @@ peer needs (``benchmarks/assoc_cost.py`` counts it; docs/benchmarks.md,
 
 :class:`AcceptorPort` and :class:`AcceptedConnection` subclass them and
 change only those steps: a readiness accepts without the log buffer and
-without the enum conversions, and tries one more ``accept`` only after
-several readinesses in a row have found more than it took; a connection
+without the enum conversions, into a C socket object (every method a
+connection uses is the same C function), and tries one more ``accept``
+only after several readinesses in a row have found more than it took; a
+connection
 names itself for Twisted's log context with its protocol's class only
 (the archive's own log lines carry the peer and association fields), is
 closed without ``shutdown`` (the socket is close-on-exec and this
@@ -39,6 +44,7 @@ supervisor hands its workers) use them; TLS listeners keep Twisted's.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 from typing import Any
@@ -46,7 +52,7 @@ from typing import Any
 from twisted.internet import address, defer, error, main, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.python import log
+from twisted.python import failure, log
 from zope.interface import implementer
 
 __all__ = ["AcceptedConnection", "AcceptorEndpoint", "AcceptorPort", "adopt"]
@@ -58,6 +64,11 @@ _NOTHING_WAITING = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 GROW_AFTER = 4
 #: The most connections taken per readiness (Twisted grows without bound).
 MAX_ACCEPTS = 256
+
+_new_object = object.__new__
+#: How a connection the peer ended cleanly ends (as the reactor's
+#: ``_disconnectSelectable`` tells it: one failure for all).
+_DONE = failure.Failure(error.ConnectionDone())
 
 
 class AcceptedConnection(tcp.Server):
@@ -101,6 +112,29 @@ class AcceptedConnection(tcp.Server):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def readEnded(self) -> None:
+        """The peer's end of file, as the reactor reports it from
+        :meth:`doRead` (``main.CONNECTION_DONE``), handled as Twisted's
+        ``_disconnectSelectable``, :meth:`readConnectionLost` and
+        :meth:`connectionLost` would, in fewer steps: no longer read nor
+        written, the socket closed, the protocol told with
+        ``ConnectionDone``.  A half-closeable protocol, or a registered
+        producer: Twisted's way."""
+        reactor = self.reactor
+        if self.producer is not None or IHalfCloseableProtocol.providedBy(self.protocol):
+            reactor._disconnectSelectable(self, main.CONNECTION_DONE, True)
+            return
+        reactor.removeReader(self)
+        reactor.removeWriter(self)
+        self.disconnected = 1
+        self.connected = 0
+        self._closeSocket(True)
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(_DONE)
 
     def readConnectionLost(self, reason: Any) -> None:
         """The peer's end of file: the connection is lost, unless the
@@ -172,7 +206,8 @@ class AcceptorPort(tcp.Port):
                     tcp.Port.doRead(self)
                     return
                 accepted += 1
-                self._connected(socket.socket(self._family, self._type, 0, fd), addr)
+                # The C socket object: made and closed without Python calls.
+                self._connected(_socket.socket(self._family, self._type, 0, fd), addr)
         except BaseException:
             log.deferr()
         if accepted == limit:
@@ -192,7 +227,16 @@ class AcceptorPort(tcp.Port):
             # IPv6: the scope ID in the host, as Twisted reports it.
             host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
             addr = (host[0], *addr[1:])
-        protocol = self.factory.buildProtocol(self._addressType("TCP", addr[0], addr[1]))
+        if self._addressType is address.IPv4Address:
+            # IPv4Address("TCP", host, port) without its generated __init__
+            # and that calls the validator of ``type`` (a constant here).
+            peer = _new_object(address.IPv4Address)
+            peer.type = "TCP"
+            peer.host = addr[0]
+            peer.port = addr[1]
+        else:
+            peer = self._addressType("TCP", addr[0], addr[1])
+        protocol = self.factory.buildProtocol(peer)
         if protocol is None:
             skt.close()
             return

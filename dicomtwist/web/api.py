@@ -37,8 +37,9 @@ once it has read it (at once when the ``DELETE`` reaches it).  The
 events of the starting request come from the running process itself; a
 ``GET`` with ``text/event-stream`` through another process follows the
 row, read every :data:`JOB_POLL` seconds.  A process that dies leaves its
-running jobs ``failed`` (marked when its node, or its replacement
-worker, starts).
+running jobs ``failed``: marked when its node or its replacement worker
+starts, and when the jobs or one of them are next read on its node (a
+worker that was not restarted).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ class Jobs:
         self.kept = kept
         self.index = index
         self.run = run
+        self.node = node
         self.owner = job_table.owner(node)
         #: The jobs this process runs, by id.
         self.running: dict[str, Job] = {}
@@ -230,13 +232,21 @@ class Jobs:
         job = self.running.get(job_id)
         if job is not None or not job_id.isdigit():
             return job
-        row = await self.run(job_table.get, self.index, int(job_id))
+        row = await self.run(self._settled, job_table.get, int(job_id))
         return None if row is None else Job.from_row(row)
 
     async def all(self) -> list[Job]:
         """Every running job and the latest finished, the newest first."""
-        rows = await self.run(job_table.recent, self.index, self.kept)
+        rows = await self.run(self._settled, job_table.recent, self.kept)
         return [self.running.get(str(row["pk"])) or Job.from_row(row) for row in rows]
+
+    def _settled(self, read: Callable[..., Any], *args: Any) -> Any:
+        """In the pool: ``read(index, *args)``, after marking ``failed`` the
+        running jobs of this node's processes that are gone (a ``--workers``
+        worker that died and was not restarted; the others are marked as
+        their replacement or their node starts)."""
+        job_table.abandon(self.index, self.node, self.clock.seconds(), job_table.pid_alive)
+        return read(self.index, *args)
 
     async def cancel(self, job_id: str) -> Job | None:
         """Ask for a job's cancel, whichever process runs it; the job, or

@@ -1,7 +1,8 @@
 """Start the archive as ``twistd -n dicomqr ARGS`` (or ``dicomqr ARGS`` with
 ``--console``) would, and once the reactor runs write the names in
-``sys.modules`` (JSON), the resident set (KiB) and the reactor's class to
-OUT, then stop.  ``--reactor=NAME`` first in ARGS goes to twistd.
+``sys.modules`` (JSON), the resident set (KiB), the reactor's class, whether
+libcrypto is mapped, where ``hashlib`` takes PBKDF2 from and the class of
+pydicom's private dictionary (read or not) to OUT, then stop.  ``--reactor=NAME`` first in ARGS goes to twistd.
 
 Usage: ``dicomqr_modules.py OUT [--console] ARGS...``
 """
@@ -25,6 +26,11 @@ def rss_kib() -> int:
     return 0
 
 
+def libcrypto_mapped() -> bool:
+    with open("/proc/self/maps") as fp:
+        return "libcrypto" in fp.read()
+
+
 def makeService(options, reactor=None):
     """The archive's service, with a report once it runs."""
     service = build(options, reactor)
@@ -32,8 +38,14 @@ def makeService(options, reactor=None):
 
     def report() -> None:
         with open(out, "w") as fp:
+            hashlib = sys.modules.get("hashlib")
+            datadict = sys.modules.get("pydicom.datadict")
             json.dump({"modules": sorted(sys.modules), "rss_kib": rss_kib(),
-                       "reactor": f"{type(running).__module__}.{type(running).__name__}"},
+                       "reactor": f"{type(running).__module__}.{type(running).__name__}",
+                       "libcrypto": libcrypto_mapped(),
+                       "pbkdf2": hashlib and hashlib.pbkdf2_hmac.__module__,
+                       "private_dictionary": datadict
+                       and type(datadict.private_dictionaries).__name__},
                       fp)
         running.stop()
 
