@@ -118,11 +118,20 @@ def lean() -> bool:
     return not any(name in sys.modules for name in STANDARD_OPENSSL)
 
 
+#: Modules were imported while the standard library's OpenSSL was hidden,
+#: and :func:`standard_openssl_back` has not reloaded them since.
+_imported_without = False
+
+
 def standard_openssl_hidden() -> AbstractContextManager[None]:
     """:func:`hidden` of :data:`STANDARD_OPENSSL` in a :func:`lean`
     process; otherwise (OpenSSL mapped already) a block that hides
     nothing."""
-    return hidden(STANDARD_OPENSSL if lean() else ())
+    global _imported_without
+    if not lean():
+        return hidden(())
+    _imported_without = True
+    return hidden(STANDARD_OPENSSL)
 
 
 #: Modules that look for the standard library's OpenSSL when imported, in
@@ -134,14 +143,17 @@ LOOKING_FOR_OPENSSL = ("http.client", "urllib.request", "hashlib", "hmac")
 def standard_openssl_back() -> None:
     """Reload the :data:`LOOKING_FOR_OPENSSL` modules imported while it was
     hidden (:func:`standard_openssl_hidden`), so that they find it: HTTPS
-    classes, hashlib's OpenSSL digests and PBKDF2.  Nothing to do in a
-    process that has it (twistd, tests)."""
-    if not lean():
+    classes, hashlib's OpenSSL digests and PBKDF2; also after something
+    has loaded OpenSSL since (psycopg does).  Nothing to do in a process
+    that had it when Twisted was imported (tests)."""
+    global _imported_without
+    if not _imported_without:
         return
     for name in LOOKING_FOR_OPENSSL:
         module = sys.modules.get(name)
         if module is not None:
             importlib.reload(module)
+    _imported_without = False
 
 
 def load(tls: bool, pixels: bool) -> None:
@@ -155,7 +167,7 @@ def load(tls: bool, pixels: bool) -> None:
     """
     if tls or pixels:
         standard_openssl_back()
-    with hidden(() if tls or pixels else STANDARD_OPENSSL) if lean() else hidden(()):
+    with hidden(()) if tls or pixels else standard_openssl_hidden():
         with hidden(() if tls else TLS_LIBRARIES):
             import twisted.internet.endpoints  # noqa: F401
             import twisted.internet.posixbase  # noqa: F401

@@ -256,6 +256,43 @@ class LeanStartTests(TestCase):
         self.assertEqual(got, [[True, "hashlib", digest, mac], [False, "_hashlib", digest, mac]])
 
 
+    async def test_back_after_openssl_loaded_since(self) -> None:
+        """Something that loads OpenSSL after the start (psycopg does)
+        leaves the modules imported without it as they were;
+        ``standard_openssl_back`` still reloads them."""
+        got = await self.fresh(
+            "import urllib.request\n"
+            "before = hasattr(urllib.request, 'HTTPSHandler')\n"
+            "import ssl\n"
+            "loaded = [optional.lean(), hasattr(urllib.request, 'HTTPSHandler')]\n"
+            "optional.standard_openssl_back()\n"
+            "print(json.dumps([before, loaded, hasattr(urllib.request, 'HTTPSHandler'),"
+            " hashlib.pbkdf2_hmac.__module__]))")
+        self.assertEqual(got, [False, [False, False], True, "_hashlib"])
+
+    async def test_every_module_imports_in_a_lean_process(self) -> None:
+        """Every module a daemon without TLS or HTTP may import later (all
+        but the HTTP layer and the metrics) imports in a process started
+        lean: none needs the HTTPS classes of ``http.client`` or
+        ``urllib``."""
+        got = await self.fresh(
+            "import importlib, pkgutil\n"
+            "import dicomtwist\n"
+            "names = sorted(m.name for m in pkgutil.walk_packages(dicomtwist.__path__,"
+            " 'dicomtwist.') if not m.name.startswith(('dicomtwist.web',"
+            " 'dicomtwist.metrics')))\n"
+            "failed = {}\n"
+            "for name in names:\n"
+            "    try:\n"
+            "        importlib.import_module(name)\n"
+            "    except Exception as e:\n"
+            "        failed[name] = repr(e)\n"
+            "print(json.dumps([len(names), failed]))")
+        count, failed = got
+        self.assertEqual(failed, {})
+        self.assertGreater(count, 50)
+
+
 class InstalledCodecsTests(SynchronousTestCase):
     """The metadata answers (no imports) match pydicom's back ends."""
 
