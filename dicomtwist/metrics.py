@@ -299,7 +299,7 @@ class ArchiveMetrics:
         process, whose caller counts its own."""
         if self.shared is None:
             return None
-        self.sample()
+        self._set_active()
         from prometheus_client.multiprocess import MultiProcessCollector
 
         files = glob.glob(os.path.join(self.shared, "gauge_livesum_*.db"))
@@ -323,8 +323,7 @@ class ArchiveMetrics:
             budget = getattr(self.store, "budget", None)
             if budget is not None:
                 self.spool_memory.set(budget.used)
-        if self._active is not None:
-            self.associations_active.set(self._active())
+        self._set_active()
         if self.audit is not None:
             dropped = int(getattr(self.audit, "dropped", 0))
             if dropped > self._audit_counted:
@@ -400,6 +399,10 @@ class ArchiveMetrics:
 
     def _write_active(self) -> None:
         self._active_write = None
+        self._set_active()
+
+    def _set_active(self) -> None:
+        """Under ``--workers``: write this worker's association count."""
         if self._active is not None:
             self.associations_active.set(self._active())
 

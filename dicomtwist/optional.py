@@ -34,8 +34,8 @@ them.  TLS is loaded when a listener or move destination uses it.
 The standard library's OpenSSL must be hidden before Twisted is first
 imported: :mod:`dicomtwist.tap` imports Twisted inside
 :func:`standard_openssl_hidden`, which hides it only in a process that has
-not loaded it yet (the ``dicomqr`` script; under ``twistd`` it is loaded
-already).  Until :func:`load`, which knows the configuration, ``hashlib``
+not loaded it yet (the ``dicomqr`` script, and ``twistd``, which imports
+the plugin before anything loads it; never a test runner's process).  Until :func:`load`, which knows the configuration, ``hashlib``
 then computes its digests with the interpreter's built-in code (the same
 results; slower only on long inputs, and the archive hashes only UIDs);
 with TLS or HTTP, :func:`load` reloads the modules that looked for it

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from dicomtwist import optional
 
 # Twisted imports the standard library's OpenSSL, which the daemon uses
-# only for TLS or HTTP (see dicomtwist.optional; under twistd it is loaded
-# already and this hides nothing).
+# only for TLS or HTTP (see dicomtwist.optional; in a process that has
+# loaded it already, a test runner's, this hides nothing).
 with optional.standard_openssl_hidden():
     from twisted.application import service
     from twisted.application.internet import StreamServerEndpointService
@@ -407,7 +407,7 @@ class ArchiveService(service.Service):
     def _associations_now(self) -> int:
         """``/api/status``'s count: this process's associations, or under
         ``--workers`` those established in every worker."""
-        shared = self.metrics.associations_established() if self.metrics is not None else None
+        shared = self.metrics.associations_established()
         return len(self.factory.associations) if shared is None else shared
 
     def startService(self) -> None:
