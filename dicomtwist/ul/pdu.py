@@ -675,8 +675,10 @@ class _ReleasePDU:
     NAME: ClassVar[str]
 
     def encode(self) -> bytes:
-        """Return the whole PDU: header and 4 reserved bytes."""
-        return _pdu(self.PDU_TYPE, [_RELEASE_BODY])
+        """Return the whole PDU: header and 4 reserved bytes (the same 10
+        bytes every time, made once: an A-RELEASE-RP answers every
+        released association)."""
+        return RELEASE_ENCODED[self.PDU_TYPE]
 
     @classmethod
     def decode(cls, body: bytes | memoryview):
@@ -712,6 +714,8 @@ class AReleaseRP(_ReleasePDU):
 #: nothing, so decoding (and the release primitives) hand these out rather
 #: than make one per association.
 RELEASE_PDUS = {AReleaseRQ.PDU_TYPE: AReleaseRQ(), AReleaseRP.PDU_TYPE: AReleaseRP()}
+#: Their encodings, by PDU type.
+RELEASE_ENCODED = {pdu_type: _pdu(pdu_type, [_RELEASE_BODY]) for pdu_type in RELEASE_PDUS}
 
 
 @dataclass(frozen=True)

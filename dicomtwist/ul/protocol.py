@@ -387,13 +387,19 @@ class DicomProtocol(Protocol):
         return True
 
     def _flush(self) -> None:
-        """Write what was collected while handling input, in one piece."""
+        """Write what was collected while handling input, in one piece;
+        then make ARTIM's call if it was started meanwhile.
+
+        The write comes first: the peer's next step waits for it (an
+        A-RELEASE-RP starts ARTIM), the timer's call does not.
+        """
         outgoing, self._outgoing = self._outgoing, None
-        if self._artim_pending and self._artim_running:
-            self._schedule_artim()
-        if not outgoing:
-            return
-        self._send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        try:
+            if outgoing:
+                self._send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        finally:
+            if self._artim_pending and self._artim_running:
+                self._schedule_artim()
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``: straight to the socket when nothing is queued.
