@@ -241,6 +241,22 @@ class SingleTests(SynchronousTestCase):
         self.assertEqual(framer.single(RELEASE_RQ), ())
         self.assertEqual(self.combined(framer, RELEASE_RQ), [(0x04, RELEASE_RQ)])
 
+    def test_idle(self) -> None:
+        """``idle`` is true only while nothing is held and the framer is
+        alive: not with part of a header, a header alone, part of a body,
+        nor after an error."""
+        framer = PDUFramer()
+        self.assertTrue(framer.idle())
+        for held in (RELEASE_RQ[:3], HEADER.pack(0x04, len(RELEASE_RQ)), PDATA[:-1]):
+            framer = PDUFramer()
+            self.assertEqual(self.combined(framer, held), [])
+            self.assertFalse(framer.idle(), held)
+        self.assertEqual(self.combined(framer, PDATA[-1:] + RELEASE_RQ),
+                         [(0x04, PDATA[6:]), (0x05, RELEASE_RQ[6:])])
+        self.assertTrue(framer.idle())
+        self.assertRaises(PDUDecodeError, frames, framer, HEADER.pack(0x09, 0))
+        self.assertFalse(framer.idle())
+
     def test_errors_still_raised(self) -> None:
         """Oversized and unknown PDUs still fail in the combined framing,
         with their abort reasons, and the framer is then dead."""

@@ -244,6 +244,99 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.take(), AReleaseRP().encode())
 
+    def release_outcome(self, *chunks: bytes, associate: bool = True) -> dict:
+        """What a new acceptor does with an A-RELEASE-RQ arriving in
+        ``chunks``: whether it was recognized whole (without framing and
+        decoding), the hooks and sends in order, the bytes written, the
+        states, the info log lines, and when ARTIM closes the connection.
+
+        :param associate: accept ECHOSCU_RQ first (Sta6); else Sta2.
+        """
+        self.clock = Clock()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto = self.associated() if associate else self.connect()
+        order: list[str] = []
+        recognized = proto._release_rq_received
+        proto._release_rq_received = lambda: order.append("whole") or recognized()
+        on_release_rq = proto.on_release_rq
+        proto.on_release_rq = lambda pdu: order.append(
+            f"on_release_rq {type(pdu).__name__} in {proto.machine.state.name}") or on_release_rq(pdu)
+        send_pdu = proto.send_pdu
+        proto.send_pdu = lambda pdu: order.append(
+            f"send_pdu {type(pdu).__name__} in {proto.machine.state.name}") or send_pdu(pdu)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.addCleanup(dlog.set_level, dlog.level())
+        dlog.set_level(LogLevel.info)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        outcome = {"order": order, "written": self.take(), "state": proto.machine.state,
+                   "log": [formatEvent(event) for event in logged],
+                   "released": proto._released}
+        self.clock.advance(ARTIM - 0.5)
+        outcome["open before ARTIM"] = not self.transport.disconnecting
+        self.clock.advance(0.5)
+        outcome["closed at ARTIM"] = self.transport.disconnecting
+        proto.connectionLost(Failure(ConnectionDone()))
+        outcome["end"] = (proto.machine.state, self.clock.getDelayedCalls())
+        return outcome
+
+    def test_release_rq_recognized_whole(self) -> None:
+        """An A-RELEASE-RQ arriving whole and alone is taken without framing
+        and decoding it, with exactly the effects of one that is framed (a
+        reserved byte set, or one byte at a time): AR-2 indicates it in
+        Sta6, the hook's response sends the RP in Sta8 (AR-4), Sta13, the
+        same log lines, ARTIM's full time."""
+        whole = self.release_outcome(RELEASE_RQ)
+        self.assertEqual(whole["order"], ["whole", "on_release_rq AReleaseRQ in STA6",
+                                          "send_pdu AReleaseRP in STA8"])
+        self.assertEqual(whole["written"], AReleaseRP().encode())
+        self.assertEqual(whole["state"], State.STA13)
+        self.assertEqual(whole["log"], ["Association Released by ECHOSCU"])
+        self.assertTrue(whole["open before ARTIM"])
+        self.assertTrue(whole["closed at ARTIM"])
+        self.assertEqual(whole["end"], (State.STA1, []))
+        reserved = self.release_outcome(RELEASE_RQ[:-1] + b"\x01")
+        by_byte = self.release_outcome(*(RELEASE_RQ[i:i + 1] for i in range(len(RELEASE_RQ))))
+        for framed in (reserved, by_byte):
+            self.assertEqual(framed["order"], whole["order"][1:])
+            self.assertEqual({**framed, "order": None}, {**whole, "order": None})
+
+    def test_release_rp_written_before_artim_call(self) -> None:
+        """The A-RELEASE-RP is written before ARTIM's call is made (the
+        peer waits for the one, not the other); ARTIM still runs its full
+        time."""
+        proto = self.associated()
+        order: list[str] = []
+        write = self.transport.write
+        self.transport.write = lambda data: order.append(f"write {data!r}") or write(data)
+        schedule = proto._schedule_artim
+        proto._schedule_artim = lambda: order.append("ARTIM") or schedule()
+        proto.dataReceived(RELEASE_RQ)
+        self.assertEqual(order, [f"write {AReleaseRP().encode()!r}", "ARTIM"])
+        self.clock.advance(ARTIM - 0.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_release_rq_recognized_whole_before_association(self) -> None:
+        """A whole A-RELEASE-RQ before any A-ASSOCIATE-RQ (Sta2) goes to the
+        machine's table like a framed one: AA-1, an A-ABORT, Sta13."""
+        whole = self.release_outcome(RELEASE_RQ, associate=False)
+        self.assertEqual(whole["order"], ["whole", "send_pdu AAbort in STA2"])
+        self.assertEqual(decode_written(whole["written"]), [AAbort(2, 2)])
+        framed = self.release_outcome(RELEASE_RQ[:-1] + b"\x01", associate=False)
+        self.assertEqual(framed["order"], whole["order"][1:])
+        self.assertEqual({**framed, "order": None}, {**whole, "order": None})
+
+    def test_release_rq_bytes_inside_a_pdu(self) -> None:
+        """The bytes of an A-RELEASE-RQ that complete a PDU already begun are
+        that PDU's, not a release: here a P-DATA-TF of 10 bytes whose PDV
+        item claims more than it holds, answered with an A-ABORT."""
+        outcome = self.release_outcome(HEADER.pack(0x04, len(RELEASE_RQ)), RELEASE_RQ)
+        self.assertEqual(outcome["order"], ["send_pdu AAbort in STA6"])
+        self.assertEqual(decode_written(outcome["written"]), [AAbort(2, 6)])
+        self.assertEqual(outcome["state"], State.STA13)
+
     # -- ARTIM -------------------------------------------------------------------
     def test_artim_after_connect(self) -> None:
         """A peer that sends nothing after connecting is dropped when ARTIM expires, silently."""

@@ -74,6 +74,11 @@ class PDUFramer:
         """Bytes held, waiting for the rest of a PDU."""
         return self._buffered
 
+    def idle(self) -> bool:
+        """Whether nothing is held (the next bytes begin a PDU) and the
+        framer is alive."""
+        return not (self._chunks or self._header is not None or self._failed)
+
     def single(self, data: bytes) -> tuple[tuple[int, memoryview]] | tuple[()]:
         """``data`` as the one PDU it is, ``((pdu_type, body),)``, when it is
         exactly one whole PDU within the limits and nothing is held; else

@@ -39,6 +39,7 @@ from dicomtwist.ul.pdu import (
     AbortSource,
     AReleaseRP,
     AReleaseRQ,
+    RELEASE_ENCODED,
     RELEASE_PDUS,
     RejectReason,
     RejectResult,
@@ -84,6 +85,12 @@ _CONNECTION_CLOSED = Event.EVT17
 _RELEASE_RP = Indication.RELEASE_RP
 #: The A-RELEASE-RP PDU (one for all: it carries nothing).
 _RELEASE_RP_PDU = RELEASE_PDUS[AReleaseRP.PDU_TYPE]
+#: An A-RELEASE-RQ as peers send it (reserved bytes zero), its PDU, and
+#: which event it is: :meth:`DicomProtocol.dataReceived` takes these bytes,
+#: arriving whole and alone, without framing and decoding them.
+_RELEASE_RQ_WIRE = RELEASE_ENCODED[AReleaseRQ.PDU_TYPE]
+_RELEASE_RQ_PDU = RELEASE_PDUS[AReleaseRQ.PDU_TYPE]
+_RECEIVED_RELEASE_RQ = Event.EVT12
 
 #: Default ARTIM timeout in seconds (PS3.8 9.1.5), as our -ta default.
 DEFAULT_ARTIM_TIMEOUT = 30.0
@@ -268,6 +275,11 @@ class DicomProtocol(Protocol):
         machine = self.machine
         try:
             framer = self.framer
+            if data == _RELEASE_RQ_WIRE and framer.idle():
+                # An A-RELEASE-RQ, whole and alone, the usual last request:
+                # what framing and decoding it would give, known already.
+                self._release_rq_received()
+                return
             for pdu_type, body in framer.single(data) or framer.feed(data):
                 # What decode_pdu and _event do, inline (the framer yields
                 # known types only).
@@ -295,6 +307,20 @@ class DicomProtocol(Protocol):
         finally:
             if collecting:
                 self._flush()
+
+    def _release_rq_received(self) -> None:
+        """Feed the A-RELEASE-RQ PDU (Evt12), as ``dataReceived`` feeds a
+        PDU it has framed and decoded."""
+        pdu = _RELEASE_RQ_PDU
+        if dlog.debug_on and self.log_pdus:
+            self.log.debug("Received {pdu.summary()}", pdu=pdu)
+        try:
+            self._feed(_RECEIVED_RELEASE_RQ, pdu)
+        except InvalidEventError:
+            self._event_failed("Upper Layer event {event} in the wrong state",
+                               _RECEIVED_RELEASE_RQ)
+        except Exception:
+            self._event_failed("Error handling {event}", _RECEIVED_RELEASE_RQ)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
