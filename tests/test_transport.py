@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -444,6 +444,65 @@ class AcceptLoopTests(SynchronousTestCase):
         self.factory.buildProtocol = lambda addr: None
         self.readiness(1)
         self.assertEqual(self.port.sessionno, 1)
+
+    def test_registered_after_connecting(self) -> None:
+        """A connection is registered for reading once its protocol's
+        ``makeConnection`` has run (what that writes goes first), unless
+        the protocol stopped reading meanwhile (paused, closing, aborted):
+        then it is not, as if it had been registered before."""
+        seen: dict[str, object] = {}
+
+        class Connecting(Protocol):
+            then: str = "nothing"
+
+            def connectionMade(self) -> None:
+                seen["reading while connecting"] = self.transport in reactor_.readers
+                if self.then == "pause":
+                    self.transport.pauseProducing()
+                elif self.then == "pause and resume":
+                    self.transport.pauseProducing()
+                    self.transport.resumeProducing()
+                elif self.then == "close":
+                    self.transport.loseConnection()
+                elif self.then == "abort":
+                    self.transport.abortConnection()
+
+        # (A clock too: an abort calls ``connectionLost`` later.)
+        reactor_ = self.reactor = self.port.reactor = MemoryReactorClock()
+        self.factory.protocol = Connecting
+        outcomes = {}
+        for then in ("nothing", "pause", "pause and resume", "close", "abort"):
+            Connecting.then = then
+            self.readiness(1)
+            connection = self.factory.built[-1].transport
+            outcomes[then] = (seen.pop("reading while connecting"),
+                              connection in self.reactor.readers,
+                              connection in self.reactor.writers)
+            # Later calls reach the reactor at once.
+            connection.stopReading()
+            self.assertNotIn(connection, self.reactor.readers)
+            if then == "nothing":
+                connection.startReading()
+                self.assertIn(connection, self.reactor.readers)
+        self.assertEqual(outcomes, {
+            "nothing": (False, True, False),
+            "pause": (False, False, False),
+            "pause and resume": (False, True, False),
+            "close": (False, False, True),
+            "abort": (False, False, False),
+        })
+
+    def test_registered_after_a_failure_in_protocol(self) -> None:
+        """A connection whose protocol failed while connecting is still
+        registered, as Twisted's port leaves it."""
+        class Failing(Protocol):
+            def connectionMade(self) -> None:
+                raise ZeroDivisionError()
+
+        self.factory.protocol = Failing
+        self.readiness(1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn(self.factory.built[-1].transport, self.reactor.readers)
 
     def test_other_errors_go_to_twisted(self) -> None:
         """An ``accept`` failing other than with EAGAIN (EMFILE here) is

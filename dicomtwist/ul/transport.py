@@ -82,8 +82,17 @@ class AcceptedConnection(tcp.Server):
     #: (``tcp.Server`` formats ``Protocol,session,host`` per connection).
     logstr = "DicomProtocol"
 
+    #: None once the connection is registered with the reactor; while it
+    #: is being set up (``register_later``), whether reading is wanted
+    #: when :meth:`register` ends the set-up.
+    _read_wanted: bool | None = None
+
     def __init__(self, sock: socket.socket, protocol: Any, client: tuple[Any, ...],
-                 server: tcp.Port, sessionno: int, reactor: Any) -> None:
+                 server: tcp.Port, sessionno: int, reactor: Any,
+                 register_later: bool = False) -> None:
+        """:param register_later: start reading only when :meth:`register`
+            is called; meanwhile ``startReading`` and ``stopReading`` note
+            whether reading is wanted then."""
         tcp.Connection.__init__(self, sock, protocol, reactor)
         if len(client) != 2:
             self._addressType = address.IPv6Address
@@ -91,8 +100,33 @@ class AcceptedConnection(tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        self.startReading()
+        if register_later:
+            self._read_wanted = True
+        else:
+            self.startReading()
         self.connected = 1
+
+    def startReading(self) -> None:
+        """Wait for read availability (after :meth:`register`, if the
+        set-up has not ended)."""
+        if self._read_wanted is None:
+            self.reactor.addReader(self)
+        else:
+            self._read_wanted = True
+
+    def stopReading(self) -> None:
+        """No longer wait for read availability."""
+        if self._read_wanted is None:
+            self.reactor.removeReader(self)
+        else:
+            self._read_wanted = False
+
+    def register(self) -> None:
+        """End the set-up begun with ``register_later``: start reading
+        unless the protocol stopped it meanwhile (paused, closing, lost)."""
+        wanted, self._read_wanted = self._read_wanted, None
+        if wanted:
+            self.reactor.addReader(self)
 
     def __repr__(self) -> str:
         protocol = getattr(self, "protocol", None)
@@ -242,8 +276,14 @@ class AcceptorPort(tcp.Port):
             return
         session = self.sessionno
         self.sessionno = session + 1
-        protocol.makeConnection(AcceptedConnection(skt, protocol, addr, self, session,
-                                                   self.reactor))
+        # Registered with the reactor (an ``epoll_ctl``) once connected:
+        # the protocol's answer to a request waiting already (see
+        # ``DicomProtocol.makeConnection``) is written first.
+        connection = AcceptedConnection(skt, protocol, addr, self, session, self.reactor, True)
+        try:
+            protocol.makeConnection(connection)
+        finally:
+            connection.register()
 
 
 @implementer(IStreamServerEndpoint)
