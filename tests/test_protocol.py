@@ -751,6 +751,51 @@ class AcceptorProtocolTests(SynchronousTestCase):
         factory.doStop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_next_association_made_ahead(self) -> None:
+        """Once an association is connected, its factory makes the next one
+        ahead; the next connection gets it, numbered then (ids in the order
+        connections came, none skipped), and it answers as one made then
+        would; a setting changed meanwhile, or the factory stopping, drops
+        it."""
+        factory = AcceptorFactory(self.clock, policy(), {"echo": handle_echo},
+                                  network_timeout=10)
+        factory.doStart()
+        peer = self.transport.getPeer()
+
+        def serve(proto: Association) -> bytes:
+            transport = StringTransport(peerAddress=peer)
+            proto.makeConnection(transport)
+            proto.dataReceived(ECHOSCU_RQ + ECHO_RQ + RELEASE_RQ)
+            proto.connectionLost(Failure(ConnectionDone()))
+            return transport.value()
+
+        first = factory.buildProtocol(peer)
+        self.assertEqual(factory._spare, [])
+        answers = serve(first)
+        [ahead] = factory._spare
+        self.assertEqual(ahead.association_id, 0)
+        requestor = Association(self.clock)
+        second = factory.buildProtocol(peer)
+        self.assertIs(second, ahead)
+        self.assertEqual(factory._spare, [])
+        self.assertEqual((requestor.association_id, second.association_id),
+                         (first.association_id + 1, first.association_id + 2))
+        self.assertEqual(serve(second), answers)
+        self.assertEqual(factory.associations, set())
+
+        [ahead] = factory._spare
+        factory.policy = policy(ae_title="OTHER")
+        self.assertEqual(factory._spare, [])
+        third = factory.buildProtocol(peer)
+        self.assertIsNot(third, ahead)
+        self.assertIs(third.policy, factory.policy)
+        self.assertEqual(third.association_id, second.association_id + 1)
+        serve(third)
+        self.assertEqual(len(factory._spare), 1)
+        factory.doStop()
+        self.assertEqual(factory._spare, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_network_timeout(self) -> None:
         """An association idle for network_timeout seconds is aborted and closed."""
         proto = self.associated(network_timeout=10)

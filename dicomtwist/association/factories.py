@@ -14,10 +14,16 @@ from dicomtwist import acse
 from dicomtwist import log as dlog
 from dicomtwist.acse import AcceptorPolicy
 from dicomtwist.association.handlers import Handler
-from dicomtwist.association.protocol import Association
+from dicomtwist.association.protocol import Association, next_association_id
 from dicomtwist.dimse.assembly import SinkFactory, memory_sink
 from dicomtwist.ul.pdu import AAssociateRJ, RejectReason, RejectResult, RejectSource
 from dicomtwist.ul.timers import deadlines
+
+
+#: The factory's settings each association is made with: setting one
+#: drops the association made ahead (:meth:`AcceptorFactory.prepare`).
+_SETTINGS = frozenset({"reactor", "policy", "handlers", "sink_for", "acse_timeout",
+                       "dimse_timeout", "network_timeout", "timers"})
 
 
 class AcceptorFactory(Factory):
@@ -52,6 +58,15 @@ class AcceptorFactory(Factory):
         self.associations: set[Association] = set()
         #: The associations' timers (see :mod:`dicomtwist.ul.timers`).
         self.timers = deadlines(reactor)
+        # The next association, made ahead (see prepare): none or one.
+        self._spare: list[Association] = []
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set an attribute; a setting the associations are made with (a
+        new policy, say) drops the one made ahead with the old."""
+        if name in _SETTINGS and "_spare" in self.__dict__:
+            self._spare.clear()
+        super().__setattr__(name, value)
 
     def startFactory(self) -> None:
         """Listening: keep the associations' shared timer call between
@@ -59,19 +74,40 @@ class AcceptorFactory(Factory):
         self.timers.hold()
 
     def stopFactory(self) -> None:
-        """No longer listening: the shared timer call may go."""
+        """No longer listening: the shared timer call may go, and the
+        association made ahead."""
         self.timers.release()
+        self._spare.clear()
 
     def buildProtocol(self, addr: Any) -> Association:
-        """A new acceptor association with our policy and handlers."""
-        assoc = Association(self.reactor, handlers=self.handlers, sink_for=self.sink_for,
-                            policy=self.policy, max_pdu=self.policy.max_pdu,
-                            acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
-                            network_timeout=self.network_timeout, timers=self.timers)
+        """A new acceptor association with our policy and handlers (the one
+        made ahead, if any), numbered now."""
+        spare = self._spare
+        if spare:
+            assoc = spare.pop()
+            assoc.association_id = next_association_id()
+        else:
+            assoc = self._association(None)
         assoc.factory = self
         assoc.peer_address = addr
         self.associations.add(assoc)
         return assoc
+
+    def prepare(self) -> None:
+        """Make the next association ahead (an association calls this once
+        connected, when its answer to a request waiting at accept has been
+        written): its making is then not between the next connection's
+        request and our answer.  Unnumbered until :meth:`buildProtocol`
+        takes it."""
+        if not self._spare:
+            self._spare.append(self._association(0))
+
+    def _association(self, association_id: int | None) -> Association:
+        return Association(self.reactor, handlers=self.handlers, sink_for=self.sink_for,
+                           policy=self.policy, max_pdu=self.policy.max_pdu,
+                           acse_timeout=self.acse_timeout, dimse_timeout=self.dimse_timeout,
+                           network_timeout=self.network_timeout, timers=self.timers,
+                           association_id=association_id)
 
     def association_ended(self, assoc: Association) -> None:
         """An association's connection has ended (its ``on_connection_lost``

@@ -104,6 +104,8 @@ class Association(Requestor, DicomProtocol):
         answers (also the ARTIM timeout).
     :param dimse_timeout: seconds to wait for each DIMSE response.
     :param network_timeout: seconds of silence before aborting.
+    :param association_id: its id (see ``association_id``); None: the
+        next one of the process (0: set later, by the factory using it).
     """
 
     log = dlog.logger()
@@ -121,7 +123,8 @@ class Association(Requestor, DicomProtocol):
                  sink_for: SinkFactory = memory_sink, policy: AcceptorPolicy | None = None,
                  max_pdu: int = acse.DEFAULT_MAX_PDU, acse_timeout: float = 30.0,
                  dimse_timeout: float | None = 30.0, network_timeout: float | None = None,
-                 yield_every: int = 32, timers: Deadlines | None = None) -> None:
+                 yield_every: int = 32, timers: Deadlines | None = None,
+                 association_id: int | None = None) -> None:
         super().__init__(clock, max_pdu=max_pdu, artim_timeout=acse_timeout,
                          network_timeout=network_timeout, timers=timers)
         # Shared with the factory (every association of a port has the same
@@ -134,7 +137,8 @@ class Association(Requestor, DicomProtocol):
         self.yield_every = yield_every
         self.negotiated: Negotiated | None = None
         #: This association's id in the process (log lines and events).
-        self.association_id = next(_association_ids)
+        self.association_id = (next(_association_ids) if association_id is None
+                               else association_id)
         # The fields of its log events, made when first asked for once the
         # A-ASSOCIATE-RQ is known (see ``log_fields``).
         self._log_fields: dict[str, Any] | None = None
@@ -215,6 +219,17 @@ class Association(Requestor, DicomProtocol):
         d.errback(self._establishment)
         if self._establishment_observed:
             d.addErrback(lambda _: None)
+
+    def makeConnection(self, transport: Any) -> None:
+        """Connect (:meth:`DicomProtocol.makeConnection`: an acceptor's
+        answer to a request waiting at accept is written meanwhile); then
+        an acceptor's factory makes its next association ahead, while our
+        peer reads the answer (:meth:`AcceptorFactory.prepare`)."""
+        super().makeConnection(transport)
+        if self.policy is not None:
+            prepare = getattr(self.factory, "prepare", None)
+            if prepare is not None:
+                prepare()
 
     def connectionMade(self) -> None:
         """Start the ACSE timer (requestor) and the Upper Layer flow."""
@@ -830,6 +845,11 @@ class Association(Requestor, DicomProtocol):
                 os.unlink(request.data)
             except OSError:
                 pass
+
+
+def next_association_id() -> int:
+    """The next association id of the process (see ``Association.association_id``)."""
+    return next(_association_ids)
 
 
 class _Lines:
