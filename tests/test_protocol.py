@@ -751,6 +751,44 @@ class AcceptorProtocolTests(SynchronousTestCase):
         factory.doStop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_network_timeout_started_after_the_answer(self) -> None:
+        """The network timeout's call, when input handled starts it, is made
+        after the answer is written; it still expires network_timeout
+        seconds after that input."""
+        proto = self.associated(network_timeout=10)
+        proto._cancel_idle()
+        order: list[str] = []
+        write = self.transport.write
+        self.transport.write = lambda data: order.append("write") or write(data)
+        start_idle = proto._start_idle
+        proto._start_idle = lambda: order.append("network timeout") or start_idle()
+        proto.dataReceived(ECHO_RQ)
+        self.assertEqual(order, ["write", "network timeout"])
+        self.assertEqual(pdata_messages(decode_written(self.take())),
+                         [m.CEchoRSP(7, Status.SUCCESS, VERIFICATION)])
+        self.clock.advance(9.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertEqual(self.take(), AAbort(2, 0).encode())
+        self.assertTrue(self.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_network_timeout_not_started_once_closed(self) -> None:
+        """A network timeout noted while input is handled is not started if
+        the connection is closed meanwhile (here by the peer's A-ABORT,
+        after a request answered first)."""
+        proto = self.associated(network_timeout=10)
+        proto._cancel_idle()
+        proto.dataReceived(ECHO_RQ + AAbort(0, 0).encode())
+        self.assertEqual(pdata_messages(decode_written(self.take())),
+                         [m.CEchoRSP(7, Status.SUCCESS, VERIFICATION)])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(proto._idle)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(proto._idle)
+
     def test_next_association_made_ahead(self) -> None:
         """Once an association is connected, its factory makes the next one
         ahead; the next connection gets it, numbered then (ids in the order

@@ -118,7 +118,8 @@ class DicomProtocol(Protocol):
     # (Twisted's Protocol keeps one for transport, factory, connected).
     __slots__ = ("clock", "machine", "framer", "artim_timeout", "network_timeout", "_artim",
                  "_timers",
-                 "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_last_input",
+                 "_artim_running", "_artim_pending", "_feeding", "_queued", "_idle", "_idle_pending",
+                 "_last_input",
                  "_peer_description",
                  "peer_address", "_answer_release_after_rp", "associate_rq", "_outgoing",
                  "sending_file", "_settled")
@@ -147,6 +148,9 @@ class DicomProtocol(Protocol):
         self._feeding: bool | str = False
         self._queued: list[tuple[Event, Any]] = []
         self._idle: Timer | None = None
+        # The network timeout's timer is to be started when the handling
+        # of input ends (see :meth:`_touch`).
+        self._idle_pending = False
         # When input last came (the network timeout counts from it).
         self._last_input = 0.0
         # ``host:port``, made when first asked for (log lines only).
@@ -264,14 +268,14 @@ class DicomProtocol(Protocol):
 
         What the machine sends meanwhile goes out in one write at the end.
         """
+        collecting = self._outgoing is None
+        if collecting:
+            self._outgoing = []
         if self.network_timeout is not None:
             # What _touch does, inline: input came.
             self._last_input = self.clock.seconds()
             if self._idle is None:
                 self._touch()
-        collecting = self._outgoing is None
-        if collecting:
-            self._outgoing = []
         machine = self.machine
         try:
             framer = self.framer
@@ -325,6 +329,7 @@ class DicomProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
         idle, self._idle = self._idle, None  # (_cancel_idle, inline)
+        self._idle_pending = False
         if idle is not None:
             self._timers.stop(idle)
         if self.machine._state is not _CLOSED:
@@ -414,10 +419,12 @@ class DicomProtocol(Protocol):
 
     def _flush(self) -> None:
         """Write what was collected while handling input, in one piece;
-        then make ARTIM's call if it was started meanwhile.
+        then start the timers started meanwhile: ARTIM's call, the network
+        timeout's.
 
         The write comes first: the peer's next step waits for it (an
-        A-RELEASE-RP starts ARTIM), the timer's call does not.
+        A-RELEASE-RP starts ARTIM, a new connection's A-ASSOCIATE-AC the
+        network timeout), the timers' calls do not.
         """
         outgoing, self._outgoing = self._outgoing, None
         try:
@@ -426,6 +433,8 @@ class DicomProtocol(Protocol):
         finally:
             if self._artim_pending and self._artim_running:
                 self._schedule_artim()
+            if self._idle_pending:
+                self._start_idle()
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``: straight to the socket when nothing is queued.
@@ -723,16 +732,29 @@ class DicomProtocol(Protocol):
 
         Only the time is noted: the timer's call, made once, looks at it
         when it comes and waits again for what is left (a read costs one
-        clock reading rather than moving the call).
+        clock reading rather than moving the call).  While input is
+        handled, the call is made when the handling ends, after what it
+        answers is written (:meth:`_flush`).
         """
         if self.network_timeout is None:
             return
         self._last_input = self.clock.seconds()
         if self._idle is None and self.machine._state is not _CLOSED:
+            if self._outgoing is not None:
+                self._idle_pending = True
+                return
+            self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
+
+    def _start_idle(self) -> None:
+        """Make the network timeout's call noted by :meth:`_touch`, unless
+        made, or no longer wanted, meanwhile."""
+        self._idle_pending = False
+        if self._idle is None and self.machine._state is not _CLOSED:
             self._idle = self._timers.call_later(self.network_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
         idle, self._idle = self._idle, None
+        self._idle_pending = False
         self._timers.stop(idle)
 
     def _idle_expired(self) -> None:
