@@ -506,7 +506,7 @@ def abandon_jobs(index: Any, settings: configuration.Config, worker: bool = Fals
 
     from dicomtwist.storage.index import jobs
 
-    alive = jobs.pid_alive if worker else (lambda pid: False)
+    alive = jobs.pid_alive if worker else (lambda pid, start: False)
     try:
         ended = jobs.abandon(index, node_name(settings), time.time(), alive)
     except Exception:

@@ -5,6 +5,7 @@ processes sharing one index see them."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -85,8 +86,8 @@ class JobTableTests:
         jobs.update(index, finished, dict(state="done", total=0, remaining=0, completed=0,
                                           failed=0, warning=0, status=0, error=None,
                                           finished=2.0))
-        self.assertEqual(jobs.abandon(index, "host-A-tcp:104", 5.0, lambda pid: pid == 7002),
-                         [mine_dead])
+        self.assertEqual(jobs.abandon(index, "host-A-tcp:104", 5.0,
+                                      lambda pid, start: pid == 7002), [mine_dead])
         row = jobs.get(index, mine_dead)
         self.assertEqual((row["state"], row["error"], row["finished"]),
                          ("failed", jobs.ABANDONED, 5.0))
@@ -95,6 +96,27 @@ class JobTableTests:
         self.assertEqual(jobs.get(index, finished)["state"], "done")
         # A node that starts: every running job of its earlier processes.
         self.assertEqual(jobs.abandon(index, "host-A-tcp:104", 6.0), [mine_alive])
+
+    def test_abandon_by_process_and_start(self):
+        """An owner names the process id and its start time: a job whose
+        process id now belongs to a later process is abandoned; an owner of
+        an earlier version (no start time) is judged by its id alone."""
+        index = self.make_index()
+        node = "host-A-tcp:104"
+        seen = []
+
+        def alive(pid, start):
+            seen.append((pid, start))
+            return (pid, start) in {(7001, 500), (7003, None)}
+
+        running = jobs.create(index, f"{node}:7001+500", "D", "1.1", None, None, "", 1.0)
+        reused = jobs.create(index, f"{node}:7001+400", "D", "1.2", None, None, "", 1.0)
+        old = jobs.create(index, f"{node}:7003", "D", "1.3", None, None, "", 1.0)
+        odd = jobs.create(index, f"{node}:7004+x", "D", "1.4", None, None, "", 1.0)
+        self.assertEqual(jobs.abandon(index, node, 5.0, alive), [reused])
+        self.assertEqual(sorted(seen), [(7001, 400), (7001, 500), (7003, None)])
+        self.assertEqual([jobs.get(index, pk)["state"] for pk in (running, old, odd)],
+                         ["running"] * 3)
 
     def test_upgrade_from_version_3(self):
         """An index of schema version 3 (no web_job table) is upgraded at
@@ -258,6 +280,37 @@ class TwoProcessesTests(ApiTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
+class ProcessTests(SynchronousTestCase):
+    """Owners and the liveness of the processes they name."""
+
+    def test_owner_names_this_process_and_its_start(self) -> None:
+        """This process's owner is ``node:pid+start``, its start time as
+        ``/proc`` gives it; it is alive, and a process of the same id with
+        another start time is not."""
+        start = jobs.process_start(os.getpid())
+        self.assertIsInstance(start, int)
+        self.assertEqual(jobs.owner("node-x"), f"node-x:{os.getpid()}+{start}")
+        self.assertTrue(jobs.pid_alive(os.getpid(), start))
+        self.assertTrue(jobs.pid_alive(os.getpid()))
+        self.assertFalse(jobs.pid_alive(os.getpid(), start + 1))
+
+    def test_gone_process(self) -> None:
+        """No process above Linux's largest pid_max: not alive, no start."""
+        self.assertIsNone(jobs.process_start(2 ** 22 + 7))
+        self.assertFalse(jobs.pid_alive(2 ** 22 + 7))
+        self.assertFalse(jobs.pid_alive(2 ** 22 + 7, 123))
+        self.assertEqual(jobs.owner("node-x", 2 ** 22 + 7), f"node-x:{2 ** 22 + 7}")
+
+    def test_start_read_after_a_command_name_with_parentheses(self) -> None:
+        """The command name in ``/proc/PID/stat`` may hold spaces and
+        parentheses: the start time is counted from the last ``)``."""
+        fields = b" ".join(str(n).encode() for n in range(4, 22))
+        self.assertEqual(jobs.start_time(b"4242 (a) b (c) S " + fields + b" 987654 0 0\n"),
+                         987654)
+        self.assertRaises(ValueError, jobs.start_time, b"4242 no parentheses")
+        self.assertRaises(IndexError, jobs.start_time, b"4242 (short) S 1 2\n")
+
+
 class GoneWorkerTests(ApiTestCase):
     """The running jobs of a process of this node that is gone (a worker
     past its restart limit: nobody replaces it) are failed when read."""
@@ -279,6 +332,16 @@ class GoneWorkerTests(ApiTestCase):
                            "", 1.0)
         self.assertEqual(self.api_request("GET", f"/api/jobs/{late}").json()["state"], "failed")
         self.assertEqual(jobs.get(self.index, elsewhere)["state"], "running")
+
+    def test_process_id_reused(self) -> None:
+        """A job of an ended process whose id a later process (here: this
+        one) was given is failed too; this process's own stays running."""
+        start = jobs.process_start(os.getpid())
+        reused = jobs.create(self.index, f":{os.getpid()}+{start - 1}", "D", "1.1", None, None,
+                             "", 1.0)
+        own = jobs.create(self.index, jobs.owner(""), "D", "1.2", None, None, "", 1.0)
+        states = {job["id"]: job["state"] for job in self.api_request("GET", "/api/jobs").json()}
+        self.assertEqual((states[str(reused)], states[str(own)]), ("failed", "running"))
 
 
 class AbandonAtStartTests(SynchronousTestCase):

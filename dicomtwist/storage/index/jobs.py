@@ -18,8 +18,11 @@ on sqlite for one process):
   (:func:`abandon`; a ``--workers`` worker only those of processes that
   are gone).
 
-Each job row names its ``owner``, ``<node>:<pid>`` (the node as
-``tap.node_name`` says it: host, AE title and first listener).  Times are
+Each job row names its ``owner``, ``<node>:<pid>+<start>`` (the node as
+``tap.node_name`` says it: host, AE title and first listener; the process
+id, and the process's start time in clock ticks after boot, so that a
+later process given the same id is not taken for it; rows of earlier
+versions have ``<node>:<pid>``).  Times are
 integer milliseconds since the epoch (the JSON gives seconds).  Every
 function blocks: call it in the archive's thread pool.
 """
@@ -30,8 +33,8 @@ import os
 from typing import Any, Callable
 
 __all__ = ["ABANDONED", "CANCEL_REQUESTED", "CANCEL_SEEN", "PROGRESS", "abandon", "create",
-           "forget", "get", "owner", "pid_alive", "recent", "request_cancel", "statements",
-           "to_millisecond", "update"]
+           "forget", "get", "owner", "pid_alive", "process_start", "recent", "request_cancel",
+           "start_time", "statements", "to_millisecond", "update"]
 
 #: ``cancel`` once a process was asked to cancel the job...
 CANCEL_REQUESTED = 1
@@ -65,8 +68,32 @@ def statements(types: Any) -> list[str]:
 
 
 def owner(node: str, pid: int | None = None) -> str:
-    """The owner value of this process (``pid``: another's)."""
-    return f"{node}:{os.getpid() if pid is None else pid}"
+    """The owner value of this process (``pid``: another's, as of now)."""
+    if pid is None:
+        pid = os.getpid()
+    start = process_start(pid)
+    return f"{node}:{pid}" if start is None else f"{node}:{pid}+{start}"
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks after boot
+    (``/proc/PID/stat``, field 22); None if it is not running or the
+    system has no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fp:
+            return start_time(fp.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_time(stat: bytes) -> int:
+    """The start time (field 22) of a ``/proc/PID/stat`` line.
+
+    :raises ValueError: or ``IndexError``: not such a line.
+    """
+    # After the command name in parentheses (which may hold anything, even
+    # parentheses), the fields from the third (the state) on.
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -147,14 +174,17 @@ def forget(index: Any, kept: int) -> None:
 
 
 def abandon(index: Any, node: str, finished: float,
-            alive: Callable[[int], bool] = lambda pid: False) -> list[int]:
+            alive: Callable[[int, int | None], bool] = lambda pid, start: False) -> list[int]:
     """Mark ``failed`` the running jobs of ``node``'s processes that are
-    not ``alive`` (by default: all of them, for a node that starts); their
-    ids."""
+    not ``alive(pid, start)`` (``start`` None for an owner of an earlier
+    version; by default none is alive: a node that starts); their ids."""
     ended = []
     for row in index._rows("SELECT pk, owner FROM web_job WHERE state = 'running'"):
-        name, _, pid = str(row["owner"]).rpartition(":")
-        if name == node and pid.isdigit() and not alive(int(pid)):
+        name, _, process = str(row["owner"]).rpartition(":")
+        pid, _, start = process.partition("+")
+        if name != node or not pid.isdigit() or not (start.isdigit() or not start):
+            continue
+        if not alive(int(pid), int(start) if start else None):
             ended.append(int(row["pk"]))
     if ended:
         with index.transaction():
@@ -165,12 +195,17 @@ def abandon(index: Any, node: str, finished: float,
     return ended
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host."""
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether a process ``pid`` runs on this host, and, given its
+    ``start`` (:func:`process_start`), is still the one that started then
+    (not a later process given the same id)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if start is None:
         return True
-    return True
+    now = process_start(pid)
+    return now is None or now == start
