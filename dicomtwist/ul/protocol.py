@@ -267,17 +267,20 @@ class DicomProtocol(Protocol):
         """Frame, decode and feed each PDU to the machine; never raise.
 
         What the machine sends meanwhile goes out in one write at the end.
+        An A-RELEASE-RQ read whole and alone, as peers send it, is fed
+        without framing and decoding it (the usual last request, answered
+        at once).
         """
         collecting = self._outgoing is None
         if collecting:
             self._outgoing = []
-        if self.network_timeout is not None:
-            # What _touch does, inline: input came.
-            self._last_input = self.clock.seconds()
-            if self._idle is None:
-                self._touch()
         machine = self.machine
         try:
+            if self.network_timeout is not None:
+                # What _touch does, inline: input came.
+                self._last_input = self.clock.seconds()
+                if self._idle is None:
+                    self._touch()
             framer = self.framer
             if data == _RELEASE_RQ_WIRE and framer.idle():
                 # An A-RELEASE-RQ, whole and alone, the usual last request:
