@@ -793,8 +793,8 @@ class AcceptorProtocolTests(SynchronousTestCase):
         """Once an association is connected, its factory makes the next one
         ahead; the next connection gets it, numbered then (ids in the order
         connections came, none skipped), and it answers as one made then
-        would; a setting changed meanwhile, or the factory stopping, drops
-        it."""
+        would; one made before a setting changed is not used, and the
+        factory stopping drops it."""
         factory = AcceptorFactory(self.clock, policy(), {"echo": handle_echo},
                                   network_timeout=10)
         factory.doStart()
@@ -821,14 +821,18 @@ class AcceptorProtocolTests(SynchronousTestCase):
         self.assertEqual(serve(second), answers)
         self.assertEqual(factory.associations, set())
 
-        [ahead] = factory._spare
-        factory.policy = policy(ae_title="OTHER")
-        self.assertEqual(factory._spare, [])
-        third = factory.buildProtocol(peer)
-        self.assertIsNot(third, ahead)
-        self.assertIs(third.policy, factory.policy)
-        self.assertEqual(third.association_id, second.association_id + 1)
-        serve(third)
+        for setting, value in (("policy", policy(ae_title="OTHER")), ("handlers", {}),
+                               ("sink_for", lambda message, context: None),
+                               ("acse_timeout", 5.0), ("dimse_timeout", None),
+                               ("network_timeout", 20)):
+            [ahead] = factory._spare
+            setattr(factory, setting, value)
+            made = factory.buildProtocol(peer)
+            self.assertIsNot(made, ahead, setting)
+            self.assertIs(getattr(made, setting), value)
+            self.assertEqual(made.association_id, second.association_id + 1)
+            second = made
+            serve(made)
         self.assertEqual(len(factory._spare), 1)
         factory.doStop()
         self.assertEqual(factory._spare, [])

@@ -225,7 +225,7 @@ class Association(Requestor, DicomProtocol):
         answer to a request waiting at accept is written meanwhile); then
         an acceptor's factory makes its next association ahead, while our
         peer reads the answer (:meth:`AcceptorFactory.prepare`)."""
-        super().makeConnection(transport)
+        DicomProtocol.makeConnection(self, transport)
         if self.policy is not None:
             prepare = getattr(self.factory, "prepare", None)
             if prepare is not None:

@@ -279,7 +279,7 @@ class DicomProtocol(Protocol):
             if self.network_timeout is not None:
                 # What _touch does, inline: input came.
                 self._last_input = self.clock.seconds()
-                if self._idle is None:
+                if self._idle is None and not self._idle_pending:
                     self._touch()
             framer = self.framer
             if data == _RELEASE_RQ_WIRE and framer.idle():
