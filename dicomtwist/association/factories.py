@@ -76,7 +76,7 @@ class AcceptorFactory(Factory):
             # (Made with the settings of the moment, which may have
             # changed since: a new policy, say.  A check here rather than
             # a ``__setattr__`` on the factory: that costs more than the
-            # association it saves, about 7,000 instructions each.)
+            # association it saves: 5,000-7,000 instructions each.)
             if (assoc.policy is self.policy and assoc.handlers is self.handlers
                     and assoc.sink_for is self.sink_for and assoc.clock is self.reactor
                     and assoc.acse_timeout == self.acse_timeout
