@@ -82,11 +82,6 @@ class AcceptedConnection(tcp.Server):
     #: (``tcp.Server`` formats ``Protocol,session,host`` per connection).
     logstr = "DicomProtocol"
 
-    #: None once the connection is registered with the reactor; while it
-    #: is being set up (``register_later``), whether reading is wanted
-    #: when :meth:`register` ends the set-up.
-    _read_wanted: bool | None = None
-
     def __init__(self, sock: socket.socket, protocol: Any, client: tuple[Any, ...],
                  server: tcp.Port, sessionno: int, reactor: Any,
                  register_later: bool = False) -> None:
@@ -100,9 +95,11 @@ class AcceptedConnection(tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        if register_later:
-            self._read_wanted = True
-        else:
+        # None once the connection is registered with the reactor; while
+        # it is being set up (``register_later``), whether reading is
+        # wanted when :meth:`register` ends the set-up.
+        self._read_wanted: bool | None = True if register_later else None
+        if not register_later:
             self.startReading()
         self.connected = 1
 
