@@ -30,8 +30,11 @@ connection
 names itself for Twisted's log context with its protocol's class only
 (the archive's own log lines carry the peer and association fields), is
 closed without ``shutdown`` (the socket is close-on-exec and this
-process's alone, so ``close`` ends the connection the same way), and a
-non-half-closeable protocol is told of the peer's end of file directly.
+process's alone, so ``close`` ends the connection the same way), a
+non-half-closeable protocol is told of the peer's end of file directly,
+and a new connection is registered with the reactor only once its
+protocol's ``makeConnection`` has run (the answer to a request waiting at
+accept is then written before the ``epoll_ctl``).
 Anything unusual (an ``accept`` failing other than with ``EAGAIN``,
 half-closeable protocols, aborts) goes through Twisted's own code.  The
 listening socket has ``TCP_NODELAY`` set once, which Linux and the BSDs
