@@ -12,7 +12,9 @@ PDUs sent while input is handled (``connectionMade``, ``dataReceived``) are
 collected and written together when the handling ends: one write (and, on a
 plain TCP transport with nothing queued, one ``send`` at once rather than a
 reactor iteration later) for the answer to a request, however many PDUs it
-takes.
+takes.  Timers started meanwhile (ARTIM, the network timeout) have their
+clock calls made after that write: the peer waits for the one, not the
+others.
 """
 
 from __future__ import annotations
