@@ -122,6 +122,17 @@ def _count(value: str) -> int:
     return count
 
 
+#: The longest ``poll_spin``, in microseconds.
+MAX_POLL_SPIN = 1000
+
+
+def _microseconds(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= MAX_POLL_SPIN:
+        raise ValueError(f"microseconds, 0 to {MAX_POLL_SPIN}")
+    return number
+
+
 def _megabytes(value: str) -> int:
     size = int(value)
     if size < 0:
@@ -238,6 +249,9 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "pending_interval": (_grace, 0.1),
     # Processes behind the listening ports (docs/scaling.md).
     "workers": (_count, 1),
+    # Polling before sleeping while requests come close together
+    # (docs/user-guide.md, dicomtwist/reactor.py).
+    "poll_spin": (_microseconds, 40),
     # Compression on ingest (docs/user-guide.md).
     "store_transfer_syntax": (_store_syntax, None),
     # Modality Worklist items (*.wl files; docs/user-guide.md).
@@ -309,6 +323,9 @@ class Config:
     pending_interval: float = 0.1
     #: Archive processes behind the same listening ports (PostgreSQL only).
     workers: int = 1
+    #: Microseconds the reactor polls before it sleeps while requests
+    #: come close together (0: it never does).
+    poll_spin: int = 40
     #: A lossless syntax to store uncompressed instances in (None: as
     #: received).
     store_transfer_syntax: str | None = None

@@ -21,6 +21,18 @@ to do (running due calls when none is due, a context manager per
 iteration), and a connection's readiness to read goes straight to its
 ``doRead``.
 
+While requests follow each other closely, it polls for a short while
+before it sleeps (:attr:`DicomReactor.spin`, the ``poll_spin`` setting,
+40 µs by default).  A peer answering a response at once (the next PDU of
+a C-ECHO or a C-STORE, an A-RELEASE-RQ) is then found by a poll that
+returns at once, without the wake-up of a sleeping process: on this
+machine about 25 µs from the client's ``send`` to the poll's return,
+more than the Python that answers it.  The spin is adaptive: the reactor
+spins only after a poll that either found events while spinning or
+slept less than the spin would have lasted, so a daemon whose peers
+pause between requests (or an idle one) sleeps as before, and a spin
+that finds nothing costs at most once per pause.
+
 :func:`install` makes it the global reactor of the daemon (``dicomqr``,
 ``twistd dicomqr`` and the ``--workers`` processes) when no reactor was
 chosen: ``twistd --reactor=NAME dicomqr`` keeps the one named.  It needs
@@ -32,6 +44,7 @@ from __future__ import annotations
 import errno
 import select
 import sys
+from time import perf_counter
 from typing import Any
 
 from twisted.internet.main import CONNECTION_DONE
@@ -45,6 +58,9 @@ __all__ = ["DicomReactor", "install"]
 MAX_POLL_TIMEOUT = 2147483
 #: A plain readiness to read.
 _EPOLLIN = select.EPOLLIN
+#: How long the reactor polls before it sleeps, in seconds, while
+#: requests follow each other closely (see the module's docstring).
+SPIN = 40e-6
 
 
 try:
@@ -56,7 +72,19 @@ except ImportError:  # pragma: no cover - not Linux
 if EPollReactor is not None:
 
     class DicomReactor(EPollReactor):
-        """``EPollReactor``, each event dispatched without a log context."""
+        """``EPollReactor``, each event dispatched without a log context,
+        and polling a short while before it sleeps while requests come
+        close together.
+
+        :ivar spin: the longest spin, in seconds (0: never spin).
+        """
+
+        spin = SPIN
+        #: The last poll found events while spinning, or slept less than
+        #: ``spin``: the next one spins first.
+        _spinning = False
+        #: The clock of the spin (a test's stand-in).
+        _clock = staticmethod(perf_counter)
 
         def mainLoop(self) -> None:
             """Run until stopped: timed and threads' calls, then a poll.
@@ -108,11 +136,17 @@ if EPollReactor is not None:
             itself in fewer steps than ``_disconnectSelectable`` takes).
             Anything else (a writable socket, a hang-up, an error) goes to
             ``_doReadOrWrite``.
+
+            A poll that may wait spins first when the last one found
+            events soon enough (:meth:`_wait`).
             """
             if timeout is None:
                 timeout = -1  # wait indefinitely
             try:
-                events = self._poller.poll(timeout, len(self._selectables))
+                if timeout != 0 and self.spin:
+                    events = self._wait(timeout)
+                else:
+                    events = self._poller.poll(timeout, len(self._selectables))
             except OSError as err:
                 if err.errno == errno.EINTR:
                     return
@@ -149,6 +183,35 @@ if EPollReactor is not None:
                 except BaseException:
                     # What callWithLogger does: log, go on with the others.
                     log.err(None, f"Unhandled error handling an event of {selectable!r}")
+
+        def _wait(self, timeout: float) -> list[tuple[int, int]]:
+            """The events of a poll that may wait ``timeout`` seconds (-1:
+            for ever), spinning first when :attr:`_spinning` says so.
+
+            Spinning polls without waiting until an event comes or
+            :attr:`spin` has passed; one that finds nothing stops the
+            spinning, and the poll then waits as usual.  A wait that ends
+            sooner than a spin would have starts it again.  (A timed call
+            due during a spin runs at most ``spin`` late.)
+            """
+            poll = self._poller.poll
+            count = len(self._selectables)
+            clock = self._clock
+            if self._spinning:
+                until = clock() + self.spin
+                events = poll(0, count)
+                while not events:
+                    if clock() >= until:
+                        self._spinning = False
+                        break
+                    events = poll(0, count)
+                else:
+                    return events
+            started = clock()
+            events = poll(timeout, count)
+            if events and clock() - started < self.spin:
+                self._spinning = True
+            return events
 
         doIteration = doPoll
 

@@ -286,3 +286,116 @@ class MainLoopTests(SynchronousTestCase):
         self.reactor.running = False
         self.reactor.mainLoop()
         self.assertEqual(timeouts, [0])
+
+
+class _ScriptedPoller:
+    """A poller whose polls take scripted time on a fake clock and return
+    scripted events: each entry of ``script`` is ``(seconds, events)``
+    for one call; every call is recorded with its timeout."""
+
+    def __init__(self, clock: list[float], script: list[tuple[float, list]]) -> None:
+        self.clock = clock
+        self.script = list(script)
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float, most: int) -> list:
+        self.timeouts.append(timeout)
+        seconds, events = self.script.pop(0)
+        self.clock[0] += seconds
+        return events
+
+
+class SpinTests(SynchronousTestCase):
+    """While requests come close together, a poll that may wait polls
+    without waiting for up to ``spin`` first; the spin starts after a
+    wait shorter than it, and stops once it finds nothing."""
+
+    def setUp(self) -> None:
+        self.reactor = DicomReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.now = [100.0]
+        self.reactor._clock = lambda: self.now[0]
+        self.reactor.spin = 40e-6
+
+    def polls(self, script: list[tuple[float, list]], timeout: float = -1) -> list:
+        """The events of one ``_wait(timeout)``, and the timeouts of the
+        polls it made (``self.made``)."""
+        poller = _ScriptedPoller(self.now, script)
+        self.reactor._poller = poller
+        events = self.reactor._wait(timeout)
+        self.made = poller.timeouts
+        return events
+
+    def test_no_spin_at_first(self) -> None:
+        """A reactor that has not seen requests close together waits at
+        once; a long wait does not start the spin."""
+        self.assertEqual(self.polls([(0.5, [(5, 1)])], 2.0), [(5, 1)])
+        self.assertEqual(self.made, [2.0])
+        self.assertFalse(self.reactor._spinning)
+
+    def test_short_wait_starts_the_spin(self) -> None:
+        """A wait that ended sooner than a spin would have lasted (an
+        answer came quickly) makes the next poll spin: it finds the next
+        request without waiting."""
+        self.polls([(10e-6, [(5, 1)])])
+        self.assertTrue(self.reactor._spinning)
+        events = self.polls([(1e-6, []), (1e-6, []), (1e-6, [(6, 1)])])
+        self.assertEqual(events, [(6, 1)])
+        self.assertEqual(self.made, [0, 0, 0])
+        self.assertTrue(self.reactor._spinning)
+
+    def test_spin_that_finds_nothing_stops(self) -> None:
+        """A spin that finds nothing in ``spin`` seconds gives up, waits
+        as usual (with the caller's timeout), and the next poll does not
+        spin; only a wait shorter than the spin starts it again."""
+        self.reactor._spinning = True
+        events = self.polls([(15e-6, []), (15e-6, []), (15e-6, []), (0.2, [(7, 1)])], 1.5)
+        self.assertEqual(events, [(7, 1)])
+        self.assertEqual(self.made, [0, 0, 0, 1.5])
+        self.assertFalse(self.reactor._spinning)
+        self.polls([(0.1, [(7, 1)])])
+        self.assertEqual(self.made, [-1])
+        self.assertFalse(self.reactor._spinning)
+        self.polls([(30e-6, [(7, 1)])])
+        self.assertTrue(self.reactor._spinning)
+
+    def test_timeout_without_events_does_not_start_it(self) -> None:
+        """A short timed wait that ends with no event (a timer) does not
+        start the spin."""
+        self.polls([(1e-6, [])], 1e-6)
+        self.assertFalse(self.reactor._spinning)
+
+    def test_no_spin_when_disabled(self) -> None:
+        """``spin`` 0 (``poll_spin: 0``): every poll waits at once, as
+        Twisted's does."""
+        self.reactor.spin = 0
+        self.reactor._spinning = True
+        poller = _ScriptedPoller(self.now, [(1e-6, [])])
+        self.reactor._poller = poller
+        self.reactor.doPoll(None)
+        self.assertEqual(poller.timeouts, [-1])
+
+    def test_no_spin_for_a_poll_that_does_not_wait(self) -> None:
+        """A poll with timeout 0 (work is pending) polls once."""
+        self.reactor._spinning = True
+        poller = _ScriptedPoller(self.now, [(1e-6, [])])
+        self.reactor._poller = poller
+        self.reactor.doPoll(0)
+        self.assertEqual(poller.timeouts, [0])
+
+    def test_spinning_poll_dispatches_events(self) -> None:
+        """Events found while spinning are handled as any poll's."""
+        reactor = self.reactor
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        reader = _Reader(reactor, ours)
+        reader.startReading()
+        self.addCleanup(reactor.removeAll)
+        theirs.sendall(b"x")
+        real = reactor._poller
+        reactor._spinning = True
+        reactor.doPoll(None)
+        self.assertIs(reactor._poller, real)
+        self.assertEqual(reader.received, [b"x"])
+        self.assertTrue(reactor._spinning)

@@ -119,6 +119,7 @@ class OverrideTests(OptionsTestCase):
         "--max-pdu": ("0", "max_pdu", 0),
         "--database-location": ("/var/tmp/x.sqlite", "database_location", "/var/tmp/x.sqlite"),
         "--instance-location": ("/var/tmp/x", "instance_location", "/var/tmp/x"),
+        "--poll-spin": ("0", "poll_spin", 0),
     }
 
     def test_each_option_overrides_config(self) -> None:
@@ -221,6 +222,14 @@ class BadValueTests(OptionsTestCase):
         """An over-long -aet is named as --ae-title."""
         self.check(["-aet", "X" * 17], "--ae-title")
 
+    def test_bad_poll_spin(self) -> None:
+        """A --poll-spin past 1000 microseconds, or negative, is named;
+        so is one in the config file."""
+        self.check(["--poll-spin", "1001"], "--poll-spin", "'1001'", "0 to 1000")
+        self.check(["--poll-spin", "-1"], "--poll-spin", "'-1'")
+        self.check(["-c", self.write_config("[DEFAULT]\npoll_spin: soon\n")], "poll_spin",
+                   "'soon'")
+
     def test_missing_config(self) -> None:
         """A config file that does not exist is a UsageError naming it."""
         self.check(["-c", "/nonexistent/qrscp.ini"], "/nonexistent/qrscp.ini")
@@ -284,6 +293,17 @@ class MakeServiceTests(OptionsTestCase):
         self.addCleanup(top.stopService)
         self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
                          [(4105, "127.0.0.1")])
+
+    def test_sets_the_reactor_spin(self) -> None:
+        """Our reactor spins as ``poll_spin`` says (40 µs by default)."""
+        from dicomtwist.reactor import DicomReactor
+
+        for argv, spin in (((), 40e-6), (("--poll-spin", "0"), 0.0),
+                           (("--poll-spin", "250"), 250e-6)):
+            reactor = DicomReactor()
+            self.addCleanup(reactor._poller.close)
+            tap.makeService(self.options(*argv), reactor)
+            self.assertAlmostEqual(reactor.spin, spin, msg=argv)
 
     def test_sets_log_level(self) -> None:
         """makeService applies the log level of the options."""
