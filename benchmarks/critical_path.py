@@ -30,7 +30,10 @@ it sends each request and when it holds the answer.  For each answer
 
 With ``--server NAME`` (another daemon of ``benchmarks/servers.py``) only
 the client's side is measured: ``total`` per answer, and the connection's
-``connect`` and ``close``.
+``connect`` and ``close``.  The readings and the daemon's notes are kept
+in the work directory (``readings.json``, ``notes.json``).  Run it on a
+quiet machine: with other processes busy on the cores, fewer answers are
+matched (the report says how many).
 """
 
 from __future__ import annotations
@@ -234,6 +237,8 @@ def main(argv: list[str]) -> int:
             os.kill(server.process.pid, signal.SIGUSR1)
             time.sleep(0.3)
         readings = client_loop(server, args.count)
+        with open(os.path.join(work, "readings.json"), "w") as fp:
+            json.dump(readings, fp)
         if isinstance(server, Noted):
             time.sleep(0.3)
             os.kill(server.process.pid, signal.SIGUSR2)
