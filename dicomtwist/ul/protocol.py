@@ -323,13 +323,7 @@ class DicomProtocol(Protocol):
         pdu = _RELEASE_RQ_PDU
         if dlog.debug_on and self.log_pdus:
             self.log.debug("Received {pdu.summary()}", pdu=pdu)
-        try:
-            self._feed(_RECEIVED_RELEASE_RQ, pdu)
-        except InvalidEventError:
-            self._event_failed("Upper Layer event {event} in the wrong state",
-                               _RECEIVED_RELEASE_RQ)
-        except Exception:
-            self._event_failed("Error handling {event}", _RECEIVED_RELEASE_RQ)
+        self._event(_RECEIVED_RELEASE_RQ, pdu)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Evt17 unless we closed the connection ourselves; then clean up."""
